@@ -1,0 +1,71 @@
+//! The warren master: the one process that talks to the network.
+//!
+//! - [`cli`]: the command line (`warren serve`, hidden `warren worker`).
+//! - [`serve`]: start-up and shutdown of `warren serve`.
+//! - [`pool`]: worker processes, routing by consistent hash, supervision.
+//! - [`http`]: the axum routes and the one error -> response mapping.
+//! - [`metrics`]: Prometheus metrics.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod http;
+pub mod metrics;
+pub mod pool;
+pub mod serve;
+
+use std::process::ExitCode;
+
+/// The `warren` binary's entry point.
+pub fn main() -> ExitCode {
+    use clap::Parser;
+    let cli = cli::Cli::parse();
+    init_tracing();
+    match cli.command {
+        cli::Command::Worker(args) => {
+            let config = warren_worker::WorkerConfig {
+                slot: args.slot,
+                socket: args.socket,
+                heartbeat_interval: std::time::Duration::from_millis(
+                    args.heartbeat_interval_ms.max(1),
+                ),
+            };
+            match warren_worker::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(slot = args.slot, error = %err, "worker failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        cli::Command::Serve(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("error: cannot start the runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,223 @@
+//! The master's end of one worker connection: requests matched to responses
+//! by id, streams, and the reader that feeds them.
+
+use super::PoolError;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+use tokio::io::AsyncRead;
+use tokio::sync::oneshot;
+use tokio_util::codec::FramedRead;
+use tracing::error;
+use warren_protocol::stream::{FrameSender, Stream, StreamRegistry};
+use warren_protocol::{
+    Body, Frame, FrameCodec, Heartbeat, Op, OpError, Open, Reply, Request, StreamKind, UserCtx,
+};
+
+type Answer = Result<Reply, OpError>;
+
+/// Why a call did not get an answer from this connection.
+pub(crate) enum CallError {
+    /// The connection was already closed: the request never left, so it is
+    /// safe to send it to the replacement worker.
+    NotSent,
+    /// The request was sent and the worker died before answering.
+    Lost,
+    Op(OpError),
+}
+
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    closed: bool,
+}
+
+pub(crate) struct WorkerConnection {
+    pub slot: u32,
+    pub pid: u32,
+    frames: FrameSender,
+    pending: Mutex<Pending>,
+    streams: Arc<StreamRegistry>,
+    next_id: AtomicU64,
+    started: Instant,
+    /// Milliseconds after `started` of the last heartbeat.
+    last_heartbeat_ms: AtomicU64,
+    load: Mutex<Heartbeat>,
+}
+
+impl WorkerConnection {
+    pub fn new(slot: u32, pid: u32, frames: FrameSender) -> Self {
+        WorkerConnection {
+            slot,
+            pid,
+            frames,
+            pending: Mutex::new(Pending::default()),
+            streams: StreamRegistry::new(),
+            // Id 0 is for connection-level frames (hello, heartbeat).
+            next_id: AtomicU64::new(1),
+            started: Instant::now(),
+            last_heartbeat_ms: AtomicU64::new(0),
+            load: Mutex::new(Heartbeat::default()),
+        }
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock_pending().closed
+    }
+
+    pub async fn call(&self, user: UserCtx, op: Op) -> Result<Reply, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        {
+            let mut pending = self.lock_pending();
+            if pending.closed {
+                return Err(CallError::NotSent);
+            }
+            pending.waiting.insert(id, answer);
+        }
+        let mut guard = CancelOnDrop {
+            connection: self,
+            id,
+            armed: true,
+        };
+        let request = Frame {
+            id,
+            body: Body::Request(Request { user, op }),
+        };
+        if self.frames.send(request).is_err() {
+            guard.armed = false;
+            self.lock_pending().waiting.remove(&id);
+            return Err(CallError::NotSent);
+        }
+        let outcome = answered.await;
+        guard.armed = false;
+        match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(err)) => Err(CallError::Op(err)),
+            Err(_) => Err(CallError::Lost),
+        }
+    }
+
+    pub fn open_stream(&self, user: UserCtx, kind: StreamKind) -> Result<Stream, PoolError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let unavailable = |_| PoolError::WorkerUnavailable { slot: self.slot };
+        let stream = self
+            .streams
+            .register(id, self.frames.clone())
+            .map_err(unavailable)?;
+        self.frames
+            .send(Frame {
+                id,
+                body: Body::Open(Open { user, kind }),
+            })
+            .map_err(|_| PoolError::WorkerUnavailable { slot: self.slot })?;
+        Ok(stream)
+    }
+
+    /// Fails every request and stream in flight on this connection at once
+    /// (the worker is gone) and refuses new ones.
+    pub fn fail_all(&self) {
+        let waiting = {
+            let mut pending = self.lock_pending();
+            pending.closed = true;
+            std::mem::take(&mut pending.waiting)
+        };
+        // Dropping the senders wakes every caller with `Lost`.
+        drop(waiting);
+        self.streams
+            .fail_all(OpError::Internal(format!("worker {} is gone", self.slot)));
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.lock_pending().waiting.len()
+    }
+
+    /// Time since the last heartbeat (or since the connection started).
+    pub fn heartbeat_age(&self) -> std::time::Duration {
+        let last = self.last_heartbeat_ms.load(Ordering::Relaxed);
+        self.started
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+
+    pub fn load(&self) -> Heartbeat {
+        *self.load.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads frames from the worker until EOF or a protocol error; then
+    /// fails everything in flight. Returns why the connection ended.
+    pub async fn read_frames<R: AsyncRead + Unpin>(
+        &self,
+        mut reader: FramedRead<R, FrameCodec>,
+    ) -> String {
+        let reason = loop {
+            let frame = match reader.next().await {
+                None => break "worker closed the connection".to_string(),
+                Some(Err(err)) => {
+                    error!(slot = self.slot, pid = self.pid, error = %err, "closing the connection to a worker that sent a bad frame");
+                    break format!("bad frame: {err}");
+                }
+                Some(Ok(frame)) => frame,
+            };
+            if let Err(why) = self.dispatch(frame) {
+                error!(slot = self.slot, pid = self.pid, error = %why, "closing the connection to a worker that broke the protocol");
+                break why;
+            }
+        };
+        self.fail_all();
+        reason
+    }
+
+    fn dispatch(&self, frame: Frame) -> Result<(), String> {
+        match frame.body {
+            Body::Response(response) => {
+                let waiter = self.lock_pending().waiting.remove(&frame.id);
+                // No waiter: the caller gave up and a Cancel is on its way.
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(response.result);
+                }
+                Ok(())
+            }
+            Body::Heartbeat(load) => {
+                let now = self.started.elapsed().as_millis() as u64;
+                self.last_heartbeat_ms.store(now, Ordering::Relaxed);
+                *self.load.lock().unwrap_or_else(PoisonError::into_inner) = load;
+                Ok(())
+            }
+            body @ (Body::Data(_) | Body::Close(_) | Body::Credit(_) | Body::Cancel) => self
+                .streams
+                .route(frame.id, body)
+                .map_err(|violation| violation.to_string()),
+            other => Err(format!("unexpected frame from a worker: {other:?}")),
+        }
+    }
+}
+
+/// Sends `Cancel` for a request whose caller stopped waiting (its future was
+/// dropped), so the worker can stop working on it.
+struct CancelOnDrop<'a> {
+    connection: &'a WorkerConnection,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let was_waiting = self.connection.lock_pending().waiting.remove(&self.id);
+        if was_waiting.is_some() {
+            let _ = self.connection.frames.send(Frame {
+                id: self.id,
+                body: Body::Cancel,
+            });
+        }
+    }
+}

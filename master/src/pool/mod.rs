@@ -1,0 +1,310 @@
+//! The worker pool: a fixed number of worker processes, each user pinned to
+//! one by consistent hashing, each worker watched and restarted by its own
+//! supervisor task.
+//!
+//! - [`ring`]: user -> slot.
+//! - [`supervisor`]: spawn, handshake, watch, restart with back-off.
+//! - `connection`: one worker connection, requests matched by id.
+//!
+//! The slot -> connection table is the only routing state; a request reads it
+//! without taking a lock (`ArcSwapOption`).
+
+mod connection;
+pub mod ring;
+pub mod supervisor;
+
+use crate::metrics::PoolMetrics;
+use arc_swap::ArcSwapOption;
+use connection::{CallError, WorkerConnection};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use supervisor::{Backoff, SlotState, SlotStatus};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use warren_protocol::stream::Stream;
+use warren_protocol::{Op, OpError, Reply, StreamKind, UserCtx};
+
+/// The program and leading arguments that start a worker; the pool appends
+/// `--slot N --socket PATH --heartbeat-interval-ms MS`.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl WorkerCommand {
+    /// This very executable, re-run as `<exe> worker`.
+    pub fn current_exe() -> std::io::Result<Self> {
+        Ok(WorkerCommand {
+            program: std::env::current_exe()?,
+            args: vec!["worker".into()],
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub workers: u32,
+    /// Private directory (mode 0700) holding the workers' sockets.
+    pub run_dir: PathBuf,
+    pub worker_command: WorkerCommand,
+    /// A worker that sends no heartbeat for this long is killed and replaced.
+    pub heartbeat_timeout: Duration,
+    /// How long a request for a slot that is down waits for its replacement.
+    pub unavailable_wait: Duration,
+    /// How long a new worker has to connect and complete the handshake.
+    pub start_timeout: Duration,
+    /// How long a stopping worker has to exit before it is killed.
+    pub stop_timeout: Duration,
+    pub backoff: Backoff,
+}
+
+impl PoolConfig {
+    pub fn new(workers: u32, run_dir: PathBuf, worker_command: WorkerCommand) -> Self {
+        PoolConfig {
+            workers,
+            run_dir,
+            worker_command,
+            heartbeat_timeout: Duration::from_secs(5),
+            unavailable_wait: Duration::from_secs(2),
+            start_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(5),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Workers beat five times per timeout, so one late beat is no alarm.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.heartbeat_timeout / 5).max(Duration::from_millis(10))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The user's worker is down (crashed, restarting or hung) or died while
+    /// working on the request. The request may or may not have taken effect.
+    #[error("worker for slot {slot} is unavailable")]
+    WorkerUnavailable { slot: u32 },
+    #[error(transparent)]
+    Op(#[from] OpError),
+    #[error("the pool is shutting down")]
+    ShuttingDown,
+    #[error("cannot start the pool: {0}")]
+    Start(String),
+}
+
+/// One slot: the current worker connection, if any, and its status.
+pub(crate) struct Slot {
+    index: u32,
+    current: ArcSwapOption<WorkerConnection>,
+    /// Woken whenever `current` changes.
+    changed: Notify,
+    status: Mutex<SlotStatus>,
+}
+
+impl Slot {
+    fn set_status(&self, update: impl FnOnce(&mut SlotStatus)) {
+        update(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// A slot's state as `/readyz` and `/metrics` report it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotReport {
+    pub slot: u32,
+    pub state: SlotState,
+    pub restarts: u64,
+    pub inflight_requests: usize,
+    pub open_streams: u32,
+    pub users_seen: u32,
+    #[serde(skip)]
+    pub pid: Option<u32>,
+}
+
+pub struct Pool {
+    slots: Arc<[Arc<Slot>]>,
+    config: PoolConfig,
+    metrics: PoolMetrics,
+    stopping: CancellationToken,
+    supervisors: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// Creates the run directory and one supervisor per slot, which start the
+    /// workers. Returns without waiting for them: `wait_ready` does that.
+    ///
+    /// Must be called from the long-lived runtime: workers are forked from
+    /// its threads, and `PR_SET_PDEATHSIG` fires when the forking thread ends.
+    pub fn start(config: PoolConfig, metrics: PoolMetrics) -> Result<Arc<Pool>, PoolError> {
+        if config.workers == 0 {
+            return Err(PoolError::Start("a pool needs at least one worker".into()));
+        }
+        supervisor::prepare_run_dir(&config.run_dir)
+            .map_err(|err| PoolError::Start(format!("{}: {err}", config.run_dir.display())))?;
+        let slots: Arc<[Arc<Slot>]> = (0..config.workers)
+            .map(|index| {
+                Arc::new(Slot {
+                    index,
+                    current: ArcSwapOption::empty(),
+                    changed: Notify::new(),
+                    status: Mutex::new(SlotStatus::default()),
+                })
+            })
+            .collect();
+        let pool = Arc::new(Pool {
+            slots,
+            config,
+            metrics,
+            stopping: CancellationToken::new(),
+            supervisors: Mutex::new(Vec::new()),
+        });
+        let mut supervisors = Vec::new();
+        for slot in pool.slots.iter() {
+            let listener = supervisor::bind(&pool.config.run_dir, slot.index)
+                .map_err(|err| PoolError::Start(format!("slot {}: {err}", slot.index)))?;
+            supervisors.push(tokio::spawn(supervisor::supervise(
+                slot.clone(),
+                listener,
+                pool.config.clone(),
+                pool.metrics.clone(),
+                pool.stopping.clone(),
+            )));
+        }
+        *pool
+            .supervisors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = supervisors;
+        Ok(pool)
+    }
+
+    pub fn size(&self) -> u32 {
+        self.config.workers
+    }
+
+    pub fn slot_for(&self, user: &UserCtx) -> u32 {
+        ring::slot_for(&user.id, self.config.workers)
+    }
+
+    /// Runs `op` for `user` on the user's worker.
+    pub async fn call(&self, user: &UserCtx, op: Op) -> Result<Reply, PoolError> {
+        let slot = self.slot_for(user);
+        let deadline = Instant::now() + self.config.unavailable_wait;
+        let _inflight = self.metrics.inflight_guard();
+        let started = Instant::now();
+        let mut stale = None;
+        let outcome = loop {
+            let connection = self.connection(slot, deadline, stale.as_ref()).await?;
+            match connection.call(user.clone(), op.clone()).await {
+                Ok(reply) => break Ok(reply),
+                Err(CallError::Op(err)) => break Err(PoolError::Op(err)),
+                Err(CallError::Lost) => break Err(PoolError::WorkerUnavailable { slot }),
+                // That worker is already gone; wait for its replacement.
+                Err(CallError::NotSent) => stale = Some(connection),
+            }
+        };
+        self.metrics.observe_call(started.elapsed());
+        outcome
+    }
+
+    /// Opens a byte stream of `kind` to the user's worker.
+    pub async fn open_stream(&self, user: &UserCtx, kind: StreamKind) -> Result<Stream, PoolError> {
+        let slot = self.slot_for(user);
+        let deadline = Instant::now() + self.config.unavailable_wait;
+        let connection = self.connection(slot, deadline, None).await?;
+        connection.open_stream(user.clone(), kind)
+    }
+
+    /// The slot's live connection, waiting until `deadline` while the slot is
+    /// down (or still on `stale`, a connection known to be dead).
+    async fn connection(
+        &self,
+        slot: u32,
+        deadline: Instant,
+        stale: Option<&Arc<WorkerConnection>>,
+    ) -> Result<Arc<WorkerConnection>, PoolError> {
+        let slot_state = &self.slots[slot as usize];
+        let usable = |candidate: &Option<Arc<WorkerConnection>>| {
+            candidate
+                .as_ref()
+                .filter(|c| stale.is_none_or(|s| !Arc::ptr_eq(s, c)) && !c.is_closed())
+                .cloned()
+        };
+        loop {
+            if self.stopping.is_cancelled() {
+                return Err(PoolError::ShuttingDown);
+            }
+            let changed = slot_state.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(connection) = usable(&slot_state.current.load_full()) {
+                return Ok(connection);
+            }
+            let wait = tokio::time::timeout_at(deadline.into(), changed);
+            if wait.await.is_err() {
+                return Err(PoolError::WorkerUnavailable { slot });
+            }
+        }
+    }
+
+    /// Each slot's state, for readiness and metrics.
+    pub fn report(&self) -> Vec<SlotReport> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let status = slot
+                    .status
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let current = slot.current.load_full();
+                let load = current.as_ref().map(|c| c.load()).unwrap_or_default();
+                SlotReport {
+                    slot: slot.index,
+                    state: status.state,
+                    restarts: status.restarts,
+                    inflight_requests: current.as_ref().map_or(0, |c| c.inflight()),
+                    open_streams: load.open_streams,
+                    users_seen: load.users_seen,
+                    pid: current.as_ref().map(|c| c.pid),
+                }
+            })
+            .collect()
+    }
+
+    pub fn all_up(&self) -> bool {
+        self.report().iter().all(|slot| slot.state == SlotState::Up)
+    }
+
+    /// Waits until every slot is up, or `timeout` passes. Returns whether all came up.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.all_up() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Stops every worker (closing its connection, then SIGKILL after the
+    /// stop timeout) and waits for the supervisors to finish.
+    pub async fn shutdown(&self) {
+        self.stopping.cancel();
+        for slot in self.slots.iter() {
+            slot.changed.notify_waiters();
+        }
+        let supervisors = std::mem::take(
+            &mut *self
+                .supervisors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for supervisor in supervisors {
+            let _ = supervisor.await;
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Message types. Every frame on a connection is a [`Frame`]: an id and a body.
+//!
+//! Requests and responses share the id the master chose for the request, so
+//! one connection carries thousands of concurrent requests. A stream uses the
+//! id of the `Open` frame that started it for all of its frames.
+
+use bincode::{Decode, Encode};
+use std::fmt;
+
+/// Bumped on every incompatible change to any type in this module.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes a stream's receiver lets its sender have in flight before the sender
+/// must wait for a [`Body::Credit`]. Both ends start with this much credit.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// The largest payload of one [`Body::Data`] frame; well under the frame bound
+/// so that a data frame plus its envelope always fits.
+pub const MAX_DATA_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Frame {
+    pub id: u64,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum Body {
+    /// First frame in each direction. Keep this variant first and its fields
+    /// unchanged forever so any two versions can at least refuse each other.
+    Hello(Hello),
+    /// The peer's `Hello` was not acceptable; the connection closes after this.
+    Refuse(String),
+    /// Master -> worker: run `op` on behalf of `user`.
+    Request(Request),
+    /// Worker -> master: the outcome of the request with the same id.
+    Response(Response),
+    /// Master -> worker: the caller gave up on this request or stream.
+    Cancel,
+    /// Worker -> master, periodically: proof of life and load figures.
+    Heartbeat(Heartbeat),
+    /// Master -> worker: open a byte stream with this frame's id.
+    Open(Open),
+    /// Stream payload, at most [`MAX_DATA_CHUNK`] bytes, within the sender's credit.
+    Data(Vec<u8>),
+    /// The sender will send no more data on this stream; `Err` aborts it.
+    Close(Result<(), OpError>),
+    /// The receiver consumed this many bytes: the sender may send that many more.
+    Credit(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum PeerRole {
+    Master,
+    Worker,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Hello {
+    pub version: u32,
+    pub role: PeerRole,
+    pub slot: u32,
+    pub pid: u32,
+}
+
+/// A user's id: a UUID, carried as its 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
+pub struct UserId(pub [u8; 16]);
+
+impl UserId {
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        uuid::Uuid::from_bytes(self.0).hyphenated().fmt(f)
+    }
+}
+
+impl std::str::FromStr for UserId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(|u| UserId(u.into_bytes()))
+    }
+}
+
+impl From<uuid::Uuid> for UserId {
+    fn from(u: uuid::Uuid) -> Self {
+        UserId(u.into_bytes())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum Role {
+    User,
+    Admin,
+}
+
+/// Who a request is for, as authenticated by the master. Workers never see
+/// passwords or session tokens: this is all they learn about a user.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct UserCtx {
+    pub id: UserId,
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Request {
+    pub user: UserCtx,
+    pub op: Op,
+}
+
+/// Operations a worker performs for a user.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Op {
+    /// Answers which worker served the request; the cheapest user-scoped op.
+    Ping,
+    /// Test builds only: answer after sleeping this long.
+    #[cfg(debug_assertions)]
+    DebugSleep { millis: u64 },
+    /// Test builds only: write bytes that are not a valid frame to the master.
+    #[cfg(debug_assertions)]
+    DebugSendGarbage { oversized: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Response {
+    pub result: Result<Reply, OpError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Reply {
+    Pong { slot: u32, pid: u32, user: UserId },
+    Done,
+}
+
+/// What kind of byte stream an [`Open`] asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum StreamKind {
+    /// Sends back every byte it receives, then closes: the reference stream
+    /// that exercises flow control end to end.
+    Echo,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Open {
+    pub user: UserCtx,
+    pub kind: StreamKind,
+}
+
+/// Load figures a worker reports with every heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct Heartbeat {
+    pub inflight_requests: u32,
+    pub open_streams: u32,
+    pub users_seen: u32,
+}
+
+/// A typed failure of an operation, as the worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, thiserror::Error)]
+pub enum OpError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("operation not supported by this worker: {0}")]
+    Unsupported(String),
+    #[error("request cancelled")]
+    Cancelled,
+    #[error("stream protocol violated: {0}")]
+    StreamViolation(String),
+    #[error("internal worker error: {0}")]
+    Internal(String),
+}

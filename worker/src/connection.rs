@@ -1,0 +1,298 @@
+//! The worker's one connection to its master.
+//!
+//! The reader loop below decodes frames and dispatches them; cheap operations
+//! are answered inline, anything that waits runs as its own task, tracked by
+//! request id so a `Cancel` from the master can abort it. Every reply goes
+//! through one writer task that batches frames into few writes.
+
+use crate::ops::{self, WorkerIdentity};
+use crate::{WorkerConfig, WorkerError};
+use futures_util::StreamExt;
+use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_util::codec::FramedRead;
+use tracing::{debug, error, info, warn};
+use warren_protocol::io::{handshake, write_frames, SharedConnection};
+use warren_protocol::stream::{FrameSender, StreamRegistry};
+use warren_protocol::{
+    Body, Frame, FrameCodec, Heartbeat, Hello, Op, OpError, PeerRole, Reply, Request, Response,
+    UserCtx, UserId, PROTOCOL_VERSION,
+};
+
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Connects to the master, handshakes, and serves until the master goes away.
+pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
+    leave_stopping_to_the_master()?;
+    let connect_error = |source| WorkerError::Connect {
+        path: config.socket.clone(),
+        source,
+    };
+    let name = config
+        .socket
+        .as_path()
+        .to_fs_name::<GenericFilePath>()
+        .map_err(connect_error)?;
+    let connection = LocalStream::connect(name).await.map_err(connect_error)?;
+    let (receive, mut send) = SharedConnection::pair(connection);
+    let mut reader = FramedRead::with_capacity(receive, FrameCodec::new(), READ_BUFFER);
+
+    let identity = WorkerIdentity {
+        slot: config.slot,
+        pid: std::process::id(),
+    };
+    let ours = Hello {
+        version: PROTOCOL_VERSION,
+        role: PeerRole::Worker,
+        slot: identity.slot,
+        pid: identity.pid,
+    };
+    handshake(
+        &mut reader,
+        &mut send,
+        ours,
+        PeerRole::Master,
+        Some(identity.slot),
+    )
+    .await?;
+    info!(slot = identity.slot, pid = identity.pid, "worker ready");
+
+    let (frames, outgoing) = mpsc::unbounded_channel();
+    #[cfg(debug_assertions)]
+    let (garbage, garbage_requests) = mpsc::unbounded_channel();
+    let worker = Arc::new(Worker {
+        identity,
+        frames,
+        inflight: Mutex::new(HashMap::new()),
+        streams: StreamRegistry::new(),
+        users: Mutex::new(HashSet::new()),
+        #[cfg(debug_assertions)]
+        garbage,
+    });
+    #[cfg(debug_assertions)]
+    let writer = tokio::spawn(debug::write_or_garbage(outgoing, send, garbage_requests));
+    #[cfg(not(debug_assertions))]
+    let writer = tokio::spawn(write_frames(outgoing, send));
+    let heartbeat = tokio::spawn(heartbeat_loop(worker.clone(), config.heartbeat_interval));
+
+    let outcome = loop {
+        match reader.next().await {
+            None => {
+                info!("master closed the connection; exiting");
+                break Ok(());
+            }
+            Some(Err(err)) => {
+                error!(error = %err, "closing the connection to the master: bad frame");
+                break Err(WorkerError::Connection(err.to_string()));
+            }
+            Some(Ok(frame)) => {
+                if let Err(err) = worker.handle(frame) {
+                    error!(error = %err, "closing the connection to the master");
+                    break Err(err);
+                }
+            }
+        }
+    };
+    heartbeat.abort();
+    worker.shut_down();
+    drop(worker);
+    // The writer ends once every frame sender is gone; don't wait long for a
+    // master that stopped reading.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+    outcome
+}
+
+/// A terminal's Ctrl-C, `timeout`, or a service manager may signal the whole
+/// process group. The master decides when its workers stop (it drains first,
+/// then closes their sockets), so workers take no action on SIGINT/SIGTERM:
+/// once tokio has a handler registered, the default "terminate" is gone.
+fn leave_stopping_to_the_master() -> Result<(), WorkerError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+        let _handler = signal(kind).map_err(WorkerError::Signals)?;
+    }
+    Ok(())
+}
+
+struct Worker {
+    identity: WorkerIdentity,
+    frames: FrameSender,
+    /// Requests running as their own task, by request id.
+    inflight: Mutex<HashMap<u64, AbortHandle>>,
+    streams: Arc<StreamRegistry>,
+    users: Mutex<HashSet<UserId>>,
+    /// Test builds only: asks the writer to send bytes that are not a frame.
+    #[cfg(debug_assertions)]
+    garbage: mpsc::UnboundedSender<bool>,
+}
+
+impl Worker {
+    fn handle(self: &Arc<Self>, frame: Frame) -> Result<(), WorkerError> {
+        let id = frame.id;
+        match frame.body {
+            Body::Request(Request { user, op }) => {
+                self.request(id, user, op);
+                Ok(())
+            }
+            Body::Cancel => {
+                let task = self.lock_inflight().remove(&id);
+                match task {
+                    Some(task) => {
+                        debug!(id, "request cancelled by the master");
+                        task.abort();
+                        Ok(())
+                    }
+                    None => self.route_stream(id, Body::Cancel),
+                }
+            }
+            Body::Open(open) => {
+                self.saw_user(&open.user);
+                match self.streams.register(id, self.frames.clone()) {
+                    Ok(stream) => {
+                        tokio::spawn(ops::serve_stream(open.kind, stream));
+                    }
+                    Err(err) => self.send(id, Body::Close(Err(err))),
+                }
+                Ok(())
+            }
+            body @ (Body::Data(_) | Body::Close(_) | Body::Credit(_)) => {
+                self.route_stream(id, body)
+            }
+            Body::Refuse(why) => Err(WorkerError::Connection(format!("master refused us: {why}"))),
+            other => Err(WorkerError::Connection(format!(
+                "unexpected frame from the master: {other:?}"
+            ))),
+        }
+    }
+
+    fn route_stream(&self, id: u64, body: Body) -> Result<(), WorkerError> {
+        self.streams
+            .route(id, body)
+            .map_err(|violation| WorkerError::Connection(violation.to_string()))
+    }
+
+    fn request(self: &Arc<Self>, id: u64, user: UserCtx, op: Op) {
+        self.saw_user(&user);
+        match op {
+            Op::Ping => self.respond(id, Ok(ops::ping(self.identity, &user))),
+            #[cfg(debug_assertions)]
+            Op::DebugSleep { millis } => self.spawn_tracked(id, async move {
+                tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+                Ok(Reply::Done)
+            }),
+            #[cfg(debug_assertions)]
+            Op::DebugSendGarbage { oversized } => {
+                warn!(oversized, "sending garbage to the master as a test asked");
+                let _ = self.garbage.send(oversized);
+            }
+        }
+    }
+
+    /// Runs a request that waits as its own task, cancellable by id.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
+    fn spawn_tracked(
+        self: &Arc<Self>,
+        id: u64,
+        work: impl std::future::Future<Output = Result<Reply, OpError>> + Send + 'static,
+    ) {
+        let worker = self.clone();
+        // Holding the lock while spawning means the task cannot finish and
+        // remove its entry before the entry exists.
+        let mut inflight = self.lock_inflight();
+        let task = tokio::spawn(async move {
+            let result = work.await;
+            worker.lock_inflight().remove(&id);
+            worker.respond(id, result);
+        });
+        inflight.insert(id, task.abort_handle());
+    }
+
+    fn respond(&self, id: u64, result: Result<Reply, OpError>) {
+        self.send(id, Body::Response(Response { result }));
+    }
+
+    fn send(&self, id: u64, body: Body) {
+        // Fails only once the writer is gone, when the worker is exiting anyway.
+        let _ = self.frames.send(Frame { id, body });
+    }
+
+    fn saw_user(&self, user: &UserCtx) {
+        self.users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(user.id);
+    }
+
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, AbortHandle>> {
+        self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn load(&self) -> Heartbeat {
+        let users_seen = self
+            .users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        Heartbeat {
+            inflight_requests: self.lock_inflight().len() as u32,
+            open_streams: self.streams.len() as u32,
+            users_seen: users_seen as u32,
+        }
+    }
+
+    fn shut_down(&self) {
+        for (_, task) in self.lock_inflight().drain() {
+            task.abort();
+        }
+        self.streams
+            .fail_all(OpError::Internal("worker is shutting down".into()));
+    }
+}
+
+async fn heartbeat_loop(worker: Arc<Worker>, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        worker.send(0, Body::Heartbeat(worker.load()));
+    }
+}
+
+/// Test builds only: writing bytes that are not a frame, to check that the
+/// master closes such a connection and recovers the slot.
+#[cfg(debug_assertions)]
+mod debug {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    pub(super) async fn write_or_garbage<W: tokio::io::AsyncWrite + Unpin>(
+        frames: mpsc::UnboundedReceiver<Frame>,
+        mut out: W,
+        mut garbage: mpsc::UnboundedReceiver<bool>,
+    ) -> Result<(), warren_protocol::FrameError> {
+        tokio::select! {
+            result = write_frames(frames, &mut out) => result,
+            Some(oversized) = garbage.recv() => {
+                let bytes: Vec<u8> = if oversized {
+                    // A length prefix far over the frame bound.
+                    let mut bytes = 0xFFFF_FFF0u32.to_be_bytes().to_vec();
+                    bytes.extend_from_slice(&[0; 16]);
+                    bytes
+                } else {
+                    // A well-framed body that is no valid message.
+                    let mut bytes = 8u32.to_be_bytes().to_vec();
+                    bytes.extend_from_slice(&[0xff; 8]);
+                    bytes
+                };
+                out.write_all(&bytes).await?;
+                out.flush().await?;
+                // Keep the connection open: the master must be the one to close it.
+                std::future::pending().await
+            }
+        }
+    }
+}
