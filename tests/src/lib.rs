@@ -1,1 +1,300 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: start the real `warren` binary on a free
+//! port with a temporary data directory, talk to it over HTTP, find and
+//! signal its worker processes, read its log.
+//!
+//! The binary is `target/<profile>/warren`, built by `cargo test --workspace`
+//! (the `warren` package's own integration test makes cargo build it); set
+//! `WARREN_BIN` to test another build.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The `warren` executable under test.
+pub fn warren_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("WARREN_BIN") {
+        return PathBuf::from(path);
+    }
+    // This test runs from target/<profile>/deps/<name>-<hash>.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let binary = profile_dir.join("warren");
+    assert!(
+        binary.exists(),
+        "{} does not exist: run the tests with `cargo test --workspace` (which builds it) or set WARREN_BIN",
+        binary.display()
+    );
+    binary
+}
+
+/// A running `warren serve`, killed (with its workers) when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub pid: u32,
+    pub base_url: String,
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<String>>,
+    pub http: reqwest::Client,
+}
+
+/// Options for [`Server::start`].
+#[derive(Default, Clone)]
+pub struct ServerOptions {
+    pub workers: u32,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl ServerOptions {
+    pub fn workers(workers: u32) -> Self {
+        ServerOptions {
+            workers,
+            ..Default::default()
+        }
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+impl Server {
+    /// Starts warren on 127.0.0.1 port 0 with `data_dir`, and waits until it
+    /// logs its address.
+    pub fn start(data_dir: &Path, options: &ServerOptions) -> Server {
+        let mut command = Command::new(warren_binary());
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--workers")
+            .arg(options.workers.max(1).to_string())
+            .args(&options.args)
+            .env("WARREN_LOG", "info")
+            .env_remove("WARREN_DEBUG_CRASH_SLOTS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn warren");
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut address_tx = Some(address_tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(at) = line.find("listening address=") {
+                        let rest = &line[at + "listening address=".len()..];
+                        let address = rest.split_whitespace().next().unwrap_or("").to_string();
+                        if let Some(tx) = address_tx.take() {
+                            let _ = tx.send(address);
+                        }
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let address = address_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "warren did not report its address; log:\n{}",
+                    log.lock().unwrap()
+                )
+            });
+        Server {
+            child: Some(child),
+            pid,
+            base_url: format!("http://{address}"),
+            data_dir: data_dir.to_path_buf(),
+            log,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// GET `path`, returning the status and the JSON body.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        json_of(response).await
+    }
+
+    pub async fn post_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self.http.post(self.url(path)).send().await.expect("POST");
+        json_of(response).await
+    }
+
+    /// Pings `user` through the pool: (slot, worker pid).
+    pub async fn ping(&self, user: &str) -> Result<(u32, u32), (u16, serde_json::Value)> {
+        let (status, body) = self.get_json(&format!("/debug/ping/{user}")).await;
+        if status != 200 {
+            return Err((status, body));
+        }
+        Ok((
+            body["slot"].as_u64().expect("slot") as u32,
+            body["pid"].as_u64().expect("pid") as u32,
+        ))
+    }
+
+    /// Waits until `/readyz` says ready.
+    pub async fn wait_ready(&self) {
+        let ready = eventually(Duration::from_secs(30), || async {
+            self.get_json("/readyz").await.0 == 200
+        })
+        .await;
+        assert!(ready, "warren never became ready; log:\n{}", self.log());
+    }
+
+    /// The pids of the master's child processes (its workers).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        child_pids(self.pid)
+    }
+
+    /// Sends `signal` to the master.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        send_signal(self.pid, signal);
+    }
+
+    /// Waits up to `timeout` for the master to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the master with SIGTERM and returns its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        self.wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("warren did not exit on SIGTERM; log:\n{}", self.log()))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let workers = child_pids(self.pid);
+            let _ = child.kill();
+            let _ = child.wait();
+            for pid in workers {
+                send_signal(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+async fn json_of(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
+}
+
+pub fn send_signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat_field(&stat, 0).is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Field `n` after the `(comm)` of a /proc/PID/stat line: 0 is the state, 1 the parent pid.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(n)
+}
+
+/// Live processes whose parent is `parent`.
+pub fn child_pids(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat_field(&stat, 1) == Some(parent.to_string().as_str())
+                    && stat_field(&stat, 0).is_some_and(|s| s != "Z")
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Polls `condition` every 20 ms until it holds or `patience` passes.
+pub async fn eventually<F, Fut>(patience: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A user id for test user number `n`.
+pub fn user_id(n: u128) -> String {
+    uuid::Uuid::from_u128(n).to_string()
+}
+
+/// The value of the first sample of `metric` in Prometheus text `text` whose
+/// line contains `labels` (e.g. `slot="1"`).
+pub fn metric_value(text: &str, metric: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(metric) && line.contains(labels))
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+}

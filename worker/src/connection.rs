@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 use warren_protocol::io::{handshake, write_frames, SharedConnection};
 use warren_protocol::stream::{FrameSender, StreamRegistry};
 use warren_protocol::{
@@ -186,7 +186,7 @@ impl Worker {
             }),
             #[cfg(debug_assertions)]
             Op::DebugSendGarbage { oversized } => {
-                warn!(oversized, "sending garbage to the master as a test asked");
+                tracing::warn!(oversized, "sending garbage to the master as a test asked");
                 let _ = self.garbage.send(oversized);
             }
         }

@@ -246,10 +246,14 @@ async fn run_once(
     let stable_timer = tokio::time::sleep(config.backoff.stable_after);
     tokio::pin!(stable_timer);
     let mut heartbeat_check = tokio::time::interval(config.heartbeat_timeout / 4);
+    let mut reader_done = false;
     let end = loop {
         tokio::select! {
             status = child.wait() => break End::Failed(format!("worker exited ({})", describe_exit(status))),
-            reason = &mut reader_task => break End::Failed(reason.unwrap_or_else(|err| err.to_string())),
+            reason = &mut reader_task => {
+                reader_done = true;
+                break End::Failed(reason.unwrap_or_else(|err| err.to_string()));
+            }
             _ = heartbeat_check.tick() => {
                 let age = connection.heartbeat_age();
                 if age > config.heartbeat_timeout {
@@ -271,12 +275,14 @@ async fn run_once(
     // Take the worker out of routing first, then fail what it held.
     slot.current.store(None);
     connection.fail_all();
-    reader_task.abort();
     writer.abort();
-    // Both halves of the socket are dropped with their tasks: the worker sees
-    // EOF, which is how a worker is asked to stop.
-    let _ = reader_task.await;
     let _ = writer.await;
+    if !reader_done {
+        reader_task.abort();
+        let _ = reader_task.await;
+    }
+    // Both halves of the socket went with their tasks: the worker sees EOF,
+    // which is how a worker is asked to stop.
     let grace = match end {
         End::Stopped => config.stop_timeout,
         End::Failed(_) => Duration::ZERO,

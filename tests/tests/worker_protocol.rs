@@ -1,0 +1,205 @@
+//! A real `warren worker` process against a test-controlled master socket:
+//! the worker's side of the handshake and its response to bad input.
+
+use futures_util::{SinkExt, StreamExt};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::Framed;
+use warren_protocol::*;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    worker: Child,
+    connection: Framed<UnixStream, FrameCodec>,
+}
+
+async fn start_worker() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("worker-0.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let worker = Command::new(warren_tests::warren_binary())
+        .args([
+            "worker",
+            "--slot",
+            "0",
+            "--heartbeat-interval-ms",
+            "50",
+            "--socket",
+        ])
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the worker connects")
+        .unwrap();
+    Harness {
+        _dir: dir,
+        worker,
+        connection: Framed::new(stream, FrameCodec::new()),
+    }
+}
+
+fn hello(version: u32) -> Frame {
+    Frame {
+        id: 0,
+        body: Body::Hello(Hello {
+            version,
+            role: PeerRole::Master,
+            slot: 0,
+            pid: std::process::id(),
+        }),
+    }
+}
+
+impl Harness {
+    async fn next(&mut self) -> Frame {
+        tokio::time::timeout(Duration::from_secs(5), self.connection.next())
+            .await
+            .expect("a frame in time")
+            .expect("connection open")
+            .expect("a valid frame")
+    }
+
+    async fn handshake(&mut self) -> Hello {
+        self.connection.send(hello(PROTOCOL_VERSION)).await.unwrap();
+        match self.next().await.body {
+            Body::Hello(hello) => hello,
+            other => panic!("expected Hello, got {other:?}"),
+        }
+    }
+
+    /// Waits for the worker to exit; returns (success, stderr).
+    fn exit(mut self) -> (bool, String) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = self.worker.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the worker did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        use std::io::Read;
+        self.worker
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        (status.success(), stderr)
+    }
+}
+
+#[tokio::test]
+async fn a_worker_answers_pings_and_heartbeats_then_exits_cleanly_on_eof() {
+    let mut harness = start_worker().await;
+    let theirs = harness.handshake().await;
+    assert_eq!(theirs.role, PeerRole::Worker);
+    assert_eq!(theirs.pid, harness.worker.id());
+    let user = UserCtx {
+        id: UserId([9; 16]),
+        name: "nine".into(),
+        role: Role::User,
+    };
+    harness
+        .connection
+        .send(Frame {
+            id: 41,
+            body: Body::Request(Request { user, op: Op::Ping }),
+        })
+        .await
+        .unwrap();
+    let mut answered = false;
+    let mut heartbeats = 0;
+    while !(answered && heartbeats >= 2) {
+        let frame = harness.next().await;
+        match frame.body {
+            Body::Response(Response {
+                result: Ok(Reply::Pong { slot, pid, user }),
+            }) => {
+                assert_eq!(
+                    (frame.id, slot, pid, user),
+                    (41, 0, theirs.pid, UserId([9; 16]))
+                );
+                answered = true;
+            }
+            Body::Heartbeat(load) => {
+                heartbeats += 1;
+                assert!(load.users_seen <= 1);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(harness.connection.into_inner());
+    // Re-create the harness shape without the connection to wait for exit.
+    let mut worker = harness.worker;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker outlived its master's socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn a_worker_refuses_a_master_of_another_protocol_version() {
+    let mut harness = start_worker().await;
+    harness
+        .connection
+        .send(hello(PROTOCOL_VERSION + 998))
+        .await
+        .unwrap();
+    assert!(matches!(harness.next().await.body, Body::Hello(_)));
+    match harness.next().await.body {
+        Body::Refuse(why) => assert!(why.contains("protocol version 999"), "{why}"),
+        other => panic!("expected Refuse, got {other:?}"),
+    }
+    let (success, stderr) = harness.exit();
+    assert!(!success);
+    assert!(stderr.contains("protocol version 999"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_worker_sent_garbage_or_an_over_long_frame_logs_it_and_exits() {
+    let cases: [(&[u8], &str); 3] = [
+        (
+            &[0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            "undecodable frame",
+        ),
+        (
+            &[0xff, 0xff, 0xff, 0xf0, 1, 2, 3],
+            "exceeds the 1048576-byte limit",
+        ),
+        // A well-formed frame the worker never expects from a master.
+        (&[], "unexpected frame"),
+    ];
+    for (bytes, expected) in cases {
+        let mut harness = start_worker().await;
+        harness.handshake().await;
+        if bytes.is_empty() {
+            let heartbeat = Frame {
+                id: 0,
+                body: Body::Heartbeat(Heartbeat::default()),
+            };
+            harness.connection.send(heartbeat).await.unwrap();
+        } else {
+            harness.connection.get_mut().write_all(bytes).await.unwrap();
+        }
+        let (success, stderr) = harness.exit();
+        assert!(!success, "{expected}: the worker exited cleanly");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}
