@@ -433,3 +433,72 @@ async fn health_readiness_and_metrics_answer_in_their_formats() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "bad_request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_cancels_the_work_in_the_worker() {
+    let data = tempfile::tempdir().unwrap();
+    let options = ServerOptions::workers(2)
+        .arg("--heartbeat-timeout")
+        .arg("1s");
+    let server = Server::start(data.path(), &options);
+    server.wait_ready().await;
+    let user = user_id(3);
+    let (slot, _) = server.ping(&user).await.unwrap();
+    let slot = slot as usize;
+
+    let impatient = server
+        .http
+        .post(server.url(&format!("/debug/sleep/{user}?ms=60000")))
+        .timeout(Duration::from_millis(500))
+        .send();
+    let busy = async {
+        eventually(Duration::from_secs(5), || async {
+            let (_, ready) = server.get_json("/readyz").await;
+            ready["workers"][slot]["worker_tasks"] == 1
+        })
+        .await
+    };
+    let (gave_up, was_busy) = tokio::join!(impatient, busy);
+    assert!(gave_up.is_err(), "the request should have timed out");
+    assert!(was_busy, "the worker never reported the sleeping task");
+    // The client hung up: the master drops the call, sends Cancel, and the
+    // worker aborts the task instead of sleeping out its minute.
+    let cancelled = eventually(Duration::from_secs(5), || async {
+        let (_, ready) = server.get_json("/readyz").await;
+        ready["workers"][slot]["worker_tasks"] == 0
+            && ready["workers"][slot]["inflight_requests"] == 0
+    })
+    .await;
+    let (_, ready) = server.get_json("/readyz").await;
+    assert!(cancelled, "the abandoned request kept running: {ready}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_outright_takes_its_workers_along_and_restarts_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(data.path(), &ServerOptions::workers(2));
+    server.wait_ready().await;
+    let workers = server.worker_pids();
+    assert_eq!(workers.len(), 2);
+
+    server.signal(Signal::KILL);
+    assert!(server.wait_exit(Duration::from_secs(5)).is_some());
+    // No socket EOF reached the workers before the kernel's death signal did.
+    let orphans_gone = eventually(Duration::from_secs(2), || async {
+        workers.iter().all(|pid| !process_alive(*pid))
+    })
+    .await;
+    assert!(
+        orphans_gone,
+        "workers {workers:?} outlived a SIGKILLed master"
+    );
+    assert!(
+        data.path().join("run/worker-0.sock").exists(),
+        "a crash leaves its sockets"
+    );
+
+    // The stale sockets do not block the next start on the same data dir.
+    let server = Server::start(data.path(), &ServerOptions::workers(2));
+    server.wait_ready().await;
+    server.ping(&user_id(1)).await.unwrap();
+}

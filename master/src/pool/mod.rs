@@ -117,7 +117,10 @@ pub struct SlotReport {
     pub slot: u32,
     pub state: SlotState,
     pub restarts: u64,
+    /// Requests the master has sent to this slot and not had answered.
     pub inflight_requests: usize,
+    /// Requests the worker reports still working on (last heartbeat).
+    pub worker_tasks: u32,
     pub open_streams: u32,
     pub users_seen: u32,
     #[serde(skip)]
@@ -266,6 +269,7 @@ impl Pool {
                     state: status.state,
                     restarts: status.restarts,
                     inflight_requests: current.as_ref().map_or(0, |c| c.inflight()),
+                    worker_tasks: load.inflight_requests,
                     open_streams: load.open_streams,
                     users_seen: load.users_seen,
                     pid: current.as_ref().map(|c| c.pid),
