@@ -42,7 +42,10 @@ async fn thousands_of_requests_share_one_connection_concurrently() {
     }
     let took = started.elapsed();
     // One at a time would take 1,000 s; all at once takes one sleep plus overhead.
-    assert!(took < Duration::from_secs(10), "5,000 concurrent sleeps took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "5,000 concurrent sleeps took {took:?}"
+    );
     pool.shutdown().await;
 }
 
@@ -84,7 +87,9 @@ async fn concurrent_streams_echo_independently() {
             tokio::spawn(async move {
                 let stream = pool.open_stream(&user(n), StreamKind::Echo).await.unwrap();
                 let (mut sender, mut receiver) = stream.split();
-                let payload: Vec<u8> = (0..700_000u32).map(|i| (i as u128 * (n + 1)) as u8).collect();
+                let payload: Vec<u8> = (0..700_000u32)
+                    .map(|i| (i as u128 * (n + 1)) as u8)
+                    .collect();
                 let expected = payload.clone();
                 let feeding = tokio::spawn(async move {
                     sender.send(&payload).await.unwrap();

@@ -46,6 +46,8 @@ pub struct Server {
 #[derive(Default, Clone)]
 pub struct ServerOptions {
     pub workers: u32,
+    /// Another executable than [`warren_binary`].
+    pub binary: Option<PathBuf>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
 }
@@ -73,7 +75,8 @@ impl Server {
     /// Starts warren on 127.0.0.1 port 0 with `data_dir`, and waits until it
     /// logs its address.
     pub fn start(data_dir: &Path, options: &ServerOptions) -> Server {
-        let mut command = Command::new(warren_binary());
+        let binary = options.binary.clone().unwrap_or_else(warren_binary);
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .arg("--listen")

@@ -502,3 +502,38 @@ async fn a_master_killed_outright_takes_its_workers_along_and_restarts_cleanly()
     server.wait_ready().await;
     server.ping(&user_id(1)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_restart_from_the_running_image_even_if_the_binary_is_gone() {
+    let data = tempfile::tempdir().unwrap();
+    let install = tempfile::tempdir().unwrap();
+    let binary = install.path().join("warren");
+    std::fs::copy(warren_tests::warren_binary(), &binary).unwrap();
+    let options = ServerOptions {
+        binary: Some(binary.clone()),
+        ..ServerOptions::workers(2)
+    };
+    let server = Server::start(data.path(), &options);
+    server.wait_ready().await;
+    // An upgrade replaces (here: removes) the file while warren runs.
+    std::fs::remove_file(&binary).unwrap();
+    let user = user_id(3);
+    let (_, old_pid) = server.ping(&user).await.unwrap();
+    warren_tests::send_signal(old_pid, Signal::KILL);
+    let back = eventually(Duration::from_secs(5), || async {
+        matches!(server.ping(&user).await, Ok((_, pid)) if pid != old_pid)
+    })
+    .await;
+    assert!(
+        back,
+        "no replacement worker without the binary on disk; log:\n{}",
+        server.log()
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.worker_pids()[0])).unwrap();
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap();
+    assert!(
+        argv0.ends_with(b"warren"),
+        "workers show as {:?}",
+        String::from_utf8_lossy(argv0)
+    );
+}

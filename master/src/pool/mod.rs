@@ -35,13 +35,39 @@ pub struct WorkerCommand {
     pub args: Vec<OsString>,
 }
 
+/// The kernel's handle on the running executable: exec'ing it starts the
+/// same image even after the file on disk was replaced or deleted.
+const SELF_EXE: &str = "/proc/self/exe";
+
 impl WorkerCommand {
     /// This very executable, re-run as `<exe> worker`.
+    ///
+    /// On Linux it is `/proc/self/exe`, not the path it was started from: an
+    /// upgrade that replaces the binary while warren runs must not make the
+    /// next worker restart run a different build (whose protocol version the
+    /// master would refuse, leaving the slot in a crash loop).
     pub fn current_exe() -> std::io::Result<Self> {
+        let own_image = PathBuf::from(SELF_EXE);
+        let program = if own_image.exists() {
+            own_image
+        } else {
+            std::env::current_exe()?
+        };
         Ok(WorkerCommand {
-            program: std::env::current_exe()?,
+            program,
             args: vec!["worker".into()],
         })
+    }
+
+    /// `argv[0]` for the worker: the master's own, so `ps` shows `warren
+    /// worker ...` rather than `/proc/self/exe worker ...`.
+    pub(crate) fn arg0(&self) -> std::ffi::OsString {
+        if self.program == std::path::Path::new(SELF_EXE) {
+            if let Some(name) = std::env::args_os().next() {
+                return name;
+            }
+        }
+        self.program.clone().into_os_string()
     }
 }
 

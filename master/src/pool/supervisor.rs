@@ -331,6 +331,7 @@ async fn accept_and_handshake(
 fn spawn_worker(config: &PoolConfig, slot: u32, socket: &Path) -> std::io::Result<Child> {
     let command = &config.worker_command;
     tokio::process::Command::new(&command.program)
+        .arg0(command.arg0())
         .args(&command.args)
         .arg("--slot")
         .arg(slot.to_string())
