@@ -19,24 +19,9 @@ use std::process::ExitCode;
 pub fn main() -> ExitCode {
     use clap::Parser;
     let cli = cli::Cli::parse();
-    init_tracing();
+    init_tracing("info");
     match cli.command {
-        cli::Command::Worker(args) => {
-            let config = warren_worker::WorkerConfig {
-                slot: args.slot,
-                socket: args.socket,
-                heartbeat_interval: std::time::Duration::from_millis(
-                    args.heartbeat_interval_ms.max(1),
-                ),
-            };
-            match warren_worker::run(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!(slot = args.slot, error = %err, "worker failed");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        cli::Command::Worker(args) => run_worker(args),
         cli::Command::Serve(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -59,10 +44,29 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// `warren worker`: run one worker until its master goes away. Shared with
+/// any binary the pool re-executes as its workers (such as `warren-bench`).
+pub fn run_worker(args: cli::WorkerArgs) -> ExitCode {
+    let config = warren_worker::WorkerConfig {
+        slot: args.slot,
+        socket: args.socket,
+        heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_interval_ms.max(1)),
+    };
+    match warren_worker::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(slot = args.slot, error = %err, "worker failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr; `WARREN_LOG` (an `EnvFilter` directive such as `debug`)
+/// overrides `default_level`.
+pub fn init_tracing(default_level: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -529,7 +529,10 @@ async fn workers_restart_from_the_running_image_even_if_the_binary_is_gone() {
         "no replacement worker without the binary on disk; log:\n{}",
         server.log()
     );
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.worker_pids()[0])).unwrap();
+    let worker = server.worker_pids()[0];
+    let comm = std::fs::read_to_string(format!("/proc/{worker}/comm")).unwrap();
+    assert_eq!(comm.trim(), "warren-worker", "top and pidof name it so");
+    let cmdline = std::fs::read(format!("/proc/{worker}/cmdline")).unwrap();
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap();
     assert!(
         argv0.ends_with(b"warren"),

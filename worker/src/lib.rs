@@ -54,6 +54,9 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     // spawns workers from its long-lived runtime threads for that reason.
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .map_err(|err| WorkerError::DeathSignal(err.into()))?;
+    // Started from /proc/self/exe, the process would be named "exe" in top,
+    // pidof and perf. Failing to rename is harmless.
+    let _ = rustix::thread::set_name(c"warren-worker");
     #[cfg(debug_assertions)]
     debug_crash_at_start(config.slot)?;
     // One thread per worker: the pool has one worker per core, and a

@@ -255,12 +255,14 @@ impl Pool {
         stale: Option<&Arc<WorkerConnection>>,
     ) -> Result<Arc<WorkerConnection>, PoolError> {
         let slot_state = &self.slots[slot as usize];
-        let usable = |candidate: &Option<Arc<WorkerConnection>>| {
-            candidate
-                .as_ref()
-                .filter(|c| stale.is_none_or(|s| !Arc::ptr_eq(s, c)) && !c.is_closed())
-                .cloned()
+        let usable = |candidate: Option<Arc<WorkerConnection>>| {
+            candidate.filter(|c| stale.is_none_or(|s| !Arc::ptr_eq(s, c)) && !c.is_closed())
         };
+        // The fast path, taken by every request while its worker is up: one
+        // atomic load, no lock.
+        if let Some(connection) = usable(slot_state.current.load_full()) {
+            return Ok(connection);
+        }
         loop {
             if self.stopping.is_cancelled() {
                 return Err(PoolError::ShuttingDown);
@@ -268,7 +270,7 @@ impl Pool {
             let changed = slot_state.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(connection) = usable(&slot_state.current.load_full()) {
+            if let Some(connection) = usable(slot_state.current.load_full()) {
                 return Ok(connection);
             }
             let wait = tokio::time::timeout_at(deadline.into(), changed);
