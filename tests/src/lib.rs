@@ -40,6 +40,9 @@ pub struct Server {
     pub data_dir: PathBuf,
     log: Arc<Mutex<String>>,
     pub http: reqwest::Client,
+    /// The data directory when the server owns it; declared last so it is
+    /// removed only after the processes are gone.
+    owned_data_dir: Option<tempfile::TempDir>,
 }
 
 /// Options for [`Server::start`].
@@ -136,7 +139,18 @@ impl Server {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("http client"),
+            owned_data_dir: None,
         }
+    }
+
+    /// Starts warren on a fresh temporary data directory and waits until it
+    /// is ready.
+    pub async fn ready(options: &ServerOptions) -> Server {
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        let mut server = Server::start(data_dir.path(), options);
+        server.owned_data_dir = Some(data_dir);
+        server.wait_ready().await;
+        server
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -88,9 +88,7 @@ async fn users_spread_evenly_and_stay_on_their_slot_across_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_fails_its_requests_fast_and_is_back_within_a_second() {
-    let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path(), &ServerOptions::workers(4));
-    server.wait_ready().await;
+    let server = Server::ready(&ServerOptions::workers(4)).await;
     let victim_user = user_on_slot(2);
     let (slot, victim_pid) = server.ping(&victim_user).await.unwrap();
     assert_eq!(slot, 2);
@@ -196,12 +194,10 @@ async fn a_killed_worker_fails_its_requests_fast_and_is_back_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_stops_heartbeating_is_killed_and_replaced() {
-    let data = tempfile::tempdir().unwrap();
     let options = ServerOptions::workers(2)
         .arg("--heartbeat-timeout")
         .arg("1s");
-    let server = Server::start(data.path(), &options);
-    server.wait_ready().await;
+    let server = Server::ready(&options).await;
     let user = user_id(3);
     let (slot, frozen_pid) = server.ping(&user).await.unwrap();
 
@@ -305,9 +301,7 @@ async fn a_worker_that_dies_at_start_backs_off_and_reports_degraded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_sending_bad_frames_is_cut_off_and_its_slot_recovers() {
-    let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path(), &ServerOptions::workers(2));
-    server.wait_ready().await;
+    let server = Server::ready(&ServerOptions::workers(2)).await;
     let user = user_id(3);
     for oversized in [false, true] {
         let (_, before) = server.ping(&user).await.unwrap();
@@ -375,9 +369,7 @@ async fn sigterm_drains_in_flight_requests_and_leaves_no_worker_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_larger_than_its_window_echoes_through_a_worker() {
-    let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path(), &ServerOptions::workers(2));
-    server.wait_ready().await;
+    let server = Server::ready(&ServerOptions::workers(2)).await;
     let payload: Vec<u8> = (0..3 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -396,9 +388,7 @@ async fn a_stream_larger_than_its_window_echoes_through_a_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_answer_in_their_formats() {
-    let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path(), &ServerOptions::workers(2));
-    server.wait_ready().await;
+    let server = Server::ready(&ServerOptions::workers(2)).await;
     assert_eq!(
         server.get_json("/healthz").await,
         (200, serde_json::json!({ "status": "ok" }))
@@ -436,12 +426,10 @@ async fn health_readiness_and_metrics_answer_in_their_formats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_gives_up_cancels_the_work_in_the_worker() {
-    let data = tempfile::tempdir().unwrap();
     let options = ServerOptions::workers(2)
         .arg("--heartbeat-timeout")
         .arg("1s");
-    let server = Server::start(data.path(), &options);
-    server.wait_ready().await;
+    let server = Server::ready(&options).await;
     let user = user_id(3);
     let (slot, _) = server.ping(&user).await.unwrap();
     let slot = slot as usize;
@@ -505,7 +493,6 @@ async fn a_master_killed_outright_takes_its_workers_along_and_restarts_cleanly()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_restart_from_the_running_image_even_if_the_binary_is_gone() {
-    let data = tempfile::tempdir().unwrap();
     let install = tempfile::tempdir().unwrap();
     let binary = install.path().join("warren");
     std::fs::copy(warren_tests::warren_binary(), &binary).unwrap();
@@ -513,8 +500,7 @@ async fn workers_restart_from_the_running_image_even_if_the_binary_is_gone() {
         binary: Some(binary.clone()),
         ..ServerOptions::workers(2)
     };
-    let server = Server::start(data.path(), &options);
-    server.wait_ready().await;
+    let server = Server::ready(&options).await;
     // An upgrade replaces (here: removes) the file while warren runs.
     std::fs::remove_file(&binary).unwrap();
     let user = user_id(3);
