@@ -15,10 +15,86 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: the master process and its pool of workers.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Manage users in the database (works while the server runs).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Run one worker process (started by `warren serve`, not by hand).
     #[command(hide = true)]
     Worker(WorkerArgs),
+}
+
+/// Where the accounts database is: shared by `serve` and `user`.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory for all state: database, users' files, worker sockets.
+    #[arg(long, env = "WARREN_DATA_DIR", default_value = "./warren-data")]
+    pub data_dir: PathBuf,
+    /// `postgres://…` to use PostgreSQL [default: SQLite at DATA_DIR/warren.db].
+    #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    pub fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| crate::store::default_url(&self.data_dir))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user (asks for the password, or reads --password-file).
+    Add {
+        name: String,
+        /// Make the user an administrator.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from this file (first line) instead of asking.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Set a user's password (ends their sessions and tokens).
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Make a user an administrator or a plain user (ends their sessions).
+    SetRole {
+        name: String,
+        role: crate::store::Role,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Disable a user: they cannot log in; their sessions end at once.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Enable a disabled user.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete a user with their sessions and tokens.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -26,9 +102,8 @@ pub struct ServeArgs {
     /// Address to listen on for HTTP.
     #[arg(long, env = "WARREN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Directory for all state: database, users' files, worker sockets.
-    #[arg(long, env = "WARREN_DATA_DIR", default_value = "./warren-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Number of worker processes [default: number of CPUs].
     #[arg(long, env = "WARREN_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
@@ -41,6 +116,68 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests get to finish.
     #[arg(long, env = "WARREN_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// `multi`: a user database with administrators; `single`: one implicit
+    /// user with one password (--password-file or WARREN_PASSWORD).
+    #[arg(long, env = "WARREN_MODE", value_enum, default_value = "multi")]
+    pub mode: crate::auth::Mode,
+    /// Single-user mode: the password (first line of the file), or an
+    /// argon2 PHC hash of it (`$argon2id$…`).
+    #[arg(long, env = "WARREN_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// First start (empty database): the `admin` user's password (first line
+    /// of the file) instead of a random one printed once to stderr.
+    #[arg(long, env = "WARREN_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
+    /// Let anyone create an account with POST /api/v1/auth/signup.
+    #[arg(long, env = "WARREN_ALLOW_SIGNUP")]
+    pub allow_signup: bool,
+    /// A proxy (CIDR, repeatable or comma-separated) whose X-Forwarded-For
+    /// and X-Forwarded-Proto are believed.
+    #[arg(
+        long = "trusted-proxy",
+        env = "WARREN_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The URL users reach warren at (e.g. https://warren.example.org): the
+    /// only Origin accepted for cookie-authenticated changes, and TLS when
+    /// it is https [default: the request's own Host].
+    #[arg(long, env = "WARREN_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+    /// A session ends this long after login.
+    #[arg(long, env = "WARREN_SESSION_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+    /// A session unused for this long ends.
+    #[arg(long, env = "WARREN_SESSION_IDLE", default_value = "1h", value_parser = parse_duration)]
+    pub session_idle: Duration,
+    /// Sessions per user; a new login ends the oldest beyond it.
+    #[arg(long, env = "WARREN_MAX_SESSIONS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_sessions: u32,
+    /// Password hashes computed at once [default: half the CPUs, at least 1].
+    #[arg(long, env = "WARREN_HASH_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub hash_concurrency: Option<u32>,
+    /// Login attempts per minute from one client address.
+    #[arg(long, env = "WARREN_LOGIN_RATE_PER_ADDRESS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_rate_per_address: u32,
+    /// Login attempts per minute for one account.
+    #[arg(long, env = "WARREN_LOGIN_RATE_PER_ACCOUNT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_rate_per_account: u32,
+    /// Failed logins within --lockout-window that lock an account.
+    #[arg(long, env = "WARREN_LOCKOUT_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub lockout_failures: u32,
+    #[arg(long, env = "WARREN_LOCKOUT_WINDOW", default_value = "15m", value_parser = parse_duration)]
+    pub lockout_window: Duration,
+    /// How long a locked account stays locked.
+    #[arg(long, env = "WARREN_LOCKOUT_DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub lockout_duration: Duration,
+}
+
+/// `https://host[:port]` (a path is allowed and ignored for the origin).
+fn parse_public_url(text: &str) -> Result<String, String> {
+    let origin = crate::http::extract::origin_of_url(text)
+        .filter(|_| text.starts_with("http://") || text.starts_with("https://"))
+        .ok_or_else(|| format!("{text:?} is not an http:// or https:// URL"))?;
+    Ok(origin.to_ascii_lowercase())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -53,7 +190,7 @@ pub struct WorkerArgs {
     pub heartbeat_interval_ms: u64,
 }
 
-/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
+/// Parses `250ms`, `5s`, `2m`, `24h` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -62,14 +199,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 5s or 2m"))?;
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 5s, 2m or 24h"))?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
+        "h" => value * 3600.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s or m"
+                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
             ))
         }
     };
@@ -89,7 +227,8 @@ mod tests {
             ("2", Some(Duration::from_secs(2))),
             ("1.5s", Some(Duration::from_millis(1500))),
             ("2m", Some(Duration::from_secs(120))),
-            ("5h", None),
+            ("5h", Some(Duration::from_secs(5 * 3600))),
+            ("5d", None),
             ("", None),
             ("-1s", None),
         ];

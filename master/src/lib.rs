@@ -4,14 +4,20 @@
 //! - [`serve`]: start-up and shutdown of `warren serve`.
 //! - [`pool`]: worker processes, routing by consistent hash, supervision.
 //! - [`http`]: the axum routes and the one error -> response mapping.
+//! - [`auth`]: logins, sessions, API tokens, throttling, the session cache.
+//! - [`store`]: the accounts database (SQLite or PostgreSQL, via sqlx).
+//! - [`user_cli`]: `warren user …`, the operator's user management.
 //! - [`metrics`]: Prometheus metrics.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod serve;
+pub mod store;
+pub mod user_cli;
 
 use std::process::ExitCode;
 
@@ -22,24 +28,35 @@ pub fn main() -> ExitCode {
     init_tracing("info");
     match cli.command {
         cli::Command::Worker(args) => run_worker(args),
-        cli::Command::Serve(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    eprintln!("error: cannot start the runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(serve::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("error: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        cli::Command::Serve(args) => block_on(
+            tokio::runtime::Builder::new_multi_thread(),
+            serve::run(*args),
+        ),
+        cli::Command::User(command) => block_on(
+            tokio::runtime::Builder::new_current_thread(),
+            user_cli::run(command),
+        ),
+    }
+}
+
+/// Runs `work` to completion on a runtime from `builder`; errors go to
+/// stderr with their causes.
+fn block_on(
+    mut builder: tokio::runtime::Builder,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -56,10 +56,102 @@ impl Drop for InflightGuard {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabels {
+    origin: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatusLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+/// Logins, sessions, the session cache and database queries.
+#[derive(Debug, Clone)]
+pub struct AuthMetrics {
+    login_attempts: Family<ResultLabels, Counter>,
+    sessions_active: Gauge,
+    cache_requests: Family<ResultLabels, Counter>,
+    db_queries: Family<OriginLabels, Counter>,
+}
+
+impl AuthMetrics {
+    /// `result`: success, failure, throttled or locked.
+    pub(crate) fn login(&self, result: &'static str) {
+        self.login_attempts
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// `result`: hit or miss.
+    pub(crate) fn cache(&self, result: &'static str) {
+        self.cache_requests
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub(crate) fn set_sessions(&self, n: i64) {
+        self.sessions_active.set(n);
+    }
+
+    /// The counter of queries made while serving requests.
+    pub fn request_queries(&self) -> Counter {
+        self.db_queries
+            .get_or_create(&OriginLabels { origin: "request" })
+            .clone()
+    }
+
+    /// The counter of queries made by background work (revocation feed,
+    /// batched writes, housekeeping).
+    pub fn background_queries(&self) -> Counter {
+        self.db_queries
+            .get_or_create(&OriginLabels {
+                origin: "background",
+            })
+            .clone()
+    }
+}
+
+/// Requests by route template and status, and their durations.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: Family<RouteStatusLabels, Counter>,
+    duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+}
+
+impl HttpMetrics {
+    pub(crate) fn observe(&self, route: &str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RouteStatusLabels {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     workers: Family<StateLabels, Gauge>,
     pool: PoolMetrics,
+    auth: AuthMetrics,
+    http: HttpMetrics,
 }
 
 impl Default for Metrics {
@@ -92,9 +184,56 @@ impl Metrics {
             "Requests sent to workers and not yet answered",
             ipc_inflight.clone(),
         );
+        let auth = AuthMetrics {
+            login_attempts: Family::default(),
+            sessions_active: Gauge::default(),
+            cache_requests: Family::default(),
+            db_queries: Family::default(),
+        };
+        registry.register(
+            "warren_login_attempts",
+            "Login attempts by result (success, failure, throttled, locked)",
+            auth.login_attempts.clone(),
+        );
+        registry.register(
+            "warren_sessions_active",
+            "Unexpired login sessions in the database",
+            auth.sessions_active.clone(),
+        );
+        registry.register(
+            "warren_session_cache_requests",
+            "Credential validations by cache result (hit, miss)",
+            auth.cache_requests.clone(),
+        );
+        registry.register(
+            "warren_db_queries",
+            "Database statements sent, by origin (request, background)",
+            auth.db_queries.clone(),
+        );
+        // Touch both origins so they show as 0 before the first query.
+        let _ = (auth.request_queries(), auth.background_queries());
+        let http = HttpMetrics {
+            requests: Family::default(),
+            // 100 us to ~6.5 s.
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1e-4, 2.0, 17))
+            }),
+        };
+        registry.register(
+            "warren_http_requests",
+            "HTTP requests by route template and status",
+            http.requests.clone(),
+        );
+        registry.register(
+            "warren_http_request_duration_seconds",
+            "HTTP request duration by route template",
+            http.duration.clone(),
+        );
         Metrics {
             registry,
             workers,
+            auth,
+            http,
             pool: PoolMetrics {
                 restarts,
                 ipc_duration,
@@ -105,6 +244,14 @@ impl Metrics {
 
     pub fn pool(&self) -> PoolMetrics {
         self.pool.clone()
+    }
+
+    pub fn auth(&self) -> AuthMetrics {
+        self.auth.clone()
+    }
+
+    pub fn http(&self) -> HttpMetrics {
+        self.http.clone()
     }
 
     /// The text exposition, with gauges derived from the slots' current state.

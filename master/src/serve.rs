@@ -1,44 +1,96 @@
-//! `warren serve`: start the pool, serve HTTP, shut down cleanly on a signal.
+//! `warren serve`: open the database, make sure someone can log in, start
+//! the pool, serve HTTP, shut down cleanly on a signal.
 
+use crate::auth::password::{self, hash_now, verify_now};
+use crate::auth::throttle::ThrottleConfig;
+use crate::auth::{token, Auth, AuthConfig, Mode, SINGLE_USER_NAME};
 use crate::cli::ServeArgs;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, WebConfig};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolConfig, WorkerCommand};
-use anyhow::Context;
+use crate::store::{redact_url, NewUser, Role, Store, StoreError, UserPatch};
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let data_dir = &args.store.data_dir;
+    create_private_dir(data_dir)?;
+    let metrics = Arc::new(Metrics::new());
+    let url = args.store.url();
+    let store = Store::open(&url, metrics.auth().request_queries())
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
+    let config = AuthConfig {
+        mode: args.mode,
+        session_ttl: args.session_ttl,
+        idle_timeout: args.session_idle,
+        max_sessions: args.max_sessions,
+        hash_concurrency: args
+            .hash_concurrency
+            .map_or_else(crate::auth::default_hash_concurrency, |n| n as usize),
+        throttle: ThrottleConfig {
+            per_address_per_minute: args.login_rate_per_address,
+            per_account_per_minute: args.login_rate_per_account,
+            lockout_failures: args.lockout_failures,
+            lockout_window: args.lockout_window,
+            lockout_duration: args.lockout_duration,
+        },
+        ..AuthConfig::default()
+    };
+    match args.mode {
+        Mode::Multi => first_admin(&store, args.admin_password_file.as_deref()).await?,
+        Mode::Single => single_user(&store, args.password_file.as_deref()).await?,
+    }
+    let auth = Auth::new(store.clone(), config, metrics.auth())?;
+
     let workers = match args.workers {
         Some(workers) => workers,
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };
-    let mut config = PoolConfig::new(
+    let mut pool_config = PoolConfig::new(
         workers,
-        args.data_dir.join("run"),
+        data_dir.join("run"),
         WorkerCommand::current_exe().context("cannot find this executable to start workers")?,
     );
-    config.heartbeat_timeout = args.heartbeat_timeout;
-    config.unavailable_wait = args.unavailable_wait;
-
-    let metrics = Arc::new(Metrics::new());
-    let pool = Pool::start(config, metrics.pool())?;
+    pool_config.heartbeat_timeout = args.heartbeat_timeout;
+    pool_config.unavailable_wait = args.unavailable_wait;
+    let pool = Pool::start(pool_config, metrics.pool())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    info!(%address, workers, data_dir = %args.data_dir.display(), "listening");
+    info!(
+        %address,
+        workers,
+        data_dir = %data_dir.display(),
+        database = store.backend().as_str(),
+        mode = ?args.mode,
+        "listening"
+    );
 
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
+    let background = tokio::spawn(auth.clone().run_background(stop.child_token()));
+    auth.count_sessions().await;
     let app = http::router(AppState {
         pool: pool.clone(),
         metrics,
+        auth,
+        web: Arc::new(WebConfig {
+            trusted_proxies: args.trusted_proxies.clone(),
+            public_origin: args.public_url.clone(),
+            allow_signup: args.allow_signup,
+        }),
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
     let drain_deadline = async {
         stop.cancelled().await;
         tokio::time::sleep(args.shutdown_timeout).await;
@@ -47,9 +99,139 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         served = server => served.context("HTTP server failed")?,
         _ = drain_deadline => warn!(timeout = ?args.shutdown_timeout, "in-flight requests did not finish in time; stopping anyway"),
     }
+    stop.cancel();
     info!("stopping workers");
     pool.shutdown().await;
+    // Writes the last batched last-seen times.
+    let _ = background.await;
     info!("stopped");
+    Ok(())
+}
+
+/// Creates `dir` (mode 0700 when new): it holds the database and users' files.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+/// The first line of a secret file, without its line ending.
+pub fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").to_string();
+    if line.is_empty() {
+        bail!(
+            "{} is empty: put the password on its first line",
+            path.display()
+        );
+    }
+    Ok(line)
+}
+
+/// On an empty database, creates `admin` with the password from `file` or a
+/// random one, printed once to stderr and nowhere else.
+async fn first_admin(store: &Store, file: Option<&Path>) -> anyhow::Result<()> {
+    if store.count_users().await? > 0 {
+        return Ok(());
+    }
+    let (password, generated) = match file {
+        Some(path) => {
+            let password = read_secret_file(path)?;
+            password::check_policy(&password)
+                .with_context(|| format!("the admin password in {}", path.display()))?;
+            (password, false)
+        }
+        None => (token::random_password(20)?, true),
+    };
+    let hash =
+        tokio::task::spawn_blocking(move || hash_now(&password).map(|h| (h, password))).await??;
+    let created = store
+        .create_user(NewUser {
+            username: "admin",
+            password_hash: &hash.0,
+            role: Role::Admin,
+        })
+        .await;
+    match created {
+        Ok(_) => {
+            if generated {
+                eprintln!(
+                    "\nwarren: created the administrator `admin` with password\n\n    {}\n\n\
+                     It is shown only this once. Log in and change it (POST /api/v1/me/password),\n\
+                     or set another with `warren user passwd admin`.\n",
+                    hash.1
+                );
+            }
+            info!(
+                security_event = true,
+                event = "user_created",
+                subject = "admin",
+                "created the first administrator"
+            );
+            Ok(())
+        }
+        // Another master sharing the database got there first.
+        Err(StoreError::Conflict(_)) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Single-user mode: the implicit user exists and has the configured
+/// password (or hash); a changed password ends the old sessions.
+async fn single_user(store: &Store, file: Option<&Path>) -> anyhow::Result<()> {
+    let secret = match (file, std::env::var("WARREN_PASSWORD")) {
+        (Some(path), _) => read_secret_file(path)?,
+        (None, Ok(password)) if !password.is_empty() => password,
+        _ => bail!("single-user mode needs a password: --password-file FILE or WARREN_PASSWORD"),
+    };
+    let given_hash = secret.starts_with("$argon2");
+    if given_hash {
+        if argon2::password_hash::phc::PasswordHash::new(&secret).is_err() {
+            bail!("the single-user password looks like an argon2 hash but does not parse");
+        }
+    } else {
+        password::check_policy(&secret).context("the single-user password")?;
+    }
+    let hash_of = |secret: String| async move {
+        if given_hash {
+            Ok::<_, anyhow::Error>(secret)
+        } else {
+            Ok(tokio::task::spawn_blocking(move || hash_now(&secret)).await??)
+        }
+    };
+    match store.user_by_name(SINGLE_USER_NAME).await? {
+        None => {
+            let hash = hash_of(secret).await?;
+            store
+                .create_user(NewUser {
+                    username: SINGLE_USER_NAME,
+                    password_hash: &hash,
+                    role: Role::User,
+                })
+                .await?;
+        }
+        Some((user, stored)) => {
+            let unchanged = if given_hash {
+                stored == secret
+            } else {
+                let check = secret.clone();
+                tokio::task::spawn_blocking(move || verify_now(&check, &stored)).await?
+            };
+            if !unchanged || user.disabled {
+                let patch = UserPatch {
+                    password_hash: Some(hash_of(secret).await?),
+                    disabled: Some(false),
+                    ..Default::default()
+                };
+                store.update_user(user.id, &patch).await?;
+                info!("single-user password changed; earlier sessions ended");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,49 +1,135 @@
-//! The HTTP surface: health, readiness and metrics (and, in test builds only,
-//! the `/debug` routes the end-to-end tests drive the pool through).
+//! The HTTP surface: `/api/v1` (see [`api`]), health, readiness, metrics,
+//! and in test builds only the `/debug` routes the end-to-end tests drive
+//! the pool through. Every response carries the security headers; every
+//! request is counted by route template and status.
 
+mod api;
 #[cfg(debug_assertions)]
 mod debug;
 mod error;
+pub mod extract;
 
+pub use api::{check_username, rfc3339};
 pub use error::ApiError;
+pub use extract::WebConfig;
 
+use crate::auth::Auth;
 use crate::metrics::{self, Metrics};
 use crate::pool::Pool;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use std::sync::Arc;
+use std::time::Instant;
+
+/// The largest JSON request body accepted (413 beyond).
+pub const MAX_JSON_BODY: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Auth>,
+    pub web: Arc<WebConfig>,
 }
 
 pub fn router(state: AppState) -> Router {
+    let (api, openapi) = api::routes(state.auth.config().mode);
+    let openapi = Arc::new(openapi);
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics));
+        .route("/metrics", get(render_metrics))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let openapi = openapi.clone();
+                async move { Json(openapi.as_ref().clone()) }
+            }),
+        )
+        .merge(api);
     #[cfg(debug_assertions)]
     let router = router.nest("/debug", debug::routes());
     router
         .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security_headers,
+        ))
         .with_state(state)
+}
+
+/// Counts and times every request by its route template (never the raw
+/// path, which would let clients mint label values).
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |path| path.as_str())
+        .to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http()
+        .observe(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+const CSP: &str = "default-src 'self'; base-uri 'none'; object-src 'none'; \
+                   frame-ancestors 'none'; form-action 'self'";
+
+/// CSP, nosniff, framing and referrer policy on every response; HSTS when
+/// the request came over TLS; no caching of API answers.
+async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let tls = extract::ClientInfo::of(&parts, &state.web).tls;
+    let api = parts.uri.path().starts_with("/api/");
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if api && !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if tls {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+    response
 }
 
 async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// 200 when every slot is up, else 503; lists each slot's state either way.
+/// 200 when every slot is up and the database answers, else 503; the body
+/// says which.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let slots = state.pool.report();
-    let ready = slots
+    let workers_ready = slots
         .iter()
         .all(|slot| slot.state == crate::pool::supervisor::SlotState::Up);
+    let database = state.auth.store().ping().await;
+    let ready = workers_ready && database.is_ok();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -51,6 +137,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
+        "database": match &database {
+            Ok(()) => "ok".to_string(),
+            Err(err) => err.to_string(),
+        },
         "workers": slots,
     });
     (status, Json(body))

@@ -1,0 +1,732 @@
+//! Who is asking: logins, sessions, API tokens, and their validation.
+//!
+//! Credentials are 256-bit random secrets; the database holds only their
+//! SHA-256. Validation goes through a moka cache keyed by that hash, so a
+//! steady stream of authenticated requests makes no database query:
+//! `last_seen` is kept in memory and written in batches, and revocations
+//! (logout, revoke, password change, disable, delete; from this master,
+//! another master or the operator CLI) arrive through the `auth_events`
+//! feed that every master polls, and drop the matching cache entries.
+//! A generation counter makes sure a lookup that raced a revocation never
+//! re-inserts the revoked credential.
+
+pub mod password;
+pub mod throttle;
+pub mod token;
+
+use crate::metrics::AuthMetrics;
+use crate::store::{
+    self, AuditEntry, EventKind, NewApiToken, NewSession, Role, Store, StoreError, User,
+};
+use password::{Hasher, PasswordError};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use throttle::{Refusal, Throttle, ThrottleConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+use warren_protocol::{UserCtx, UserId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// A user database with an admin (default).
+    Multi,
+    /// One implicit user with one password; no user administration.
+    Single,
+}
+
+/// The name of the implicit user in single-user mode.
+pub const SINGLE_USER_NAME: &str = "owner";
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub mode: Mode,
+    pub session_ttl: Duration,
+    pub idle_timeout: Duration,
+    /// Sessions per user unless the user has their own limit.
+    pub max_sessions: u32,
+    pub hash_concurrency: usize,
+    pub hash_queue_timeout: Duration,
+    pub throttle: ThrottleConfig,
+    /// How often the revocation feed is read.
+    pub poll_interval: Duration,
+    /// How often batched `last_seen` times are written.
+    pub flush_interval: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: Mode::Multi,
+            session_ttl: Duration::from_secs(24 * 3600),
+            idle_timeout: Duration::from_secs(3600),
+            max_sessions: 5,
+            hash_concurrency: default_hash_concurrency(),
+            hash_queue_timeout: Duration::from_secs(30),
+            throttle: ThrottleConfig::default(),
+            poll_interval: Duration::from_millis(250),
+            flush_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Half the cores (at least one): a login storm leaves the rest for serving.
+pub fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    #[error("too many login attempts; retry in {} s", throttle::retry_after_secs(*retry_after))]
+    Throttled { retry_after: Duration, locked: bool },
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Random(#[from] token::RandomError),
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Safe methods only (GET, HEAD).
+    Read,
+    /// Everything the user may do.
+    Write,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "read" => Some(Scope::Read),
+            "write" => Some(Scope::Write),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    Session { id: Uuid },
+    Token { id: Uuid, scope: Scope },
+}
+
+/// An authenticated caller, as cached.
+#[derive(Debug)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub username: String,
+    pub role: Role,
+    pub kind: CredentialKind,
+    pub token_hash: String,
+    /// What the worker is told about the user.
+    pub ctx: UserCtx,
+    /// Absolute expiry (ms since the epoch); `i64::MAX` for none.
+    pub expires_at: i64,
+    last_seen: AtomicI64,
+    flushed: AtomicI64,
+}
+
+impl Principal {
+    fn new(
+        user: &User,
+        kind: CredentialKind,
+        token_hash: String,
+        expires_at: i64,
+        last_seen: i64,
+    ) -> Self {
+        Principal {
+            user_id: user.id,
+            username: user.username.clone(),
+            role: user.role,
+            kind,
+            token_hash,
+            ctx: UserCtx {
+                id: UserId(*user.id.as_bytes()),
+                name: user.username.clone(),
+                role: match user.role {
+                    Role::Admin => warren_protocol::Role::Admin,
+                    Role::User => warren_protocol::Role::User,
+                },
+            },
+            expires_at,
+            last_seen: AtomicI64::new(last_seen),
+            flushed: AtomicI64::new(last_seen),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    pub fn session_id(&self) -> Option<Uuid> {
+        match self.kind {
+            CredentialKind::Session { id } => Some(id),
+            CredentialKind::Token { .. } => None,
+        }
+    }
+}
+
+fn refused(refusal: Refusal) -> AuthError {
+    match refusal {
+        Refusal::RateLimited { retry_after } => AuthError::Throttled {
+            retry_after,
+            locked: false,
+        },
+        Refusal::LockedOut { retry_after } => AuthError::Throttled {
+            retry_after,
+            locked: true,
+        },
+    }
+}
+
+/// A successful login.
+pub struct Login {
+    pub user: User,
+    pub token: String,
+    pub session: store::SessionRow,
+}
+
+/// Where a request came from, for throttling and the audit log.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub address: IpAddr,
+    pub user_agent: Option<String>,
+}
+
+pub struct Auth {
+    store: Store,
+    /// The same database, counting its queries as background work.
+    background_store: Store,
+    hasher: Hasher,
+    throttle: Throttle,
+    cache: moka::sync::Cache<String, Arc<Principal>>,
+    /// Bumped by every invalidation; a cache fill that started before a
+    /// bump is not inserted.
+    generation: AtomicU64,
+    config: AuthConfig,
+    metrics: AuthMetrics,
+}
+
+impl Auth {
+    pub fn new(
+        store: Store,
+        config: AuthConfig,
+        metrics: AuthMetrics,
+    ) -> Result<Arc<Auth>, AuthError> {
+        Ok(Arc::new(Auth {
+            hasher: Hasher::new(config.hash_concurrency, config.hash_queue_timeout)?,
+            throttle: Throttle::new(config.throttle.clone()),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(200_000)
+                // A backstop only: revocations invalidate entries at once.
+                .time_to_live(Duration::from_secs(600))
+                .support_invalidation_closures()
+                .build(),
+            generation: AtomicU64::new(0),
+            background_store: store.counting(metrics.background_queries()),
+            store,
+            config,
+            metrics,
+        }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+
+    /// Checks a username and password and opens a session.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: &Client,
+    ) -> Result<Login, AuthError> {
+        if let Err(refusal) = self.throttle.admit(client.address, username) {
+            let locked = matches!(refusal, Refusal::LockedOut { .. });
+            self.metrics
+                .login(if locked { "locked" } else { "throttled" });
+            self.audit(AuditEntry {
+                event: "login_throttled",
+                actor_name: Some(username.to_string()),
+                address: Some(client.address.to_string()),
+                detail: Some(
+                    if locked {
+                        "account locked"
+                    } else {
+                        "rate limited"
+                    }
+                    .into(),
+                ),
+                ..Default::default()
+            })
+            .await;
+            return Err(refused(refusal));
+        }
+        // Over-long input is a failed login like any other (no early exit
+        // that would tell a caller anything), but is not hashed.
+        let found = if username.len() <= 64 && password.len() <= password::MAX_PASSWORD_BYTES {
+            self.store.user_by_name(username).await?
+        } else {
+            None
+        };
+        let matched = self
+            .hasher
+            .verify(password, found.as_ref().map(|(_, hash)| hash.as_str()))
+            .await?;
+        let user = match found {
+            Some((user, _)) if matched && !user.disabled => user,
+            found => {
+                self.metrics.login("failure");
+                let locked = self.throttle.record_failure(username);
+                let reason = match found {
+                    None => "unknown user",
+                    Some((user, _)) if user.disabled && matched => "account disabled",
+                    Some(_) => "wrong password",
+                };
+                self.audit(AuditEntry {
+                    event: "login_failed",
+                    actor_name: Some(username.to_string()),
+                    address: Some(client.address.to_string()),
+                    detail: Some(reason.into()),
+                    ..Default::default()
+                })
+                .await;
+                if locked {
+                    self.audit(AuditEntry {
+                        event: "lockout",
+                        actor_name: Some(username.to_string()),
+                        address: Some(client.address.to_string()),
+                        detail: Some(format!(
+                            "{} failures; locked for {} s",
+                            self.config.throttle.lockout_failures,
+                            self.config.throttle.lockout_duration.as_secs()
+                        )),
+                        ..Default::default()
+                    })
+                    .await;
+                }
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
+        self.throttle.record_success(username);
+        let login = self.open_session(&user, client).await?;
+        self.metrics.login("success");
+        self.audit(AuditEntry {
+            event: "login",
+            actor_id: Some(user.id.to_string()),
+            actor_name: Some(user.username.clone()),
+            subject: Some(login.session.id.to_string()),
+            address: Some(client.address.to_string()),
+            ..Default::default()
+        })
+        .await;
+        Ok(login)
+    }
+
+    /// Opens a session for a user whose credentials were just checked.
+    pub async fn open_session(&self, user: &User, client: &Client) -> Result<Login, AuthError> {
+        let token = token::new_session_token()?;
+        let token_hash = token::hash_token(&token);
+        let max_sessions = user
+            .max_sessions
+            .unwrap_or(i64::from(self.config.max_sessions));
+        let address = client.address.to_string();
+        let (session, evicted) = self
+            .store
+            .create_session(NewSession {
+                token_hash: &token_hash,
+                user_id: user.id,
+                expires_at: store::now_ms() + self.config.session_ttl.as_millis() as i64,
+                address: Some(&address),
+                user_agent: client.user_agent.as_deref(),
+                max_sessions,
+            })
+            .await?;
+        for hash in &evicted {
+            self.forget(hash);
+        }
+        if let Err(err) = self.store.record_login(user.id, session.created_at).await {
+            warn!(error = %err, "cannot record the login time");
+        }
+        Ok(Login {
+            user: user.clone(),
+            token,
+            session,
+        })
+    }
+
+    /// The caller behind a session or API token, or `Unauthenticated`.
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        if !token::plausible(token) {
+            return Err(AuthError::Unauthenticated);
+        }
+        let hash = token::hash_token(token);
+        let now = store::now_ms();
+        if let Some(principal) = self.cache.get(&hash) {
+            self.metrics.cache("hit");
+            return self.check_live(principal, now);
+        }
+        self.metrics.cache("miss");
+        let generation = self.generation.load(Ordering::Acquire);
+        let principal = match self.store.credential_by_hash(&hash).await? {
+            None => return Err(AuthError::Unauthenticated),
+            Some(store::Credential::Session(session, user)) => {
+                if user.disabled {
+                    return Err(AuthError::Unauthenticated);
+                }
+                Principal::new(
+                    &user,
+                    CredentialKind::Session { id: session.id },
+                    hash.clone(),
+                    session.expires_at,
+                    session.last_seen_at,
+                )
+            }
+            Some(store::Credential::Token(token, user)) => {
+                let Some(scope) = Scope::parse(&token.scope) else {
+                    return Err(AuthError::Unauthenticated);
+                };
+                if user.disabled {
+                    return Err(AuthError::Unauthenticated);
+                }
+                Principal::new(
+                    &user,
+                    CredentialKind::Token {
+                        id: token.id,
+                        scope,
+                    },
+                    hash.clone(),
+                    token.expires_at.unwrap_or(i64::MAX),
+                    token.last_used_at.unwrap_or(token.created_at),
+                )
+            }
+        };
+        let principal = Arc::new(principal);
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.cache.insert(hash, principal.clone());
+        }
+        self.check_live(principal, now)
+    }
+
+    /// Absolute and idle expiry; a live credential's `last_seen` moves on.
+    fn check_live(&self, principal: Arc<Principal>, now: i64) -> Result<Arc<Principal>, AuthError> {
+        let idle_limit = self.config.idle_timeout.as_millis() as i64;
+        let idle = matches!(principal.kind, CredentialKind::Session { .. })
+            && now - principal.last_seen.load(Ordering::Relaxed) > idle_limit;
+        if now >= principal.expires_at || idle {
+            debug!(user = %principal.username, idle, "credential expired");
+            self.forget(&principal.token_hash);
+            return Err(AuthError::Unauthenticated);
+        }
+        principal.last_seen.fetch_max(now, Ordering::Relaxed);
+        Ok(principal)
+    }
+
+    /// Drops one credential from this master's cache.
+    fn forget(&self, token_hash: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate(token_hash);
+    }
+
+    /// Drops every cached credential of `user` from this master's cache.
+    fn forget_user(&self, user: Uuid) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Err(err) = self
+            .cache
+            .invalidate_entries_if(move |_, principal| principal.user_id == user)
+        {
+            // Only possible if invalidation closures were not enabled.
+            warn!(error = %err, "cannot invalidate by user; clearing the whole cache");
+            self.cache.invalidate_all();
+        }
+    }
+
+    /// Ends the caller's own session (logout).
+    pub async fn logout(&self, principal: &Principal, client: &Client) -> Result<(), AuthError> {
+        self.forget(&principal.token_hash);
+        self.store
+            .delete_session_by_hash(&principal.token_hash)
+            .await?;
+        self.audit(AuditEntry {
+            event: "logout",
+            actor_id: Some(principal.user_id.to_string()),
+            actor_name: Some(principal.username.clone()),
+            subject: principal.session_id().map(|id| id.to_string()),
+            address: Some(client.address.to_string()),
+            ..Default::default()
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Ends a session by id: the caller's own (`owner` given) or anyone's.
+    /// `None` if there is no such session (or it is not the owner's).
+    pub async fn revoke_session(
+        &self,
+        actor: &Principal,
+        id: Uuid,
+        owner: Option<Uuid>,
+        client: &Client,
+    ) -> Result<Option<store::SessionRow>, AuthError> {
+        let Some(session) = self.store.delete_session(id, owner).await? else {
+            return Ok(None);
+        };
+        self.forget(&session.token_hash);
+        self.audit(AuditEntry {
+            event: "session_revoked",
+            actor_id: Some(actor.user_id.to_string()),
+            actor_name: Some(actor.username.clone()),
+            subject: Some(session.id.to_string()),
+            address: Some(client.address.to_string()),
+            detail: Some(format!("session of user {}", session.user_id)),
+        })
+        .await;
+        Ok(Some(session))
+    }
+
+    /// Admits a sign-up attempt under the login rate limits.
+    pub fn admit_signup(&self, client: &Client, username: &str) -> Result<(), AuthError> {
+        self.throttle
+            .admit(client.address, username)
+            .map_err(refused)
+    }
+
+    /// Ends every session of `user` (force logout) on every master.
+    pub async fn end_sessions(&self, user: Uuid) -> Result<(), AuthError> {
+        self.store.end_user_sessions(user).await?;
+        self.forget_user(user);
+        Ok(())
+    }
+
+    /// Checks the caller's current password (throttled and counted like a
+    /// login attempt), for changes that need it.
+    pub async fn check_password(
+        &self,
+        principal: &Principal,
+        password: &str,
+        client: &Client,
+    ) -> Result<(), AuthError> {
+        self.throttle
+            .admit(client.address, &principal.username)
+            .map_err(refused)?;
+        let hash = self.store.password_hash(principal.user_id).await?;
+        if self.hasher.verify(password, hash.as_deref()).await? {
+            return Ok(());
+        }
+        self.throttle.record_failure(&principal.username);
+        self.audit(AuditEntry {
+            event: "password_check_failed",
+            actor_id: Some(principal.user_id.to_string()),
+            actor_name: Some(principal.username.clone()),
+            address: Some(client.address.to_string()),
+            ..Default::default()
+        })
+        .await;
+        Err(AuthError::InvalidCredentials)
+    }
+
+    /// Called after the store changed a user in a way that ends their
+    /// credentials (the store already announced it to other masters).
+    pub fn user_changed(&self, user: Uuid) {
+        self.forget_user(user);
+    }
+
+    pub async fn create_token(
+        &self,
+        principal: &Principal,
+        name: &str,
+        scope: Scope,
+        expires_at: Option<i64>,
+        client: &Client,
+    ) -> Result<(store::ApiTokenRow, String), AuthError> {
+        let secret = token::new_api_token()?;
+        let row = self
+            .store
+            .create_token(NewApiToken {
+                token_hash: &token::hash_token(&secret),
+                user_id: principal.user_id,
+                name,
+                scope: scope.as_str(),
+                expires_at,
+            })
+            .await?;
+        self.audit(AuditEntry {
+            event: "token_created",
+            actor_id: Some(principal.user_id.to_string()),
+            actor_name: Some(principal.username.clone()),
+            subject: Some(row.id.to_string()),
+            address: Some(client.address.to_string()),
+            detail: Some(format!("{name:?}, scope {}", scope.as_str())),
+        })
+        .await;
+        Ok((row, secret))
+    }
+
+    pub async fn revoke_token(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        client: &Client,
+    ) -> Result<bool, AuthError> {
+        let Some(row) = self.store.delete_token(id, principal.user_id).await? else {
+            return Ok(false);
+        };
+        self.forget(&row.token_hash);
+        self.audit(AuditEntry {
+            event: "token_revoked",
+            actor_id: Some(principal.user_id.to_string()),
+            actor_name: Some(principal.username.clone()),
+            subject: Some(row.id.to_string()),
+            address: Some(client.address.to_string()),
+            detail: Some(format!("{:?}", row.name)),
+        })
+        .await;
+        Ok(true)
+    }
+
+    /// A security event: a `tracing` event with `security_event = true` and
+    /// a row in `audit_log`. A failure to store the row is logged, never
+    /// turned into a failure of the request it describes.
+    pub async fn audit(&self, entry: AuditEntry) {
+        info!(
+            security_event = true,
+            event = entry.event,
+            actor_id = entry.actor_id.as_deref(),
+            actor = entry.actor_name.as_deref(),
+            subject = entry.subject.as_deref(),
+            address = entry.address.as_deref(),
+            detail = entry.detail.as_deref(),
+            "security event"
+        );
+        if let Err(err) = self.store.insert_audit(&entry).await {
+            warn!(error = %err, event = entry.event, "cannot write the audit log");
+        }
+    }
+
+    /// Follows the revocation feed, writes batched `last_seen` times, and
+    /// keeps the database and rate-limit state tidy, until `stop`.
+    pub async fn run_background(self: Arc<Self>, stop: CancellationToken) {
+        let mut last_event = match self.background_store.last_event_id().await {
+            Ok(id) => id,
+            Err(err) => {
+                warn!(error = %err, "cannot read the revocation feed; following from the start");
+                0
+            }
+        };
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(self.config.flush_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tidy = tokio::time::interval(Duration::from_secs(300));
+        tidy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = poll.tick() => last_event = self.follow_feed(last_event).await,
+                _ = flush.tick() => {
+                    self.flush_last_seen().await;
+                    self.count_sessions().await;
+                }
+                _ = tidy.tick() => self.tidy().await,
+            }
+        }
+        // Nothing lost on a clean stop.
+        self.flush_last_seen().await;
+    }
+
+    async fn follow_feed(&self, after: i64) -> i64 {
+        match self.background_store.events_after(after).await {
+            Ok(events) => {
+                let mut last = after;
+                for event in events {
+                    match event.kind {
+                        EventKind::Session => self.forget(&event.subject),
+                        EventKind::User => match event.subject.parse() {
+                            Ok(user) => self.forget_user(user),
+                            Err(_) => {
+                                warn!(subject = %event.subject, "bad user id in the revocation feed")
+                            }
+                        },
+                    }
+                    last = event.id;
+                }
+                last
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot read the revocation feed");
+                after
+            }
+        }
+    }
+
+    async fn flush_last_seen(&self) {
+        let mut seen = Vec::new();
+        for (_, principal) in self.cache.iter() {
+            let last = principal.last_seen.load(Ordering::Relaxed);
+            if principal.flushed.load(Ordering::Relaxed) < last {
+                seen.push((principal.clone(), last));
+            }
+        }
+        if seen.is_empty() {
+            return;
+        }
+        let rows: Vec<(String, i64)> = seen
+            .iter()
+            .map(|(principal, last)| (principal.token_hash.clone(), *last))
+            .collect();
+        match self.background_store.touch(&rows).await {
+            Ok(()) => {
+                for (principal, last) in seen {
+                    principal.flushed.fetch_max(last, Ordering::Relaxed);
+                }
+            }
+            Err(err) => warn!(error = %err, "cannot write last-seen times"),
+        }
+    }
+
+    async fn tidy(&self) {
+        self.throttle.shrink();
+        match self
+            .background_store
+            .prune(Duration::from_secs(3600), self.config.idle_timeout)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => debug!(sessions = n, "removed expired sessions"),
+            Err(err) => warn!(error = %err, "cannot remove expired sessions"),
+        }
+    }
+
+    /// Refreshes the `warren_sessions_active` gauge now.
+    pub async fn count_sessions(&self) {
+        match self.background_store.count_sessions().await {
+            Ok(n) => self.metrics.set_sessions(n),
+            Err(err) => warn!(error = %err, "cannot count sessions"),
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! `/admin…`: user administration, everyone's sessions, the audit log.
+//! Administrators only (others get 403); absent in single-user mode.
+
+use super::{check_username, double_option, SessionView, UserView};
+use crate::auth::password;
+use crate::http::error::ErrorBody;
+use crate::http::extract::{Admin, ApiJson, ApiPath, ApiQuery, ClientInfo};
+use crate::http::{ApiError, AppState};
+use crate::store::{AuditEntry, AuditFilter, AuditRecord, NewUser, Role, User, UserPatch};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, patch_user, delete_user))
+        .routes(routes!(list_sessions))
+        .routes(routes!(end_session))
+        .routes(routes!(end_user_sessions))
+        .routes(routes!(audit))
+}
+
+fn entry(
+    admin: &crate::auth::Principal,
+    info: &ClientInfo,
+    event: &'static str,
+    subject: &User,
+    detail: Option<String>,
+) -> AuditEntry {
+    AuditEntry {
+        event,
+        actor_id: Some(admin.user_id.to_string()),
+        actor_name: Some(admin.username.clone()),
+        subject: Some(subject.username.clone()),
+        address: Some(info.client.address.to_string()),
+        detail,
+    }
+}
+
+/// Every user, by name.
+#[utoipa::path(
+    get, path = "/admin/users", tag = "admin",
+    responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn list_users(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    let users = state.auth.store().list_users().await?;
+    Ok(Json(users.iter().map(UserView::from).collect()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub username: String,
+    pub password: String,
+    /// Default `user`.
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+/// Create a user.
+#[utoipa::path(
+    post, path = "/admin/users", tag = "admin",
+    request_body = CreateUser,
+    responses(
+        (status = 201, body = UserView),
+        (status = 409, description = "The username is taken", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn create_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    info: ClientInfo,
+    ApiJson(new): ApiJson<CreateUser>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    check_username(&new.username)?;
+    password::check_policy(&new.password)?;
+    let hash = state.auth.hasher().hash(&new.password).await?;
+    let user = state
+        .auth
+        .store()
+        .create_user(NewUser {
+            username: &new.username,
+            password_hash: &hash,
+            role: new.role.unwrap_or(Role::User),
+        })
+        .await?;
+    let detail = Some(format!("role {}", user.role.as_str()));
+    state
+        .auth
+        .audit(entry(&admin, &info, "user_created", &user, detail))
+        .await;
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))))
+}
+
+async fn find(state: &AppState, id: Uuid) -> Result<User, ApiError> {
+    state
+        .auth
+        .store()
+        .user_by_id(id)
+        .await?
+        .ok_or(ApiError::Missing("user"))
+}
+
+/// One user.
+#[utoipa::path(
+    get, path = "/admin/users/{id}", tag = "admin",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = UserView), (status = 404, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn get_user(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(UserView::from(&find(&state, id).await?)))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchUser {
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+    /// A new password (a reset: ends the user's sessions and tokens).
+    pub password: Option<String>,
+    /// `null` resets to the server default.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub max_sessions: Option<Option<i64>>,
+    /// `null` resets to the server default.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub storage_quota_bytes: Option<Option<i64>>,
+}
+
+/// Change a user's role, standing, password or limits. A change of role,
+/// a disable or a password reset ends the user's sessions and tokens.
+#[utoipa::path(
+    patch, path = "/admin/users/{id}", tag = "admin",
+    params(("id" = Uuid, Path)),
+    request_body = PatchUser,
+    responses(
+        (status = 200, body = UserView),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Would leave no active administrator", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn patch_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    info: ClientInfo,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(patch): ApiJson<PatchUser>,
+) -> Result<Json<UserView>, ApiError> {
+    if let Some(Some(n)) = patch.max_sessions {
+        if !(1..=1000).contains(&n) {
+            return Err(ApiError::Unprocessable(
+                "max_sessions must be 1-1000".into(),
+            ));
+        }
+    }
+    if let Some(Some(n)) = patch.storage_quota_bytes {
+        if n < 0 {
+            return Err(ApiError::Unprocessable(
+                "storage_quota_bytes must not be negative".into(),
+            ));
+        }
+    }
+    let before = find(&state, id).await?;
+    let demotes = patch.role == Some(Role::User) || patch.disabled == Some(true);
+    if demotes && before.role == Role::Admin && !before.disabled {
+        keep_an_admin(&state).await?;
+    }
+    let password_hash = match &patch.password {
+        Some(password) => {
+            password::check_policy(password)?;
+            Some(state.auth.hasher().hash(password).await?)
+        }
+        None => None,
+    };
+    let change = UserPatch {
+        role: patch.role,
+        disabled: patch.disabled,
+        password_hash,
+        max_sessions: patch.max_sessions,
+        storage_quota_bytes: patch.storage_quota_bytes,
+    };
+    let user = state
+        .auth
+        .store()
+        .update_user(id, &change)
+        .await?
+        .ok_or(ApiError::Missing("user"))?;
+    if change.revokes_credentials() {
+        state.auth.user_changed(id);
+    }
+    let events: [(bool, &'static str, Option<String>); 4] = [
+        (
+            patch.role.is_some_and(|role| role != before.role),
+            "role_changed",
+            Some(format!(
+                "{} -> {}",
+                before.role.as_str(),
+                user.role.as_str()
+            )),
+        ),
+        (
+            patch.disabled.is_some_and(|d| d != before.disabled),
+            if user.disabled {
+                "user_disabled"
+            } else {
+                "user_enabled"
+            },
+            None,
+        ),
+        (patch.password.is_some(), "password_reset", None),
+        (
+            patch.max_sessions.is_some() || patch.storage_quota_bytes.is_some(),
+            "limits_changed",
+            Some(format!(
+                "max_sessions {:?}, storage_quota_bytes {:?}",
+                user.max_sessions, user.storage_quota_bytes
+            )),
+        ),
+    ];
+    for (happened, event, detail) in events {
+        if happened {
+            state
+                .auth
+                .audit(entry(&admin, &info, event, &user, detail))
+                .await;
+        }
+    }
+    Ok(Json(UserView::from(&user)))
+}
+
+/// 409 unless another active administrator remains.
+async fn keep_an_admin(state: &AppState) -> Result<(), ApiError> {
+    if state.auth.store().count_admins().await? <= 1 {
+        return Err(ApiError::Conflict(
+            "this is the last active administrator; promote another user first".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Delete a user, their sessions and tokens.
+#[utoipa::path(
+    delete, path = "/admin/users/{id}", tag = "admin",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The last active administrator", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn delete_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    info: ClientInfo,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let user = find(&state, id).await?;
+    if user.role == Role::Admin && !user.disabled {
+        keep_an_admin(&state).await?;
+    }
+    if !state.auth.store().delete_user(id).await? {
+        return Err(ApiError::Missing("user"));
+    }
+    state.auth.user_changed(id);
+    state
+        .auth
+        .audit(entry(&admin, &info, "user_deleted", &user, None))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every session, newest first.
+#[utoipa::path(
+    get, path = "/admin/sessions", tag = "admin",
+    responses((status = 200, body = Vec<SessionView>), (status = 403, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn list_sessions(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+) -> Result<Json<Vec<SessionView>>, ApiError> {
+    let sessions = state.auth.store().list_sessions(None).await?;
+    let current = admin.session_id();
+    Ok(Json(
+        sessions
+            .iter()
+            .map(|session| SessionView::of(session, current))
+            .collect(),
+    ))
+}
+
+/// End anyone's session.
+#[utoipa::path(
+    delete, path = "/admin/sessions/{id}", tag = "admin",
+    params(("id" = Uuid, Path)),
+    responses((status = 204, description = "Ended"), (status = 404, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn end_session(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    info: ClientInfo,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .auth
+        .revoke_session(&admin, id, None, &info.client)
+        .await?
+        .ok_or(ApiError::Missing("session"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Force logout: end every session of a user (API tokens stay).
+#[utoipa::path(
+    delete, path = "/admin/users/{id}/sessions", tag = "admin",
+    params(("id" = Uuid, Path)),
+    responses((status = 204, description = "Ended"), (status = 404, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn end_user_sessions(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    info: ClientInfo,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let user = find(&state, id).await?;
+    state.auth.end_sessions(id).await?;
+    let detail = Some("force logout".to_string());
+    state
+        .auth
+        .audit(entry(&admin, &info, "sessions_revoked", &user, detail))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// An actor's id or name, or a subject.
+    user: Option<String>,
+    /// An event name such as `login_failed`.
+    event: Option<String>,
+    /// RFC 3339 time, or milliseconds since the epoch.
+    since: Option<String>,
+    /// 1-1000, default 100.
+    limit: Option<i64>,
+}
+
+/// The audit log, newest first.
+#[utoipa::path(
+    get, path = "/admin/audit", tag = "admin",
+    params(AuditQuery),
+    responses((status = 200, body = Vec<AuditRecord>), (status = 400, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn audit(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be 1-1000".into()));
+    }
+    let since = match query.since.as_deref() {
+        None => None,
+        Some(text) => Some(parse_time(text).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "since={text:?}: use RFC 3339 (2026-01-31T12:00:00Z) or milliseconds since the epoch"
+            ))
+        })?),
+    };
+    let filter = AuditFilter {
+        user: query.user,
+        event: query.event,
+        since,
+        limit,
+    };
+    Ok(Json(state.auth.store().query_audit(&filter).await?))
+}
+
+fn parse_time(text: &str) -> Option<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms);
+    }
+    let at = humantime::parse_rfc3339_weak(text).ok()?;
+    at.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as i64)
+}

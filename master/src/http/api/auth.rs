@@ -1,0 +1,223 @@
+//! `/auth/login`, `/auth/logout`, `/auth/signup`, and `/ping`: the first
+//! user-scoped operation, routed through the pool to the caller's worker.
+
+use super::{check_username, rfc3339, UserView};
+use crate::auth::{password, Login, Mode, SINGLE_USER_NAME};
+use crate::http::error::ErrorBody;
+use crate::http::extract::{ApiJson, Authed, ClientInfo, SESSION_COOKIE};
+use crate::http::{ApiError, AppState};
+use crate::store::{AuditEntry, NewUser, Role};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use warren_protocol::{Op, Reply};
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(signup))
+        .routes(routes!(ping))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// Required in multi-user mode; ignored in single-user mode.
+    #[serde(default)]
+    pub username: Option<String>,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub user: UserView,
+    /// When the session ends at the latest (RFC 3339); idle sessions end
+    /// sooner.
+    pub expires_at: String,
+}
+
+/// Log in: sets the `warren_session` cookie (the same token also works as
+/// `Authorization: Bearer`).
+#[utoipa::path(
+    post, path = "/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in; `Set-Cookie: warren_session=…`", body = LoginResponse),
+        (status = 401, description = "Wrong username or password (one answer for both)", body = ErrorBody),
+        (status = 403, description = "Cross-site request", body = ErrorBody),
+        (status = 429, description = "Too many attempts; see `Retry-After`", body = ErrorBody),
+    )
+)]
+async fn login(
+    State(state): State<AppState>,
+    info: ClientInfo,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<LoginRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    // Login CSRF: a browser on another site may not log a victim in.
+    if !state.web.same_origin(&headers, info.tls, false) {
+        return Err(ApiError::Forbidden(
+            "cross-site request refused: Origin does not match this server",
+        ));
+    }
+    let username = match state.auth.config().mode {
+        Mode::Single => SINGLE_USER_NAME.to_string(),
+        Mode::Multi => request
+            .username
+            .ok_or_else(|| ApiError::Unprocessable("missing field `username`".into()))?,
+    };
+    let login = state
+        .auth
+        .login(&username, &request.password, &info.client)
+        .await?;
+    Ok(logged_in(&state, &info, login, StatusCode::OK))
+}
+
+/// The response to a login or sign-up: the user and the session cookies.
+fn logged_in(
+    state: &AppState,
+    info: &ClientInfo,
+    login: Login,
+    status: StatusCode,
+) -> impl IntoResponse {
+    let max_age = state.auth.config().session_ttl.as_secs();
+    let secure = if info.tls { "; Secure" } else { "" };
+    let session = format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        login.token
+    );
+    // For nginx's `hash $cookie_warren_route consistent` across hosts.
+    let route = format!(
+        "warren_route={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        login.user.id
+    );
+    let mut headers = HeaderMap::new();
+    for cookie in [session, route] {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    let body = LoginResponse {
+        user: UserView::from(&login.user),
+        expires_at: rfc3339(login.session.expires_at),
+    };
+    (status, headers, Json(body))
+}
+
+/// Log out: ends this session and clears the cookie.
+#[utoipa::path(
+    post, path = "/auth/logout", tag = "auth",
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "Not logged in", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn logout(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    info: ClientInfo,
+) -> Result<impl IntoResponse, ApiError> {
+    state.auth.logout(&principal, &info.client).await?;
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&clear) {
+        headers.append(header::SET_COOKIE, value);
+    }
+    Ok((StatusCode::NO_CONTENT, headers))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignupRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// Create an account and log in (only with `--allow-signup`).
+#[utoipa::path(
+    post, path = "/auth/signup", tag = "auth",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "Account created and logged in", body = LoginResponse),
+        (status = 404, description = "Sign-up is not enabled", body = ErrorBody),
+        (status = 409, description = "The username is taken", body = ErrorBody),
+        (status = 422, description = "Invalid username or password", body = ErrorBody),
+        (status = 429, description = "Too many attempts", body = ErrorBody),
+    )
+)]
+async fn signup(
+    State(state): State<AppState>,
+    info: ClientInfo,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<SignupRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !state.web.allow_signup || state.auth.config().mode != Mode::Multi {
+        return Err(ApiError::NotFound);
+    }
+    if !state.web.same_origin(&headers, info.tls, false) {
+        return Err(ApiError::Forbidden(
+            "cross-site request refused: Origin does not match this server",
+        ));
+    }
+    check_username(&request.username)?;
+    password::check_policy(&request.password)?;
+    state.auth.admit_signup(&info.client, &request.username)?;
+    let hash = state.auth.hasher().hash(&request.password).await?;
+    let user = state
+        .auth
+        .store()
+        .create_user(NewUser {
+            username: &request.username,
+            password_hash: &hash,
+            role: Role::User,
+        })
+        .await?;
+    state
+        .auth
+        .audit(AuditEntry {
+            event: "user_created",
+            actor_id: Some(user.id.to_string()),
+            actor_name: Some(user.username.clone()),
+            subject: Some(user.username.clone()),
+            address: Some(info.client.address.to_string()),
+            detail: Some("self-service sign-up".into()),
+        })
+        .await;
+    let login = state.auth.open_session(&user, &info.client).await?;
+    Ok(logged_in(&state, &info, login, StatusCode::CREATED))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PingResponse {
+    /// The worker slot that serves the caller.
+    pub slot: u32,
+}
+
+/// A round trip to the caller's own worker process.
+#[utoipa::path(
+    get, path = "/ping", tag = "workspace",
+    responses(
+        (status = 200, description = "The caller's worker answered", body = PingResponse),
+        (status = 401, description = "Not logged in", body = ErrorBody),
+        (status = 503, description = "The worker is restarting; see `Retry-After`", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn ping(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+) -> Result<Json<PingResponse>, ApiError> {
+    match state.pool.call(&principal.ctx, Op::Ping).await? {
+        Reply::Pong { slot, .. } => Ok(Json(PingResponse { slot })),
+        other => Err(ApiError::Internal(format!(
+            "worker answered ping with {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,228 @@
+//! `/api/v1`: the authenticated JSON API, and its OpenAPI document
+//! generated from the handlers themselves (utoipa), so the document cannot
+//! leave a route out.
+
+mod admin;
+mod auth;
+mod me;
+
+use super::error::ErrorBody;
+use super::AppState;
+use crate::auth::Mode;
+use crate::store::{self, Role, User};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use uuid::Uuid;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "warren",
+        description = "A multi-user workspace server. Authenticate with the `warren_session` \
+                       cookie (set by `POST /auth/login`) or `Authorization: Bearer` with a \
+                       session or API token. Every error is `{\"error\":{\"code\",\"message\"}}`."
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&Security)
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                super::extract::SESSION_COOKIE,
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The `/api/v1` routes (admin routes only in multi-user mode) and the
+/// OpenAPI document describing exactly those routes.
+pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let mut api = OpenApiRouter::new()
+        .merge(auth::routes())
+        .merge(me::routes());
+    if mode == Mode::Multi {
+        api = api.merge(admin::routes());
+    }
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", api)
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc.info.license = None;
+    doc.info.contact = None;
+    doc.paths.paths.insert(
+        "/api/v1/openapi.json".to_string(),
+        utoipa::openapi::path::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .summary(Some("This document"))
+                .response(
+                    "200",
+                    utoipa::openapi::Response::new("The OpenAPI 3 document"),
+                ),
+        ),
+    );
+    (router, doc)
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: Uuid,
+    pub username: String,
+    pub role: Role,
+    pub disabled: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    pub last_login_at: Option<String>,
+    pub limits: Limits,
+}
+
+/// Per-user limits; `null` means the server default.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Limits {
+    pub max_sessions: Option<i64>,
+    pub storage_quota_bytes: Option<i64>,
+}
+
+impl From<&User> for UserView {
+    fn from(user: &User) -> Self {
+        UserView {
+            id: user.id,
+            username: user.username.clone(),
+            role: user.role,
+            disabled: user.disabled,
+            created_at: rfc3339(user.created_at),
+            last_login_at: user.last_login_at.map(rfc3339),
+            limits: Limits {
+                max_sessions: user.max_sessions,
+                storage_quota_bytes: user.storage_quota_bytes,
+            },
+        }
+    }
+}
+
+/// A login session as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub created_at: String,
+    pub expires_at: String,
+    pub last_seen_at: String,
+    pub address: Option<String>,
+    pub user_agent: Option<String>,
+    /// Whether this is the session making the request.
+    pub current: bool,
+}
+
+impl SessionView {
+    fn of(session: &store::SessionRow, current: Option<Uuid>) -> Self {
+        SessionView {
+            id: session.id,
+            user_id: session.user_id,
+            created_at: rfc3339(session.created_at),
+            expires_at: rfc3339(session.expires_at),
+            last_seen_at: rfc3339(session.last_seen_at),
+            address: session.address.clone(),
+            user_agent: session.user_agent.clone(),
+            current: current == Some(session.id),
+        }
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0).unsigned_abs());
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Usernames: 1–64 ASCII letters, digits, `.`, `_`, `-`, starting with a
+/// letter or digit (so they are safe in paths, logs and URLs, and compare
+/// case-insensitively the same way in every database).
+pub fn check_username(name: &str) -> Result<(), super::ApiError> {
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(super::ApiError::Unprocessable(
+            "usernames are 1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+                .into(),
+        ))
+    }
+}
+
+/// For PATCH fields where `null` (reset) differs from absent (unchanged).
+fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for good in ["a", "alice", "Bob.Smith", "x_1-2", &"a".repeat(64)] {
+            assert!(check_username(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".a", "-a", "a b", "é", "a/b", &"a".repeat(65), "a\0"] {
+            assert!(check_username(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn the_document_lists_every_route_of_both_modes() {
+        let (_, doc) = routes(Mode::Multi);
+        let paths: Vec<_> = doc.paths.paths.keys().cloned().collect();
+        for path in [
+            "/api/v1/auth/login",
+            "/api/v1/auth/logout",
+            "/api/v1/me",
+            "/api/v1/me/sessions/{id}",
+            "/api/v1/me/tokens/{id}",
+            "/api/v1/admin/users/{id}/sessions",
+            "/api/v1/admin/audit",
+            "/api/v1/ping",
+            "/api/v1/openapi.json",
+        ] {
+            assert!(
+                paths.iter().any(|p| p == path),
+                "{path} missing from {paths:?}"
+            );
+        }
+        let (_, single) = routes(Mode::Single);
+        assert!(single
+            .paths
+            .paths
+            .keys()
+            .all(|p| !p.starts_with("/api/v1/admin")));
+    }
+}

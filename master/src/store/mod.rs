@@ -1,0 +1,357 @@
+//! The accounts store: users, sessions, API tokens, the audit log and the
+//! revocation feed, in SQLite (default, `<data-dir>/warren.db`, WAL) or
+//! PostgreSQL (`--database-url postgres://…`).
+//!
+//! One set of queries serves both through sqlx's `any` driver: `$N`
+//! placeholders (both engines accept them), `BIGINT` milliseconds for times,
+//! `TEXT` UUIDs, `0/1` for flags. Migrations live in `migrations/<backend>/`
+//! and are embedded in the binary. Every statement is counted in
+//! `warren_db_queries_total` so "no query per request" can be measured.
+
+mod audit;
+mod sessions;
+mod users;
+
+pub use audit::{AuditEntry, AuditFilter, AuditRecord};
+pub use sessions::{ApiTokenRow, Credential, NewApiToken, NewSession, SessionRow};
+pub use users::{NewUser, Role, User, UserPatch};
+
+use prometheus_client::metrics::counter::Counter;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor, Row};
+use std::path::Path;
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error(
+        "the database schema is at version {database}, newer than this warren knows \
+         (up to {binary}); run a newer warren or restore a matching backup"
+    )]
+    NewerSchema { database: i64, binary: i64 },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+impl StoreError {
+    /// Maps a unique-constraint violation to [`StoreError::Conflict`].
+    fn conflict_or(err: sqlx::Error, what: &'static str) -> StoreError {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
+            _ => StoreError::Database(err),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    queries: Counter,
+}
+
+/// The default database: `<data-dir>/warren.db`.
+pub fn default_url(data_dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join("warren.db").display())
+}
+
+impl Store {
+    /// Connects, applies pending migrations and refuses a schema newer than
+    /// this binary knows. `queries` counts every statement sent.
+    pub async fn open(url: &str, queries: Counter) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(match backend {
+                // One writer at a time anyway; readers share WAL snapshots.
+                Backend::Sqlite => 4,
+                Backend::Postgres => 8,
+            })
+            .acquire_timeout(Duration::from_secs(10));
+        let options = match backend {
+            Backend::Sqlite => options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => options,
+        };
+        let pool = options.connect(url).await?;
+        let store = Store {
+            pool,
+            backend,
+            queries,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The same database, counting queries in `queries` instead.
+    pub fn counting(&self, queries: Counter) -> Store {
+        Store {
+            queries,
+            ..self.clone()
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let migrator = self.migrator();
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        // The table does not exist before the first migration: not an error.
+        let applied: Option<i64> = sqlx::query("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&self.pool)
+            .await
+            .ok()
+            .and_then(|row| row.try_get::<Option<i64>, _>(0).ok().flatten());
+        if let Some(database) = applied.filter(|&applied| applied > known) {
+            return Err(StoreError::NewerSchema {
+                database,
+                binary: known,
+            });
+        }
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Counts `n` statements about to be sent.
+    fn count(&self, n: u64) {
+        self.queries.inc_by(n);
+    }
+
+    /// `SELECT 1`, for readiness.
+    pub async fn ping(&self) -> Result<()> {
+        self.count(1);
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Records a revocation that every master must apply (see
+    /// [`Store::events_after`]). Part of the caller's transaction.
+    async fn push_event(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        kind: &str,
+        subject: &str,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO auth_events (at, kind, subject) VALUES ($1, $2, $3)")
+            .bind(now_ms())
+            .bind(kind)
+            .bind(subject)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Revocation events newer than `after`, oldest first.
+    pub async fn events_after(&self, after: i64) -> Result<Vec<AuthEvent>> {
+        self.count(1);
+        let rows = sqlx::query(
+            "SELECT id, kind, subject FROM auth_events WHERE id > $1 ORDER BY id LIMIT 10000",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuthEvent {
+                    id: row.try_get(0)?,
+                    kind: match row.try_get::<String, _>(1)?.as_str() {
+                        "session" => EventKind::Session,
+                        _ => EventKind::User,
+                    },
+                    subject: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest event id (a master starts following the feed from here).
+    pub async fn last_event_id(&self) -> Result<i64> {
+        self.count(1);
+        let row = sqlx::query("SELECT MAX(id) FROM auth_events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
+    }
+
+    /// Housekeeping: drops events older than `max_age` and sessions past
+    /// their absolute expiry or idle for longer than `idle`.
+    pub async fn prune(&self, max_age: Duration, idle: Duration) -> Result<u64> {
+        self.count(2);
+        let now = now_ms();
+        sqlx::query("DELETE FROM auth_events WHERE at < $1")
+            .bind(now - max_age.as_millis() as i64)
+            .execute(&self.pool)
+            .await?;
+        let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at <= $2")
+            .bind(now)
+            .bind(now - idle.as_millis() as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// A revocation every master applies to its cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthEvent {
+    pub id: i64,
+    pub kind: EventKind,
+    /// A session's token hash, or a user id.
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// One credential (session or API token), by token hash.
+    Session,
+    /// Every credential of one user (disabled, deleted, password or role
+    /// changed).
+    User,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for
+/// messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+fn uuid_of(row: &AnyRow, index: usize, table: &'static str) -> Result<uuid::Uuid> {
+    let text: String = row.try_get(index)?;
+    uuid::Uuid::parse_str(&text).map_err(|err| StoreError::Corrupt {
+        table,
+        detail: format!("bad id {text:?}: {err}"),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A store on a fresh SQLite file, removed with the returned directory.
+    pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&default_url(dir.path()), Counter::default())
+            .await
+            .expect("open store");
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_and_a_newer_schema_is_refused() {
+        let (store, dir) = sqlite_store().await;
+        drop(store);
+        // Opening again applies nothing new.
+        let store = Store::open(&default_url(dir.path()), Counter::default())
+            .await
+            .expect("reopen");
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99991231000000, 'from the future', 1, x'00', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("fake a future migration");
+        drop(store);
+        let err = Store::open(&default_url(dir.path()), Counter::default())
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                StoreError::NewerSchema {
+                    database: 99991231000000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer than this warren knows"));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_url_scheme_is_a_clear_error() {
+        let err = Store::open("mysql://root:hunter2@localhost/db", Counter::default())
+            .await
+            .expect_err("refused");
+        let message = err.to_string();
+        assert!(message.contains("unsupported database URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    }
+}
