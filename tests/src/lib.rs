@@ -6,6 +6,8 @@
 //! (the `warren` package's own integration test makes cargo build it); set
 //! `WARREN_BIN` to test another build.
 
+pub mod accounts;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -53,6 +55,10 @@ pub struct ServerOptions {
     pub binary: Option<PathBuf>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// `--database-url`; SQLite in the data directory when `None`.
+    pub database_url: Option<String>,
+    /// Leave out `--admin-password-file` (to see the first-start password).
+    pub no_admin_password: bool,
 }
 
 impl ServerOptions {
@@ -72,7 +78,15 @@ impl ServerOptions {
         self.env.push((key.to_string(), value.to_string()));
         self
     }
+
+    pub fn database(mut self, database: &accounts::Database) -> Self {
+        self.database_url = database.url().map(str::to_string);
+        self
+    }
 }
+
+/// The password of the `admin` user the harness creates on first start.
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 
 impl Server {
     /// Starts warren on 127.0.0.1 port 0 with `data_dir`, and waits until it
@@ -90,12 +104,22 @@ impl Server {
             .arg(options.workers.max(1).to_string())
             .args(&options.args)
             .env("WARREN_LOG", "info")
+            .env_remove("WARREN_DATABASE_URL")
+            .env_remove("WARREN_PASSWORD")
             .env_remove("WARREN_DEBUG_CRASH_SLOTS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (key, value) in &options.env {
             command.env(key, value);
+        }
+        if let Some(url) = &options.database_url {
+            command.arg("--database-url").arg(url);
+        }
+        if !options.no_admin_password {
+            let file = data_dir.join("admin-password");
+            std::fs::write(&file, format!("{ADMIN_PASSWORD}\n")).expect("write admin password");
+            command.arg("--admin-password-file").arg(file);
         }
         let mut child = command.spawn().expect("spawn warren");
         let pid = child.id();
@@ -147,6 +171,12 @@ impl Server {
     /// is ready.
     pub async fn ready(options: &ServerOptions) -> Server {
         let data_dir = tempfile::tempdir().expect("temporary data directory");
+        Server::ready_in(data_dir, options).await
+    }
+
+    /// Starts warren on `data_dir` (which it then owns) and waits until it is
+    /// ready.
+    pub async fn ready_in(data_dir: tempfile::TempDir, options: &ServerOptions) -> Server {
         let mut server = Server::start(data_dir.path(), options);
         server.owned_data_dir = Some(data_dir);
         server.wait_ready().await;

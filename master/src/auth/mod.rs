@@ -497,13 +497,18 @@ impl Auth {
             return Ok(None);
         };
         self.forget(&session.token_hash);
+        // The subject is the session's owner, by name like every user event.
+        let owner = match self.store.user_by_id(session.user_id).await {
+            Ok(Some(user)) => user.username,
+            _ => session.user_id.to_string(),
+        };
         self.audit(AuditEntry {
             event: "session_revoked",
             actor_id: Some(actor.user_id.to_string()),
             actor_name: Some(actor.username.clone()),
-            subject: Some(session.id.to_string()),
+            subject: Some(owner),
             address: Some(client.address.to_string()),
-            detail: Some(format!("session of user {}", session.user_id)),
+            detail: Some(format!("session {}", session.id)),
         })
         .await;
         Ok(Some(session))
