@@ -1037,6 +1037,31 @@ async fn single_user_mode_has_one_password_and_no_admin(db: Database) {
     let (_, doc) = server.get_json("/api/v1/openapi.json").await;
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.keys().all(|p| !p.starts_with("/api/v1/admin")));
+
+    // The operator may give an argon2 hash instead of the password.
+    let hash = db.password_hash(&server, "owner").await;
+    drop(server);
+    let fresh = match db {
+        Database::Sqlite => Database::Sqlite,
+        Database::Postgres { .. } => match Database::postgres("single-user hash").await {
+            Some(fresh) => fresh,
+            None => return,
+        },
+    };
+    let password_file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(password_file.path(), format!("{hash}\n")).expect("write");
+    let hashed = start(
+        &fresh,
+        options()
+            .arg("--mode")
+            .arg("single")
+            .arg("--password-file")
+            .arg(password_file.path().to_str().expect("utf-8")),
+    )
+    .await;
+    let response = login_response(&hashed, json!({"password": "the only password"})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(fresh.password_hash(&hashed, "owner").await, hash);
 }
 
 async fn signup_only_when_allowed(db: Database) {

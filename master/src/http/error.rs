@@ -18,6 +18,8 @@ use warren_protocol::OpError;
 pub enum ApiError {
     #[error("no such route")]
     NotFound,
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     /// A resource that does not exist, or that the caller may not know of.
     #[error("no such {0}")]
     Missing(&'static str),
@@ -66,6 +68,7 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::NotFound | ApiError::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
