@@ -62,7 +62,7 @@ pub enum UserCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Set a user's password (ends their sessions and tokens).
+    /// Set a user's password (ends their sessions and API tokens).
     Passwd {
         name: String,
         #[arg(long)]
@@ -70,7 +70,7 @@ pub enum UserCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Make a user an administrator or a plain user (ends their sessions).
+    /// Make a user an administrator or a plain user (applies at once).
     SetRole {
         name: String,
         role: crate::store::Role,

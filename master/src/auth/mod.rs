@@ -183,6 +183,17 @@ impl Principal {
     }
 }
 
+/// The name a login attempt is throttled and audited under: lower-cased,
+/// at most 64 bytes (longer names cannot exist, and must not bloat the
+/// throttle's memory or the audit log).
+fn account_key(username: &str) -> String {
+    let mut end = username.len().min(64);
+    while !username.is_char_boundary(end) {
+        end -= 1;
+    }
+    username[..end].to_ascii_lowercase()
+}
+
 fn refused(refusal: Refusal) -> AuthError {
     match refusal {
         Refusal::RateLimited { retry_after } => AuthError::Throttled {
@@ -217,6 +228,10 @@ pub struct Auth {
     hasher: Hasher,
     throttle: Throttle,
     cache: moka::sync::Cache<String, Arc<Principal>>,
+    /// Hashes recently found to be no credential at all, so a flood of
+    /// made-up tokens does not become a flood of queries. Safe to keep: a
+    /// new credential is a fresh random secret that no one sent before.
+    unknown: moka::sync::Cache<String, ()>,
     /// Bumped by every invalidation; a cache fill that started before a
     /// bump is not inserted.
     generation: AtomicU64,
@@ -238,6 +253,10 @@ impl Auth {
                 // A backstop only: revocations invalidate entries at once.
                 .time_to_live(Duration::from_secs(600))
                 .support_invalidation_closures()
+                .build(),
+            unknown: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
                 .build(),
             generation: AtomicU64::new(0),
             background_store: store.counting(metrics.background_queries()),
@@ -266,30 +285,28 @@ impl Auth {
         password: &str,
         client: &Client,
     ) -> Result<Login, AuthError> {
-        if let Err(refusal) = self.throttle.admit(client.address, username) {
+        let account = account_key(username);
+        if let Err(refusal) = self.throttle.admit(client.address, &account) {
             let locked = matches!(refusal, Refusal::LockedOut { .. });
             self.metrics
                 .login(if locked { "locked" } else { "throttled" });
-            self.audit(AuditEntry {
-                event: "login_throttled",
-                actor_name: Some(username.to_string()),
-                address: Some(client.address.to_string()),
-                detail: Some(
-                    if locked {
-                        "account locked"
-                    } else {
-                        "rate limited"
-                    }
-                    .into(),
-                ),
-                ..Default::default()
-            })
-            .await;
+            // Logged, not stored: a flood of refusals must not become a flood
+            // of database writes. The lockout itself was stored.
+            info!(
+                security_event = true,
+                event = "login_throttled",
+                actor = %account,
+                address = %client.address,
+                locked,
+                "security event"
+            );
             return Err(refused(refusal));
         }
-        // Over-long input is a failed login like any other (no early exit
-        // that would tell a caller anything), but is not hashed.
-        let found = if username.len() <= 64 && password.len() <= password::MAX_PASSWORD_BYTES {
+        // Only names that could exist are looked up (ASCII, at most 64
+        // bytes: PostgreSQL's lower() would otherwise fold look-alikes such
+        // as "admİn" onto real accounts), but every attempt costs one hash.
+        let lookup = username.is_ascii() && username.len() <= 64;
+        let found = if lookup && password.len() <= password::MAX_PASSWORD_BYTES {
             self.store.user_by_name(username).await?
         } else {
             None
@@ -298,43 +315,28 @@ impl Auth {
             .hasher
             .verify(password, found.as_ref().map(|(_, hash)| hash.as_str()))
             .await?;
-        let user = match found {
-            Some((user, _)) if matched && !user.disabled => user,
+        let (user, hash) = match found {
+            Some((user, hash)) if matched && !user.disabled => (user, hash),
             found => {
-                self.metrics.login("failure");
-                let locked = self.throttle.record_failure(username);
                 let reason = match found {
                     None => "unknown user",
                     Some((user, _)) if user.disabled && matched => "account disabled",
                     Some(_) => "wrong password",
                 };
-                self.audit(AuditEntry {
-                    event: "login_failed",
-                    actor_name: Some(username.to_string()),
-                    address: Some(client.address.to_string()),
-                    detail: Some(reason.into()),
-                    ..Default::default()
-                })
-                .await;
-                if locked {
-                    self.audit(AuditEntry {
-                        event: "lockout",
-                        actor_name: Some(username.to_string()),
-                        address: Some(client.address.to_string()),
-                        detail: Some(format!(
-                            "{} failures; locked for {} s",
-                            self.config.throttle.lockout_failures,
-                            self.config.throttle.lockout_duration.as_secs()
-                        )),
-                        ..Default::default()
-                    })
-                    .await;
-                }
-                return Err(AuthError::InvalidCredentials);
+                return Err(self.failed_login(&account, reason, client).await);
             }
         };
-        self.throttle.record_success(username);
-        let login = self.open_session(&user, client).await?;
+        self.throttle.record_success(&account);
+        let login = match self.open_session(&user, &hash, client).await {
+            // The password was reset, or the user disabled or deleted, while
+            // the hash was being checked.
+            Err(AuthError::Store(StoreError::Stale)) => {
+                return Err(self
+                    .failed_login(&account, "account changed during login", client)
+                    .await)
+            }
+            other => other?,
+        };
         self.metrics.login("success");
         self.audit(AuditEntry {
             event: "login",
@@ -348,8 +350,47 @@ impl Auth {
         Ok(login)
     }
 
-    /// Opens a session for a user whose credentials were just checked.
-    pub async fn open_session(&self, user: &User, client: &Client) -> Result<Login, AuthError> {
+    /// Counts and audits a failed login (and the lockout it may cause).
+    async fn failed_login(&self, account: &str, reason: &str, client: &Client) -> AuthError {
+        self.metrics.login("failure");
+        let locked = self.throttle.record_failure(account);
+        self.audit(AuditEntry {
+            event: "login_failed",
+            actor_name: Some(account.to_string()),
+            address: Some(client.address.to_string()),
+            detail: Some(reason.into()),
+            ..Default::default()
+        })
+        .await;
+        if locked {
+            self.audit_lockout(account, client).await;
+        }
+        AuthError::InvalidCredentials
+    }
+
+    async fn audit_lockout(&self, account: &str, client: &Client) {
+        self.audit(AuditEntry {
+            event: "lockout",
+            actor_name: Some(account.to_string()),
+            address: Some(client.address.to_string()),
+            detail: Some(format!(
+                "{} failures; locked for {} s",
+                self.config.throttle.lockout_failures,
+                self.config.throttle.lockout_duration.as_secs()
+            )),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// Opens a session for a user whose password was just checked against
+    /// `password_hash` (the session is refused as stale if that changed).
+    pub async fn open_session(
+        &self,
+        user: &User,
+        password_hash: &str,
+        client: &Client,
+    ) -> Result<Login, AuthError> {
         let token = token::new_session_token()?;
         let token_hash = token::hash_token(&token);
         let max_sessions = user
@@ -361,6 +402,7 @@ impl Auth {
             .create_session(NewSession {
                 token_hash: &token_hash,
                 user_id: user.id,
+                password_hash,
                 expires_at: store::now_ms() + self.config.session_ttl.as_millis() as i64,
                 address: Some(&address),
                 user_agent: client.user_agent.as_deref(),
@@ -369,6 +411,20 @@ impl Auth {
             .await?;
         for hash in &evicted {
             self.forget(hash);
+        }
+        if !evicted.is_empty() {
+            self.audit(AuditEntry {
+                event: "sessions_evicted",
+                actor_id: Some(user.id.to_string()),
+                actor_name: Some(user.username.clone()),
+                subject: Some(user.username.clone()),
+                address: Some(address.clone()),
+                detail: Some(format!(
+                    "{} oldest beyond the limit of {max_sessions}",
+                    evicted.len()
+                )),
+            })
+            .await;
         }
         if let Err(err) = self.store.record_login(user.id, session.created_at).await {
             warn!(error = %err, "cannot record the login time");
@@ -392,9 +448,16 @@ impl Auth {
             return self.check_live(principal, now);
         }
         self.metrics.cache("miss");
+        if self.unknown.contains_key(&hash) {
+            return Err(AuthError::Unauthenticated);
+        }
         let generation = self.generation.load(Ordering::Acquire);
-        let principal = match self.store.credential_by_hash(&hash).await? {
-            None => return Err(AuthError::Unauthenticated),
+        let api_token = token.starts_with(token::API_TOKEN_PREFIX);
+        let principal = match self.store.credential_by_hash(&hash, api_token).await? {
+            None => {
+                self.unknown.insert(hash, ());
+                return Err(AuthError::Unauthenticated);
+            }
             Some(store::Credential::Session(session, user)) => {
                 if user.disabled {
                     return Err(AuthError::Unauthenticated);
@@ -428,7 +491,12 @@ impl Auth {
         };
         let principal = Arc::new(principal);
         if self.generation.load(Ordering::Acquire) == generation {
-            self.cache.insert(hash, principal.clone());
+            self.cache.insert(hash.clone(), principal.clone());
+            // An invalidation between the check and the insert: undo, and
+            // let the next request read the database again.
+            if self.generation.load(Ordering::Acquire) != generation {
+                self.cache.invalidate(&hash);
+            }
         }
         self.check_live(principal, now)
     }
@@ -517,7 +585,7 @@ impl Auth {
     /// Admits a sign-up attempt under the login rate limits.
     pub fn admit_signup(&self, client: &Client, username: &str) -> Result<(), AuthError> {
         self.throttle
-            .admit(client.address, username)
+            .admit(client.address, &account_key(username))
             .map_err(refused)
     }
 
@@ -536,14 +604,17 @@ impl Auth {
         password: &str,
         client: &Client,
     ) -> Result<(), AuthError> {
+        let account = account_key(&principal.username);
         self.throttle
-            .admit(client.address, &principal.username)
+            .admit(client.address, &account)
             .map_err(refused)?;
         let hash = self.store.password_hash(principal.user_id).await?;
         if self.hasher.verify(password, hash.as_deref()).await? {
             return Ok(());
         }
-        self.throttle.record_failure(&principal.username);
+        if self.throttle.record_failure(&account) {
+            self.audit_lockout(&account, client).await;
+        }
         self.audit(AuditEntry {
             event: "password_check_failed",
             actor_id: Some(principal.user_id.to_string()),
@@ -574,6 +645,7 @@ impl Auth {
             .store
             .create_token(NewApiToken {
                 token_hash: &token::hash_token(&secret),
+                creator_hash: &principal.token_hash,
                 user_id: principal.user_id,
                 name,
                 scope: scope.as_str(),

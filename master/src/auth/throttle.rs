@@ -93,7 +93,7 @@ impl Throttle {
             }
         }
         let clock = DefaultClock::default();
-        if let Err(not_until) = self.by_address.check_key(&address) {
+        if let Err(not_until) = self.by_address.check_key(&address_key(address)) {
             return Err(Refusal::RateLimited {
                 retry_after: not_until.wait_time_from(clock.now()),
             });
@@ -142,6 +142,22 @@ impl Throttle {
     }
 }
 
+/// The unit an address is limited as: an IPv4 address, or the /64 of an
+/// IPv6 address (one host usually holds a whole /64, and could otherwise
+/// rotate through it).
+fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !(u128::from(u64::MAX));
+                IpAddr::V6(bits.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// Seconds for a `Retry-After` header: rounded up, at least 1.
 pub fn retry_after_secs(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
@@ -173,6 +189,29 @@ mod tests {
         }
         // Another address is unaffected.
         assert_eq!(throttle.admit(IpAddr::from([10, 0, 0, 1]), "user9"), Ok(()));
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_address() {
+        let throttle = Throttle::new(ThrottleConfig {
+            per_address_per_minute: 2,
+            per_account_per_minute: 100,
+            ..Default::default()
+        });
+        for (n, address) in ["2001:db8::1", "2001:db8::ffff:2", "2001:db8::3"]
+            .iter()
+            .enumerate()
+        {
+            let outcome = throttle.admit(address.parse().expect("ip"), "acct");
+            assert_eq!(outcome.is_ok(), n < 2, "{address}");
+        }
+        assert!(throttle
+            .admit("2001:db8:0:1::1".parse().expect("ip"), "acct")
+            .is_ok());
+        assert_eq!(
+            address_key("::ffff:192.0.2.7".parse().expect("ip")),
+            "192.0.2.7".parse::<IpAddr>().expect("ip")
+        );
     }
 
     #[test]

@@ -157,6 +157,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::LastAdmin => ApiError::Conflict(StoreError::LastAdmin.to_string()),
+            // The credential in use was revoked while the request ran.
+            StoreError::Stale => ApiError::Unauthenticated,
             other => ApiError::Internal(other.to_string()),
         }
     }

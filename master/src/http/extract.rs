@@ -233,19 +233,43 @@ async fn deny(
     principal: &Principal,
     parts: &Parts,
     client: &ClientInfo,
-    why: &str,
+    why: &'static str,
+) {
+    let request = format!("{} {}", parts.method, original_path(parts));
+    audit_denied(state, Some(principal), request, client, why).await;
+}
+
+/// Records an access denial (a 403) in the audit log.
+pub async fn audit_denied(
+    state: &AppState,
+    principal: Option<&Principal>,
+    request: String,
+    client: &ClientInfo,
+    why: &'static str,
 ) {
     state
         .auth
         .audit(AuditEntry {
             event: "access_denied",
-            actor_id: Some(principal.user_id.to_string()),
-            actor_name: Some(principal.username.clone()),
-            subject: Some(format!("{} {}", parts.method, original_path(parts))),
+            actor_id: principal.map(|p| p.user_id.to_string()),
+            actor_name: principal.map(|p| p.username.clone()),
+            subject: Some(request),
             address: Some(client.client.address.to_string()),
             detail: Some(why.to_string()),
         })
         .await;
+}
+
+/// A 403 for `why`, recorded in the audit log.
+pub async fn forbidden(
+    state: &AppState,
+    principal: Option<&Principal>,
+    request: &str,
+    client: &ClientInfo,
+    why: &'static str,
+) -> ApiError {
+    audit_denied(state, principal, request.to_string(), client, why).await;
+    ApiError::Forbidden(why)
 }
 
 /// The request path as the client sent it (nested routers strip their

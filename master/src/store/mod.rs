@@ -43,6 +43,12 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    #[error("this is the last active administrator; promote another user first")]
+    LastAdmin,
+    /// The credentials checked before the write changed meanwhile (a
+    /// password reset, disable or delete raced a login or token creation).
+    #[error("the account changed meanwhile")]
+    Stale,
 }
 
 impl StoreError {
@@ -175,6 +181,25 @@ impl Store {
         self.count(1);
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// A write transaction that keeps the revocation feed in order. SQLite:
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so a transaction
+    /// that reads before it writes never fails with "database is locked".
+    /// PostgreSQL: an exclusive lock on `auth_events` serialises the writers
+    /// of the feed, so event ids become visible in commit order and a master
+    /// following `id > last` never skips one.
+    async fn begin_writer(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("LOCK TABLE auth_events IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// Records a revocation that every master must apply (see

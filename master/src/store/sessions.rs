@@ -10,6 +10,9 @@ use uuid::Uuid;
 pub struct NewSession<'a> {
     pub token_hash: &'a str,
     pub user_id: Uuid,
+    /// The password hash the login was checked against: the session is only
+    /// created if it is still the user's and the user is still enabled.
+    pub password_hash: &'a str,
     pub expires_at: i64,
     pub address: Option<&'a str>,
     pub user_agent: Option<&'a str>,
@@ -31,6 +34,9 @@ pub struct SessionRow {
 
 pub struct NewApiToken<'a> {
     pub token_hash: &'a str,
+    /// The hash of the session creating the token: the token is only
+    /// created if that session still exists (not revoked meanwhile).
+    pub creator_hash: &'a str,
     pub user_id: Uuid,
     pub name: &'a str,
     pub scope: &'a str,
@@ -114,10 +120,11 @@ impl Store {
             address: new.address.map(str::to_string),
             user_agent: new.user_agent.map(str::to_string),
         };
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let mut tx = self.begin_writer().await?;
+        let inserted = sqlx::query(
             "INSERT INTO sessions (id, token_hash, user_id, created_at, expires_at, last_seen_at, \
-             address, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             address, user_agent) SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS \
+             (SELECT 1 FROM users WHERE id = $3 AND password_hash = $9 AND disabled = 0)",
         )
         .bind(session.id.to_string())
         .bind(&session.token_hash)
@@ -127,8 +134,13 @@ impl Store {
         .bind(session.last_seen_at)
         .bind(session.address.clone())
         .bind(session.user_agent.clone())
+        .bind(new.password_hash)
         .execute(&mut *tx)
         .await?;
+        if inserted.rows_affected() == 0 {
+            self.count(1);
+            return Err(StoreError::Stale);
+        }
         let rows = sqlx::query(
             "SELECT id, token_hash FROM sessions WHERE user_id = $1 ORDER BY created_at DESC, id",
         )
@@ -155,39 +167,40 @@ impl Store {
         Ok((session, evicted))
     }
 
-    /// The session or API token whose secret hashes to `token_hash`.
-    pub async fn credential_by_hash(&self, token_hash: &str) -> Result<Option<Credential>> {
+    /// The session (or, with `api_token`, the API token) whose secret
+    /// hashes to `token_hash`, with its user.
+    pub async fn credential_by_hash(
+        &self,
+        token_hash: &str,
+        api_token: bool,
+    ) -> Result<Option<Credential>> {
         self.count(1);
+        if api_token {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                token_columns!(),
+                ", ",
+                joined_user_columns!(),
+                " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1"
+            ))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+            return row
+                .map(|row| Ok(Credential::Token(token_of(&row)?, user_at(&row, 8)?)))
+                .transpose();
+        }
         let row = sqlx::query(concat!(
             "SELECT ",
             session_columns!(),
             ", ",
             joined_user_columns!(),
-            " FROM sessions s \
-             JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1"
+            " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1"
         ))
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some(row) = row {
-            return Ok(Some(Credential::Session(
-                session_of(&row)?,
-                user_at(&row, 8)?,
-            )));
-        }
-        self.count(1);
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            token_columns!(),
-            ", ",
-            joined_user_columns!(),
-            " FROM api_tokens t \
-             JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1"
-        ))
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| Ok(Credential::Token(token_of(&row)?, user_at(&row, 8)?)))
+        row.map(|row| Ok(Credential::Session(session_of(&row)?, user_at(&row, 8)?)))
             .transpose()
     }
 
@@ -260,7 +273,7 @@ impl Store {
         value: &str,
         owner: Option<Uuid>,
     ) -> Result<Option<SessionRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_writer().await?;
         let row = sqlx::query(select)
             .bind(value)
             .fetch_optional(&mut *tx)
@@ -286,32 +299,28 @@ impl Store {
     /// Ends every session of `user` (force logout); API tokens stay. Every
     /// master drops the user's cached credentials.
     pub async fn end_user_sessions(&self, user: Uuid) -> Result<()> {
-        self.count(2);
-        let mut tx = self.pool.begin().await?;
-        Self::revoke_all_in(&mut tx, user, Some("")).await?;
+        self.count(3);
+        let mut tx = self.begin_writer().await?;
+        Self::end_sessions_in(&mut tx, user, None).await?;
+        Self::push_event(&mut tx, "user", &user.to_string()).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Ends every session of `user` but the one with `keep_hash` and, when
-    /// `keep_hash` is `None`, every API token too; announces it.
-    pub(super) async fn revoke_all_in(
+    /// Deletes `user`'s sessions but the one with `keep_hash`. The caller
+    /// pushes the `user` event.
+    pub(super) async fn end_sessions_in(
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         user: Uuid,
         keep_hash: Option<&str>,
     ) -> Result<()> {
         sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
             .bind(user.to_string())
+            // No token hashes to the empty string.
             .bind(keep_hash.unwrap_or(""))
             .execute(&mut **tx)
             .await?;
-        if keep_hash.is_none() {
-            sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
-                .bind(user.to_string())
-                .execute(&mut **tx)
-                .await?;
-        }
-        Self::push_event(tx, "user", &user.to_string()).await
+        Ok(())
     }
 
     /// Writes batched `last_seen_at` (sessions) and `last_used_at` (tokens).
@@ -351,9 +360,10 @@ impl Store {
             expires_at: new.expires_at,
             last_used_at: None,
         };
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO api_tokens (id, token_hash, user_id, name, scope, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS \
+             (SELECT 1 FROM sessions WHERE token_hash = $8 AND user_id = $3)",
         )
         .bind(token.id.to_string())
         .bind(&token.token_hash)
@@ -362,9 +372,13 @@ impl Store {
         .bind(&token.scope)
         .bind(token.created_at)
         .bind(token.expires_at)
+        .bind(new.creator_hash)
         .execute(&self.pool)
         .await
         .map_err(|err| StoreError::conflict_or(err, "a token with this secret"))?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Stale);
+        }
         Ok(token)
     }
 
@@ -384,7 +398,7 @@ impl Store {
     /// Deletes `owner`'s token `id`. Returns it, or `None` if `owner` has no
     /// such token.
     pub async fn delete_token(&self, id: Uuid, owner: Uuid) -> Result<Option<ApiTokenRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_writer().await?;
         let row = sqlx::query(concat!(
             "SELECT ",
             token_columns!(),
@@ -434,6 +448,7 @@ mod tests {
                 .create_session(NewSession {
                     token_hash: &hash,
                     user_id: user.id,
+                    password_hash: "h",
                     expires_at: now_ms() + 60_000,
                     address: None,
                     user_agent: None,
@@ -457,7 +472,11 @@ mod tests {
         let events = store.events_after(start).await.expect("events");
         assert_eq!(events.len(), 2);
         assert!(events.iter().all(|e| e.kind == EventKind::Session));
-        match store.credential_by_hash("hash3").await.expect("lookup") {
+        match store
+            .credential_by_hash("hash3", false)
+            .await
+            .expect("lookup")
+        {
             Some(Credential::Session(session, found)) => {
                 assert_eq!(session.user_id, user.id);
                 assert_eq!(found, user);
@@ -465,7 +484,7 @@ mod tests {
             other => panic!("expected a session, got {other:?}"),
         }
         assert!(store
-            .credential_by_hash("hash0")
+            .credential_by_hash("hash0", false)
             .await
             .expect("lookup")
             .is_none());

@@ -64,14 +64,6 @@ pub struct UserPatch {
     pub storage_quota_bytes: Option<Option<i64>>,
 }
 
-impl UserPatch {
-    /// Whether the change must end the user's existing sessions and tokens
-    /// (their cached role or standing is no longer true).
-    pub fn revokes_credentials(&self) -> bool {
-        self.role.is_some() || self.disabled == Some(true) || self.password_hash.is_some()
-    }
-}
-
 macro_rules! user_columns {
     () => {
         "id, username, role, disabled, created_at, last_login_at, \
@@ -182,33 +174,40 @@ impl Store {
         rows.iter().map(user_of).collect()
     }
 
-    pub async fn count_admins(&self) -> Result<i64> {
-        self.count(1);
-        let row = sqlx::query("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get(0)?)
-    }
-
-    /// Applies `patch`; when it revokes credentials, the user's sessions and
-    /// tokens go in the same transaction and every master is told.
-    /// Returns the updated user, or `None` if there is no such user.
-    pub async fn update_user(&self, id: Uuid, patch: &UserPatch) -> Result<Option<User>> {
-        let mut tx = self.pool.begin().await?;
+    /// Applies `patch` in one transaction, against the user as it is then:
+    /// a password reset ends the user's sessions and API tokens; a disable
+    /// ends the sessions (tokens stay, refused while disabled); a role
+    /// change keeps both (they pick up the new role). Any of these tells
+    /// every master to drop the user's cached credentials. Refuses to demote
+    /// or disable the last active administrator. Returns the user before
+    /// and after, or `None` if there is no such user.
+    pub async fn update_user(&self, id: Uuid, patch: &UserPatch) -> Result<Option<(User, User)>> {
+        let mut tx = self.begin_writer().await?;
         let mut statements = 1;
-        let exists = sqlx::query("SELECT 1 FROM users WHERE id = $1")
+        let select = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+        let Some(row) = sqlx::query(select)
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
             .await?
-            .is_some();
-        if !exists {
+        else {
             self.count(statements);
             return Ok(None);
+        };
+        let before = user_of(&row)?;
+        let role_changes = patch.role.is_some_and(|role| role != before.role);
+        let disables = patch.disabled == Some(true) && !before.disabled;
+        let enables = patch.disabled == Some(false) && before.disabled;
+        let demotes_admin = before.role == Role::Admin
+            && !before.disabled
+            && (disables || patch.role == Some(Role::User));
+        if demotes_admin {
+            statements += 1;
+            Self::keep_an_admin_in(&mut tx).await?;
         }
-        let limits: [(&'static str, Option<Option<i64>>); 3] = [
+        let changes: [(&'static str, Option<Option<i64>>); 3] = [
             (
                 "UPDATE users SET disabled = $1 WHERE id = $2",
-                patch.disabled.map(|d| Some(i64::from(d))),
+                (disables || enables).then(|| patch.disabled.map(i64::from)),
             ),
             (
                 "UPDATE users SET max_sessions = $1 WHERE id = $2",
@@ -219,7 +218,7 @@ impl Store {
                 patch.storage_quota_bytes,
             ),
         ];
-        for (query, value) in limits {
+        for (query, value) in changes {
             let Some(value) = value else { continue };
             statements += 1;
             sqlx::query(query)
@@ -228,7 +227,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some(role) = patch.role {
+        if let Some(role) = patch.role.filter(|_| role_changes) {
             statements += 1;
             sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
                 .bind(role.as_str())
@@ -237,55 +236,83 @@ impl Store {
                 .await?;
         }
         if let Some(hash) = &patch.password_hash {
-            statements += 1;
+            statements += 3;
             sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
                 .bind(hash)
                 .bind(id.to_string())
                 .execute(&mut *tx)
                 .await?;
+            Self::end_sessions_in(&mut tx, id, None).await?;
+            sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        } else if disables {
+            statements += 1;
+            Self::end_sessions_in(&mut tx, id, None).await?;
         }
-        if patch.revokes_credentials() {
-            statements += 3;
-            Self::revoke_all_in(&mut tx, id, None).await?;
+        if role_changes || disables || enables || patch.password_hash.is_some() {
+            statements += 1;
+            Self::push_event(&mut tx, "user", &id.to_string()).await?;
         }
         statements += 1;
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE id = $1"
-        ))
-        .bind(id.to_string())
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = sqlx::query(select)
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
         self.count(statements);
-        Ok(Some(user_of(&row)?))
+        Ok(Some((before, user_of(&row)?)))
     }
 
-    /// Deletes a user with their sessions and tokens. `false` if no such user.
+    /// Fails with [`StoreError::LastAdmin`] unless another active
+    /// administrator exists besides the one about to go.
+    async fn keep_an_admin_in(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
+        let row = sqlx::query("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
+            .fetch_one(&mut **tx)
+            .await?;
+        if row.try_get::<i64, _>(0)? <= 1 {
+            return Err(StoreError::LastAdmin);
+        }
+        Ok(())
+    }
+
+    /// Deletes a user with their sessions and tokens (never the last active
+    /// administrator). `false` if no such user.
     pub async fn delete_user(&self, id: Uuid) -> Result<bool> {
         self.count(4);
-        let mut tx = self.pool.begin().await?;
-        Self::revoke_all_in(&mut tx, id, None).await?;
-        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+        let mut tx = self.begin_writer().await?;
+        let row = sqlx::query("SELECT role, disabled FROM users WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        if row.try_get::<String, _>(0)? == "admin" && row.try_get::<i64, _>(1)? == 0 {
+            Self::keep_an_admin_in(&mut tx).await?;
+        }
+        Self::push_event(&mut tx, "user", &id.to_string()).await?;
+        sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(true)
     }
 
     /// Sets a user's own new password and ends their other sessions (the
     /// one with `keep_hash` stays; API tokens stay).
     pub async fn change_password(&self, id: Uuid, hash: &str, keep_hash: &str) -> Result<()> {
         self.count(3);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_writer().await?;
         sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(hash)
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        Self::revoke_all_in(&mut tx, id, Some(keep_hash)).await?;
+        Self::end_sessions_in(&mut tx, id, Some(keep_hash)).await?;
+        Self::push_event(&mut tx, "user", &id.to_string()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -352,7 +379,8 @@ mod tests {
             max_sessions: Some(Some(2)),
             ..Default::default()
         };
-        let updated = store
+        // Bob is no admin: nothing to keep.
+        let (_, updated) = store
             .update_user(bob.id, &patch)
             .await
             .expect("update")

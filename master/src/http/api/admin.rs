@@ -145,8 +145,10 @@ pub struct PatchUser {
     pub storage_quota_bytes: Option<Option<i64>>,
 }
 
-/// Change a user's role, standing, password or limits. A change of role,
-/// a disable or a password reset ends the user's sessions and tokens.
+/// Change a user's role, standing, password or limits. A password reset
+/// ends the user's sessions and API tokens; a disable ends the sessions
+/// (tokens are refused while disabled); a role change applies to existing
+/// sessions at once.
 #[utoipa::path(
     patch, path = "/admin/users/{id}", tag = "admin",
     params(("id" = Uuid, Path)),
@@ -180,11 +182,6 @@ async fn patch_user(
             ));
         }
     }
-    let before = find(&state, id).await?;
-    let demotes = patch.role == Some(Role::User) || patch.disabled == Some(true);
-    if demotes && before.role == Role::Admin && !before.disabled {
-        keep_an_admin(&state).await?;
-    }
     let password_hash = match &patch.password {
         Some(password) => {
             password::check_policy(password)?;
@@ -199,15 +196,13 @@ async fn patch_user(
         max_sessions: patch.max_sessions,
         storage_quota_bytes: patch.storage_quota_bytes,
     };
-    let user = state
+    let (before, user) = state
         .auth
         .store()
         .update_user(id, &change)
         .await?
         .ok_or(ApiError::Missing("user"))?;
-    if change.revokes_credentials() {
-        state.auth.user_changed(id);
-    }
+    state.auth.user_changed(id);
     let events: [(bool, &'static str, Option<String>); 4] = [
         (
             patch.role.is_some_and(|role| role != before.role),
@@ -248,16 +243,6 @@ async fn patch_user(
     Ok(Json(UserView::from(&user)))
 }
 
-/// 409 unless another active administrator remains.
-async fn keep_an_admin(state: &AppState) -> Result<(), ApiError> {
-    if state.auth.store().count_admins().await? <= 1 {
-        return Err(ApiError::Conflict(
-            "this is the last active administrator; promote another user first".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Delete a user, their sessions and tokens.
 #[utoipa::path(
     delete, path = "/admin/users/{id}", tag = "admin",
@@ -276,9 +261,6 @@ async fn delete_user(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let user = find(&state, id).await?;
-    if user.role == Role::Admin && !user.disabled {
-        keep_an_admin(&state).await?;
-    }
     if !state.auth.store().delete_user(id).await? {
         return Err(ApiError::Missing("user"));
     }

@@ -4,7 +4,7 @@
 use super::{check_username, rfc3339, UserView};
 use crate::auth::{password, Login, Mode, SINGLE_USER_NAME};
 use crate::http::error::ErrorBody;
-use crate::http::extract::{ApiJson, Authed, ClientInfo, SESSION_COOKIE};
+use crate::http::extract::{forbidden, ApiJson, Authed, ClientInfo, SESSION_COOKIE};
 use crate::http::{ApiError, AppState};
 use crate::store::{AuditEntry, NewUser, Role};
 use axum::extract::State;
@@ -24,6 +24,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(signup))
         .routes(routes!(ping))
 }
+
+const CROSS_SITE: &str = "cross-site request refused: Origin does not match this server";
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,9 +64,7 @@ async fn login(
 ) -> Result<impl IntoResponse, ApiError> {
     // Login CSRF: a browser on another site may not log a victim in.
     if !state.web.same_origin(&headers, info.tls, false) {
-        return Err(ApiError::Forbidden(
-            "cross-site request refused: Origin does not match this server",
-        ));
+        return Err(forbidden(&state, None, "POST /api/v1/auth/login", &info, CROSS_SITE).await);
     }
     let username = match state.auth.config().mode {
         Mode::Single => SINGLE_USER_NAME.to_string(),
@@ -162,9 +162,7 @@ async fn signup(
         return Err(ApiError::NotFound);
     }
     if !state.web.same_origin(&headers, info.tls, false) {
-        return Err(ApiError::Forbidden(
-            "cross-site request refused: Origin does not match this server",
-        ));
+        return Err(forbidden(&state, None, "POST /api/v1/auth/signup", &info, CROSS_SITE).await);
     }
     check_username(&request.username)?;
     password::check_policy(&request.password)?;
@@ -190,7 +188,7 @@ async fn signup(
             detail: Some("self-service sign-up".into()),
         })
         .await;
-    let login = state.auth.open_session(&user, &info.client).await?;
+    let login = state.auth.open_session(&user, &hash, &info.client).await?;
     Ok(logged_in(&state, &info, login, StatusCode::CREATED))
 }
 

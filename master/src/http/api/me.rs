@@ -5,7 +5,7 @@
 use super::{rfc3339, SessionView, UserView};
 use crate::auth::{password, Mode, Scope};
 use crate::http::error::ErrorBody;
-use crate::http::extract::{ApiJson, ApiPath, Authed, ClientInfo};
+use crate::http::extract::{forbidden, ApiJson, ApiPath, Authed, ClientInfo};
 use crate::http::{ApiError, AppState};
 use crate::store::{self, AuditEntry};
 use axum::extract::State;
@@ -126,13 +126,14 @@ async fn change_password(
     info: ClientInfo,
     ApiJson(change): ApiJson<PasswordChange>,
 ) -> Result<StatusCode, ApiError> {
+    const REQUEST: &str = "POST /api/v1/me/password";
     if state.auth.config().mode == Mode::Single {
-        return Err(ApiError::Forbidden(
-            "single-user mode: the operator sets the password",
-        ));
+        let why = "single-user mode: the operator sets the password";
+        return Err(forbidden(&state, Some(&principal), REQUEST, &info, why).await);
     }
     if principal.session_id().is_none() {
-        return Err(ApiError::Forbidden("log in to change your password"));
+        let why = "log in to change your password";
+        return Err(forbidden(&state, Some(&principal), REQUEST, &info, why).await);
     }
     password::check_policy(&change.new_password)?;
     state
@@ -235,7 +236,9 @@ async fn create_token(
     ApiJson(new): ApiJson<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     if principal.session_id().is_none() {
-        return Err(ApiError::Forbidden("log in to create API tokens"));
+        let why = "log in to create API tokens";
+        let request = "POST /api/v1/me/tokens";
+        return Err(forbidden(&state, Some(&principal), request, &info, why).await);
     }
     let name = new.name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
