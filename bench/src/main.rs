@@ -3,6 +3,11 @@
 //! - `warren-bench micro`: codec, routing hash, and pool round trips through
 //!   real worker processes, each beside an in-process baseline measured in
 //!   the same run (see [`micro`]).
+//! - `warren-bench http`: warren under HTTP load (authenticated requests,
+//!   a login storm, database queries per request) beside a bare axum
+//!   handler, both as child processes (see [`http`]).
+//! - `warren-bench serve` and `warren-bench bare-server` (hidden): the two
+//!   servers `http` measures; `serve` is exactly `warren serve`.
 //! - `warren-bench echo-server` (hidden): the bare tokio + Unix socket +
 //!   bincode echo that the pool's latency is compared with (see [`echo`]).
 //! - `warren-bench worker` (hidden): a worker process, exactly as
@@ -11,7 +16,9 @@
 //!   always measures master and worker from the same build.
 #![forbid(unsafe_code)]
 
+mod bare;
 mod echo;
+mod http;
 mod micro;
 mod report;
 
@@ -30,6 +37,15 @@ struct Cli {
 enum Command {
     /// Micro-benchmarks: codec, routing hash, pool round trip vs in-process call.
     Micro(MicroArgs),
+    /// HTTP load: warren's authenticated API beside a bare axum handler.
+    Http(HttpArgs),
+    /// Run warren's server (started by `http`, not by hand): exactly
+    /// `warren serve`, with its arguments.
+    #[command(hide = true)]
+    Serve(Box<warren_master::cli::ServeArgs>),
+    /// The bare axum server `http` compares warren with (started by `http`).
+    #[command(hide = true)]
+    BareServer(bare::BareArgs),
     /// Run one worker process (started by the pool under test, not by hand).
     /// Reuses `warren worker`'s own arguments so the two cannot drift apart.
     #[command(hide = true)]
@@ -53,6 +69,35 @@ pub struct MicroArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Measuring time of each series, in seconds (fractions allowed). A
+    /// whole run takes about 5 times this, plus setting up.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub seconds: Duration,
+    /// Logged-in users the ping load is spread over.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub users: u32,
+    /// Keep-alive connections of the ping load; connection k acts as user
+    /// k mod users.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Pings per second each connection sends while the logins' effect is
+    /// measured (c).
+    #[arg(long, default_value = "25", value_parser = parse_rate)]
+    pub user_rate: f64,
+    /// Number of worker processes of the warren under test.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Write the results as JSON to stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Measure the bare handler only: a check of the generator itself
+    /// (beside wrk, say) that needs no warren.
+    #[arg(long)]
+    pub bare_only: bool,
+}
+
 /// A positive, finite number of seconds.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -62,6 +107,14 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     match Duration::try_from_secs_f64(seconds) {
         Ok(duration) if !duration.is_zero() => Ok(duration),
         _ => Err(format!("{text:?}: need a positive number of seconds")),
+    }
+}
+
+/// A positive, finite rate (per second).
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{text:?}: need a positive number per second")),
     }
 }
 
@@ -76,14 +129,50 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Micro(args) => match micro::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Micro(args) => report_failure(micro::run(&args)),
+        Command::Http(args) => report_failure(run_http(&args)),
+        Command::Serve(args) => run_serve(*args),
+        Command::BareServer(args) => report_failure(bare::serve(&args)),
     }
+}
+
+fn report_failure(outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The load generator's runtime: multi-thread, one thread per core, like
+/// the servers it measures (and `wrk -t <cores>`).
+fn run_http(args: &HttpArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let report = runtime.block_on(http::run(args))?;
+    http::report::print(&report, args.json)
+}
+
+/// Exactly what `warren serve` runs (`warren_master::main`): tracing at
+/// info, a multi-thread runtime, `serve::run`.
+fn run_serve(args: warren_master::cli::ServeArgs) -> ExitCode {
+    warren_master::init_tracing("info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    report_failure(runtime.block_on(warren_master::serve::run(args)))
 }
 
 /// Exactly `warren worker`, logging only warnings and errors so the
@@ -109,6 +198,8 @@ mod tests {
         assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
         for bad in ["0", "-1", "nan", "inf", "", "3s"] {
             assert!(parse_seconds(bad).is_err(), "{bad:?}");
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(parse_rate("2.5"), Ok(2.5));
     }
 }

@@ -191,22 +191,22 @@ impl Report {
     }
 
     fn table(&self) -> String {
-        let mut rows: Vec<[String; 5]> = vec![
-            [
+        let mut rows: Vec<Vec<String>> = vec![
+            vec![
                 "figure".into(),
                 "pool (real workers)".into(),
                 "in-process baseline".into(),
                 "slowdown".into(),
                 "target".into(),
             ],
-            [
+            vec![
                 format!("codec encode+decode ({} B request)", self.codec_frame_bytes),
                 format!("{:.1} ns/op", self.codec_ns_per_op),
                 "-".into(),
                 "-".into(),
                 "-".into(),
             ],
-            [
+            vec![
                 "ring::slot_for (4 slots)".into(),
                 format!("{:.1} ns/op", self.slot_for_ns_per_op),
                 "-".into(),
@@ -217,21 +217,21 @@ impl Report {
         let seq = &self.sequential;
         let one = &seq.pool_one_worker;
         let p50_verdict = verdict(one.p50_ns as f64 <= TARGET_P50_NS);
-        rows.push([
+        rows.push(vec![
             "round trip, 1 caller, p50".into(),
             nanos(one.p50_ns as f64),
             nanos(seq.baseline.p50_ns as f64),
             ratio(one.p50_ns as f64, seq.baseline.p50_ns as f64),
             format!("<= {} {p50_verdict}", nanos(TARGET_P50_NS)),
         ]);
-        rows.push([
+        rows.push(vec![
             "round trip, 1 caller, mean".into(),
             nanos(one.mean_ns),
             nanos(seq.baseline.mean_ns),
             ratio(one.mean_ns, seq.baseline.mean_ns),
             "-".into(),
         ]);
-        rows.push([
+        rows.push(vec![
             "round trip, 1 caller, p99".into(),
             nanos(one.p99_ns as f64),
             nanos(seq.baseline.p99_ns as f64),
@@ -243,14 +243,14 @@ impl Report {
             &seq.pool_across_workers,
             &seq.echo_across_processes,
         );
-        rows.push([
+        rows.push(vec![
             "bare echo, 1 process, p50 / p99".into(),
             echo.p50_and_p99(),
             "-".into(),
             format!("pool/echo {}", ratio(one.p50_ns as f64, echo.p50_ns as f64)),
             "-".into(),
         ]);
-        rows.push([
+        rows.push(vec![
             "round trip across workers, p50 / p99".into(),
             across.p50_and_p99(),
             "-".into(),
@@ -260,7 +260,7 @@ impl Report {
             ),
             "-".into(),
         ]);
-        rows.push([
+        rows.push(vec![
             "bare echo across processes, p50 / p99".into(),
             echo_across.p50_and_p99(),
             "-".into(),
@@ -274,7 +274,7 @@ impl Report {
             } else {
                 "-".into()
             };
-            rows.push([
+            rows.push(vec![
                 match point.callers {
                     1 => "throughput, 1 caller".into(),
                     callers => format!("throughput, {callers} callers"),
@@ -286,12 +286,6 @@ impl Report {
             ]);
         }
 
-        let mut widths = [0usize; 5];
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
         let mut text = format!(
             "warren-bench micro: {} CPUs, kernel {}, {} workers, {} runtime threads, {} s per figure (+{} s warm-up)\n\n",
             self.machine.cpus,
@@ -301,28 +295,7 @@ impl Report {
             self.settings.seconds_per_figure,
             self.settings.warmup_seconds,
         );
-        for (index, row) in rows.iter().enumerate() {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .enumerate()
-                .map(|(column, (cell, width))| {
-                    // Names left-aligned, figures right-aligned.
-                    if column == 0 || column == 4 {
-                        format!("{cell:<width$}")
-                    } else {
-                        format!("{cell:>width$}")
-                    }
-                })
-                .collect();
-            text.push_str(cells.join("  ").trim_end());
-            text.push('\n');
-            if index == 0 {
-                let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-                text.push_str(&rule.join("  "));
-                text.push('\n');
-            }
-        }
+        text.push_str(&render(&rows));
         text.push_str(
             "\nslowdown: pool latency / baseline latency, or baseline rate / pool rate\n",
         );
@@ -360,7 +333,43 @@ pub fn print(report: &Report, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn verdict(met: bool) -> &'static str {
+/// Lays out rows as columns: the first row is the header (ruled off below
+/// it); the first and last columns (names, targets) are left-aligned, the
+/// figures between them right-aligned.
+pub fn render(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; columns];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for (index, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = widths
+            .iter()
+            .enumerate()
+            .map(|(column, &width)| {
+                let cell = row.get(column).map_or("", String::as_str);
+                if column == 0 || column + 1 == columns {
+                    format!("{cell:<width$}")
+                } else {
+                    format!("{cell:>width$}")
+                }
+            })
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+        if index == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            text.push_str(&rule.join("  "));
+            text.push('\n');
+        }
+    }
+    text
+}
+
+pub fn verdict(met: bool) -> &'static str {
     if met {
         "(met)"
     } else {
@@ -369,22 +378,29 @@ fn verdict(met: bool) -> &'static str {
 }
 
 /// Nanoseconds with a unit a person reads at a glance.
-fn nanos(ns: f64) -> String {
+pub fn nanos(ns: f64) -> String {
     if ns < 1_000.0 {
         format!("{ns:.0} ns")
     } else if ns < 1_000_000.0 {
         format!("{:.1} µs", ns / 1_000.0)
-    } else {
+    } else if ns < 1_000_000_000.0 {
         format!("{:.2} ms", ns / 1_000_000.0)
+    } else {
+        format!("{:.2} s", ns / 1_000_000_000.0)
     }
 }
 
 /// Operations per second with thousands separators.
-fn rate(per_second: f64) -> String {
-    format!("{} ops/s", thousands(per_second.round() as u64))
+pub fn rate(per_second: f64) -> String {
+    per_second_of(per_second, "ops/s")
 }
 
-fn ratio(worse: f64, better: f64) -> String {
+/// A rate with thousands separators and the given unit (`req/s`).
+pub fn per_second_of(per_second: f64, unit: &str) -> String {
+    format!("{} {unit}", thousands(per_second.round() as u64))
+}
+
+pub fn ratio(worse: f64, better: f64) -> String {
     if better > 0.0 && worse.is_finite() {
         let times = worse / better;
         if times >= 100.0 {
@@ -397,7 +413,7 @@ fn ratio(worse: f64, better: f64) -> String {
     }
 }
 
-fn thousands(value: u64) -> String {
+pub fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (index, digit) in digits.chars().enumerate() {
@@ -430,6 +446,7 @@ mod tests {
         assert_eq!(thousands(12_345_678), "12,345,678");
         assert_eq!(nanos(21.0), "21 ns");
         assert_eq!(nanos(24_150.0), "24.1 µs");
+        assert_eq!(nanos(1_812_990_000.0), "1.81 s");
         assert_eq!(ratio(30.0, 10.0), "3.0x");
         assert_eq!(ratio(1.0, 0.0), "-");
     }
