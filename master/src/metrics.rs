@@ -8,6 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,13 +70,13 @@ struct OriginLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteStatusLabels {
-    route: String,
+    route: &'static str,
     status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
 }
 
 /// Logins, sessions, the session cache and database queries.
@@ -128,20 +130,36 @@ impl AuthMetrics {
 pub struct HttpMetrics {
     requests: Family<RouteStatusLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Route templates seen so far. They come from the router's own route
+    /// table (never from a raw path), so the set is small and fixed, and
+    /// each is leaked once to label metrics without an allocation per
+    /// request.
+    routes: Arc<RwLock<HashSet<&'static str>>>,
 }
 
 impl HttpMetrics {
-    pub(crate) fn observe(&self, route: &str, status: u16, took: Duration) {
+    /// The `'static` copy of a route template.
+    pub(crate) fn route(&self, template: &str) -> &'static str {
+        let known = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(route) = known.get(template) {
+            return route;
+        }
+        drop(known);
+        let mut known = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(route) = known.get(template) {
+            return route;
+        }
+        let route: &'static str = Box::leak(template.to_string().into_boxed_str());
+        known.insert(route);
+        route
+    }
+
+    pub(crate) fn observe(&self, route: &'static str, status: u16, took: Duration) {
         self.requests
-            .get_or_create(&RouteStatusLabels {
-                route: route.to_string(),
-                status,
-            })
+            .get_or_create(&RouteStatusLabels { route, status })
             .inc();
         self.duration
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-            })
+            .get_or_create(&RouteLabels { route })
             .observe(took.as_secs_f64());
     }
 }
@@ -213,6 +231,7 @@ impl Metrics {
         // Touch both origins so they show as 0 before the first query.
         let _ = (auth.request_queries(), auth.background_queries());
         let http = HttpMetrics {
+            routes: Arc::default(),
             requests: Family::default(),
             // 100 us to ~6.5 s.
             duration: Family::new_with_constructor(|| {
@@ -250,8 +269,8 @@ impl Metrics {
         self.auth.clone()
     }
 
-    pub fn http(&self) -> HttpMetrics {
-        self.http.clone()
+    pub fn http(&self) -> &HttpMetrics {
+        &self.http
     }
 
     /// The text exposition, with gauges derived from the slots' current state.

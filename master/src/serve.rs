@@ -5,7 +5,7 @@ use crate::auth::password::{self, hash_now, verify_now};
 use crate::auth::throttle::ThrottleConfig;
 use crate::auth::{token, Auth, AuthConfig, Mode, SINGLE_USER_NAME};
 use crate::cli::ServeArgs;
-use crate::http::{self, AppState, WebConfig};
+use crate::http::{self, AppState, Shared, WebConfig};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolConfig, WorkerCommand};
 use crate::store::{redact_url, NewUser, Role, Store, StoreError, UserPatch};
@@ -76,16 +76,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(stop_on_signal(stop.clone()));
     let background = tokio::spawn(auth.clone().run_background(stop.child_token()));
     auth.count_sessions().await;
-    let app = http::router(AppState {
+    let app = http::router(AppState::new(Shared {
         pool: pool.clone(),
         metrics,
         auth,
-        web: Arc::new(WebConfig {
+        web: WebConfig {
             trusted_proxies: args.trusted_proxies.clone(),
             public_origin: args.public_url.clone(),
             allow_signup: args.allow_signup,
-        }),
-    });
+        },
+    }));
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

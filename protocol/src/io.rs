@@ -23,6 +23,18 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     while frames.recv_many(&mut batch, WRITE_BATCH_FRAMES).await > 0 {
+        // Under load other tasks are about to queue frames too: let them run
+        // once, so their frames share this write (one syscall and one wake-up
+        // of the peer instead of one each). Idle, this costs one re-poll.
+        if batch.len() < WRITE_BATCH_FRAMES {
+            tokio::task::yield_now().await;
+            while batch.len() < WRITE_BATCH_FRAMES {
+                match frames.try_recv() {
+                    Ok(frame) => batch.push(frame),
+                    Err(_) => break,
+                }
+            }
+        }
         for frame in batch.drain(..) {
             encode_frame(&frame, &mut buffer)?;
             if buffer.len() >= WRITE_BATCH_BYTES {

@@ -1,6 +1,8 @@
 //! Password hashing: argon2id with the OWASP parameters (m = 19 MiB, t = 2,
-//! p = 1), run on the blocking pool behind a semaphore so a login storm
-//! queues instead of taking all memory and every core.
+//! p = 1), run on a few dedicated threads behind a semaphore so a login
+//! storm queues instead of taking all memory and every core. The threads run
+//! at a lower CPU priority (nice 10): when the machine is busy, serving
+//! logged-in users comes first and logins wait.
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -62,10 +64,16 @@ pub fn verify_now(password: &str, hash: &str) -> bool {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The nice value of the hashing threads.
+const HASH_NICE: i32 = 10;
+
 /// Hashes and verifies off the async runtime, at most `concurrency` at once.
 #[derive(Clone)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    jobs: std::sync::mpsc::Sender<Job>,
     /// How long a request may queue for a permit before it gets 503.
     queue_timeout: Duration,
     /// Verified against when the user does not exist, so that an unknown
@@ -75,8 +83,41 @@ pub struct Hasher {
 
 impl Hasher {
     pub fn new(concurrency: usize, queue_timeout: Duration) -> Result<Hasher, PasswordError> {
+        let concurrency = concurrency.max(1);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for n in 0..concurrency {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("warren-hash-{n}"))
+                .spawn(move || {
+                    // Per thread on Linux; unprivileged, it can only go down.
+                    if let Err(err) = rustix::process::setpriority_process(None, HASH_NICE) {
+                        tracing::warn!(error = %err, "cannot lower the hashing thread's priority");
+                    }
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(poisoned) => poisoned.into_inner().recv(),
+                        };
+                        match job {
+                            // A panic fails that one request (its answer
+                            // channel drops), not the thread.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                            // Every Hasher is gone.
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|err| {
+                    PasswordError::Internal(format!("cannot start a hashing thread: {err}"))
+                })?;
+        }
         Ok(Hasher {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            jobs,
             queue_timeout,
             dummy_hash: hash_now("not a password of anyone's")?.into(),
         })
@@ -105,12 +146,18 @@ impl Hasher {
             .await
             .map_err(|_| PasswordError::Busy)?
             .map_err(|_| PasswordError::Busy)?;
-        tokio::task::spawn_blocking(move || {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
             let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(|err| PasswordError::Internal(err.to_string()))
+            // The waiting request may be gone; its result is then dropped.
+            let _ = done.send(work());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| PasswordError::Internal("the hashing threads are gone".into()))?;
+        result
+            .await
+            .map_err(|_| PasswordError::Internal("a hashing thread failed".into()))
     }
 }
 

@@ -30,11 +30,12 @@ pub fn new_api_token() -> Result<String, RandomError> {
 
 /// What the database stores and the cache is keyed by: hex SHA-256.
 pub fn hash_token(token: &str) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(token.as_bytes());
     let mut hex = String::with_capacity(64);
     for byte in digest.iter() {
-        use std::fmt::Write;
-        let _ = write!(hex, "{byte:02x}");
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
     }
     hex
 }

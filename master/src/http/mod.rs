@@ -28,12 +28,29 @@ use std::time::Instant;
 /// The largest JSON request body accepted (413 beyond).
 pub const MAX_JSON_BODY: usize = 64 * 1024;
 
+/// What every handler may use; one `Arc`, so extracting it is cheap.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Auth>,
-    pub web: Arc<WebConfig>,
+    pub web: WebConfig,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,41 +74,32 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            security_headers,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), around))
         .with_state(state)
-}
-
-/// Counts and times every request by its route template (never the raw
-/// path, which would let clients mint label values).
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |path| path.as_str())
-        .to_string();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state
-        .metrics
-        .http()
-        .observe(&route, response.status().as_u16(), started.elapsed());
-    response
 }
 
 const CSP: &str = "default-src 'self'; base-uri 'none'; object-src 'none'; \
                    frame-ancestors 'none'; form-action 'self'";
 
-/// CSP, nosniff, framing and referrer policy on every response; HSTS when
-/// the request came over TLS; no caching of API answers.
-async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let tls = extract::ClientInfo::of(&parts, &state.web).tls;
-    let api = parts.uri.path().starts_with("/api/");
-    let mut response = next.run(Request::from_parts(parts, body)).await;
+/// Around every request: counts and times it by route template (never the
+/// raw path, which would let clients mint label values), and sets CSP,
+/// nosniff, framing and referrer policy on the response; HSTS when the
+/// request came over TLS; no caching of API answers.
+async fn around(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let http = state.metrics.http();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |path| http.route(path.as_str()));
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let tls = state.web.client_of(request.headers(), peer).1;
+    let api = request.uri().path().starts_with("/api/");
+    let mut response = next.run(request).await;
+    http.observe(route, response.status().as_u16(), started.elapsed());
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
