@@ -50,6 +50,8 @@ on_both_backends!(
     first_start_prints_a_random_admin_password_once,
     single_user_mode_has_one_password_and_no_admin,
     signup_only_when_allowed,
+    per_account_limits_and_forwarded_addresses,
+    api_tokens_expire_and_audit_filters_by_time,
 );
 
 /// Two masters on one PostgreSQL: a revocation on one is honoured by the
@@ -1126,4 +1128,125 @@ async fn signup_only_when_allowed(db: Database) {
     let response = signup("ivan", "short").await.expect("signup");
     assert_eq!(response.status(), 422);
     Caller::login(&server, "heidi", "heidi-password").await;
+}
+
+/// One login attempt from `forwarded` (sent as X-Forwarded-For).
+async fn login_from(server: &Server, forwarded: &str, username: &str, password: &str) -> u16 {
+    server
+        .http
+        .post(server.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", forwarded)
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("login")
+        .status()
+        .as_u16()
+}
+
+async fn per_account_limits_and_forwarded_addresses(db: Database) {
+    // Not behind a trusted proxy: X-Forwarded-For is ignored, so rotating
+    // it does not escape the per-address limit.
+    let direct = start(&db, options().arg("--login-rate-per-address").arg("3")).await;
+    let mut statuses = Vec::new();
+    for n in 0..4 {
+        let forwarded = format!("198.51.100.{n}");
+        statuses.push(login_from(&direct, &forwarded, &format!("u{n}"), "wrong-password").await);
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 429],
+        "spoofed X-Forwarded-For was believed"
+    );
+    drop(direct);
+
+    // Behind a trusted proxy: each client address has its own allowance,
+    // and one account has a limit across all addresses.
+    let db2 = match &db {
+        Database::Sqlite => Database::Sqlite,
+        Database::Postgres { .. } => match Database::postgres("per-account limits").await {
+            Some(fresh) => fresh,
+            None => return,
+        },
+    };
+    let proxied = start(
+        &db2,
+        options()
+            .arg("--trusted-proxy")
+            .arg("127.0.0.1/32")
+            .arg("--login-rate-per-address")
+            .arg("3")
+            .arg("--login-rate-per-account")
+            .arg("4"),
+    )
+    .await;
+    // One of admin's 4 attempts a minute: this login.
+    let caller = Caller::admin(&proxied).await;
+    let mut statuses = Vec::new();
+    for n in 0..4 {
+        let forwarded = format!("198.51.100.{n}");
+        statuses.push(login_from(&proxied, &forwarded, "admin", "wrong-password").await);
+    }
+    assert_eq!(statuses, [401, 401, 401, 429], "per-account limit");
+    // Another account from a fresh address is unaffected.
+    assert_eq!(
+        login_from(&proxied, "203.0.113.1", "someone", "wrong-password").await,
+        401
+    );
+    let (_, rows) = caller
+        .get("/api/v1/admin/audit?event=login_failed&user=admin")
+        .await;
+    let addresses: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|row| row["address"].as_str())
+        .collect();
+    assert!(
+        addresses.contains(&"198.51.100.2"),
+        "the audit log records the forwarded client: {addresses:?}"
+    );
+}
+
+async fn api_tokens_expire_and_audit_filters_by_time(db: Database) {
+    let server = start(&db, options()).await;
+    let admin = Caller::admin(&server).await;
+    let (status, created) = admin
+        .post(
+            "/api/v1/me/tokens",
+            json!({"name": "short-lived", "scope": "read", "expires_in_seconds": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert!(created["expires_at"].is_string());
+    let script = Caller {
+        token: created["secret"].as_str().expect("secret").to_string(),
+        ..admin.bearer()
+    };
+    assert_eq!(script.get("/api/v1/me").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(script.get("/api/v1/me").await.0, 401, "expired token");
+    let (status, body) = admin
+        .post(
+            "/api/v1/me/tokens",
+            json!({"name": "forever", "scope": "read", "expires_in_seconds": 0}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+
+    let (status, all) = admin
+        .get("/api/v1/admin/audit?since=2000-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200);
+    assert!(all.as_array().is_some_and(|rows| !rows.is_empty()));
+    let (status, none) = admin
+        .get("/api/v1/admin/audit?since=2999-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(none.as_array().map(Vec::len), Some(0));
+    let (status, limited) = admin.get("/api/v1/admin/audit?limit=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(limited.as_array().map(Vec::len), Some(1));
+    let (status, body) = admin.get("/api/v1/admin/audit?since=yesterday").await;
+    assert_eq!(status, 400, "{body}");
 }
