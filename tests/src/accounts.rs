@@ -18,6 +18,15 @@ pub fn postgres_required() -> bool {
     std::env::var("WARREN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
 }
 
+/// One connection to the PostgreSQL database at `url`.
+async fn connect(url: &str) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("connect to the test database")
+}
+
 /// The accounts database a test runs against.
 pub enum Database {
     /// SQLite in the server's data directory (the default).
@@ -96,11 +105,7 @@ impl Database {
                 text
             }
             Database::Postgres { url, .. } => {
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(url)
-                    .await
-                    .expect("connect to the test database");
+                let pool = connect(url).await;
                 let mut text = String::new();
                 for table in [
                     "users",
@@ -145,11 +150,7 @@ impl Database {
                 hash
             }
             Database::Postgres { url, .. } => {
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(url)
-                    .await
-                    .expect("connect to the test database");
+                let pool = connect(url).await;
                 let (hash,): (String,) = sqlx::query_as(query)
                     .bind(username)
                     .fetch_one(&pool)
