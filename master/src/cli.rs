@@ -188,6 +188,9 @@ pub struct WorkerArgs {
     pub socket: PathBuf,
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_interval_ms: u64,
+    /// Where users' directories live; without it, no file operations.
+    #[arg(long)]
+    pub users_dir: Option<PathBuf>,
 }
 
 /// Parses `250ms`, `5s`, `2m`, `24h` or a bare number of seconds.

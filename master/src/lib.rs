@@ -68,6 +68,7 @@ pub fn run_worker(args: cli::WorkerArgs) -> ExitCode {
         slot: args.slot,
         socket: args.socket,
         heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_interval_ms.max(1)),
+        users_dir: args.users_dir,
     };
     match warren_worker::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -51,11 +51,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(workers) => workers,
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };
-    let mut pool_config = PoolConfig::new(
-        workers,
-        data_dir.join("run"),
-        WorkerCommand::current_exe().context("cannot find this executable to start workers")?,
-    );
+    let mut command =
+        WorkerCommand::current_exe().context("cannot find this executable to start workers")?;
+    command.args.push("--users-dir".into());
+    command.args.push(data_dir.join("users").into());
+    let mut pool_config = PoolConfig::new(workers, data_dir.join("run"), command);
     pool_config.heartbeat_timeout = args.heartbeat_timeout;
     pool_config.unavailable_wait = args.unavailable_wait;
     let pool = Pool::start(pool_config, metrics.pool())?;

@@ -132,6 +132,27 @@ pub fn decode_body(bytes: &[u8]) -> Result<Frame, FrameError> {
     Ok(frame)
 }
 
+/// Encodes a message that travels inside a stream's data (an `Entry`, a
+/// `ReadRange`, a `WriteOutcome`).
+pub fn encode_message<T: bincode::Encode>(message: &T) -> Result<Vec<u8>, FrameError> {
+    bincode::encode_to_vec(message, config()).map_err(|err| FrameError::Encode(err.to_string()))
+}
+
+/// Decodes what [`encode_message`] made; trailing bytes are an error.
+pub fn decode_message<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, FrameError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(FrameError::TooLong { len: bytes.len() });
+    }
+    let (message, used) = bincode::decode_from_slice(bytes, config())
+        .map_err(|err| FrameError::Decode(err.to_string()))?;
+    if used != bytes.len() {
+        return Err(FrameError::Decode(
+            "trailing bytes after a stream message".into(),
+        ));
+    }
+    Ok(message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

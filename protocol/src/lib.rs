@@ -13,6 +13,7 @@
 pub mod codec;
 pub mod io;
 pub mod message;
+pub mod path;
 pub mod stream;
 
 pub use codec::{FrameCodec, FrameError, MAX_FRAME_LEN};

@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
@@ -118,12 +118,95 @@ pub struct Request {
 pub enum Op {
     /// Answers which worker served the request; the cheapest user-scoped op.
     Ping,
+    /// An operation on the user's workspace files.
+    Files(FileOp),
     /// Test builds only: answer after sleeping this long.
     #[cfg(debug_assertions)]
     DebugSleep { millis: u64 },
     /// Test builds only: write bytes that are not a valid frame to the master.
     #[cfg(debug_assertions)]
     DebugSendGarbage { oversized: bool },
+}
+
+/// Paths are relative to the user's workspace, `/`-separated, already
+/// checked by the master ([`crate::path::check`]); the worker checks again and
+/// resolves them beneath the workspace whatever they contain.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum FileOp {
+    Stat {
+        path: String,
+    },
+    /// Entries sorted by name, those after `after`, at most `limit`.
+    List {
+        path: String,
+        after: Option<String>,
+        limit: u32,
+    },
+    Mkdir {
+        path: String,
+        parents: bool,
+    },
+    Delete {
+        path: String,
+        recursive: bool,
+    },
+    /// Renames within the workspace; never replaces an existing entry.
+    Move {
+        from: String,
+        to: String,
+    },
+    /// Copies a file or a directory tree; never replaces an existing entry.
+    Copy {
+        from: String,
+        to: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum EntryKind {
+    File,
+    Dir,
+    /// A symbolic link (made by a user's own programs); never followed out
+    /// of the workspace.
+    Symlink,
+}
+
+/// One file or directory as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Entry {
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+    /// A strong validator: changes whenever the content may have changed.
+    pub etag: String,
+}
+
+/// What a stream of kind [`StreamKind::WriteFile`] sends back before it
+/// closes: the file as written.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct WriteOutcome {
+    pub entry: Entry,
+    /// Whether the file did not exist before.
+    pub created: bool,
+}
+
+/// Which bytes of an opened file to send (see [`StreamKind::ReadFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ReadRange {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A precondition on the current state of a file about to be replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Precondition {
+    None,
+    /// `If-Match`: the file exists and has one of these etags (`*`: exists).
+    Match(Vec<String>),
+    /// `If-None-Match: *`: the file does not exist.
+    Absent,
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -135,6 +218,8 @@ pub struct Response {
 pub enum Reply {
     Pong { slot: u32, pid: u32, user: UserId },
     Done,
+    Entry(Entry),
+    Listing { entries: Vec<Entry>, more: bool },
 }
 
 /// What kind of byte stream an [`Open`] asks for.
@@ -143,6 +228,21 @@ pub enum StreamKind {
     /// Sends back every byte it receives, then closes: the reference stream
     /// that exercises flow control end to end.
     Echo,
+    /// Opens the entry at `path` and sends its [`Entry`] (see
+    /// [`crate::codec::encode_message`]) as the first data. For a regular
+    /// file the master then sends a [`ReadRange`] and the worker sends those
+    /// bytes of the very file it opened (a replacement meanwhile does not
+    /// matter), then closes; a master that closes its side instead ends it.
+    ReadFile { path: String },
+    /// Receives the new content of a file; when the master closes its side,
+    /// the file replaces the old one at once (temp file, fsync, rename) and
+    /// the worker sends a bincode [`WriteOutcome`] and closes. An aborted
+    /// stream leaves nothing behind.
+    WriteFile {
+        path: String,
+        precondition: Precondition,
+        parents: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -170,6 +270,16 @@ pub enum OpError {
     Cancelled,
     #[error("stream protocol violated: {0}")]
     StreamViolation(String),
+    #[error("{0}")]
+    BadPath(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("storage quota exceeded: {used} of {limit} bytes used")]
+    QuotaExceeded { used: u64, limit: u64 },
     #[error("internal worker error: {0}")]
     Internal(String),
 }

@@ -192,6 +192,7 @@ impl Drop for Database {
     }
 }
 
+#[derive(Clone)]
 /// A logged-in client: sends its session as the cookie (with a same-origin
 /// `Origin` on changes, as a browser would) or as a bearer token.
 pub struct Caller {

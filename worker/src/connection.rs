@@ -6,6 +6,7 @@
 //! through one writer task that batches frames into few writes.
 
 use crate::ops::{self, WorkerIdentity};
+use crate::workspace::Workspaces;
 use crate::{WorkerConfig, WorkerError};
 use futures_util::StreamExt;
 use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
@@ -70,6 +71,10 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         inflight: Mutex::new(HashMap::new()),
         streams: StreamRegistry::new(),
         users: Mutex::new(HashSet::new()),
+        workspaces: config
+            .users_dir
+            .clone()
+            .map(|dir| Arc::new(Workspaces::new(dir))),
         #[cfg(debug_assertions)]
         garbage,
     });
@@ -125,6 +130,7 @@ struct Worker {
     inflight: Mutex<HashMap<u64, AbortHandle>>,
     streams: Arc<StreamRegistry>,
     users: Mutex<HashSet<UserId>>,
+    workspaces: Option<Arc<Workspaces>>,
     /// Test builds only: asks the writer to send bytes that are not a frame.
     #[cfg(debug_assertions)]
     garbage: mpsc::UnboundedSender<bool>,
@@ -153,7 +159,8 @@ impl Worker {
                 self.saw_user(&open.user);
                 match self.streams.register(id, self.frames.clone()) {
                     Ok(stream) => {
-                        tokio::spawn(ops::serve_stream(open.kind, stream));
+                        let workspaces = self.workspaces.clone();
+                        tokio::spawn(ops::serve_stream(open.kind, open.user, stream, workspaces));
                     }
                     Err(err) => self.send(id, Body::Close(Err(err))),
                 }
@@ -179,6 +186,15 @@ impl Worker {
         self.saw_user(&user);
         match op {
             Op::Ping => self.respond(id, Ok(ops::ping(self.identity, &user))),
+            Op::Files(op) => {
+                let workspaces = self.workspaces.clone();
+                self.spawn_tracked(id, async move {
+                    let workspaces = workspaces.ok_or_else(ops::no_workspaces)?;
+                    tokio::task::spawn_blocking(move || ops::files(&workspaces, user.id, op))
+                        .await
+                        .map_err(|err| OpError::Internal(format!("file operation failed: {err}")))?
+                });
+            }
             #[cfg(debug_assertions)]
             Op::DebugSleep { millis } => self.spawn_tracked(id, async move {
                 tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
@@ -193,7 +209,6 @@ impl Worker {
     }
 
     /// Runs a request that waits as its own task, cancellable by id.
-    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     fn spawn_tracked(
         self: &Arc<Self>,
         id: u64,

@@ -12,6 +12,7 @@
 
 pub mod connection;
 pub mod ops;
+pub mod workspace;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +23,9 @@ pub struct WorkerConfig {
     pub slot: u32,
     pub socket: PathBuf,
     pub heartbeat_interval: Duration,
+    /// Where users' directories live (`<data-dir>/users`); without it, file
+    /// operations are refused as unsupported.
+    pub users_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,12 @@
 //! What each operation does. Plain functions with no I/O of the connection,
 //! so benchmarks can call them directly as the in-process baseline.
 
+use crate::workspace::{self, Workspaces};
+use std::sync::Arc;
 use warren_protocol::stream::Stream;
-use warren_protocol::{Reply, StreamKind, UserCtx};
+use warren_protocol::{
+    FileOp, OpError, Precondition, ReadRange, Reply, StreamKind, UserCtx, UserId, MAX_DATA_CHUNK,
+};
 
 /// Identity of the worker serving a request.
 #[derive(Debug, Clone, Copy)]
@@ -19,10 +23,179 @@ pub fn ping(worker: WorkerIdentity, user: &UserCtx) -> Reply {
     }
 }
 
+/// A file operation on a worker started without a users directory.
+pub fn no_workspaces() -> OpError {
+    OpError::Unsupported("this worker serves no files (started without --users-dir)".into())
+}
+
+/// Runs one file operation (blocking: call it on the blocking pool).
+pub fn files(workspaces: &Workspaces, user: UserId, op: FileOp) -> Result<Reply, OpError> {
+    let dirs = workspaces.open(user)?;
+    match op {
+        FileOp::Stat { path } => dirs.stat(&path),
+        FileOp::List { path, after, limit } => {
+            dirs.list(&path, after.as_deref(), limit.clamp(1, 10_000))
+        }
+        FileOp::Mkdir { path, parents } => dirs.mkdir(&path, parents),
+        FileOp::Delete { path, recursive } => dirs.delete(&path, recursive),
+        FileOp::Move { from, to } => dirs.rename(&from, &to),
+        FileOp::Copy { from, to } => dirs.copy(&from, &to),
+    }
+}
+
 /// Serves one stream the master opened, until both sides have closed.
-pub async fn serve_stream(kind: StreamKind, stream: Stream) {
+pub async fn serve_stream(
+    kind: StreamKind,
+    user: UserCtx,
+    stream: Stream,
+    workspaces: Option<Arc<Workspaces>>,
+) {
+    let workspaces = match (&kind, workspaces) {
+        (StreamKind::Echo, _) => return echo(stream).await,
+        (_, Some(workspaces)) => workspaces,
+        (_, None) => {
+            let (mut sender, _receiver) = stream.split();
+            sender.abort(no_workspaces());
+            return;
+        }
+    };
     match kind {
-        StreamKind::Echo => echo(stream).await,
+        StreamKind::Echo => {}
+        StreamKind::ReadFile { path } => read_file(workspaces, user.id, path, stream).await,
+        StreamKind::WriteFile {
+            path,
+            precondition,
+            parents,
+        } => write_file(workspaces, user.id, path, precondition, parents, stream).await,
+    }
+}
+
+/// Runs blocking `work` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, OpError> + Send + 'static,
+) -> Result<T, OpError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| OpError::Internal(format!("file operation failed: {err}")))?
+}
+
+async fn read_file(workspaces: Arc<Workspaces>, user: UserId, path: String, stream: Stream) {
+    let (mut sender, mut receiver) = stream.split();
+    let opened = blocking(move || workspaces.open(user)?.open_read(&path)).await;
+    let (file, entry) = match opened {
+        Ok(opened) => opened,
+        Err(err) => return sender.abort(err),
+    };
+    let described = warren_protocol::codec::encode_message(&entry)
+        .map_err(|err| OpError::Internal(err.to_string()));
+    let sent = match described {
+        Ok(bytes) => sender.send(&bytes).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = sent {
+        return sender.abort(err);
+    }
+    // Not a file, or the master wants no bytes (HEAD, 304, a listing...).
+    let Some(mut file) = file else {
+        let _ = sender.finish();
+        return;
+    };
+    let range = match receiver.recv().await {
+        Some(Ok(bytes)) => match warren_protocol::codec::decode_message::<ReadRange>(&bytes) {
+            Ok(range) => range,
+            Err(err) => return sender.abort(OpError::StreamViolation(err.to_string())),
+        },
+        _ => {
+            let _ = sender.finish();
+            return;
+        }
+    };
+    let offset = range.offset;
+    let seeked = blocking(move || {
+        workspace::seek(&mut file, offset)?;
+        Ok(file)
+    })
+    .await;
+    file = match seeked {
+        Ok(file) => file,
+        Err(err) => return sender.abort(err),
+    };
+    let mut remaining = range.len;
+    while remaining > 0 {
+        let want = remaining.min(MAX_DATA_CHUNK as u64) as usize;
+        let read = blocking(move || {
+            let mut buf = vec![0u8; want];
+            let n = workspace::read_chunk(&mut file, &mut buf)?;
+            buf.truncate(n);
+            Ok((file, buf))
+        })
+        .await;
+        let chunk = match read {
+            Ok((back, chunk)) => {
+                file = back;
+                chunk
+            }
+            Err(err) => return sender.abort(err),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        remaining -= chunk.len() as u64;
+        // Waits for credit: memory stays bounded by the window.
+        if let Err(err) = sender.send(&chunk).await {
+            return sender.abort(err);
+        }
+    }
+    let _ = sender.finish();
+    // Until the master closes its side.
+    while receiver.recv().await.is_some() {}
+}
+
+async fn write_file(
+    workspaces: Arc<Workspaces>,
+    user: UserId,
+    path: String,
+    precondition: Precondition,
+    parents: bool,
+    stream: Stream,
+) {
+    let (mut sender, mut receiver) = stream.split();
+    let begin = {
+        let workspaces = workspaces.clone();
+        blocking(move || Arc::new(workspaces.open(user)?).begin_write(&path, parents)).await
+    };
+    let mut pending = match begin {
+        Ok(pending) => pending,
+        Err(err) => return sender.abort(err),
+    };
+    while let Some(chunk) = receiver.recv().await {
+        let bytes = match chunk {
+            Ok(bytes) => bytes,
+            // The upload was abandoned: dropping `pending` removes the temp file.
+            Err(_) => return,
+        };
+        let written = blocking(move || {
+            pending.write(&bytes)?;
+            Ok(pending)
+        })
+        .await;
+        pending = match written {
+            Ok(pending) => pending,
+            Err(err) => return sender.abort(err),
+        };
+    }
+    let committed = blocking(move || pending.commit(&workspaces, &precondition)).await;
+    let outcome = committed.and_then(|(entry, created)| {
+        warren_protocol::codec::encode_message(&warren_protocol::WriteOutcome { entry, created })
+            .map_err(|err| OpError::Internal(err.to_string()))
+    });
+    match outcome {
+        Ok(bytes) => {
+            if sender.send(&bytes).await.is_ok() {
+                let _ = sender.finish();
+            }
+        }
+        Err(err) => sender.abort(err),
     }
 }
 

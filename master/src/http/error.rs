@@ -20,6 +20,8 @@ pub enum ApiError {
     NotFound,
     #[error("this route does not take that method")]
     MethodNotAllowed,
+    #[error("the requested range is not within the file")]
+    RangeNotSatisfiable,
     /// A resource that does not exist, or that the caller may not know of.
     #[error("no such {0}")]
     Missing(&'static str),
@@ -69,6 +71,9 @@ impl ApiError {
         match self {
             ApiError::NotFound | ApiError::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::RangeNotSatisfiable => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
@@ -94,6 +99,15 @@ impl ApiError {
                     (StatusCode::BAD_REQUEST, "invalid_request")
                 }
                 OpError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
+                OpError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path"),
+                OpError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                OpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                OpError::PreconditionFailed(_) => {
+                    (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+                }
+                OpError::QuotaExceeded { .. } => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded")
+                }
                 OpError::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "cancelled"),
                 OpError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },

@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod files;
 mod me;
 
 use super::error::ErrorBody;
@@ -25,6 +26,13 @@ use uuid::Uuid;
                        session or API token. Every error is `{\"error\":{\"code\",\"message\"}}`."
     ),
     components(schemas(ErrorBody)),
+    paths(
+        files::list_root,
+        files::get_file,
+        files::put_file,
+        files::delete_file,
+        files::post_file
+    ),
     modifiers(&Security)
 )]
 struct ApiDoc;
@@ -74,7 +82,7 @@ pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) 
                 ),
         ),
     );
-    (router, doc)
+    (router.merge(files::routes()), doc)
 }
 
 /// A user as the API shows it.
@@ -212,6 +220,8 @@ mod tests {
             "/api/v1/admin/audit",
             "/api/v1/ping",
             "/api/v1/openapi.json",
+            "/api/v1/files",
+            "/api/v1/files/{path}",
         ] {
             assert!(
                 paths.iter().any(|p| p == path),

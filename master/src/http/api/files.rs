@@ -1,0 +1,608 @@
+//! `/files/{path}`: the caller's workspace files, served by their worker.
+//! Bodies travel as protocol streams with credit-based flow control, so a
+//! transfer holds at most a stream window in memory, whatever its size.
+//!
+//! Routed by hand (the wildcard path is not something utoipa-axum routes);
+//! the handlers' `#[utoipa::path]` annotations are listed in the document
+//! by `api::ApiDoc`, and `api::tests` checks that both agree.
+
+use crate::http::error::ErrorBody;
+use crate::http::extract::{ApiQuery, Authed};
+use crate::http::{ApiError, AppState};
+use crate::pool::PoolError;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, UNIX_EPOCH};
+use utoipa::{IntoParams, ToSchema};
+use warren_protocol::{
+    Entry, EntryKind, FileOp, Op, OpError, Precondition, Reply, StreamKind, UserCtx,
+};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/files", get(list_root)).route(
+        "/api/v1/files/{*path}",
+        get(get_file)
+            .put(put_file)
+            .delete(delete_file)
+            .post(post_file),
+    )
+}
+
+/// A file or directory as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntryView {
+    pub name: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: &'static str,
+    pub size: u64,
+    /// RFC 3339.
+    pub modified: String,
+    pub etag: String,
+}
+
+impl From<&Entry> for EntryView {
+    fn from(entry: &Entry) -> Self {
+        EntryView {
+            name: entry.name.clone(),
+            kind: match entry.kind {
+                EntryKind::File => "file",
+                EntryKind::Dir => "dir",
+                EntryKind::Symlink => "symlink",
+            },
+            size: entry.size,
+            modified: super::rfc3339(entry.modified_ms),
+            etag: entry.etag.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Listing {
+    pub entries: Vec<EntryView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// From a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Entries per page, 1-1000 (default 200).
+    limit: Option<u32>,
+}
+
+fn checked(path: &str) -> Result<String, ApiError> {
+    warren_protocol::path::check(path).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    Ok(path.trim_end_matches('/').to_string())
+}
+
+async fn call(state: &AppState, user: &UserCtx, op: FileOp) -> Result<Reply, ApiError> {
+    Ok(state.pool.call(user, Op::Files(op)).await?)
+}
+
+fn unexpected(reply: Reply) -> ApiError {
+    ApiError::Internal(format!("unexpected reply from the worker: {reply:?}"))
+}
+
+fn entry_response(status: StatusCode, entry: &Entry) -> Response {
+    let mut response = (status, Json(EntryView::from(entry))).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&entry.etag) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// List the workspace's top directory.
+#[utoipa::path(
+    get, path = "/api/v1/files", tag = "files",
+    params(ListQuery),
+    responses((status = 200, body = Listing), (status = 401, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+pub(super) async fn list_root(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    list(&state, &principal.ctx, "", query).await
+}
+
+async fn list(
+    state: &AppState,
+    user: &UserCtx,
+    path: &str,
+    query: ListQuery,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be 1-1000".into()));
+    }
+    let op = FileOp::List {
+        path: path.to_string(),
+        after: query.cursor,
+        limit,
+    };
+    match call(state, user, op).await? {
+        Reply::Listing { entries, more } => {
+            let next_cursor = more
+                .then(|| entries.last().map(|e| e.name.clone()))
+                .flatten();
+            let entries = entries.iter().map(EntryView::from).collect();
+            Ok(Json(Listing {
+                entries,
+                next_cursor,
+            })
+            .into_response())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A file's bytes (with `Range`, `ETag`, `Last-Modified`, conditional
+/// requests), or a directory's listing. `HEAD` gives the headers only.
+#[utoipa::path(
+    get, path = "/api/v1/files/{path}", tag = "files",
+    params(("path" = String, Path, description = "Relative to the workspace"), ListQuery),
+    responses(
+        (status = 200, description = "The file's bytes, or a directory listing", body = Listing),
+        (status = 206, description = "The requested range"),
+        (status = 304, description = "Unchanged (If-None-Match)"),
+        (status = 400, description = "Bad path", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 412, description = "If-Match failed", body = ErrorBody),
+        (status = 416, description = "Range not satisfiable", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+pub(super) async fn get_file(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    method: Method,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let path = checked(&path?.0)?;
+    let user = &principal.ctx;
+    // The worker opens the entry and describes it; the bytes sent later come
+    // from that same open file, so a replacement meanwhile cannot mix
+    // versions or contradict the headers.
+    let kind = StreamKind::ReadFile { path: path.clone() };
+    let stream = state.pool.open_stream(user, kind).await?;
+    let (mut sender, mut receiver) = stream.split();
+    let entry: Entry = match receiver.recv().await {
+        Some(Ok(bytes)) => warren_protocol::codec::decode_message(&bytes)
+            .map_err(|err| ApiError::Internal(format!("bad entry from the worker: {err}")))?,
+        Some(Err(err)) => return Err(ApiError::Pool(PoolError::Op(err))),
+        None => {
+            return Err(ApiError::Internal(
+                "the worker closed a read without an answer".into(),
+            ))
+        }
+    };
+    if entry.kind == EntryKind::Dir {
+        let _ = sender.finish();
+        drop((sender, receiver));
+        return list(&state, user, &path, query).await;
+    }
+    let plan = match plan_read(&path, &entry, &headers)? {
+        Read::Answer(response) => return Ok(response),
+        Read::Bytes(plan) => plan,
+    };
+    if method == Method::HEAD {
+        return Ok((plan.status, plan.headers).into_response());
+    }
+    let range = warren_protocol::ReadRange {
+        offset: plan.offset,
+        len: plan.len,
+    };
+    let request = warren_protocol::codec::encode_message(&range)
+        .map_err(|err| ApiError::Internal(err.to_string()))?;
+    sender
+        .send(&request)
+        .await
+        .map_err(|err| ApiError::Pool(PoolError::Op(err)))?;
+    let _ = sender.finish();
+    let body =
+        futures_util::stream::unfold((sender, receiver), |(sender, mut receiver)| async move {
+            let chunk = receiver.recv().await?;
+            Some((chunk.map_err(std::io::Error::other), (sender, receiver)))
+        });
+    Ok((plan.status, plan.headers, Body::from_stream(body)).into_response())
+}
+
+/// What a GET of a file will send.
+enum Read {
+    /// An answer without the file's bytes (304, 412, 416, a listing...).
+    Answer(Response),
+    Bytes(ReadPlan),
+}
+
+struct ReadPlan {
+    status: StatusCode,
+    headers: HeaderMap,
+    offset: u64,
+    len: u64,
+}
+
+/// Headers, conditionals and range of a GET for `entry`.
+fn plan_read(path: &str, entry: &Entry, headers: &HeaderMap) -> Result<Read, ApiError> {
+    match entry.kind {
+        EntryKind::Dir => {
+            return Err(ApiError::Internal("plan_read on a directory".into()));
+        }
+        EntryKind::Symlink => {
+            return Err(ApiError::Pool(PoolError::Op(OpError::NotFound(format!(
+                "{path} is a symbolic link; links are not served"
+            )))))
+        }
+        EntryKind::File => {}
+    }
+    let mut response_headers = HeaderMap::new();
+    if let Ok(etag) = HeaderValue::from_str(&entry.etag) {
+        response_headers.insert(header::ETAG, etag);
+    }
+    let modified = UNIX_EPOCH + Duration::from_millis(entry.modified_ms.max(0) as u64);
+    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+        response_headers.insert(header::LAST_MODIFIED, date);
+    }
+    response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    if let Ok(mime) = HeaderValue::from_str(mime.as_ref()) {
+        response_headers.insert(header::CONTENT_TYPE, mime);
+    }
+    if let Some(tags) = header_tags(headers, header::IF_MATCH) {
+        if !tags.iter().any(|tag| tag == "*" || *tag == entry.etag) {
+            return Err(precondition_failed(path));
+        }
+    }
+    if let Some(tags) = header_tags(headers, header::IF_NONE_MATCH) {
+        if tags
+            .iter()
+            .any(|tag| tag == "*" || weak_eq(tag, &entry.etag))
+        {
+            return Ok(Read::Answer(
+                (StatusCode::NOT_MODIFIED, response_headers).into_response(),
+            ));
+        }
+    }
+    // If-Range with another validator: the whole file instead.
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .is_none_or(|value| value.to_str().is_ok_and(|v| v == entry.etag));
+    let range = match headers.get(header::RANGE).filter(|_| if_range_ok) {
+        None => None,
+        Some(value) => match parse_range(value.to_str().unwrap_or(""), entry.size) {
+            RangeAnswer::Whole => None,
+            RangeAnswer::Part(start, end) => Some((start, end)),
+            RangeAnswer::Unsatisfiable => {
+                let mut response = ApiError::RangeNotSatisfiable.into_response();
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{}", entry.size)) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                return Ok(Read::Answer(response));
+            }
+        },
+    };
+    let (status, offset, len) = match range {
+        Some((start, end)) => {
+            let value = format!("bytes {start}-{end}/{}", entry.size);
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response_headers.insert(header::CONTENT_RANGE, value);
+            }
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        None => (StatusCode::OK, 0, entry.size),
+    };
+    response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(Read::Bytes(ReadPlan {
+        status,
+        headers: response_headers,
+        offset,
+        len,
+    }))
+}
+
+fn precondition_failed(path: &str) -> ApiError {
+    ApiError::Pool(PoolError::Op(OpError::PreconditionFailed(format!(
+        "{path} does not match If-Match"
+    ))))
+}
+
+/// The entity tags of an `If-Match` / `If-None-Match` header.
+fn header_tags(headers: &HeaderMap, name: header::HeaderName) -> Option<Vec<String>> {
+    let values: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim().to_string())
+        .filter(|tag| !tag.is_empty())
+        .collect();
+    (!values.is_empty()).then_some(values)
+}
+
+/// Weak comparison (RFC 9110 §8.8.3.2), as `If-None-Match` uses.
+fn weak_eq(a: &str, b: &str) -> bool {
+    a.trim_start_matches("W/") == b.trim_start_matches("W/")
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAnswer {
+    /// No usable range (absent, malformed or several): send everything.
+    Whole,
+    /// Inclusive first and last byte.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range of RFC 9110 §14.1.2 against a file of `size` bytes.
+/// Several ranges are answered with the whole file, which the RFC allows.
+fn parse_range(value: &str, size: u64) -> RangeAnswer {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeAnswer::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAnswer::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeAnswer::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parse = |s: &str| s.parse::<u64>().ok();
+    match (first.is_empty(), last.is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => match parse(last) {
+            Some(0) => RangeAnswer::Unsatisfiable,
+            Some(n) if size > 0 => RangeAnswer::Part(size.saturating_sub(n), size - 1),
+            Some(_) => RangeAnswer::Unsatisfiable,
+            None => RangeAnswer::Whole,
+        },
+        (false, _) => {
+            let Some(start) = parse(first) else {
+                return RangeAnswer::Whole;
+            };
+            let end = if last.is_empty() {
+                Some(u64::MAX)
+            } else {
+                parse(last)
+            };
+            match end {
+                None => RangeAnswer::Whole,
+                Some(end) if end < start => RangeAnswer::Whole,
+                Some(_) if start >= size => RangeAnswer::Unsatisfiable,
+                Some(end) => RangeAnswer::Part(start, end.min(size - 1)),
+            }
+        }
+        (true, true) => RangeAnswer::Whole,
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PutQuery {
+    /// Create missing parent directories.
+    #[serde(default)]
+    parents: bool,
+}
+
+/// Create or replace a file with the request body, atomically: readers see
+/// the old file or the new one, never a part. `If-Match` / `If-None-Match: *`
+/// make it conditional (412 otherwise).
+#[utoipa::path(
+    put, path = "/api/v1/files/{path}", tag = "files",
+    params(("path" = String, Path), PutQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Created", body = EntryView),
+        (status = 200, description = "Replaced", body = EntryView),
+        (status = 404, description = "The parent directory does not exist", body = ErrorBody),
+        (status = 409, description = "The path is a directory", body = ErrorBody),
+        (status = 412, description = "Precondition failed", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+pub(super) async fn put_file(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    ApiQuery(query): ApiQuery<PutQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let path = checked(&path?.0)?;
+    let precondition = match (
+        header_tags(&headers, header::IF_MATCH),
+        header_tags(&headers, header::IF_NONE_MATCH),
+    ) {
+        (Some(tags), _) => Precondition::Match(tags),
+        (None, Some(tags)) if tags.iter().any(|t| t == "*") => Precondition::Absent,
+        (None, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "PUT supports If-None-Match: * only".into(),
+            ))
+        }
+        (None, None) => Precondition::None,
+    };
+    let kind = StreamKind::WriteFile {
+        path,
+        precondition,
+        parents: query.parents,
+    };
+    let stream = state.pool.open_stream(&principal.ctx, kind).await?;
+    let (mut sender, mut receiver) = stream.split();
+    // Upload while waiting for the answer: the worker may refuse early.
+    let upload = tokio::spawn(async move {
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    if sender.send(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                // The client went away: nothing may be left behind.
+                Err(_) => return sender.abort(OpError::Cancelled),
+            }
+        }
+        let _ = sender.finish();
+    });
+    let answer = receiver.recv().await;
+    upload.abort();
+    let outcome = match answer {
+        Some(Ok(bytes)) => {
+            warren_protocol::codec::decode_message::<warren_protocol::WriteOutcome>(&bytes)
+                .map_err(|err| ApiError::Internal(format!("bad write outcome: {err}")))?
+        }
+        Some(Err(err)) => return Err(ApiError::Pool(PoolError::Op(err))),
+        None => {
+            return Err(ApiError::Internal(
+                "the worker closed the upload without an answer".into(),
+            ))
+        }
+    };
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(entry_response(status, &outcome.entry))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Required to delete a non-empty directory.
+    #[serde(default)]
+    recursive: bool,
+}
+
+/// Delete a file, or a directory (non-empty ones need `recursive=true`).
+#[utoipa::path(
+    delete, path = "/api/v1/files/{path}", tag = "files",
+    params(("path" = String, Path), DeleteQuery),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Directory not empty", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+pub(super) async fn delete_file(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    let path = checked(&path?.0)?;
+    let op = FileOp::Delete {
+        path,
+        recursive: query.recursive,
+    };
+    call(&state, &principal.ctx, op).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PostQuery {
+    /// `mkdir`, `move` or `copy`.
+    op: String,
+    /// `mkdir`: create missing parents too.
+    #[serde(default)]
+    parents: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Where to move or copy to, relative to the workspace; never replaced.
+    pub to: String,
+}
+
+/// `?op=mkdir` makes a directory; `?op=move` / `?op=copy` with `{"to"}`
+/// renames or copies a file or directory (never replacing anything).
+#[utoipa::path(
+    post, path = "/api/v1/files/{path}", tag = "files",
+    params(("path" = String, Path), PostQuery),
+    request_body(content = Option<Destination>, description = "`{\"to\"}` for move and copy"),
+    responses(
+        (status = 201, body = EntryView),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The destination exists", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+pub(super) async fn post_file(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    ApiQuery(query): ApiQuery<PostQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let path = checked(&path?.0)?;
+    let destination = || {
+        if body.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "op={} needs a JSON body {{\"to\": PATH}}",
+                query.op
+            )));
+        }
+        let destination: Destination = serde_json::from_slice(&body)
+            .map_err(|err| ApiError::Unprocessable(format!("the JSON body: {err}")))?;
+        checked(&destination.to)
+    };
+    let op = match query.op.as_str() {
+        "mkdir" => FileOp::Mkdir {
+            path,
+            parents: query.parents,
+        },
+        "move" => FileOp::Move {
+            from: path,
+            to: destination()?,
+        },
+        "copy" => FileOp::Copy {
+            from: path,
+            to: destination()?,
+        },
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown op {other:?}: use mkdir, move or copy"
+            )))
+        }
+    };
+    match call(&state, &principal.ctx, op).await? {
+        Reply::Entry(entry) => Ok(entry_response(StatusCode::CREATED, &entry)),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        use RangeAnswer::*;
+        assert_eq!(parse_range("bytes=0-9", 100), Part(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), Part(90, 99));
+        assert_eq!(parse_range("bytes=90-200", 100), Part(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), Part(90, 99));
+        assert_eq!(parse_range("bytes=-200", 100), Part(0, 99));
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), Whole, "invalid: ignored");
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
+        assert_eq!(parse_range("items=0-1", 100), Whole);
+        assert_eq!(parse_range("bytes=x-1", 100), Whole);
+    }
+}
