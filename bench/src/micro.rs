@@ -446,6 +446,7 @@ fn user_ctx(index: usize, id: UserId) -> UserCtx {
         id,
         name: format!("bench-user-{index}"),
         role: Role::User,
+        quota_bytes: u64::MAX,
     }
 }
 

@@ -156,6 +156,10 @@ pub struct ServeArgs {
     /// Password hashes computed at once [default: half the CPUs, at least 1].
     #[arg(long, env = "WARREN_HASH_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub hash_concurrency: Option<u32>,
+    /// Storage quota of users without one of their own (bytes, or with a
+    /// unit: 500MiB, 1GiB, 2TB).
+    #[arg(long, env = "WARREN_DEFAULT_QUOTA", default_value = "1GiB", value_parser = parse_size)]
+    pub default_quota: u64,
     /// Login attempts per minute from one client address.
     #[arg(long, env = "WARREN_LOGIN_RATE_PER_ADDRESS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_rate_per_address: u32,
@@ -191,6 +195,38 @@ pub struct WorkerArgs {
     /// Where users' directories live; without it, no file operations.
     #[arg(long)]
     pub users_dir: Option<PathBuf>,
+}
+
+/// Parses a byte size: `1048576`, `512KiB`, `500MiB`, `1GiB`, `2TiB`, or
+/// decimal `kB`, `MB`, `GB`, `TB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 500MiB or 1GiB"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Parses `250ms`, `5s`, `2m`, `24h` or a bare number of seconds.
@@ -238,6 +274,16 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(parse_duration(text).ok(), expected, "{text:?}");
         }
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert!(parse_size("1.5GiB").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         hash_concurrency: args
             .hash_concurrency
             .map_or_else(crate::auth::default_hash_concurrency, |n| n as usize),
+        default_quota_bytes: args.default_quota,
         throttle: ThrottleConfig {
             per_address_per_minute: args.login_rate_per_address,
             per_account_per_minute: args.login_rate_per_account,
@@ -85,6 +86,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             public_origin: args.public_url.clone(),
             allow_signup: args.allow_signup,
         },
+        templates_dir: data_dir.join("shared").join("templates"),
     }));
     let server = axum::serve(
         listener,

@@ -12,6 +12,7 @@ fn user(n: u128) -> UserCtx {
         id: UserId(n.to_be_bytes()),
         name: format!("user{n}"),
         role: Role::User,
+        quota_bytes: u64::MAX,
     }
 }
 

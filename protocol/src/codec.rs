@@ -164,6 +164,7 @@ mod tests {
             id: UserId([7; 16]),
             name: "alice".into(),
             role: Role::User,
+            quota_bytes: 1 << 30,
         }
     }
 

@@ -105,6 +105,8 @@ pub struct UserCtx {
     pub id: UserId,
     pub name: String,
     pub role: Role,
+    /// The user's storage quota in bytes.
+    pub quota_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -159,6 +161,19 @@ pub enum FileOp {
     Copy {
         from: String,
         to: String,
+    },
+    /// Bytes and files used (never creates the user's directories).
+    Usage,
+    /// Copies the shared template `name` to `to`, within the quota.
+    CloneTemplate {
+        name: String,
+        to: String,
+    },
+    /// The user's settings object (JSON bytes; `{}` when never set).
+    GetSettings,
+    /// Replaces the user's settings object (JSON bytes, checked by the master).
+    PutSettings {
+        json: Vec<u8>,
     },
 }
 
@@ -220,6 +235,8 @@ pub enum Reply {
     Done,
     Entry(Entry),
     Listing { entries: Vec<Entry>, more: bool },
+    Usage { bytes: u64, files: u64 },
+    Settings(Vec<u8>),
 }
 
 /// What kind of byte stream an [`Open`] asks for.

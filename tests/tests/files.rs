@@ -677,3 +677,170 @@ async fn a_large_file_streams_both_ways() {
     }
     assert!(received == content, "the download differs from the upload");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_answers_507_and_keeps_the_old_file() {
+    let server = Server::ready(&ServerOptions::workers(2)).await;
+    let admin = Caller::admin(&server).await;
+    let heidi_id = admin.create_user("heidi", "heidi-password").await;
+    let (status, body) = admin
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/admin/users/{heidi_id}"),
+            Some(json!({"storage_quota_bytes": 100_000})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let heidi = Caller::login(&server, "heidi", "heidi-password")
+        .await
+        .bearer();
+    assert_eq!(put(&heidi, "a.bin", vec![1u8; 60_000]).await.0, 201);
+    assert_eq!(
+        put(&heidi, "a.bin", vec![2u8; 90_000]).await.0,
+        200,
+        "a replacement counts once"
+    );
+    let (status, usage_before) = heidi.get("/api/v1/me/usage").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        usage_before,
+        json!({"bytes_used": 90_000, "files": 1, "quota_bytes": 100_000})
+    );
+
+    let (status, body) = put(&heidi, "b.bin", vec![3u8; 20_000]).await;
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    let (status, body) = put(&heidi, "a.bin", vec![4u8; 100_001]).await;
+    assert_eq!(status, 507, "{body}");
+    let (status, content) = get_bytes(&heidi, "a.bin").await;
+    assert_eq!(status, 200);
+    assert!(
+        content.len() == 90_000 && content.iter().all(|b| *b == 2),
+        "the old file is intact"
+    );
+    assert_eq!(get_bytes(&heidi, "b.bin").await.0, 404);
+    let (status, _) = heidi
+        .post("/api/v1/files/a.bin?op=copy", json!({"to": "c.bin"}))
+        .await;
+    assert_eq!(status, 507);
+    assert_eq!(
+        heidi.get("/api/v1/me/usage").await.1,
+        usage_before,
+        "usage unchanged"
+    );
+    let tmp = server.data_dir.join("users").join(&heidi_id).join("tmp");
+    assert_eq!(
+        std::fs::read_dir(tmp).expect("tmp").count(),
+        0,
+        "no temp file left"
+    );
+
+    // An admin raises the quota: it applies at once.
+    admin
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/admin/users/{heidi_id}"),
+            Some(json!({"storage_quota_bytes": 200_000})),
+        )
+        .await;
+    assert_eq!(put(&heidi, "b.bin", vec![3u8; 20_000]).await.0, 201);
+    let (status, all) = admin.get("/api/v1/admin/usage").await;
+    assert_eq!(status, 200, "{all}");
+    let row = all
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|row| row["username"] == "heidi")
+        .expect("heidi's row")
+        .clone();
+    assert_eq!(row["bytes_used"], 110_000);
+    assert_eq!(row["files"], 2);
+    assert_eq!(row["quota_bytes"], 200_000);
+    let (status, _) = heidi.get("/api/v1/admin/usage").await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_are_one_object_kept_across_restarts() {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(data_dir.path(), &ServerOptions::workers(1));
+    server.wait_ready().await;
+    let admin = Caller::admin(&server).await;
+    let (status, settings) = admin.get("/api/v1/me/settings").await;
+    assert_eq!((status, settings), (200, json!({})));
+    let mine = json!({"theme": "dark", "editor": {"tabs": 4}});
+    let (status, stored) = admin
+        .send(Method::PUT, "/api/v1/me/settings", Some(mine.clone()))
+        .await;
+    assert_eq!((status, &stored), (200, &mine));
+    let (status, body) = admin
+        .send(Method::PUT, "/api/v1/me/settings", Some(json!([1, 2])))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let huge = json!({ "x": "y".repeat(70 * 1024) });
+    let (status, body) = admin
+        .send(Method::PUT, "/api/v1/me/settings", Some(huge))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(server.stop().code(), Some(0));
+    let mut again = Server::start(data_dir.path(), &ServerOptions::workers(1));
+    again.wait_ready().await;
+    let admin = Caller {
+        base_url: again.base_url.clone(),
+        ..admin
+    };
+    let (status, settings) = admin.get("/api/v1/me/settings").await;
+    assert_eq!((status, settings), (200, mine));
+    assert_eq!(again.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_are_listed_and_cloned_within_the_quota() {
+    let (server, callers) = server_with(&["ivan"]).await;
+    let ivan = &callers[0];
+    let starter = server.data_dir.join("shared/templates/starter");
+    std::fs::create_dir_all(starter.join("src")).expect("template");
+    std::fs::write(starter.join(".description"), "A Python starter\nmore").expect("write");
+    std::fs::write(starter.join("README.md"), "# Starter").expect("write");
+    std::fs::write(starter.join("src/main.py"), "print('hi')").expect("write");
+    std::os::unix::fs::symlink("/etc/passwd", starter.join("src/passwd")).expect("symlink");
+    std::fs::create_dir_all(server.data_dir.join("shared/templates/.hidden")).expect("hidden");
+    let (status, listed) = ivan.get("/api/v1/templates").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        listed,
+        json!([{"name": "starter", "description": "A Python starter"}])
+    );
+
+    let (status, body) = ivan
+        .post("/api/v1/templates/starter/clone", json!({"to": "project"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        get_bytes(ivan, "project/src/main.py").await.1,
+        b"print('hi')"
+    );
+    assert_eq!(get_bytes(ivan, "project/README.md").await.1, b"# Starter");
+    assert_eq!(get_bytes(ivan, "project/.description").await.0, 404);
+    assert_eq!(
+        get_bytes(ivan, "project/src/passwd").await.0,
+        404,
+        "links are not copied"
+    );
+    let (status, _) = ivan
+        .post("/api/v1/templates/starter/clone", json!({"to": "project"}))
+        .await;
+    assert_eq!(status, 409);
+    for name in ["nope", ".hidden", "..", "%2e%2e", "starter%2f..%2f.."] {
+        let (status, body) = ivan
+            .post(
+                &format!("/api/v1/templates/{name}/clone"),
+                json!({"to": "x"}),
+            )
+            .await;
+        assert!([400, 404].contains(&status), "{name}: {status} {body}");
+    }
+    let (_, usage) = ivan.get("/api/v1/me/usage").await;
+    assert_eq!(usage["files"], 2);
+    assert_eq!(usage["bytes_used"], 20);
+}

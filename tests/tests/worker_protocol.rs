@@ -107,6 +107,7 @@ async fn a_worker_answers_pings_and_heartbeats_then_exits_cleanly_on_eof() {
         id: UserId([9; 16]),
         name: "nine".into(),
         role: Role::User,
+        quota_bytes: u64::MAX,
     };
     harness
         .connection

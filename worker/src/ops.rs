@@ -29,17 +29,29 @@ pub fn no_workspaces() -> OpError {
 }
 
 /// Runs one file operation (blocking: call it on the blocking pool).
-pub fn files(workspaces: &Workspaces, user: UserId, op: FileOp) -> Result<Reply, OpError> {
-    let dirs = workspaces.open(user)?;
+pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Reply, OpError> {
+    if let FileOp::Usage = op {
+        let usage = workspaces.usage_of(user.id)?;
+        return Ok(Reply::Usage {
+            bytes: usage.bytes,
+            files: usage.files,
+        });
+    }
+    let dirs = workspaces.open(user.id)?;
+    let quota = user.quota_bytes;
     match op {
         FileOp::Stat { path } => dirs.stat(&path),
         FileOp::List { path, after, limit } => {
             dirs.list(&path, after.as_deref(), limit.clamp(1, 10_000))
         }
         FileOp::Mkdir { path, parents } => dirs.mkdir(&path, parents),
-        FileOp::Delete { path, recursive } => dirs.delete(&path, recursive),
+        FileOp::Delete { path, recursive } => dirs.delete(workspaces, &path, recursive),
         FileOp::Move { from, to } => dirs.rename(&from, &to),
-        FileOp::Copy { from, to } => dirs.copy(&from, &to),
+        FileOp::Copy { from, to } => dirs.copy(workspaces, quota, &from, &to),
+        FileOp::CloneTemplate { name, to } => dirs.clone_template(workspaces, quota, &name, &to),
+        FileOp::GetSettings => dirs.settings(),
+        FileOp::PutSettings { json } => dirs.put_settings(&json),
+        FileOp::Usage => Err(OpError::Internal("handled above".into())),
     }
 }
 
@@ -66,7 +78,7 @@ pub async fn serve_stream(
             path,
             precondition,
             parents,
-        } => write_file(workspaces, user.id, path, precondition, parents, stream).await,
+        } => write_file(workspaces, user, path, precondition, parents, stream).await,
     }
 }
 
@@ -153,7 +165,7 @@ async fn read_file(workspaces: Arc<Workspaces>, user: UserId, path: String, stre
 
 async fn write_file(
     workspaces: Arc<Workspaces>,
-    user: UserId,
+    user: UserCtx,
     path: String,
     precondition: Precondition,
     parents: bool,
@@ -162,7 +174,15 @@ async fn write_file(
     let (mut sender, mut receiver) = stream.split();
     let begin = {
         let workspaces = workspaces.clone();
-        blocking(move || Arc::new(workspaces.open(user)?).begin_write(&path, parents)).await
+        blocking(move || {
+            Arc::new(workspaces.open(user.id)?).begin_write(
+                &workspaces,
+                &path,
+                parents,
+                user.quota_bytes,
+            )
+        })
+        .await
     };
     let mut pending = match begin {
         Ok(pending) => pending,

@@ -19,7 +19,7 @@
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,11 +38,30 @@ pub struct Workspaces {
     /// Serialises the check-then-rename step of writes per process (one
     /// worker serves a user), so `If-Match` and `If-None-Match: *` hold.
     commit: Mutex<()>,
+    /// Each user's usage: counted by walking the workspace the first time
+    /// this process needs it, then kept up to date by every change.
+    usage: Mutex<HashMap<UserId, Usage>>,
+}
+
+/// Bytes (of regular files) and files in a workspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl Usage {
+    fn add(&mut self, other: Usage) {
+        self.bytes += other.bytes;
+        self.files += other.files;
+    }
 }
 
 /// One user's open directories.
 pub struct UserDirs {
+    user: UserId,
     workspace: OwnedFd,
+    state: OwnedFd,
     tmp: OwnedFd,
 }
 
@@ -131,6 +150,7 @@ impl Workspaces {
             users_dir,
             swept: Mutex::new(HashSet::new()),
             commit: Mutex::new(()),
+            usage: Mutex::new(HashMap::new()),
         }
     }
 
@@ -169,11 +189,18 @@ impl Workspaces {
         let tmp = opened
             .pop()
             .ok_or_else(|| OpError::Internal("no tmp".into()))?;
-        let _state = opened.pop();
+        let state = opened
+            .pop()
+            .ok_or_else(|| OpError::Internal("no state".into()))?;
         let workspace = opened
             .pop()
             .ok_or_else(|| OpError::Internal("no workspace".into()))?;
-        let dirs = UserDirs { workspace, tmp };
+        let dirs = UserDirs {
+            user,
+            workspace,
+            state,
+            tmp,
+        };
         let first_sight = self
             .swept
             .lock()
@@ -183,6 +210,64 @@ impl Workspaces {
             dirs.sweep_tmp();
         }
         Ok(dirs)
+    }
+
+    /// The user's usage (counted on first need).
+    pub fn usage(&self, dirs: &UserDirs) -> Result<Usage, OpError> {
+        if let Some(usage) = self.lock_usage().get(&dirs.user) {
+            return Ok(*usage);
+        }
+        let counted = count_tree(&dirs.workspace)?;
+        Ok(*self.lock_usage().entry(dirs.user).or_insert(counted))
+    }
+
+    /// Usage of a user this worker may never have served, without creating
+    /// their directories.
+    pub fn usage_of(&self, user: UserId) -> Result<Usage, OpError> {
+        if !self
+            .users_dir
+            .join(user.to_string())
+            .join("workspace")
+            .is_dir()
+        {
+            return Ok(Usage::default());
+        }
+        let dirs = self.open(user)?;
+        self.usage(&dirs)
+    }
+
+    fn lock_usage(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Usage>> {
+        self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn grow(&self, user: UserId, by: Usage) {
+        if let Some(usage) = self.lock_usage().get_mut(&user) {
+            usage.add(by);
+        }
+    }
+
+    fn shrink(&self, user: UserId, by: Usage) {
+        if let Some(usage) = self.lock_usage().get_mut(&user) {
+            usage.bytes = usage.bytes.saturating_sub(by.bytes);
+            usage.files = usage.files.saturating_sub(by.files);
+        }
+    }
+
+    /// Fails with `QuotaExceeded` unless `usage` plus `adding` fits `quota`.
+    fn fits(usage: Usage, adding: u64, quota: u64) -> Result<(), OpError> {
+        if usage.bytes.saturating_add(adding) > quota {
+            return Err(OpError::QuotaExceeded {
+                used: usage.bytes,
+                limit: quota,
+            });
+        }
+        Ok(())
+    }
+
+    /// The shared templates' directory: `<data-dir>/shared/templates`.
+    fn templates_dir(&self) -> PathBuf {
+        let data_dir = self.users_dir.parent().unwrap_or(&self.users_dir);
+        data_dir.join("shared").join("templates")
     }
 
     /// Renames under the per-process commit lock, after `check` passes.
@@ -337,22 +422,26 @@ impl UserDirs {
         Ok(())
     }
 
-    pub fn delete(&self, path_text: &str, recursive: bool) -> Result<Reply, OpError> {
+    pub fn delete(
+        &self,
+        workspaces: &Workspaces,
+        path_text: &str,
+        recursive: bool,
+    ) -> Result<Reply, OpError> {
         let parts = parts(path_text)?;
         let (dir, name) = self.parent(&parts)?;
+        workspaces.usage(self)?;
         let stat = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|err| errno(err, path_text))?;
-        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
-            if recursive {
-                remove_tree(&dir, name)?;
-            } else {
-                rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)
-                    .map_err(|err| errno(err, path_text))?;
-            }
-        } else {
-            rustix::fs::unlinkat(&dir, name, AtFlags::empty())
+        let removed = if FileType::from_raw_mode(stat.st_mode) == FileType::Directory && !recursive
+        {
+            rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)
                 .map_err(|err| errno(err, path_text))?;
-        }
+            Usage::default()
+        } else {
+            remove_tree(&dir, name)?
+        };
+        workspaces.shrink(self.user, removed);
         Ok(Reply::Done)
     }
 
@@ -374,45 +463,184 @@ impl UserDirs {
         Ok(Reply::Entry(entry(to_name, &stat)))
     }
 
-    pub fn copy(&self, from: &str, to: &str) -> Result<Reply, OpError> {
+    pub fn copy(
+        &self,
+        workspaces: &Workspaces,
+        quota: u64,
+        from: &str,
+        to: &str,
+    ) -> Result<Reply, OpError> {
         let from_parts = parts(from)?;
-        let to_parts = parts(to)?;
         let (from_dir, from_name) = self.parent(&from_parts)?;
-        let (to_dir, to_name) = self.parent(&to_parts)?;
-        // Build the copy in tmp/, then move it into place in one rename.
-        let temp = temp_name("copy");
-        let copied = copy_tree(&from_dir, from_name, &self.tmp, &temp);
-        let placed = copied.and_then(|()| {
-            rustix::fs::renameat_with(
-                &self.tmp,
-                temp.as_str(),
-                &to_dir,
-                to_name,
-                RenameFlags::NOREPLACE,
-            )
-            .map_err(|err| errno(err, to))
-        });
-        if let Err(err) = placed {
-            let _ = remove_tree(&self.tmp, &temp);
-            return Err(err);
+        self.place_copy(workspaces, quota, &from_dir, from_name, to)
+    }
+
+    /// Copies a shared template into the workspace at `to`.
+    pub fn clone_template(
+        &self,
+        workspaces: &Workspaces,
+        quota: u64,
+        name: &str,
+        to: &str,
+    ) -> Result<Reply, OpError> {
+        let name_parts = parts(name)?;
+        let [name] = name_parts.as_slice() else {
+            return Err(OpError::BadPath("a template is named by one name".into()));
+        };
+        if name.starts_with('.') {
+            return Err(OpError::NotFound(format!("no template {name:?}")));
         }
+        let root = rustix::fs::open(
+            workspaces.templates_dir(),
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|_| OpError::NotFound(format!("no template {name:?}")))?;
+        // The template itself must be a directory right there.
+        rustix::fs::openat2(
+            &root,
+            *name,
+            OFlags::DIRECTORY | OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|_| OpError::NotFound(format!("no template {name:?}")))?;
+        self.place_copy(workspaces, quota, &root, name, to)
+    }
+
+    /// Copies `name` in `from_dir` to `to` in the workspace: built in
+    /// `tmp/`, checked against the quota, then renamed into place (never
+    /// replacing anything).
+    fn place_copy(
+        &self,
+        workspaces: &Workspaces,
+        quota: u64,
+        from_dir: &impl AsFd,
+        from_name: &str,
+        to: &str,
+    ) -> Result<Reply, OpError> {
+        let to_parts = parts(to)?;
+        let (to_dir, to_name) = self.parent(&to_parts)?;
+        let usage = workspaces.usage(self)?;
+        let temp = temp_name("copy");
+        let placed = (|| {
+            let mut copied = copy_tree(from_dir, from_name, &self.tmp, &temp)?;
+            // A template's description is not part of what users get.
+            if let Ok(description) = rustix::fs::statat(
+                &self.tmp,
+                format!("{temp}/.description"),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                if rustix::fs::unlinkat(&self.tmp, format!("{temp}/.description"), AtFlags::empty())
+                    .is_ok()
+                {
+                    copied.bytes = copied.bytes.saturating_sub(description.st_size as u64);
+                    copied.files = copied.files.saturating_sub(1);
+                }
+            }
+            workspaces.commit(
+                || Workspaces::fits(workspaces.usage(self)?, copied.bytes, quota).map(|()| copied),
+                || {
+                    rustix::fs::renameat_with(
+                        &self.tmp,
+                        temp.as_str(),
+                        &to_dir,
+                        to_name,
+                        RenameFlags::NOREPLACE,
+                    )
+                    .map_err(|err| errno(err, to))
+                },
+            )
+        })();
+        let copied = match placed {
+            Ok(copied) => copied,
+            Err(err) => {
+                let _ = remove_tree(&self.tmp, &temp);
+                return Err(match err {
+                    OpError::QuotaExceeded { .. } => OpError::QuotaExceeded {
+                        used: usage.bytes,
+                        limit: quota,
+                    },
+                    other => other,
+                });
+            }
+        };
+        workspaces.grow(self.user, copied);
         let stat = rustix::fs::statat(&to_dir, to_name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|err| errno(err, to))?;
         Ok(Reply::Entry(entry(to_name, &stat)))
     }
 
+    /// The user's settings (`{}` when never set).
+    pub fn settings(&self) -> Result<Reply, OpError> {
+        match rustix::fs::openat(
+            &self.state,
+            "settings.json",
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                let mut json = Vec::new();
+                std::fs::File::from(fd)
+                    .read_to_end(&mut json)
+                    .map_err(|err| io_error(err, "cannot read the settings"))?;
+                Ok(Reply::Settings(json))
+            }
+            Err(Errno::NOENT) => Ok(Reply::Settings(b"{}".to_vec())),
+            Err(err) => Err(errno(err, "settings")),
+        }
+    }
+
+    /// Replaces the user's settings atomically (temp file, fsync, rename).
+    pub fn put_settings(&self, json: &[u8]) -> Result<Reply, OpError> {
+        let temp = temp_name("settings");
+        let fd = rustix::fs::openat(
+            &self.tmp,
+            temp.as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )
+        .map_err(|err| errno(err, "cannot create a temp file"))?;
+        let mut file = std::fs::File::from(fd);
+        let written = file
+            .write_all(json)
+            .and_then(|()| file.sync_all())
+            .map_err(|err| io_error(err, "cannot write the settings"))
+            .and_then(|()| {
+                rustix::fs::renameat(&self.tmp, temp.as_str(), &self.state, "settings.json")
+                    .map_err(|err| errno(err, "settings"))
+            });
+        if written.is_err() {
+            let _ = rustix::fs::unlinkat(&self.tmp, temp.as_str(), AtFlags::empty());
+        }
+        written?;
+        let _ = rustix::fs::fsync(&self.state);
+        Ok(Reply::Done)
+    }
+
     /// Starts a write: checks the target's directory (creating it with
-    /// `parents`) and opens a temp file.
+    /// `parents`), how much of the quota is left for it, and opens a temp
+    /// file.
     pub fn begin_write(
         self: Arc<Self>,
+        workspaces: &Workspaces,
         path_text: &str,
         parents: bool,
+        quota: u64,
     ) -> Result<PendingWrite, OpError> {
         let parts = parts(path_text)?;
         if parents && parts.len() > 1 {
             self.make_parents(&parts[..parts.len() - 1])?;
         }
         let (dir, name) = self.parent(&parts)?;
+        let usage = workspaces.usage(&self)?;
+        let replaced = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {
+                stat.st_size as u64
+            }
+            _ => 0,
+        };
+        let allowed = quota.saturating_sub(usage.bytes.saturating_sub(replaced));
         let temp = temp_name("upload");
         let fd = rustix::fs::openat(
             &self.tmp,
@@ -429,6 +657,9 @@ impl UserDirs {
             temp,
             file: Some(std::fs::File::from(fd)),
             written: 0,
+            allowed,
+            quota,
+            used: usage.bytes,
         })
     }
 }
@@ -443,10 +674,23 @@ pub struct PendingWrite {
     temp: String,
     file: Option<std::fs::File>,
     pub written: u64,
+    /// Bytes this file may have within the quota.
+    allowed: u64,
+    quota: u64,
+    /// Usage when the write began (for the error message).
+    used: u64,
 }
 
 impl PendingWrite {
+    /// Appends `bytes`; fails (leaving the old file as it was) once the file
+    /// would not fit the quota.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), OpError> {
+        if self.written + bytes.len() as u64 > self.allowed {
+            return Err(OpError::QuotaExceeded {
+                used: self.used,
+                limit: self.quota,
+            });
+        }
         let file = self
             .file
             .as_mut()
@@ -457,9 +701,10 @@ impl PendingWrite {
         Ok(())
     }
 
-    /// fsyncs, checks `precondition` against the current file and renames
-    /// the temp file over it (under the commit lock), then fsyncs the
-    /// directory. Returns the new entry and whether the file is new.
+    /// fsyncs, checks `precondition` and the quota against the current file
+    /// and renames the temp file over it (under the commit lock), then
+    /// fsyncs the directory. Returns the new entry and whether the file is
+    /// new.
     pub fn commit(
         mut self,
         workspaces: &Workspaces,
@@ -473,7 +718,8 @@ impl PendingWrite {
             .map_err(|err| io_error(err, "cannot flush the temp file"))?;
         let stat = rustix::fs::fstat(&file).map_err(|err| errno(err, "temp file"))?;
         drop(file);
-        let created = workspaces.commit(
+        let new_size = stat.st_size as u64;
+        let (created, replaced) = workspaces.commit(
             || {
                 let current = match rustix::fs::statat(
                     &self.dir,
@@ -490,24 +736,41 @@ impl PendingWrite {
                     }
                 }
                 match (precondition, &current) {
-                    (Precondition::Absent, Some(_)) => Err(OpError::PreconditionFailed(format!(
-                        "{} already exists",
-                        self.path
-                    ))),
-                    (Precondition::Match(_), None) => Err(OpError::PreconditionFailed(format!(
-                        "{} does not exist",
-                        self.path
-                    ))),
+                    (Precondition::Absent, Some(_)) => {
+                        return Err(OpError::PreconditionFailed(format!(
+                            "{} already exists",
+                            self.path
+                        )))
+                    }
+                    (Precondition::Match(_), None) => {
+                        return Err(OpError::PreconditionFailed(format!(
+                            "{} does not exist",
+                            self.path
+                        )))
+                    }
                     (Precondition::Match(tags), Some(current))
                         if !tags.iter().any(|tag| tag == "*" || *tag == etag(current)) =>
                     {
-                        Err(OpError::PreconditionFailed(format!(
+                        return Err(OpError::PreconditionFailed(format!(
                             "{} has changed",
                             self.path
                         )))
                     }
-                    _ => Ok(current.is_none()),
+                    _ => {}
                 }
+                let replaced = current
+                    .filter(|c| FileType::from_raw_mode(c.st_mode) == FileType::RegularFile)
+                    .map_or(0, |c| c.st_size as u64);
+                let usage = workspaces.usage(&self.dirs)?;
+                Workspaces::fits(
+                    Usage {
+                        bytes: usage.bytes.saturating_sub(replaced),
+                        files: usage.files,
+                    },
+                    new_size,
+                    self.quota,
+                )?;
+                Ok((current.is_none(), replaced))
             },
             || {
                 rustix::fs::renameat(
@@ -519,6 +782,20 @@ impl PendingWrite {
                 .map_err(|err| errno(err, &self.path))
             },
         )?;
+        workspaces.shrink(
+            self.dirs.user,
+            Usage {
+                bytes: replaced,
+                files: 0,
+            },
+        );
+        workspaces.grow(
+            self.dirs.user,
+            Usage {
+                bytes: new_size,
+                files: u64::from(created),
+            },
+        );
         // The rename itself is durable once the directory is.
         let _ = rustix::fs::fsync(&self.dir);
         self.temp.clear();
@@ -534,13 +811,61 @@ impl Drop for PendingWrite {
     }
 }
 
+fn children(dir: &impl AsFd, name: &str) -> Result<Vec<String>, OpError> {
+    Ok(Dir::read_from(dir)
+        .map_err(|err| errno(err, name))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|child| child != "." && child != "..")
+        .collect())
+}
+
+/// What the regular files below `dir` take.
+fn count_tree(dir: &impl AsFd) -> Result<Usage, OpError> {
+    let mut usage = Usage::default();
+    for child in children(dir, "workspace")? {
+        let Ok(stat) = rustix::fs::statat(dir, child.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => usage.add(Usage {
+                bytes: stat.st_size as u64,
+                files: 1,
+            }),
+            FileType::Directory => {
+                if let Ok(sub) = rustix::fs::openat(
+                    dir,
+                    child.as_str(),
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    usage.add(count_tree(&sub)?);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(usage)
+}
+
 /// Removes `name` in `dir` and, if it is a directory, everything below it,
-/// never following a symlink.
-fn remove_tree(dir: &impl AsFd, name: &str) -> Result<(), OpError> {
+/// never following a symlink. Returns what the removed files took.
+fn remove_tree(dir: &impl AsFd, name: &str) -> Result<Usage, OpError> {
     let stat =
         rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| errno(err, name))?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
-        return rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|err| errno(err, name));
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::Directory => {}
+        kind => {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|err| errno(err, name))?;
+            return Ok(if kind == FileType::RegularFile {
+                Usage {
+                    bytes: stat.st_size as u64,
+                    files: 1,
+                }
+            } else {
+                Usage::default()
+            });
+        }
     }
     let sub = rustix::fs::openat(
         dir,
@@ -549,21 +874,23 @@ fn remove_tree(dir: &impl AsFd, name: &str) -> Result<(), OpError> {
         Mode::empty(),
     )
     .map_err(|err| errno(err, name))?;
-    let children: Vec<String> = Dir::read_from(&sub)
-        .map_err(|err| errno(err, name))?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|child| child != "." && child != "..")
-        .collect();
-    for child in children {
-        remove_tree(&sub, &child)?;
+    let mut removed = Usage::default();
+    for child in children(&sub, name)? {
+        removed.add(remove_tree(&sub, &child)?);
     }
-    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(|err| errno(err, name))
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(|err| errno(err, name))?;
+    Ok(removed)
 }
 
 /// Copies `name` in `from` to `to_name` in `to`: files with their bytes,
-/// directories recursively; symlinks are left out (never followed).
-fn copy_tree(from: &impl AsFd, name: &str, to: &impl AsFd, to_name: &str) -> Result<(), OpError> {
+/// directories recursively; symlinks are left out (never followed). Returns
+/// what the copied files take.
+fn copy_tree(
+    from: &impl AsFd,
+    name: &str,
+    to: &impl AsFd,
+    to_name: &str,
+) -> Result<Usage, OpError> {
     let stat = rustix::fs::statat(from, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|err| errno(err, name))?;
     match FileType::from_raw_mode(stat.st_mode) {
@@ -583,16 +910,11 @@ fn copy_tree(from: &impl AsFd, name: &str, to: &impl AsFd, to_name: &str) -> Res
                 Mode::empty(),
             )
             .map_err(|err| errno(err, to_name))?;
-            let children: Vec<String> = Dir::read_from(&source)
-                .map_err(|err| errno(err, name))?
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
-                .filter(|child| child != "." && child != "..")
-                .collect();
-            for child in children {
-                copy_tree(&source, &child, &target, &child)?;
+            let mut copied = Usage::default();
+            for child in children(&source, name)? {
+                copied.add(copy_tree(&source, &child, &target, &child)?);
             }
-            Ok(())
+            Ok(copied)
         }
         FileType::RegularFile => {
             let source = rustix::fs::openat(
@@ -611,10 +933,12 @@ fn copy_tree(from: &impl AsFd, name: &str, to: &impl AsFd, to_name: &str) -> Res
             .map_err(|err| errno(err, to_name))?;
             let mut source = std::fs::File::from(source);
             let mut target = std::fs::File::from(target);
-            std::io::copy(&mut source, &mut target).map_err(|err| io_error(err, name))?;
-            target.sync_all().map_err(|err| io_error(err, to_name))
+            let bytes =
+                std::io::copy(&mut source, &mut target).map_err(|err| io_error(err, name))?;
+            target.sync_all().map_err(|err| io_error(err, to_name))?;
+            Ok(Usage { bytes, files: 1 })
         }
-        _ => Ok(()),
+        _ => Ok(Usage::default()),
     }
 }
 
@@ -640,6 +964,8 @@ pub fn read_chunk(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, OpE
 mod tests {
     use super::*;
 
+    const QUOTA: u64 = 1 << 20;
+
     fn setup() -> (tempfile::TempDir, Workspaces, Arc<UserDirs>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let workspaces = Workspaces::new(dir.path().join("users"));
@@ -654,7 +980,7 @@ mod tests {
         path: &str,
         bytes: &[u8],
     ) -> Result<(Entry, bool), OpError> {
-        let mut pending = dirs.clone().begin_write(path, false)?;
+        let mut pending = dirs.clone().begin_write(workspaces, path, false, QUOTA)?;
         pending.write(bytes)?;
         pending.commit(workspaces, &Precondition::None)
     }
@@ -695,7 +1021,7 @@ mod tests {
             Err(OpError::NotFound(_))
         ));
         assert!(
-            dirs.delete("up", false).is_ok(),
+            dirs.delete(&workspaces, "up", false).is_ok(),
             "deleting the link itself is fine"
         );
         assert!(root.path().join("secret").exists());
@@ -711,7 +1037,10 @@ mod tests {
         assert_ne!(first.etag, second.etag);
         assert_eq!(second.size, 4);
         // A stale If-Match fails; the content stays.
-        let mut pending = dirs.clone().begin_write("a.txt", false).expect("begin");
+        let mut pending = dirs
+            .clone()
+            .begin_write(&workspaces, "a.txt", false, QUOTA)
+            .expect("begin");
         pending.write(b"three").expect("write");
         let stale = Precondition::Match(vec![first.etag.clone()]);
         assert!(matches!(
@@ -725,7 +1054,10 @@ mod tests {
         let n = read_chunk(&mut file, &mut buf).expect("read");
         assert_eq!(&buf[..n], b"two!");
         // An abandoned write leaves nothing in tmp/.
-        let mut pending = dirs.clone().begin_write("b.txt", false).expect("begin");
+        let mut pending = dirs
+            .clone()
+            .begin_write(&workspaces, "b.txt", false, QUOTA)
+            .expect("begin");
         pending.write(b"partial").expect("write");
         drop(pending);
         let tmp = root
@@ -735,6 +1067,51 @@ mod tests {
             .join("tmp");
         assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);
         assert!(matches!(dirs.stat("b.txt"), Err(OpError::NotFound(_))));
+    }
+
+    #[test]
+    fn the_quota_refuses_what_does_not_fit_and_keeps_the_old_file() {
+        let (_root, workspaces, dirs) = setup();
+        let (_, _) = write(&workspaces, &dirs, "a.bin", &vec![1u8; 600 * 1024]).expect("fits");
+        assert_eq!(
+            workspaces.usage(&dirs).expect("usage"),
+            Usage {
+                bytes: 600 * 1024,
+                files: 1
+            }
+        );
+        // Replacing a.bin with 900 KiB fits (the old 600 KiB go).
+        let (_, created) =
+            write(&workspaces, &dirs, "a.bin", &vec![2u8; 900 * 1024]).expect("replace");
+        assert!(!created);
+        // A new 200 KiB file does not fit beside it.
+        let err = write(&workspaces, &dirs, "b.bin", &vec![3u8; 200 * 1024]).expect_err("over");
+        assert!(
+            matches!(err, OpError::QuotaExceeded { used, limit } if used == 900 * 1024 && limit == QUOTA),
+            "{err:?}"
+        );
+        assert!(matches!(dirs.stat("b.bin"), Err(OpError::NotFound(_))));
+        assert!(matches!(
+            dirs.copy(&workspaces, QUOTA, "a.bin", "c.bin"),
+            Err(OpError::QuotaExceeded { .. })
+        ));
+        assert_eq!(
+            workspaces.usage(&dirs).expect("usage"),
+            Usage {
+                bytes: 900 * 1024,
+                files: 1
+            }
+        );
+        dirs.delete(&workspaces, "a.bin", false).expect("delete");
+        assert_eq!(workspaces.usage(&dirs).expect("usage"), Usage::default());
+        // A fresh count agrees with the tracked one.
+        write(&workspaces, &dirs, "d/e.bin", b"12345").expect_err("no parent");
+        dirs.mkdir("d", false).expect("mkdir");
+        write(&workspaces, &dirs, "d/e.bin", b"12345").expect("write");
+        assert_eq!(
+            count_tree(&dirs.workspace).expect("count"),
+            workspaces.usage(&dirs).expect("usage")
+        );
     }
 
     #[test]
@@ -760,8 +1137,11 @@ mod tests {
             ["c", "e"]
         );
         assert!(!more);
-        dirs.copy("d", "d2").expect("copy tree");
-        assert!(matches!(dirs.copy("d", "d2"), Err(OpError::Conflict(_))));
+        dirs.copy(&workspaces, QUOTA, "d", "d2").expect("copy tree");
+        assert!(matches!(
+            dirs.copy(&workspaces, QUOTA, "d", "d2"),
+            Err(OpError::Conflict(_))
+        ));
         dirs.rename("d2/a", "a-moved").expect("move");
         assert!(
             matches!(dirs.rename("d/b", "a-moved"), Err(OpError::Conflict(_))),
@@ -771,9 +1151,15 @@ mod tests {
             dirs.rename("d", "d/e/inside"),
             Err(OpError::Conflict(_))
         ));
-        assert!(matches!(dirs.delete("d", false), Err(OpError::Conflict(_))));
-        dirs.delete("d", true).expect("rm -r");
+        assert!(matches!(
+            dirs.delete(&workspaces, "d", false),
+            Err(OpError::Conflict(_))
+        ));
+        dirs.delete(&workspaces, "d", true).expect("rm -r");
         assert!(matches!(dirs.stat("d"), Err(OpError::NotFound(_))));
-        assert!(matches!(dirs.delete("", true), Err(OpError::BadPath(_))));
+        assert!(matches!(
+            dirs.delete(&workspaces, "", true),
+            Err(OpError::BadPath(_))
+        ));
     }
 }

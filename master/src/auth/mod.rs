@@ -54,6 +54,8 @@ pub struct AuthConfig {
     pub poll_interval: Duration,
     /// How often batched `last_seen` times are written.
     pub flush_interval: Duration,
+    /// Storage quota of users without one of their own.
+    pub default_quota_bytes: u64,
 }
 
 impl Default for AuthConfig {
@@ -68,6 +70,7 @@ impl Default for AuthConfig {
             throttle: ThrottleConfig::default(),
             poll_interval: Duration::from_millis(250),
             flush_interval: Duration::from_secs(10),
+            default_quota_bytes: 1 << 30,
         }
     }
 }
@@ -150,6 +153,7 @@ impl Principal {
         token_hash: String,
         expires_at: i64,
         last_seen: i64,
+        default_quota: u64,
     ) -> Self {
         Principal {
             user_id: user.id,
@@ -157,14 +161,7 @@ impl Principal {
             role: user.role,
             kind,
             token_hash,
-            ctx: UserCtx {
-                id: UserId(*user.id.as_bytes()),
-                name: user.username.clone(),
-                role: match user.role {
-                    Role::Admin => warren_protocol::Role::Admin,
-                    Role::User => warren_protocol::Role::User,
-                },
-            },
+            ctx: ctx_of(user, default_quota),
             expires_at,
             last_seen: AtomicI64::new(last_seen),
             flushed: AtomicI64::new(last_seen),
@@ -180,6 +177,20 @@ impl Principal {
             CredentialKind::Session { id } => Some(id),
             CredentialKind::Token { .. } => None,
         }
+    }
+}
+
+fn ctx_of(user: &User, default_quota: u64) -> UserCtx {
+    UserCtx {
+        id: UserId(*user.id.as_bytes()),
+        name: user.username.clone(),
+        role: match user.role {
+            Role::Admin => warren_protocol::Role::Admin,
+            Role::User => warren_protocol::Role::User,
+        },
+        quota_bytes: user
+            .storage_quota_bytes
+            .map_or(default_quota, |quota| quota.max(0) as u64),
     }
 }
 
@@ -264,6 +275,12 @@ impl Auth {
             config,
             metrics,
         }))
+    }
+
+    /// What a worker is told about `user` (for work not done on behalf of
+    /// a caller holding their credentials, such as an admin's usage report).
+    pub fn ctx_of(&self, user: &User) -> UserCtx {
+        ctx_of(user, self.config.default_quota_bytes)
     }
 
     pub fn store(&self) -> &Store {
@@ -468,6 +485,7 @@ impl Auth {
                     hash.clone(),
                     session.expires_at,
                     session.last_seen_at,
+                    self.config.default_quota_bytes,
                 )
             }
             Some(store::Credential::Token(token, user)) => {
@@ -486,6 +504,7 @@ impl Auth {
                     hash.clone(),
                     token.expires_at.unwrap_or(i64::MAX),
                     token.last_used_at.unwrap_or(token.created_at),
+                    self.config.default_quota_bytes,
                 )
             }
         };

@@ -27,6 +27,7 @@ fn user(id: &str) -> Result<UserCtx, ApiError> {
         id,
         name: format!("debug-{id}"),
         role: Role::User,
+        quota_bytes: u64::MAX,
     })
 }
 

@@ -37,6 +37,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Auth>,
     pub web: WebConfig,
+    /// `<data-dir>/shared/templates`: read-only templates users may copy.
+    pub templates_dir: std::path::PathBuf,
 }
 
 impl AppState {

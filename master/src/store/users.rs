@@ -251,7 +251,10 @@ impl Store {
             statements += 1;
             Self::end_sessions_in(&mut tx, id, None).await?;
         }
-        if role_changes || disables || enables || patch.password_hash.is_some() {
+        // Limits travel with cached credentials (the quota goes to the
+        // worker with every request): a change reloads them too.
+        let limits_change = patch.max_sessions.is_some() || patch.storage_quota_bytes.is_some();
+        if role_changes || disables || enables || limits_change || patch.password_hash.is_some() {
             statements += 1;
             Self::push_event(&mut tx, "user", &id.to_string()).await?;
         }

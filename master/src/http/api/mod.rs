@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod files;
 mod me;
+mod workspace;
 
 use super::error::ErrorBody;
 use super::AppState;
@@ -60,9 +61,10 @@ impl Modify for Security {
 pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let mut api = OpenApiRouter::new()
         .merge(auth::routes())
-        .merge(me::routes());
+        .merge(me::routes())
+        .merge(workspace::routes());
     if mode == Mode::Multi {
-        api = api.merge(admin::routes());
+        api = api.merge(admin::routes()).merge(workspace::admin_routes());
     }
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api)

@@ -1,0 +1,243 @@
+//! The rest of a user's workspace: usage against the quota, settings, and
+//! the shared templates they may copy in.
+
+use super::files::EntryView;
+use crate::http::error::ErrorBody;
+use crate::http::extract::{Admin, ApiJson, ApiPath, Authed};
+use crate::http::{ApiError, AppState};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+use warren_protocol::{FileOp, Op, Reply, UserCtx};
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(my_usage))
+        .routes(routes!(my_settings, put_settings))
+        .routes(routes!(templates))
+        .routes(routes!(clone_template))
+}
+
+/// Routes for administrators (multi-user mode only).
+pub(super) fn admin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(all_usage))
+}
+
+/// The largest settings object, in bytes of JSON.
+const MAX_SETTINGS: usize = 64 * 1024;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    pub bytes_used: u64,
+    pub files: u64,
+    pub quota_bytes: u64,
+}
+
+async fn usage(state: &AppState, user: &UserCtx) -> Result<UsageView, ApiError> {
+    match state.pool.call(user, Op::Files(FileOp::Usage)).await? {
+        Reply::Usage { bytes, files } => Ok(UsageView {
+            bytes_used: bytes,
+            files,
+            quota_bytes: user.quota_bytes,
+        }),
+        other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// Storage used by the caller against their quota.
+#[utoipa::path(
+    get, path = "/me/usage", tag = "me",
+    responses((status = 200, body = UsageView), (status = 401, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn my_usage(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+) -> Result<Json<UsageView>, ApiError> {
+    Ok(Json(usage(&state, &principal.ctx).await?))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserUsage {
+    pub user_id: Uuid,
+    pub username: String,
+    #[serde(flatten)]
+    pub usage: UsageView,
+}
+
+/// Every user's storage use, by name.
+#[utoipa::path(
+    get, path = "/admin/usage", tag = "admin",
+    responses((status = 200, body = Vec<UserUsage>), (status = 403, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn all_usage(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<Vec<UserUsage>>, ApiError> {
+    let users = state.auth.store().list_users().await?;
+    let asked = futures_util::stream::iter(users.into_iter().map(|user| {
+        let state = state.clone();
+        async move {
+            let ctx = state.auth.ctx_of(&user);
+            let usage = usage(&state, &ctx).await?;
+            Ok::<_, ApiError>(UserUsage {
+                user_id: user.id,
+                username: user.username,
+                usage,
+            })
+        }
+    }))
+    .buffered(16)
+    .collect::<Vec<_>>()
+    .await;
+    Ok(Json(asked.into_iter().collect::<Result<_, _>>()?))
+}
+
+/// The caller's settings: one JSON object, `{}` until set.
+#[utoipa::path(
+    get, path = "/me/settings", tag = "me",
+    responses((status = 200, description = "The settings object", body = Object), (status = 401, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn my_settings(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+) -> Result<Response, ApiError> {
+    match state
+        .pool
+        .call(&principal.ctx, Op::Files(FileOp::GetSettings))
+        .await?
+    {
+        Reply::Settings(json) => {
+            Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+        }
+        other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// Replace the caller's settings with a JSON object of at most 64 KiB.
+#[utoipa::path(
+    put, path = "/me/settings", tag = "me",
+    request_body(content = Object, description = "Any JSON object"),
+    responses(
+        (status = 200, description = "Stored; the object as stored", body = Object),
+        (status = 413, description = "Over 64 KiB", body = ErrorBody),
+        (status = 422, description = "Not a JSON object", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn put_settings(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    ApiJson(settings): ApiJson<serde_json::Value>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !settings.is_object() {
+        return Err(ApiError::Unprocessable(
+            "settings are one JSON object".into(),
+        ));
+    }
+    let json = serde_json::to_vec(&settings).map_err(|err| ApiError::Internal(err.to_string()))?;
+    if json.len() > MAX_SETTINGS {
+        return Err(ApiError::PayloadTooLarge(MAX_SETTINGS));
+    }
+    state
+        .pool
+        .call(&principal.ctx, Op::Files(FileOp::PutSettings { json }))
+        .await?;
+    Ok(Json(settings))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateView {
+    pub name: String,
+    /// The first line of the template's `.description`, if any.
+    pub description: Option<String>,
+}
+
+/// The shared templates (read-only directories an operator put in
+/// `<data-dir>/shared/templates/`).
+#[utoipa::path(
+    get, path = "/templates", tag = "workspace",
+    responses((status = 200, body = Vec<TemplateView>), (status = 401, body = ErrorBody)),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn templates(
+    State(state): State<AppState>,
+    Authed(_): Authed,
+) -> Result<Json<Vec<TemplateView>>, ApiError> {
+    let dir = state.templates_dir.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<TemplateView> = entries
+            .flatten()
+            .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.') && warren_protocol::path::check(name).is_ok())
+            .map(|name| {
+                let description = std::fs::read_to_string(dir.join(&name).join(".description"))
+                    .ok()
+                    .and_then(|text| {
+                        text.lines()
+                            .next()
+                            .map(|line| line.chars().take(500).collect())
+                    });
+                TemplateView { name, description }
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        found
+    })
+    .await
+    .map_err(|err| ApiError::Internal(err.to_string()))?;
+    Ok(Json(listed))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRequest {
+    /// Where in the workspace to put the copy; never replaced.
+    pub to: String,
+}
+
+/// Copy a template into the caller's workspace, within their quota.
+#[utoipa::path(
+    post, path = "/templates/{name}/clone", tag = "workspace",
+    params(("name" = String, Path)),
+    request_body = CloneRequest,
+    responses(
+        (status = 201, body = EntryView),
+        (status = 404, description = "No such template", body = ErrorBody),
+        (status = 409, description = "The destination exists", body = ErrorBody),
+        (status = 507, description = "Over quota", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn clone_template(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<CloneRequest>,
+) -> Result<Response, ApiError> {
+    warren_protocol::path::check(&request.to)
+        .map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    let op = FileOp::CloneTemplate {
+        name,
+        to: request.to,
+    };
+    match state.pool.call(&principal.ctx, Op::Files(op)).await? {
+        Reply::Entry(entry) => {
+            Ok((StatusCode::CREATED, Json(EntryView::from(&entry))).into_response())
+        }
+        other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+    }
+}
