@@ -164,8 +164,49 @@ impl HttpMetrics {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileOpLabels {
+    op: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+/// Workspace file traffic.
+#[derive(Debug, Clone)]
+pub struct FileMetrics {
+    operations: Family<FileOpLabels, Counter>,
+    bytes: Family<DirectionLabels, Counter>,
+    quota_rejections: Counter,
+}
+
+impl FileMetrics {
+    /// `op`: read, write, delete, mkdir, move, copy, clone; `result`: ok or
+    /// the error code.
+    pub(crate) fn operation(&self, op: &'static str, result: &'static str) {
+        self.operations
+            .get_or_create(&FileOpLabels { op, result })
+            .inc();
+        if result == "quota_exceeded" {
+            self.quota_rejections.inc();
+        }
+    }
+
+    /// The counter of body bytes in one direction (`in`: uploads, `out`:
+    /// downloads).
+    pub(crate) fn bytes(&self, direction: &'static str) -> Counter {
+        self.bytes
+            .get_or_create(&DirectionLabels { direction })
+            .clone()
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    files: FileMetrics,
     workers: Family<StateLabels, Gauge>,
     pool: PoolMetrics,
     auth: AuthMetrics,
@@ -248,8 +289,29 @@ impl Metrics {
             "HTTP request duration by route template",
             http.duration.clone(),
         );
+        let files = FileMetrics {
+            operations: Family::default(),
+            bytes: Family::default(),
+            quota_rejections: Counter::default(),
+        };
+        registry.register(
+            "warren_file_operations",
+            "Workspace file operations by kind and result",
+            files.operations.clone(),
+        );
+        registry.register(
+            "warren_file_bytes",
+            "File body bytes by direction (in: uploads, out: downloads)",
+            files.bytes.clone(),
+        );
+        registry.register(
+            "warren_quota_rejections",
+            "Writes and copies refused because they would exceed the user's quota",
+            files.quota_rejections.clone(),
+        );
         Metrics {
             registry,
+            files,
             workers,
             auth,
             http,
@@ -263,6 +325,10 @@ impl Metrics {
 
     pub fn pool(&self) -> PoolMetrics {
         self.pool.clone()
+    }
+
+    pub fn files(&self) -> &FileMetrics {
+        &self.files
     }
 
     pub fn auth(&self) -> AuthMetrics {

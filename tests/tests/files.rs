@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren_tests::accounts::Caller;
-use warren_tests::{eventually, Server, ServerOptions};
+use warren_tests::{eventually, metric_value, Server, ServerOptions};
 
 async fn server_with(users: &[&str]) -> (Server, Vec<Caller>) {
     let server = Server::ready(&ServerOptions::workers(2)).await;
@@ -758,6 +758,37 @@ async fn the_quota_answers_507_and_keeps_the_old_file() {
     assert_eq!(row["quota_bytes"], 200_000);
     let (status, _) = heidi.get("/api/v1/admin/usage").await;
     assert_eq!(status, 403);
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str, labels: &str| metric_value(&metrics, name, labels).unwrap_or(0.0);
+    assert_eq!(value("warren_quota_rejections_total", ""), 3.0, "{metrics}");
+    assert_eq!(
+        value(
+            "warren_file_operations_total",
+            "op=\"write\",result=\"quota_exceeded\""
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "warren_file_operations_total",
+            "op=\"copy\",result=\"quota_exceeded\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("warren_file_operations_total", "op=\"write\",result=\"ok\""),
+        3.0
+    );
+    assert!(value("warren_file_bytes_total", "direction=\"in\"") >= 170_000.0);
+    assert!(value("warren_file_bytes_total", "direction=\"out\"") >= 90_000.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

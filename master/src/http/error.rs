@@ -67,6 +67,11 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
+    /// The machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::NotFound | ApiError::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),

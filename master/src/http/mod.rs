@@ -69,7 +69,8 @@ pub fn router(state: AppState) -> Router {
                 async move { Json(openapi.as_ref().clone()) }
             }),
         )
-        .merge(api);
+        .merge(api)
+        .merge(api::files::routes(state.clone()));
     #[cfg(debug_assertions)]
     let router = router.nest("/debug", debug::routes());
     router

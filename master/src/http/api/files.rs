@@ -24,14 +24,74 @@ use warren_protocol::{
     Entry, EntryKind, FileOp, Op, OpError, Precondition, Reply, StreamKind, UserCtx,
 };
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/files", get(list_root)).route(
-        "/api/v1/files/{*path}",
-        get(get_file)
-            .put(put_file)
-            .delete(delete_file)
-            .post(post_file),
-    )
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/files", get(list_root))
+        .route(
+            "/api/v1/files/{*path}",
+            get(get_file)
+                .put(put_file)
+                .delete(delete_file)
+                .post(post_file),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(state, observe))
+}
+
+/// Counts every file operation by kind and result, and the body bytes that
+/// go in and out.
+pub async fn observe(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let files = state.metrics.files().clone();
+    let query = request.uri().query().unwrap_or("");
+    let op = match *request.method() {
+        Method::GET | Method::HEAD => "read",
+        Method::PUT => "write",
+        Method::DELETE => "delete",
+        _ if request.uri().path().ends_with("/clone") => "clone",
+        _ if query.contains("op=mkdir") => "mkdir",
+        _ if query.contains("op=move") => "move",
+        _ if query.contains("op=copy") => "copy",
+        _ => "other",
+    };
+    let inbound = files.bytes("in");
+    let request = request.map(|body| {
+        Body::from_stream(body.into_data_stream().map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                inbound.inc_by(bytes.len() as u64);
+            }
+            chunk
+        }))
+    });
+    let response = next.run(request).await;
+    let status = response.status();
+    let result = if status.is_success() || status == StatusCode::NOT_MODIFIED {
+        "ok"
+    } else {
+        match status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::PRECONDITION_FAILED => "precondition_failed",
+            StatusCode::RANGE_NOT_SATISFIABLE => "range_not_satisfiable",
+            StatusCode::INSUFFICIENT_STORAGE => "quota_exceeded",
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "denied",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "error",
+        }
+    };
+    files.operation(op, result);
+    let outbound = files.bytes("out");
+    response.map(|body| {
+        Body::from_stream(body.into_data_stream().map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                outbound.inc_by(bytes.len() as u64);
+            }
+            chunk
+        }))
+    })
 }
 
 /// A file or directory as the API shows it.

@@ -4,7 +4,7 @@
 
 mod admin;
 mod auth;
-mod files;
+pub mod files;
 mod me;
 mod workspace;
 
@@ -84,7 +84,7 @@ pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) 
                 ),
         ),
     );
-    (router.merge(files::routes()), doc)
+    (router, doc)
 }
 
 /// A user as the API shows it.

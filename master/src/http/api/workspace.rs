@@ -234,10 +234,14 @@ async fn clone_template(
         name,
         to: request.to,
     };
-    match state.pool.call(&principal.ctx, Op::Files(op)).await? {
-        Reply::Entry(entry) => {
+    let result = match state.pool.call(&principal.ctx, Op::Files(op)).await {
+        Ok(Reply::Entry(entry)) => {
             Ok((StatusCode::CREATED, Json(EntryView::from(&entry))).into_response())
         }
-        other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
-    }
+        Ok(other) => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+        Err(err) => Err(ApiError::from(err)),
+    };
+    let outcome = result.as_ref().map_or_else(ApiError::code, |_| "ok");
+    state.metrics.files().operation("clone", outcome);
+    result
 }
