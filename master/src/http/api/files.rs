@@ -25,6 +25,12 @@ use warren_protocol::{
 };
 
 pub fn routes(state: AppState) -> Router<AppState> {
+    let uploads = Router::new()
+        .route("/api/v1/upload", axum::routing::post(upload))
+        .route("/api/v1/upload/{*dir}", axum::routing::post(upload))
+        // File bodies are streamed, never buffered: no size limit here
+        // (the quota is the limit).
+        .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         .route("/api/v1/files", get(list_root))
         .route(
@@ -34,6 +40,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
                 .delete(delete_file)
                 .post(post_file),
         )
+        .merge(uploads)
         .route_layer(axum::middleware::from_fn_with_state(state, observe))
 }
 
@@ -50,7 +57,7 @@ pub async fn observe(
         Method::GET | Method::HEAD => "read",
         Method::PUT => "write",
         Method::DELETE => "delete",
-        _ if request.uri().path().ends_with("/clone") => "clone",
+        _ if request.uri().path().starts_with("/api/v1/upload") => "upload",
         _ if query.contains("op=mkdir") => "mkdir",
         _ if query.contains("op=move") => "move",
         _ if query.contains("op=copy") => "copy",
@@ -491,49 +498,128 @@ pub(super) async fn put_file(
         }
         (None, None) => Precondition::None,
     };
-    let kind = StreamKind::WriteFile {
+    let outcome = write_stream(
+        &state,
+        &principal.ctx,
         path,
         precondition,
-        parents: query.parents,
-    };
-    let stream = state.pool.open_stream(&principal.ctx, kind).await?;
-    let (mut sender, mut receiver) = stream.split();
-    // Upload while waiting for the answer: the worker may refuse early.
-    let upload = tokio::spawn(async move {
-        let mut chunks = body.into_data_stream();
-        while let Some(chunk) = chunks.next().await {
-            match chunk {
-                Ok(bytes) => {
-                    if sender.send(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                // The client went away: nothing may be left behind.
-                Err(_) => return sender.abort(OpError::Cancelled),
-            }
-        }
-        let _ = sender.finish();
-    });
-    let answer = receiver.recv().await;
-    upload.abort();
-    let outcome = match answer {
-        Some(Ok(bytes)) => {
-            warren_protocol::codec::decode_message::<warren_protocol::WriteOutcome>(&bytes)
-                .map_err(|err| ApiError::Internal(format!("bad write outcome: {err}")))?
-        }
-        Some(Err(err)) => return Err(ApiError::Pool(PoolError::Op(err))),
-        None => {
-            return Err(ApiError::Internal(
-                "the worker closed the upload without an answer".into(),
-            ))
-        }
-    };
+        query.parents,
+        body.into_data_stream(),
+    )
+    .await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok(entry_response(status, &outcome.entry))
+}
+
+/// Streams `chunks` into `path` through the user's worker: atomic, within
+/// the quota, nothing left behind if the chunks fail or stop.
+async fn write_stream<E>(
+    state: &AppState,
+    user: &UserCtx,
+    path: String,
+    precondition: Precondition,
+    parents: bool,
+    mut chunks: impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+) -> Result<warren_protocol::WriteOutcome, ApiError> {
+    let kind = StreamKind::WriteFile {
+        path,
+        precondition,
+        parents,
+    };
+    let stream = state.pool.open_stream(user, kind).await?;
+    let (mut sender, mut receiver) = stream.split();
+    while let Some(chunk) = chunks.next().await {
+        let Ok(bytes) = chunk else {
+            // The client went away or sent a broken body: the worker drops
+            // the temp file.
+            sender.abort(OpError::Cancelled);
+            return Err(ApiError::BadRequest("the upload was interrupted".into()));
+        };
+        // Fails once the worker refused (quota, precondition...): its
+        // reason comes on the receiving side.
+        if sender.send(&bytes).await.is_err() {
+            break;
+        }
+    }
+    let _ = sender.finish();
+    match receiver.recv().await {
+        Some(Ok(bytes)) => warren_protocol::codec::decode_message(&bytes)
+            .map_err(|err| ApiError::Internal(format!("bad write outcome: {err}"))),
+        Some(Err(err)) => Err(ApiError::Pool(PoolError::Op(err))),
+        None => Err(ApiError::Internal(
+            "the worker closed the upload without an answer".into(),
+        )),
+    }
+}
+
+/// Upload files from a browser form (`multipart/form-data`) into the
+/// directory `dir`: each file part becomes `dir/<its file name>`, written
+/// like a PUT (atomic, within the quota, replacing a file of that name).
+#[utoipa::path(
+    post, path = "/api/v1/upload/{dir}", tag = "files",
+    params(("dir" = String, Path, description = "An existing directory, relative to the workspace")),
+    request_body(content_type = "multipart/form-data", description = "File parts, each with a file name"),
+    responses(
+        (status = 201, description = "The files written", body = Vec<EntryView>),
+        (status = 400, description = "No file parts, or a bad file name", body = ErrorBody),
+        (status = 404, description = "No such directory", body = ErrorBody),
+        (status = 507, description = "Over quota", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+pub(super) async fn upload(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    dir: Option<Path<String>>,
+    mut form: axum::extract::Multipart,
+) -> Result<Response, ApiError> {
+    let dir = match dir {
+        Some(Path(dir)) => checked(&dir)?,
+        None => String::new(),
+    };
+    let mut written = Vec::new();
+    loop {
+        let field = form
+            .next_field()
+            .await
+            .map_err(|err| ApiError::BadRequest(format!("bad multipart body: {err}")))?;
+        let Some(mut field) = field else { break };
+        let Some(name) = field.file_name().map(str::to_string) else {
+            continue;
+        };
+        let parts = warren_protocol::path::check(&name)
+            .map_err(|err| ApiError::BadRequest(format!("file name {name:?}: {err}")))?;
+        if parts.len() != 1 {
+            return Err(ApiError::BadRequest(format!(
+                "file name {name:?}: one name, not a path"
+            )));
+        }
+        let path = if dir.is_empty() {
+            name
+        } else {
+            format!("{dir}/{name}")
+        };
+        let outcome = write_stream(
+            &state,
+            &principal.ctx,
+            path,
+            Precondition::None,
+            false,
+            &mut field,
+        )
+        .await?;
+        written.push(EntryView::from(&outcome.entry));
+    }
+    if written.is_empty() {
+        return Err(ApiError::BadRequest(
+            "no file parts (parts with a file name) in the form".into(),
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(written)).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

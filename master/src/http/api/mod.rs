@@ -32,7 +32,8 @@ use uuid::Uuid;
         files::get_file,
         files::put_file,
         files::delete_file,
-        files::post_file
+        files::post_file,
+        files::upload
     ),
     modifiers(&Security)
 )]
