@@ -295,6 +295,10 @@ pub enum OpError {
     Conflict(String),
     #[error("{0}")]
     PreconditionFailed(String),
+    /// The worker serving the stream went away (the master says so; a
+    /// worker never sends it).
+    #[error("{0}")]
+    WorkerGone(String),
     #[error("storage quota exceeded: {used} of {limit} bytes used")]
     QuotaExceeded { used: u64, limit: u64 },
     #[error("internal worker error: {0}")]

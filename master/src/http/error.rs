@@ -105,6 +105,7 @@ impl ApiError {
                 }
                 OpError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
                 OpError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path"),
+                OpError::WorkerGone(_) => (StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable"),
                 OpError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
                 OpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
                 OpError::PreconditionFailed(_) => {

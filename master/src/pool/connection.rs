@@ -130,8 +130,10 @@ impl WorkerConnection {
         };
         // Dropping the senders wakes every caller with `Lost`.
         drop(waiting);
-        self.streams
-            .fail_all(OpError::Internal(format!("worker {} is gone", self.slot)));
+        self.streams.fail_all(OpError::WorkerGone(format!(
+            "worker {} went away; try again",
+            self.slot
+        )));
     }
 
     pub fn inflight(&self) -> usize {

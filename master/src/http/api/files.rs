@@ -532,21 +532,37 @@ async fn write_stream<E>(
     };
     let stream = state.pool.open_stream(user, kind).await?;
     let (mut sender, mut receiver) = stream.split();
-    while let Some(chunk) = chunks.next().await {
-        let Ok(bytes) = chunk else {
-            // The client went away or sent a broken body: the worker drops
-            // the temp file.
-            sender.abort(OpError::Cancelled);
-            return Err(ApiError::BadRequest("the upload was interrupted".into()));
-        };
-        // Fails once the worker refused (quota, precondition...): its
-        // reason comes on the receiving side.
-        if sender.send(&bytes).await.is_err() {
-            break;
+    loop {
+        tokio::select! {
+            chunk = chunks.next() => match chunk {
+                None => break,
+                Some(Ok(bytes)) => {
+                    // Fails once the worker refused (quota, precondition)
+                    // or died: its reason comes on the receiving side.
+                    if sender.send(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Err(_)) => {
+                    // The client went away or sent a broken body: the
+                    // worker drops the temp file.
+                    sender.abort(OpError::Cancelled);
+                    return Err(ApiError::BadRequest("the upload was interrupted".into()));
+                }
+            },
+            // The worker answers before the body ends only to refuse, or
+            // the stream fails because it died: stop waiting for the client.
+            answer = receiver.recv() => return outcome_of(answer),
         }
     }
     let _ = sender.finish();
-    match receiver.recv().await {
+    outcome_of(receiver.recv().await)
+}
+
+fn outcome_of(
+    answer: Option<Result<Vec<u8>, OpError>>,
+) -> Result<warren_protocol::WriteOutcome, ApiError> {
+    match answer {
         Some(Ok(bytes)) => warren_protocol::codec::decode_message(&bytes)
             .map_err(|err| ApiError::Internal(format!("bad write outcome: {err}"))),
         Some(Err(err)) => Err(ApiError::Pool(PoolError::Op(err))),
