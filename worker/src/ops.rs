@@ -46,7 +46,7 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
         }
         FileOp::Mkdir { path, parents } => dirs.mkdir(&path, parents),
         FileOp::Delete { path, recursive } => dirs.delete(workspaces, &path, recursive),
-        FileOp::Move { from, to } => dirs.rename(&from, &to),
+        FileOp::Move { from, to } => dirs.rename(workspaces, &from, &to),
         FileOp::Copy { from, to } => dirs.copy(workspaces, quota, &from, &to),
         FileOp::CloneTemplate { name, to } => dirs.clone_template(workspaces, quota, &name, &to),
         FileOp::GetSettings => dirs.settings(),
@@ -173,14 +173,10 @@ async fn write_file(
 ) {
     let (mut sender, mut receiver) = stream.split();
     let begin = {
-        let workspaces = workspaces.clone();
+        let precondition = precondition.clone();
         blocking(move || {
-            Arc::new(workspaces.open(user.id)?).begin_write(
-                &workspaces,
-                &path,
-                parents,
-                user.quota_bytes,
-            )
+            let dirs = Arc::new(workspaces.open(user.id)?);
+            dirs.begin_write(workspaces, &path, parents, user.quota_bytes, &precondition)
         })
         .await
     };
@@ -191,8 +187,12 @@ async fn write_file(
     while let Some(chunk) = receiver.recv().await {
         let bytes = match chunk {
             Ok(bytes) => bytes,
-            // The upload was abandoned: dropping `pending` removes the temp file.
-            Err(_) => return,
+            // The upload was abandoned: dropping `pending` removes the temp
+            // file (a possibly large unlink: off this thread).
+            Err(_) => {
+                tokio::task::spawn_blocking(move || drop(pending));
+                return;
+            }
         };
         let written = blocking(move || {
             pending.write(&bytes)?;
@@ -204,7 +204,7 @@ async fn write_file(
             Err(err) => return sender.abort(err),
         };
     }
-    let committed = blocking(move || pending.commit(&workspaces, &precondition)).await;
+    let committed = blocking(move || pending.commit(&precondition)).await;
     let outcome = committed.and_then(|(entry, created)| {
         warren_protocol::codec::encode_message(&warren_protocol::WriteOutcome { entry, created })
             .map_err(|err| OpError::Internal(err.to_string()))

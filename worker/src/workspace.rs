@@ -35,9 +35,10 @@ pub struct Workspaces {
     users_dir: PathBuf,
     /// Users whose `tmp/` this process has already emptied.
     swept: Mutex<HashSet<UserId>>,
-    /// Serialises the check-then-rename step of writes per process (one
-    /// worker serves a user), so `If-Match` and `If-None-Match: *` hold.
-    commit: Mutex<()>,
+    /// One lock per user, held across every change of their workspace
+    /// that matters to preconditions or usage (check, rename, accounting),
+    /// and across the first-sight sweep of their `tmp/`.
+    locks: Mutex<HashMap<UserId, Arc<Mutex<()>>>>,
     /// Each user's usage: counted by walking the workspace the first time
     /// this process needs it, then kept up to date by every change.
     usage: Mutex<HashMap<UserId, Usage>>,
@@ -48,12 +49,23 @@ pub struct Workspaces {
 pub struct Usage {
     pub bytes: u64,
     pub files: u64,
+    /// Bytes of writes and copies in progress (in `tmp/`), counted against
+    /// the quota so parallel uploads cannot overshoot it together.
+    pub reserved: u64,
 }
 
 impl Usage {
     fn add(&mut self, other: Usage) {
         self.bytes += other.bytes;
         self.files += other.files;
+    }
+
+    /// Bytes and files only (what the API reports).
+    fn counted(self) -> Usage {
+        Usage {
+            reserved: 0,
+            ..self
+        }
     }
 }
 
@@ -149,7 +161,7 @@ impl Workspaces {
         Workspaces {
             users_dir,
             swept: Mutex::new(HashSet::new()),
-            commit: Mutex::new(()),
+            locks: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
         }
     }
@@ -201,13 +213,14 @@ impl Workspaces {
             state,
             tmp,
         };
-        let first_sight = self
-            .swept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(user);
-        if first_sight {
+        // Under the user's lock, so no request of theirs can create a temp
+        // file that the sweep would then remove.
+        let lock = self.user_lock(user);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
+        if !swept.contains(&user) {
             dirs.sweep_tmp();
+            swept.insert(user);
         }
         Ok(dirs)
     }
@@ -215,10 +228,15 @@ impl Workspaces {
     /// The user's usage (counted on first need).
     pub fn usage(&self, dirs: &UserDirs) -> Result<Usage, OpError> {
         if let Some(usage) = self.lock_usage().get(&dirs.user) {
-            return Ok(*usage);
+            return Ok(usage.counted());
         }
-        let counted = count_tree(&dirs.workspace)?;
-        Ok(*self.lock_usage().entry(dirs.user).or_insert(counted))
+        let counted = count_tree(&dirs.workspace, 0)?;
+        let mut known = self.lock_usage();
+        let usage = known.entry(dirs.user).or_default();
+        // A reservation made meanwhile stays; the count is the files.
+        usage.bytes = counted.bytes;
+        usage.files = counted.files;
+        Ok(usage.counted())
     }
 
     /// Usage of a user this worker may never have served, without creating
@@ -253,33 +271,52 @@ impl Workspaces {
         }
     }
 
-    /// Fails with `QuotaExceeded` unless `usage` plus `adding` fits `quota`.
-    fn fits(usage: Usage, adding: u64, quota: u64) -> Result<(), OpError> {
-        if usage.bytes.saturating_add(adding) > quota {
-            return Err(OpError::QuotaExceeded {
-                used: usage.bytes,
-                limit: quota,
-            });
-        }
-        Ok(())
-    }
-
     /// The shared templates' directory: `<data-dir>/shared/templates`.
     fn templates_dir(&self) -> PathBuf {
         let data_dir = self.users_dir.parent().unwrap_or(&self.users_dir);
         data_dir.join("shared").join("templates")
     }
 
-    /// Renames under the per-process commit lock, after `check` passes.
-    fn commit<T>(
-        &self,
-        check: impl FnOnce() -> Result<T, OpError>,
-        rename: impl FnOnce() -> Result<(), OpError>,
-    ) -> Result<T, OpError> {
-        let _guard = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
-        let value = check()?;
-        rename()?;
-        Ok(value)
+    /// The lock of one user's workspace.
+    fn user_lock(&self, user: UserId) -> Arc<Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(user)
+            .or_default()
+            .clone()
+    }
+
+    /// Reserves `bytes` more for a write or copy in progress, if they fit
+    /// beside what is used and reserved (`credit`: bytes the operation will
+    /// free, such as the file a write replaces).
+    fn reserve(&self, user: UserId, bytes: u64, credit: u64, quota: u64) -> Result<(), OpError> {
+        let mut known = self.lock_usage();
+        // Callers count the usage first (`usage`).
+        let Some(usage) = known.get_mut(&user) else {
+            return Err(OpError::Internal(
+                "usage reserved before it was counted".into(),
+            ));
+        };
+        let after = usage
+            .bytes
+            .saturating_sub(credit)
+            .saturating_add(usage.reserved)
+            .saturating_add(bytes);
+        if after > quota {
+            return Err(OpError::QuotaExceeded {
+                used: usage.bytes,
+                limit: quota,
+            });
+        }
+        usage.reserved += bytes;
+        Ok(())
+    }
+
+    fn release(&self, user: UserId, bytes: u64) {
+        if let Some(usage) = self.lock_usage().get_mut(&user) {
+            usage.reserved = usage.reserved.saturating_sub(bytes);
+        }
     }
 }
 
@@ -340,7 +377,8 @@ impl UserDirs {
             Err(_) => return,
         };
         for name in names {
-            if remove_tree(&self.tmp, &name).is_ok() {
+            let mut ignored = Usage::default();
+            if remove_tree(&self.tmp, &name, 0, &mut ignored).is_ok() {
                 tracing::info!(name, "removed a leftover temp file");
             }
         }
@@ -384,7 +422,9 @@ impl UserDirs {
     /// read later is this very version whatever replaces it meanwhile.
     pub fn open_read(&self, path_text: &str) -> Result<(Option<std::fs::File>, Entry), OpError> {
         let parts = parts(path_text)?;
-        let fd = self.resolve(&parts, OFlags::RDONLY)?;
+        // O_NONBLOCK: a FIFO made by a user's program must not hang the
+        // open (it is then not a regular file, and not read).
+        let fd = self.resolve(&parts, OFlags::RDONLY | OFlags::NONBLOCK)?;
         let stat = rustix::fs::fstat(&fd).map_err(|err| errno(err, path_text))?;
         let found = entry(parts.last().copied().unwrap_or(""), &stat);
         let file = (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
@@ -431,25 +471,30 @@ impl UserDirs {
         let parts = parts(path_text)?;
         let (dir, name) = self.parent(&parts)?;
         workspaces.usage(self)?;
+        let lock = workspaces.user_lock(self.user);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
         let stat = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|err| errno(err, path_text))?;
-        let removed = if FileType::from_raw_mode(stat.st_mode) == FileType::Directory && !recursive
-        {
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory && !recursive {
             rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)
                 .map_err(|err| errno(err, path_text))?;
-            Usage::default()
-        } else {
-            remove_tree(&dir, name)?
-        };
+            return Ok(Reply::Done);
+        }
+        // What was removed is accounted for even if the rest fails.
+        let mut removed = Usage::default();
+        let outcome = remove_tree(&dir, name, 0, &mut removed);
         workspaces.shrink(self.user, removed);
+        outcome?;
         Ok(Reply::Done)
     }
 
-    pub fn rename(&self, from: &str, to: &str) -> Result<Reply, OpError> {
+    pub fn rename(&self, workspaces: &Workspaces, from: &str, to: &str) -> Result<Reply, OpError> {
         let from_parts = parts(from)?;
         let to_parts = parts(to)?;
         let (from_dir, from_name) = self.parent(&from_parts)?;
         let (to_dir, to_name) = self.parent(&to_parts)?;
+        let lock = workspaces.user_lock(self.user);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
         rustix::fs::renameat_with(
             &from_dir,
             from_name,
@@ -472,7 +517,7 @@ impl UserDirs {
     ) -> Result<Reply, OpError> {
         let from_parts = parts(from)?;
         let (from_dir, from_name) = self.parent(&from_parts)?;
-        self.place_copy(workspaces, quota, &from_dir, from_name, to)
+        self.place_copy(workspaces, quota, &from_dir, from_name, to, false)
     }
 
     /// Copies a shared template into the workspace at `to`.
@@ -490,12 +535,13 @@ impl UserDirs {
         if name.starts_with('.') {
             return Err(OpError::NotFound(format!("no template {name:?}")));
         }
+        let missing = || OpError::NotFound(format!("no template {name:?}"));
         let root = rustix::fs::open(
             workspaces.templates_dir(),
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|_| OpError::NotFound(format!("no template {name:?}")))?;
+        .map_err(|_| missing())?;
         // The template itself must be a directory right there.
         rustix::fs::openat2(
             &root,
@@ -504,13 +550,13 @@ impl UserDirs {
             Mode::empty(),
             RESOLVE,
         )
-        .map_err(|_| OpError::NotFound(format!("no template {name:?}")))?;
-        self.place_copy(workspaces, quota, &root, name, to)
+        .map_err(|_| missing())?;
+        self.place_copy(workspaces, quota, &root, name, to, true)
     }
 
-    /// Copies `name` in `from_dir` to `to` in the workspace: built in
-    /// `tmp/`, checked against the quota, then renamed into place (never
-    /// replacing anything).
+    /// Copies `name` in `from_dir` to `to` in the workspace: its size is
+    /// counted and reserved against the quota first, the copy is built in
+    /// `tmp/`, then renamed into place (never replacing anything).
     fn place_copy(
         &self,
         workspaces: &Workspaces,
@@ -518,54 +564,51 @@ impl UserDirs {
         from_dir: &impl AsFd,
         from_name: &str,
         to: &str,
+        template: bool,
     ) -> Result<Reply, OpError> {
         let to_parts = parts(to)?;
         let (to_dir, to_name) = self.parent(&to_parts)?;
-        let usage = workspaces.usage(self)?;
+        workspaces.usage(self)?;
+        let needed = size_of(from_dir, from_name)?;
+        workspaces.reserve(self.user, needed.bytes, 0, quota)?;
         let temp = temp_name("copy");
         let placed = (|| {
-            let mut copied = copy_tree(from_dir, from_name, &self.tmp, &temp)?;
-            // A template's description is not part of what users get.
-            if let Ok(description) = rustix::fs::statat(
-                &self.tmp,
-                format!("{temp}/.description"),
-                AtFlags::SYMLINK_NOFOLLOW,
-            ) {
-                if rustix::fs::unlinkat(&self.tmp, format!("{temp}/.description"), AtFlags::empty())
-                    .is_ok()
+            let mut copied = Usage::default();
+            copy_tree(from_dir, from_name, &self.tmp, &temp, 0, &mut copied)?;
+            if template {
+                // A template's description is not part of what users get.
+                let description = format!("{temp}/.description");
+                if let Ok(stat) =
+                    rustix::fs::statat(&self.tmp, description.as_str(), AtFlags::SYMLINK_NOFOLLOW)
                 {
-                    copied.bytes = copied.bytes.saturating_sub(description.st_size as u64);
-                    copied.files = copied.files.saturating_sub(1);
+                    if rustix::fs::unlinkat(&self.tmp, description.as_str(), AtFlags::empty())
+                        .is_ok()
+                    {
+                        copied.bytes = copied.bytes.saturating_sub(stat.st_size as u64);
+                        copied.files = copied.files.saturating_sub(1);
+                    }
                 }
             }
-            workspaces.commit(
-                || Workspaces::fits(workspaces.usage(self)?, copied.bytes, quota).map(|()| copied),
-                || {
-                    rustix::fs::renameat_with(
-                        &self.tmp,
-                        temp.as_str(),
-                        &to_dir,
-                        to_name,
-                        RenameFlags::NOREPLACE,
-                    )
-                    .map_err(|err| errno(err, to))
-                },
+            let _ = rustix::fs::fsync(&self.tmp);
+            let lock = workspaces.user_lock(self.user);
+            let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            rustix::fs::renameat_with(
+                &self.tmp,
+                temp.as_str(),
+                &to_dir,
+                to_name,
+                RenameFlags::NOREPLACE,
             )
+            .map_err(|err| errno(err, to))?;
+            workspaces.grow(self.user, copied);
+            Ok(())
         })();
-        let copied = match placed {
-            Ok(copied) => copied,
-            Err(err) => {
-                let _ = remove_tree(&self.tmp, &temp);
-                return Err(match err {
-                    OpError::QuotaExceeded { .. } => OpError::QuotaExceeded {
-                        used: usage.bytes,
-                        limit: quota,
-                    },
-                    other => other,
-                });
-            }
-        };
-        workspaces.grow(self.user, copied);
+        workspaces.release(self.user, needed.bytes);
+        if let Err(err) = placed {
+            let mut ignored = Usage::default();
+            let _ = remove_tree(&self.tmp, &temp, 0, &mut ignored);
+            return Err(err);
+        }
         let stat = rustix::fs::statat(&to_dir, to_name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|err| errno(err, to))?;
         Ok(Reply::Entry(entry(to_name, &stat)))
@@ -619,28 +662,37 @@ impl UserDirs {
     }
 
     /// Starts a write: checks the target's directory (creating it with
-    /// `parents`), how much of the quota is left for it, and opens a temp
-    /// file.
+    /// `parents`), the precondition and the quota as things stand, and
+    /// opens a temp file. All is checked again at the commit.
     pub fn begin_write(
         self: Arc<Self>,
-        workspaces: &Workspaces,
+        workspaces: Arc<Workspaces>,
         path_text: &str,
         parents: bool,
         quota: u64,
+        precondition: &Precondition,
     ) -> Result<PendingWrite, OpError> {
         let parts = parts(path_text)?;
         if parents && parts.len() > 1 {
             self.make_parents(&parts[..parts.len() - 1])?;
         }
-        let (dir, name) = self.parent(&parts)?;
-        let usage = workspaces.usage(&self)?;
-        let replaced = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {
-                stat.st_size as u64
-            }
-            _ => 0,
+        let Some((name, dir_parts)) = parts.split_last() else {
+            return Err(OpError::BadPath("a file needs a name".into()));
         };
-        let allowed = quota.saturating_sub(usage.bytes.saturating_sub(replaced));
+        // Readable, not O_PATH: the directory is fsynced after the rename.
+        let dir = self.resolve(dir_parts, OFlags::DIRECTORY | OFlags::RDONLY)?;
+        workspaces.usage(&self)?;
+        let current = match rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Some(stat),
+            Err(Errno::NOENT) => None,
+            Err(err) => return Err(errno(err, path_text)),
+        };
+        // Fail early, before the body is sent.
+        check_current(path_text, current.as_ref(), precondition)?;
+        let replaced = current
+            .filter(|c| FileType::from_raw_mode(c.st_mode) == FileType::RegularFile)
+            .map_or(0, |c| c.st_size as u64);
+        workspaces.reserve(self.user, 0, replaced, quota)?;
         let temp = temp_name("upload");
         let fd = rustix::fs::openat(
             &self.tmp,
@@ -651,65 +703,90 @@ impl UserDirs {
         .map_err(|err| errno(err, "cannot create a temp file"))?;
         Ok(PendingWrite {
             dirs: self,
+            workspaces,
             dir,
             name: name.to_string(),
             path: path_text.to_string(),
             temp,
             file: Some(std::fs::File::from(fd)),
             written: 0,
-            allowed,
+            reserved: 0,
+            replaced,
             quota,
-            used: usage.bytes,
         })
     }
 }
 
+/// Whether the current state of a file (`None`: absent) allows a write
+/// under `precondition`; a directory is never replaced by a file.
+fn check_current(
+    path: &str,
+    current: Option<&rustix::fs::Stat>,
+    precondition: &Precondition,
+) -> Result<(), OpError> {
+    if let Some(current) = current {
+        if FileType::from_raw_mode(current.st_mode) == FileType::Directory {
+            return Err(OpError::Conflict(format!("{path}: is a directory")));
+        }
+    }
+    match (precondition, current) {
+        (Precondition::Absent, Some(_)) => Err(OpError::PreconditionFailed(format!(
+            "{path} already exists"
+        ))),
+        (Precondition::Match(_), None) => Err(OpError::PreconditionFailed(format!(
+            "{path} does not exist"
+        ))),
+        (Precondition::Match(tags), Some(current))
+            if !tags.iter().any(|tag| tag == "*" || *tag == etag(current)) =>
+        {
+            Err(OpError::PreconditionFailed(format!("{path} has changed")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A write in progress: bytes go to a temp file; [`PendingWrite::commit`]
-/// puts it in place; dropping it uncommitted removes the temp file.
+/// puts it in place; dropping it uncommitted removes the temp file and its
+/// reservation. Dropping may unlink a large file: do it off the runtime.
 pub struct PendingWrite {
     dirs: Arc<UserDirs>,
+    workspaces: Arc<Workspaces>,
     dir: OwnedFd,
     name: String,
     path: String,
     temp: String,
     file: Option<std::fs::File>,
     pub written: u64,
-    /// Bytes this file may have within the quota.
-    allowed: u64,
+    /// Bytes reserved against the quota so far (= written).
+    reserved: u64,
+    /// Size of the file this write replaces, as seen when it began.
+    replaced: u64,
     quota: u64,
-    /// Usage when the write began (for the error message).
-    used: u64,
 }
 
 impl PendingWrite {
-    /// Appends `bytes`; fails (leaving the old file as it was) once the file
-    /// would not fit the quota.
+    /// Appends `bytes`; fails (leaving the old file as it was) once they
+    /// would not fit the quota beside everything else in progress.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), OpError> {
-        if self.written + bytes.len() as u64 > self.allowed {
-            return Err(OpError::QuotaExceeded {
-                used: self.used,
-                limit: self.quota,
-            });
-        }
+        let len = bytes.len() as u64;
+        self.workspaces
+            .reserve(self.dirs.user, len, self.replaced, self.quota)?;
+        self.reserved += len;
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| OpError::Internal("write after commit".into()))?;
         file.write_all(bytes)
             .map_err(|err| io_error(err, "cannot write the temp file"))?;
-        self.written += bytes.len() as u64;
+        self.written += len;
         Ok(())
     }
 
-    /// fsyncs, checks `precondition` and the quota against the current file
-    /// and renames the temp file over it (under the commit lock), then
-    /// fsyncs the directory. Returns the new entry and whether the file is
-    /// new.
-    pub fn commit(
-        mut self,
-        workspaces: &Workspaces,
-        precondition: &Precondition,
-    ) -> Result<(Entry, bool), OpError> {
+    /// fsyncs, then under the user's lock checks `precondition` and the
+    /// quota against the current file, renames the temp file over it and
+    /// updates the usage; then fsyncs the directory. Returns the new entry
+    /// and whether the file is new.
+    pub fn commit(mut self, precondition: &Precondition) -> Result<(Entry, bool), OpError> {
         let file = self
             .file
             .take()
@@ -719,96 +796,80 @@ impl PendingWrite {
         let stat = rustix::fs::fstat(&file).map_err(|err| errno(err, "temp file"))?;
         drop(file);
         let new_size = stat.st_size as u64;
-        let (created, replaced) = workspaces.commit(
-            || {
-                let current = match rustix::fs::statat(
-                    &self.dir,
-                    self.name.as_str(),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                ) {
-                    Ok(stat) => Some(stat),
-                    Err(Errno::NOENT) => None,
-                    Err(err) => return Err(errno(err, &self.path)),
-                };
-                if let Some(current) = &current {
-                    if FileType::from_raw_mode(current.st_mode) == FileType::Directory {
-                        return Err(OpError::Conflict(format!("{}: is a directory", self.path)));
-                    }
+        let workspaces = self.workspaces.clone();
+        let lock = workspaces.user_lock(self.dirs.user);
+        let created = {
+            let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = match rustix::fs::statat(
+                &self.dir,
+                self.name.as_str(),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                Ok(stat) => Some(stat),
+                Err(Errno::NOENT) => None,
+                Err(err) => return Err(errno(err, &self.path)),
+            };
+            check_current(&self.path, current.as_ref(), precondition)?;
+            let replaced = current
+                .filter(|c| FileType::from_raw_mode(c.st_mode) == FileType::RegularFile)
+                .map_or(0, |c| c.st_size as u64);
+            // Our own reservation is in `reserved`: take it out of the check.
+            {
+                let known = workspaces.lock_usage();
+                let usage = known.get(&self.dirs.user).copied().unwrap_or_default();
+                let others = usage.reserved.saturating_sub(self.reserved);
+                let after = usage.bytes.saturating_sub(replaced) + others + new_size;
+                if after > self.quota {
+                    return Err(OpError::QuotaExceeded {
+                        used: usage.bytes,
+                        limit: self.quota,
+                    });
                 }
-                match (precondition, &current) {
-                    (Precondition::Absent, Some(_)) => {
-                        return Err(OpError::PreconditionFailed(format!(
-                            "{} already exists",
-                            self.path
-                        )))
-                    }
-                    (Precondition::Match(_), None) => {
-                        return Err(OpError::PreconditionFailed(format!(
-                            "{} does not exist",
-                            self.path
-                        )))
-                    }
-                    (Precondition::Match(tags), Some(current))
-                        if !tags.iter().any(|tag| tag == "*" || *tag == etag(current)) =>
-                    {
-                        return Err(OpError::PreconditionFailed(format!(
-                            "{} has changed",
-                            self.path
-                        )))
-                    }
-                    _ => {}
-                }
-                let replaced = current
-                    .filter(|c| FileType::from_raw_mode(c.st_mode) == FileType::RegularFile)
-                    .map_or(0, |c| c.st_size as u64);
-                let usage = workspaces.usage(&self.dirs)?;
-                Workspaces::fits(
-                    Usage {
-                        bytes: usage.bytes.saturating_sub(replaced),
-                        files: usage.files,
-                    },
-                    new_size,
-                    self.quota,
-                )?;
-                Ok((current.is_none(), replaced))
-            },
-            || {
-                rustix::fs::renameat(
-                    &self.dirs.tmp,
-                    self.temp.as_str(),
-                    &self.dir,
-                    self.name.as_str(),
-                )
-                .map_err(|err| errno(err, &self.path))
-            },
-        )?;
-        workspaces.shrink(
-            self.dirs.user,
-            Usage {
-                bytes: replaced,
-                files: 0,
-            },
-        );
-        workspaces.grow(
-            self.dirs.user,
-            Usage {
-                bytes: new_size,
-                files: u64::from(created),
-            },
-        );
+            }
+            // Never over an entry that appeared since the check (a move).
+            let flags = if current.is_none() {
+                RenameFlags::NOREPLACE
+            } else {
+                RenameFlags::empty()
+            };
+            rustix::fs::renameat_with(
+                &self.dirs.tmp,
+                self.temp.as_str(),
+                &self.dir,
+                self.name.as_str(),
+                flags,
+            )
+            .map_err(|err| errno(err, &self.path))?;
+            self.temp.clear();
+            let mut known = workspaces.lock_usage();
+            let usage = known.entry(self.dirs.user).or_default();
+            usage.bytes = usage.bytes.saturating_sub(replaced) + new_size;
+            usage.files += u64::from(current.is_none());
+            usage.reserved = usage.reserved.saturating_sub(self.reserved);
+            self.reserved = 0;
+            current.is_none()
+        };
         // The rename itself is durable once the directory is.
         let _ = rustix::fs::fsync(&self.dir);
-        self.temp.clear();
         Ok((entry(&self.name, &stat), created))
     }
 }
 
 impl Drop for PendingWrite {
     fn drop(&mut self) {
+        self.workspaces.release(self.dirs.user, self.reserved);
         if !self.temp.is_empty() {
             let _ = rustix::fs::unlinkat(&self.dirs.tmp, self.temp.as_str(), AtFlags::empty());
         }
     }
+}
+
+/// Deepest directory nesting walked (counting, copying, removing): keeps
+/// the walks' stack and open descriptors bounded.
+const MAX_DEPTH: usize = 256;
+
+fn too_deep() -> OpError {
+    OpError::Conflict(format!("directories nested deeper than {MAX_DEPTH} levels"))
 }
 
 fn children(dir: &impl AsFd, name: &str) -> Result<Vec<String>, OpError> {
@@ -820,110 +881,151 @@ fn children(dir: &impl AsFd, name: &str) -> Result<Vec<String>, OpError> {
         .collect())
 }
 
-/// What the regular files below `dir` take.
-fn count_tree(dir: &impl AsFd) -> Result<Usage, OpError> {
+fn open_dir(dir: &impl AsFd, name: &str) -> Result<OwnedFd, OpError> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|err| errno(err, name))
+}
+
+/// What the regular files below `dir` take. Entries that vanish meanwhile
+/// are skipped; any other failure is an error (never an undercount).
+fn count_tree(dir: &impl AsFd, depth: usize) -> Result<Usage, OpError> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
     let mut usage = Usage::default();
     for child in children(dir, "workspace")? {
-        let Ok(stat) = rustix::fs::statat(dir, child.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
-            continue;
+        let stat = match rustix::fs::statat(dir, child.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(Errno::NOENT) => continue,
+            Err(err) => return Err(errno(err, &child)),
         };
         match FileType::from_raw_mode(stat.st_mode) {
             FileType::RegularFile => usage.add(Usage {
                 bytes: stat.st_size as u64,
                 files: 1,
+                reserved: 0,
             }),
-            FileType::Directory => {
-                if let Ok(sub) = rustix::fs::openat(
-                    dir,
-                    child.as_str(),
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ) {
-                    usage.add(count_tree(&sub)?);
-                }
-            }
+            FileType::Directory => match open_dir(dir, &child) {
+                Ok(sub) => usage.add(count_tree(&sub, depth + 1)?),
+                Err(OpError::NotFound(_)) => continue,
+                Err(err) => return Err(err),
+            },
             _ => {}
         }
     }
     Ok(usage)
 }
 
-/// Removes `name` in `dir` and, if it is a directory, everything below it,
-/// never following a symlink. Returns what the removed files took.
-fn remove_tree(dir: &impl AsFd, name: &str) -> Result<Usage, OpError> {
+/// What copying `name` in `dir` would take.
+fn size_of(dir: &impl AsFd, name: &str) -> Result<Usage, OpError> {
     let stat =
         rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| errno(err, name))?;
     match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => Ok(Usage {
+            bytes: stat.st_size as u64,
+            files: 1,
+            reserved: 0,
+        }),
+        FileType::Directory => count_tree(&open_dir(dir, name)?, 1),
+        _ => Ok(Usage::default()),
+    }
+}
+
+/// Removes `name` in `dir` and, if it is a directory, everything below it,
+/// never following a symlink. Adds what the removed files took to
+/// `removed`, also when it fails part-way.
+fn remove_tree(
+    dir: &impl AsFd,
+    name: &str,
+    depth: usize,
+    removed: &mut Usage,
+) -> Result<(), OpError> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
+    let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => stat,
+        // Gone already (a concurrent delete): nothing to do.
+        Err(Errno::NOENT) => return Ok(()),
+        Err(err) => return Err(errno(err, name)),
+    };
+    match FileType::from_raw_mode(stat.st_mode) {
         FileType::Directory => {}
         kind => {
-            rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|err| errno(err, name))?;
-            return Ok(if kind == FileType::RegularFile {
-                Usage {
+            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) => {}
+                Err(Errno::NOENT) => return Ok(()),
+                Err(err) => return Err(errno(err, name)),
+            }
+            if kind == FileType::RegularFile {
+                removed.add(Usage {
                     bytes: stat.st_size as u64,
                     files: 1,
-                }
-            } else {
-                Usage::default()
-            });
+                    reserved: 0,
+                });
+            }
+            return Ok(());
         }
     }
-    let sub = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|err| errno(err, name))?;
-    let mut removed = Usage::default();
+    let sub = open_dir(dir, name)?;
     for child in children(&sub, name)? {
-        removed.add(remove_tree(&sub, &child)?);
+        remove_tree(&sub, &child, depth + 1, removed)?;
     }
-    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(|err| errno(err, name))?;
-    Ok(removed)
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(Errno::NOTEMPTY) => Err(OpError::Conflict(format!(
+            "{name}: new entries appeared while it was being deleted"
+        ))),
+        Err(err) => Err(errno(err, name)),
+    }
 }
 
 /// Copies `name` in `from` to `to_name` in `to`: files with their bytes,
-/// directories recursively; symlinks are left out (never followed). Returns
-/// what the copied files take.
+/// directories recursively; symlinks and special files are left out (never
+/// followed, never opened). Adds what the copied files take to `copied`.
 fn copy_tree(
     from: &impl AsFd,
     name: &str,
     to: &impl AsFd,
     to_name: &str,
-) -> Result<Usage, OpError> {
+    depth: usize,
+    copied: &mut Usage,
+) -> Result<(), OpError> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
     let stat = rustix::fs::statat(from, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|err| errno(err, name))?;
     match FileType::from_raw_mode(stat.st_mode) {
         FileType::Directory => {
             rustix::fs::mkdirat(to, to_name, PRIVATE).map_err(|err| errno(err, to_name))?;
-            let source = rustix::fs::openat(
-                from,
-                name,
-                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|err| errno(err, name))?;
-            let target = rustix::fs::openat(
-                to,
-                to_name,
-                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|err| errno(err, to_name))?;
-            let mut copied = Usage::default();
+            let source = open_dir(from, name)?;
+            let target = open_dir(to, to_name)?;
             for child in children(&source, name)? {
-                copied.add(copy_tree(&source, &child, &target, &child)?);
+                copy_tree(&source, &child, &target, &child, depth + 1, copied)?;
             }
-            Ok(copied)
+            let _ = rustix::fs::fsync(&target);
+            Ok(())
         }
         FileType::RegularFile => {
+            // O_NONBLOCK: should the entry have become a FIFO meanwhile,
+            // opening it must not hang.
             let source = rustix::fs::openat(
                 from,
                 name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|err| errno(err, name))?;
+            let source_stat = rustix::fs::fstat(&source).map_err(|err| errno(err, name))?;
+            if FileType::from_raw_mode(source_stat.st_mode) != FileType::RegularFile {
+                return Ok(());
+            }
             let target = rustix::fs::openat(
                 to,
                 to_name,
@@ -936,9 +1038,14 @@ fn copy_tree(
             let bytes =
                 std::io::copy(&mut source, &mut target).map_err(|err| io_error(err, name))?;
             target.sync_all().map_err(|err| io_error(err, to_name))?;
-            Ok(Usage { bytes, files: 1 })
+            copied.add(Usage {
+                bytes,
+                files: 1,
+                reserved: 0,
+            });
+            Ok(())
         }
-        _ => Ok(Usage::default()),
+        _ => Ok(()),
     }
 }
 
@@ -966,23 +1073,29 @@ mod tests {
 
     const QUOTA: u64 = 1 << 20;
 
-    fn setup() -> (tempfile::TempDir, Workspaces, Arc<UserDirs>) {
+    fn setup() -> (tempfile::TempDir, Arc<Workspaces>, Arc<UserDirs>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let workspaces = Workspaces::new(dir.path().join("users"));
+        let workspaces = Arc::new(Workspaces::new(dir.path().join("users")));
         let user = UserId([7; 16]);
         let dirs = Arc::new(workspaces.open(user).expect("open"));
         (dir, workspaces, dirs)
     }
 
     fn write(
-        workspaces: &Workspaces,
+        workspaces: &Arc<Workspaces>,
         dirs: &Arc<UserDirs>,
         path: &str,
         bytes: &[u8],
     ) -> Result<(Entry, bool), OpError> {
-        let mut pending = dirs.clone().begin_write(workspaces, path, false, QUOTA)?;
+        let mut pending = dirs.clone().begin_write(
+            workspaces.clone(),
+            path,
+            false,
+            QUOTA,
+            &Precondition::None,
+        )?;
         pending.write(bytes)?;
-        pending.commit(workspaces, &Precondition::None)
+        pending.commit(&Precondition::None)
     }
 
     #[test]
@@ -1039,12 +1152,18 @@ mod tests {
         // A stale If-Match fails; the content stays.
         let mut pending = dirs
             .clone()
-            .begin_write(&workspaces, "a.txt", false, QUOTA)
+            .begin_write(
+                workspaces.clone(),
+                "a.txt",
+                false,
+                QUOTA,
+                &Precondition::None,
+            )
             .expect("begin");
         pending.write(b"three").expect("write");
         let stale = Precondition::Match(vec![first.etag.clone()]);
         assert!(matches!(
-            pending.commit(&workspaces, &stale),
+            pending.commit(&stale),
             Err(OpError::PreconditionFailed(_))
         ));
         let (file, found) = dirs.open_read("a.txt").expect("read");
@@ -1056,7 +1175,13 @@ mod tests {
         // An abandoned write leaves nothing in tmp/.
         let mut pending = dirs
             .clone()
-            .begin_write(&workspaces, "b.txt", false, QUOTA)
+            .begin_write(
+                workspaces.clone(),
+                "b.txt",
+                false,
+                QUOTA,
+                &Precondition::None,
+            )
             .expect("begin");
         pending.write(b"partial").expect("write");
         drop(pending);
@@ -1077,7 +1202,8 @@ mod tests {
             workspaces.usage(&dirs).expect("usage"),
             Usage {
                 bytes: 600 * 1024,
-                files: 1
+                files: 1,
+                reserved: 0
             }
         );
         // Replacing a.bin with 900 KiB fits (the old 600 KiB go).
@@ -1099,7 +1225,8 @@ mod tests {
             workspaces.usage(&dirs).expect("usage"),
             Usage {
                 bytes: 900 * 1024,
-                files: 1
+                files: 1,
+                reserved: 0
             }
         );
         dirs.delete(&workspaces, "a.bin", false).expect("delete");
@@ -1109,9 +1236,60 @@ mod tests {
         dirs.mkdir("d", false).expect("mkdir");
         write(&workspaces, &dirs, "d/e.bin", b"12345").expect("write");
         assert_eq!(
-            count_tree(&dirs.workspace).expect("count"),
+            count_tree(&dirs.workspace, 0).expect("count"),
             workspaces.usage(&dirs).expect("usage")
         );
+    }
+
+    #[test]
+    fn parallel_uploads_share_one_quota() {
+        let (root, workspaces, dirs) = setup();
+        let mut first = dirs
+            .clone()
+            .begin_write(
+                workspaces.clone(),
+                "one.bin",
+                false,
+                QUOTA,
+                &Precondition::None,
+            )
+            .expect("begin");
+        let mut second = dirs
+            .clone()
+            .begin_write(
+                workspaces.clone(),
+                "two.bin",
+                false,
+                QUOTA,
+                &Precondition::None,
+            )
+            .expect("begin");
+        first.write(&vec![1u8; 700 * 1024]).expect("fits alone");
+        let err = second
+            .write(&vec![2u8; 700 * 1024])
+            .expect_err("not together");
+        assert!(matches!(err, OpError::QuotaExceeded { .. }), "{err:?}");
+        drop(second);
+        first.commit(&Precondition::None).expect("commit");
+        assert_eq!(
+            workspaces.usage(&dirs).expect("usage"),
+            Usage {
+                bytes: 700 * 1024,
+                files: 1,
+                reserved: 0
+            }
+        );
+        assert_eq!(
+            workspaces.lock_usage()[&dirs.user].reserved,
+            0,
+            "reservations released"
+        );
+        let tmp = root
+            .path()
+            .join("users")
+            .join(UserId([7; 16]).to_string())
+            .join("tmp");
+        assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);
     }
 
     #[test]
@@ -1142,13 +1320,16 @@ mod tests {
             dirs.copy(&workspaces, QUOTA, "d", "d2"),
             Err(OpError::Conflict(_))
         ));
-        dirs.rename("d2/a", "a-moved").expect("move");
+        dirs.rename(&workspaces, "d2/a", "a-moved").expect("move");
         assert!(
-            matches!(dirs.rename("d/b", "a-moved"), Err(OpError::Conflict(_))),
+            matches!(
+                dirs.rename(&workspaces, "d/b", "a-moved"),
+                Err(OpError::Conflict(_))
+            ),
             "no replace"
         );
         assert!(matches!(
-            dirs.rename("d", "d/e/inside"),
+            dirs.rename(&workspaces, "d", "d/e/inside"),
             Err(OpError::Conflict(_))
         ));
         assert!(matches!(

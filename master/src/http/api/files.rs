@@ -316,7 +316,7 @@ fn plan_read(path: &str, entry: &Entry, headers: &HeaderMap) -> Result<Read, Api
     if let Ok(etag) = HeaderValue::from_str(&entry.etag) {
         response_headers.insert(header::ETAG, etag);
     }
-    let modified = UNIX_EPOCH + Duration::from_millis(entry.modified_ms.max(0) as u64);
+    let modified = UNIX_EPOCH + Duration::from_millis(super::clamp_ms(entry.modified_ms));
     if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
         response_headers.insert(header::LAST_MODIFIED, date);
     }
@@ -485,6 +485,12 @@ pub(super) async fn put_file(
     body: Body,
 ) -> Result<Response, ApiError> {
     let path = checked(&path?.0)?;
+    // RFC 9110 §14.5: a partial PUT must not be taken for a whole one.
+    if headers.contains_key(header::CONTENT_RANGE) {
+        return Err(ApiError::BadRequest(
+            "PUT with Content-Range (a partial update) is not supported".into(),
+        ));
+    }
     let precondition = match (
         header_tags(&headers, header::IF_MATCH),
         header_tags(&headers, header::IF_NONE_MATCH),

@@ -156,8 +156,15 @@ impl SessionView {
 
 /// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
 pub fn rfc3339(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0).unsigned_abs());
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(clamp_ms(ms));
     humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Milliseconds since the epoch, clamped to what date formatters accept
+/// (1970 to the end of 9999): a file's mtime is whatever a program set.
+pub fn clamp_ms(ms: i64) -> u64 {
+    const LAST: i64 = 253_402_300_799_000;
+    ms.clamp(0, LAST).unsigned_abs()
 }
 
 /// Usernames: 1–64 ASCII letters, digits, `.`, `_`, `-`, starting with a
@@ -207,6 +214,8 @@ mod tests {
     fn times_are_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.000Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]
