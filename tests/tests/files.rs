@@ -580,6 +580,10 @@ async fn ranges_etags_and_preconditions_follow_rfc_9110() {
         .await
         .expect("put");
     assert_eq!(response.status(), 412, "exists already");
+    let response = put_with("content-range", "bytes 0-0/10".into(), "x")
+        .await
+        .expect("put");
+    assert_eq!(response.status(), 400, "a partial PUT is refused");
     let response = put_with("if-match", "\"stale\"".into(), "x")
         .await
         .expect("put");
