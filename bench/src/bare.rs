@@ -1,11 +1,14 @@
 //! The bare server (`warren-bench bare-server`), the reference of the `http`
-//! figures: a plain axum handler for `GET /api/v1/ping` answering the bytes
-//! warren answers (`{"slot":0}`, `application/json`), with no session, no
-//! pool, no worker. It runs as its own process on the same kind of runtime
+//! and `files` figures: plain axum handlers for `GET /api/v1/ping` answering
+//! the bytes warren answers (`{"slot":0}`, `application/json`), and for
+//! `GET /api/v1/files/bench/1k.bin` answering the 1 KiB file `files` puts
+//! there (`application/octet-stream`) from memory, with no session, no pool,
+//! no worker, no disk. It runs as its own process on the same kind of runtime
 //! as `warren serve` (multi-thread, one thread per core), so both servers
 //! are measured the same way; what warren adds on top is what warren costs.
 
 use anyhow::{Context, Result};
+use axum::http::header;
 use axum::routing::get;
 use axum::{Json, Router};
 use std::net::SocketAddr;
@@ -22,7 +25,18 @@ struct Ping {
 }
 
 pub fn router() -> Router {
-    Router::new().route("/api/v1/ping", get(|| async { Json(Ping { slot: 0 }) }))
+    let small_file = crate::files::pattern::small_file();
+    Router::new()
+        .route("/api/v1/ping", get(|| async { Json(Ping { slot: 0 }) }))
+        .route(
+            "/api/v1/files/bench/1k.bin",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "application/octet-stream")],
+                    small_file,
+                )
+            }),
+        )
 }
 
 /// Serves until SIGTERM or SIGINT; logs `listening address=...` at start,

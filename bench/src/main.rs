@@ -6,8 +6,11 @@
 //! - `warren-bench http`: warren under HTTP load (authenticated requests,
 //!   a login storm, database queries per request) beside a bare axum
 //!   handler, both as child processes (see [`http`]).
+//! - `warren-bench files`: the workspace files API (a small file's GET,
+//!   a large file up and down, the servers' memory meanwhile) beside a
+//!   bare handler and a local file copy (see [`files`]).
 //! - `warren-bench serve` and `warren-bench bare-server` (hidden): the two
-//!   servers `http` measures; `serve` is exactly `warren serve`.
+//!   servers `http` and `files` measure; `serve` is exactly `warren serve`.
 //! - `warren-bench echo-server` (hidden): the bare tokio + Unix socket +
 //!   bincode echo that the pool's latency is compared with (see [`echo`]).
 //! - `warren-bench worker` (hidden): a worker process, exactly as
@@ -18,6 +21,7 @@
 
 mod bare;
 mod echo;
+mod files;
 mod http;
 mod micro;
 mod report;
@@ -39,6 +43,9 @@ enum Command {
     Micro(MicroArgs),
     /// HTTP load: warren's authenticated API beside a bare axum handler.
     Http(HttpArgs),
+    /// Workspace files: a 1 KiB GET beside a bare handler, a large file's
+    /// upload and download beside a local copy, and the memory they take.
+    Files(FilesArgs),
     /// Run warren's server (started by `http`, not by hand): exactly
     /// `warren serve`, with its arguments.
     #[command(hide = true)]
@@ -98,6 +105,39 @@ pub struct HttpArgs {
     pub bare_only: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct FilesArgs {
+    /// Measuring time of each series of (a), the 1 KiB GET, in seconds
+    /// (fractions allowed).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub seconds: Duration,
+    /// Size of the file uploaded and downloaded in (b) and (c), in MiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub size_mib: u64,
+    /// Times (b) is repeated; each figure's median is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repetitions: u32,
+    /// Keep-alive connections of (a).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Users of (a), each with its own file; connection k acts as user
+    /// k mod users. (b) uses the first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub users: u32,
+    /// Number of worker processes of the warren under test.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Before each timed write of (b) (an upload, a copy), write and remove
+    /// as many bytes, untimed, so that every timed write starts from the
+    /// same page cache (on a VM whose balloon takes back free memory, writing
+    /// into memory left untouched for seconds is several times slower).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub prime: bool,
+    /// Write the results as JSON to stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A positive, finite number of seconds.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -131,6 +171,7 @@ fn main() -> ExitCode {
         },
         Command::Micro(args) => report_failure(micro::run(&args)),
         Command::Http(args) => report_failure(run_http(&args)),
+        Command::Files(args) => report_failure(run_files(&args)),
         Command::Serve(args) => run_serve(*args),
         Command::BareServer(args) => report_failure(bare::serve(&args)),
     }
@@ -156,6 +197,17 @@ fn run_http(args: &HttpArgs) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     let report = runtime.block_on(http::run(args))?;
     http::report::print(&report, args.json)
+}
+
+/// `files` on the same runtime as `http`.
+fn run_files(args: &FilesArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let report = runtime.block_on(files::run(args))?;
+    files::report::print(&report, args.json)
 }
 
 /// Exactly what `warren serve` runs (`warren_master::main`): tracing at

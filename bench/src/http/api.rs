@@ -1,5 +1,6 @@
 //! The parts of warren's HTTP API the bench drives: login, user creation,
-//! `/api/v1/ping` and the `/metrics` counter of database queries.
+//! `/api/v1/ping`, writing a small file and the `/metrics` counter of
+//! database queries.
 
 use super::load::{Connection, RequestSpec};
 use anyhow::{bail, Context, Result};
@@ -82,6 +83,39 @@ pub async fn create_user(
         );
     }
     Ok(())
+}
+
+/// `method path` with `Authorization: Bearer token` (no `Origin` needed).
+pub fn bearer(
+    server: SocketAddr,
+    method: Method,
+    path: &'static str,
+    token: &str,
+) -> Result<RequestSpec> {
+    RequestSpec::new(server, method, path).header(AUTHORIZATION, &format!("Bearer {token}"))
+}
+
+/// `PUT path` of `body` (a whole file, sent at once) with a bearer token;
+/// `path` is the files API's, query included. Returns the entry warren
+/// answers (`200` or `201`).
+pub async fn put_file(
+    server: SocketAddr,
+    token: &str,
+    path: &'static str,
+    body: bytes::Bytes,
+) -> Result<serde_json::Value> {
+    let mut spec = bearer(server, Method::PUT, path, token)?
+        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")?;
+    spec.body = body;
+    let answer = Connection::new(server).send(&spec, SETUP_TIMEOUT).await?;
+    if !matches!(answer.status, StatusCode::OK | StatusCode::CREATED) {
+        bail!(
+            "PUT {path}: {} {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    serde_json::from_slice(&answer.body).with_context(|| format!("PUT {path}: not a JSON entry"))
 }
 
 /// Database queries warren has made so far: `warren_db_queries_total` by

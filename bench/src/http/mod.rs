@@ -73,7 +73,7 @@ pub async fn run(args: &HttpArgs) -> Result<HttpReport> {
         None
     } else {
         eprintln!("starting warren with {} workers ...", args.workers);
-        match start_warren(dir.path(), args.workers).await {
+        match start_warren(dir.path(), args.workers, Vec::new()).await {
             Ok(warren) => Some(warren),
             Err(err) => {
                 stop(bare).await;
@@ -91,18 +91,21 @@ pub async fn run(args: &HttpArgs) -> Result<HttpReport> {
 
 /// Stops a server; a server that does not stop cleanly is reported, but
 /// does not void figures already measured.
-async fn stop(server: ServerProcess) {
+pub(crate) async fn stop(server: ServerProcess) {
     if let Err(err) = server.stop().await {
         eprintln!("warning: {err:#}");
     }
 }
 
-struct Warren {
-    process: ServerProcess,
-    admin_password: String,
+pub(crate) struct Warren {
+    pub process: ServerProcess,
+    pub admin_password: String,
 }
 
-async fn start_warren(dir: &Path, workers: u32) -> Result<Warren> {
+/// Starts `warren-bench serve` with its data in `dir/data`, `admin`'s
+/// password in a file, the login throttles out of the way, and `extra`
+/// arguments.
+pub(crate) async fn start_warren(dir: &Path, workers: u32, extra: Vec<OsString>) -> Result<Warren> {
     let admin_password = random_hex(16)?;
     let password_file = dir.join("admin-password");
     std::fs::write(&password_file, &admin_password)
@@ -118,6 +121,7 @@ async fn start_warren(dir: &Path, workers: u32) -> Result<Warren> {
         "--login-rate-per-account",
         LOGIN_RATE,
     ]));
+    args.extend(extra);
     let process = ServerProcess::start("warren", args, Some("/readyz")).await?;
     Ok(Warren {
         process,
@@ -125,12 +129,12 @@ async fn start_warren(dir: &Path, workers: u32) -> Result<Warren> {
     })
 }
 
-fn os_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Vec<OsString> {
+pub(crate) fn os_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Vec<OsString> {
     args.into_iter().map(OsString::from).collect()
 }
 
 /// Hex of `bytes` random bytes from the kernel.
-fn random_hex(bytes: usize) -> Result<String> {
+pub(crate) fn random_hex(bytes: usize) -> Result<String> {
     let mut buffer = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut random| random.read_exact(&mut buffer))

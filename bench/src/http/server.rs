@@ -113,6 +113,11 @@ impl ServerProcess {
         }
     }
 
+    /// The server's process id (`None` once it has been waited for).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The last lines of the server's log.
     pub fn log(&self) -> String {
         log(&self.tail)
