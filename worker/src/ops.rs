@@ -122,20 +122,16 @@ async fn read_file(workspaces: Arc<Workspaces>, user: UserId, path: String, stre
             return;
         }
     };
-    let offset = range.offset;
-    let seeked = blocking(move || {
-        workspace::seek(&mut file, offset)?;
-        Ok(file)
-    })
-    .await;
-    file = match seeked {
-        Ok(file) => file,
-        Err(err) => return sender.abort(err),
-    };
+    // The seek happens with the first read: one trip to the blocking pool.
+    let mut seek_to = Some(range.offset);
     let mut remaining = range.len;
     while remaining > 0 {
         let want = remaining.min(MAX_DATA_CHUNK as u64) as usize;
+        let offset = seek_to.take();
         let read = blocking(move || {
+            if let Some(offset) = offset {
+                workspace::seek(&mut file, offset)?;
+            }
             let mut buf = vec![0u8; want];
             let n = workspace::read_chunk(&mut file, &mut buf)?;
             buf.truncate(n);
@@ -175,7 +171,7 @@ async fn write_file(
     let begin = {
         let precondition = precondition.clone();
         blocking(move || {
-            let dirs = Arc::new(workspaces.open(user.id)?);
+            let dirs = workspaces.open(user.id)?;
             dirs.begin_write(workspaces, &path, parents, user.quota_bytes, &precondition)
         })
         .await

@@ -39,6 +39,8 @@ pub struct Workspaces {
     /// that matters to preconditions or usage (check, rename, accounting),
     /// and across the first-sight sweep of their `tmp/`.
     locks: Mutex<HashMap<UserId, Arc<Mutex<()>>>>,
+    /// Each user's open directories, opened (and created) once per process.
+    dirs: Mutex<HashMap<UserId, Arc<UserDirs>>>,
     /// Each user's usage: counted by walking the workspace the first time
     /// this process needs it, then kept up to date by every change.
     usage: Mutex<HashMap<UserId, Usage>>,
@@ -70,6 +72,7 @@ impl Usage {
 }
 
 /// One user's open directories.
+#[derive(Debug)]
 pub struct UserDirs {
     user: UserId,
     workspace: OwnedFd,
@@ -162,13 +165,27 @@ impl Workspaces {
             users_dir,
             swept: Mutex::new(HashSet::new()),
             locks: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
         }
     }
 
     /// The user's directories, created (0700) on first use; on this
     /// process's first sight of the user, leftovers in `tmp/` are removed.
-    pub fn open(&self, user: UserId) -> Result<UserDirs, OpError> {
+    pub fn open(&self, user: UserId) -> Result<Arc<UserDirs>, OpError> {
+        if let Some(dirs) = self.lock_dirs().get(&user) {
+            return Ok(dirs.clone());
+        }
+        let dirs = Arc::new(self.open_fresh(user)?);
+        Ok(self.lock_dirs().entry(user).or_insert(dirs).clone())
+    }
+
+    fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<UserDirs>>> {
+        self.dirs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates (on first use) and opens the user's directories.
+    fn open_fresh(&self, user: UserId) -> Result<UserDirs, OpError> {
         let base = self.users_dir.join(user.to_string());
         for dir in [&self.users_dir, &base] {
             match std::fs::create_dir(dir) {
@@ -1077,7 +1094,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let workspaces = Arc::new(Workspaces::new(dir.path().join("users")));
         let user = UserId([7; 16]);
-        let dirs = Arc::new(workspaces.open(user).expect("open"));
+        let dirs = workspaces.open(user).expect("open");
         (dir, workspaces, dirs)
     }
 
