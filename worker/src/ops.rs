@@ -2,6 +2,7 @@
 //! so benchmarks can call them directly as the in-process baseline.
 
 use crate::workspace::{self, Workspaces};
+use futures_util::FutureExt;
 use std::sync::Arc;
 use warren_protocol::stream::Stream;
 use warren_protocol::{
@@ -81,6 +82,9 @@ pub async fn serve_stream(
         } => write_file(workspaces, user, path, precondition, parents, stream).await,
     }
 }
+
+/// Bytes of an upload gathered for one write.
+const WRITE_BATCH: usize = 1024 * 1024;
 
 /// Runs blocking `work` on the blocking pool.
 async fn blocking<T: Send + 'static>(
@@ -181,7 +185,7 @@ async fn write_file(
         Err(err) => return sender.abort(err),
     };
     while let Some(chunk) = receiver.recv().await {
-        let bytes = match chunk {
+        let mut batch = match chunk {
             Ok(bytes) => bytes,
             // The upload was abandoned: dropping `pending` removes the temp
             // file (a possibly large unlink: off this thread).
@@ -190,8 +194,25 @@ async fn write_file(
                 return;
             }
         };
+        // Take what has already arrived too (up to 1 MiB): one trip to the
+        // blocking pool and one write per batch instead of per frame.
+        let mut ended = false;
+        while batch.len() < WRITE_BATCH {
+            match receiver.recv().now_or_never() {
+                Some(Some(Ok(more))) => batch.extend_from_slice(&more),
+                Some(Some(Err(_))) => {
+                    tokio::task::spawn_blocking(move || drop(pending));
+                    return;
+                }
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
         let written = blocking(move || {
-            pending.write(&bytes)?;
+            pending.write(&batch)?;
             Ok(pending)
         })
         .await;
@@ -199,6 +220,9 @@ async fn write_file(
             Ok(pending) => pending,
             Err(err) => return sender.abort(err),
         };
+        if ended {
+            break;
+        }
     }
     let committed = blocking(move || pending.commit(&precondition)).await;
     let outcome = committed.and_then(|(entry, created)| {
