@@ -202,6 +202,18 @@ impl Server {
         json_of(response).await
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Pings `user` through the pool: (slot, worker pid).
     pub async fn ping(&self, user: &str) -> Result<(u32, u32), (u16, serde_json::Value)> {
         let (status, body) = self.get_json(&format!("/debug/ping/{user}")).await;

@@ -959,15 +959,7 @@ async fn admin_changes_take_effect_and_are_audited(db: Database) {
     }
     let log = server.log();
     assert!(log.contains("security_event=true event=\"user_deleted\""));
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     for metric in [
         "warren_login_attempts_total{result=\"success\"}",
         "warren_sessions_active",

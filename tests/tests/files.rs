@@ -759,15 +759,7 @@ async fn the_quota_answers_507_and_keeps_the_old_file() {
     assert_eq!(row["quota_bytes"], 200_000);
     let (status, _) = heidi.get("/api/v1/admin/usage").await;
     assert_eq!(status, 403);
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     let value = |name: &str, labels: &str| metric_value(&metrics, name, labels).unwrap_or(0.0);
     assert_eq!(value("warren_quota_rejections_total", ""), 3.0, "{metrics}");
     assert_eq!(

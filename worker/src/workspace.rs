@@ -631,6 +631,19 @@ impl UserDirs {
         Ok(Reply::Entry(entry(to_name, &stat)))
     }
 
+    /// A new, empty temp file in `tmp/` (mode 0600), and its name.
+    fn create_temp(&self, what: &str) -> Result<(String, OwnedFd), OpError> {
+        let temp = temp_name(what);
+        let fd = rustix::fs::openat(
+            &self.tmp,
+            temp.as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )
+        .map_err(|err| errno(err, "cannot create a temp file"))?;
+        Ok((temp, fd))
+    }
+
     /// The user's settings (`{}` when never set).
     pub fn settings(&self) -> Result<Reply, OpError> {
         match rustix::fs::openat(
@@ -653,14 +666,7 @@ impl UserDirs {
 
     /// Replaces the user's settings atomically (temp file, fsync, rename).
     pub fn put_settings(&self, json: &[u8]) -> Result<Reply, OpError> {
-        let temp = temp_name("settings");
-        let fd = rustix::fs::openat(
-            &self.tmp,
-            temp.as_str(),
-            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::RUSR | Mode::WUSR,
-        )
-        .map_err(|err| errno(err, "cannot create a temp file"))?;
+        let (temp, fd) = self.create_temp("settings")?;
         let mut file = std::fs::File::from(fd);
         let written = file
             .write_all(json)
@@ -710,14 +716,7 @@ impl UserDirs {
             .filter(|c| FileType::from_raw_mode(c.st_mode) == FileType::RegularFile)
             .map_or(0, |c| c.st_size as u64);
         workspaces.reserve(self.user, 0, replaced, quota)?;
-        let temp = temp_name("upload");
-        let fd = rustix::fs::openat(
-            &self.tmp,
-            temp.as_str(),
-            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::RUSR | Mode::WUSR,
-        )
-        .map_err(|err| errno(err, "cannot create a temp file"))?;
+        let (temp, fd) = self.create_temp("upload")?;
         Ok(PendingWrite {
             dirs: self,
             workspaces,
