@@ -12,11 +12,11 @@ pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
-pub const STREAM_WINDOW: u32 = 256 * 1024;
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
 
 /// The largest payload of one [`Body::Data`] frame; well under the frame bound
 /// so that a data frame plus its envelope always fits.
-pub const MAX_DATA_CHUNK: usize = 64 * 1024;
+pub const MAX_DATA_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Frame {
