@@ -369,6 +369,17 @@ pub fn render(rows: &[Vec<String>]) -> String {
     text
 }
 
+/// The target cell of a table row: the first target whose name starts with
+/// `prefix`, with its verdict; `-` when there is none.
+pub fn target_cell(targets: &[Target], prefix: &str) -> String {
+    targets
+        .iter()
+        .find(|target| target.name.starts_with(prefix))
+        .map_or("-".into(), |target| {
+            format!("{} {}", target.target, verdict(target.met))
+        })
+}
+
 pub fn verdict(met: bool) -> &'static str {
     if met {
         "(met)"

@@ -135,9 +135,6 @@ pub enum Op {
 /// resolves them beneath the workspace whatever they contain.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum FileOp {
-    Stat {
-        path: String,
-    },
     /// Entries sorted by name, those after `after`, at most `limit`.
     List {
         path: String,

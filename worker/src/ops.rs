@@ -41,7 +41,6 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
     let dirs = workspaces.open(user.id)?;
     let quota = user.quota_bytes;
     match op {
-        FileOp::Stat { path } => dirs.stat(&path),
         FileOp::List { path, after, limit } => {
             dirs.list(&path, after.as_deref(), limit.clamp(1, 10_000))
         }

@@ -401,16 +401,6 @@ impl UserDirs {
         }
     }
 
-    pub fn stat(&self, path_text: &str) -> Result<Reply, OpError> {
-        let parts = parts(path_text)?;
-        let fd = self.resolve(&parts, OFlags::PATH | OFlags::NOFOLLOW)?;
-        let stat = rustix::fs::fstat(&fd).map_err(|err| errno(err, path_text))?;
-        Ok(Reply::Entry(entry(
-            parts.last().copied().unwrap_or(""),
-            &stat,
-        )))
-    }
-
     pub fn list(&self, path_text: &str, after: Option<&str>, limit: u32) -> Result<Reply, OpError> {
         let parts = parts(path_text)?;
         let fd = self.resolve(&parts, OFlags::DIRECTORY | OFlags::RDONLY)?;
@@ -1207,7 +1197,7 @@ mod tests {
             .join(UserId([7; 16]).to_string())
             .join("tmp");
         assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);
-        assert!(matches!(dirs.stat("b.txt"), Err(OpError::NotFound(_))));
+        assert!(matches!(dirs.open_read("b.txt"), Err(OpError::NotFound(_))));
     }
 
     #[test]
@@ -1232,7 +1222,7 @@ mod tests {
             matches!(err, OpError::QuotaExceeded { used, limit } if used == 900 * 1024 && limit == QUOTA),
             "{err:?}"
         );
-        assert!(matches!(dirs.stat("b.bin"), Err(OpError::NotFound(_))));
+        assert!(matches!(dirs.open_read("b.bin"), Err(OpError::NotFound(_))));
         assert!(matches!(
             dirs.copy(&workspaces, QUOTA, "a.bin", "c.bin"),
             Err(OpError::QuotaExceeded { .. })
@@ -1353,7 +1343,7 @@ mod tests {
             Err(OpError::Conflict(_))
         ));
         dirs.delete(&workspaces, "d", true).expect("rm -r");
-        assert!(matches!(dirs.stat("d"), Err(OpError::NotFound(_))));
+        assert!(matches!(dirs.open_read("d"), Err(OpError::NotFound(_))));
         assert!(matches!(
             dirs.delete(&workspaces, "", true),
             Err(OpError::BadPath(_))

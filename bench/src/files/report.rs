@@ -3,7 +3,7 @@
 
 use super::memory::{Peak, Rss};
 use crate::http::report::Series;
-use crate::report::{per_second_of, ratio, render, thousands, verdict, Machine, Target};
+use crate::report::{per_second_of, ratio, render, target_cell, thousands, Machine, Target};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
@@ -241,15 +241,6 @@ impl FilesReport {
         }
     }
 
-    fn target_cell(&self, prefix: &str) -> String {
-        self.targets
-            .iter()
-            .find(|target| target.name.starts_with(prefix))
-            .map_or("-".into(), |target| {
-                format!("{} {}", target.target, verdict(target.met))
-            })
-    }
-
     pub fn table(&self) -> String {
         let s = &self.settings;
         let dash = || "-".to_string();
@@ -266,7 +257,7 @@ impl FilesReport {
             per_second_of(warren.per_second, "req/s"),
             per_second_of(bare.per_second, "req/s"),
             times(warren.per_second / bare.per_second, TARGET_SMALL_FILE_RATIO),
-            self.target_cell("(a)"),
+            target_cell(&self.targets, "(a)"),
         ]);
         rows.push(vec![
             "    latency p50 / p99".into(),
@@ -282,14 +273,14 @@ impl FilesReport {
             mb_per_s(m.upload),
             mb_per_s(m.copy),
             times(m.upload / m.copy, TARGET_TRANSFER_RATIO),
-            self.target_cell(&format!("(b) {size} MiB upload")),
+            target_cell(&self.targets, &format!("(b) {size} MiB upload")),
         ]);
         rows.push(vec![
             format!("    download {size} MiB (GET, checked)"),
             mb_per_s(m.download),
             mb_per_s(m.copy),
             times(m.download / m.copy, TARGET_TRANSFER_RATIO),
-            self.target_cell(&format!("(b) {size} MiB download")),
+            target_cell(&self.targets, &format!("(b) {size} MiB download")),
         ]);
         rows.push(vec![
             "    std::fs::copy + fsync (information)".into(),
@@ -346,7 +337,7 @@ impl FilesReport {
             plus_mib(memory.increase_kib),
             dash(),
             dash(),
-            self.target_cell("(c)"),
+            target_cell(&self.targets, "(c)"),
         ]);
 
         let mut text = format!(

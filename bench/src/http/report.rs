@@ -3,7 +3,7 @@
 
 use super::api::Samples;
 use super::load::{Errors, Outcome, Percentiles};
-use crate::report::{nanos, per_second_of, ratio, render, thousands, verdict, Machine, Target};
+use crate::report::{nanos, per_second_of, ratio, render, target_cell, thousands, Machine, Target};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
@@ -244,15 +244,6 @@ impl HttpReport {
         }
     }
 
-    fn target_cell(&self, prefix: &str) -> String {
-        self.targets
-            .iter()
-            .find(|target| target.name.starts_with(prefix))
-            .map_or("-".into(), |target| {
-                format!("{} {}", target.target, verdict(target.met))
-            })
-    }
-
     pub fn table(&self) -> String {
         let s = &self.settings;
         let dash = || "-".to_string();
@@ -270,7 +261,7 @@ impl HttpReport {
             warren.map_or_else(dash, |w| per_second_of(w.per_second, "req/s")),
             per_second_of(bare.per_second, "req/s"),
             warren.map_or_else(dash, |w| format!("{:.2}x", w.per_second / bare.per_second)),
-            self.target_cell("(a)"),
+            target_cell(&self.targets, "(a)"),
         ]);
         rows.push(vec![
             "    latency p50 / p99".into(),
@@ -290,7 +281,7 @@ impl HttpReport {
                 per_request(db.per_request_excluding_background),
                 dash(),
                 dash(),
-                self.target_cell("(b)"),
+                target_cell(&self.targets, "(b)"),
             ]);
             rows.push(vec![
                 "    all label sets".into(),
@@ -319,7 +310,7 @@ impl HttpReport {
                     storm.during_storm.latency.p99_ns as f64,
                     storm.quiet.latency.p99_ns as f64,
                 ),
-                self.target_cell("(c)"),
+                target_cell(&self.targets, "(c)"),
             ]);
         }
         if let Some(login) = &self.login {

@@ -52,6 +52,11 @@ pub enum ApiError {
     Pool(#[from] PoolError),
 }
 
+/// The code of an error response, left in its extensions for middleware
+/// (such as the file metrics) that labels what failed.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 /// The body of every error response.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -134,6 +139,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
         let retry_after = match &self {
             ApiError::TooManyRequests(wait) => Some(retry_after_secs(*wait)),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),

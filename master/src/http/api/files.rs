@@ -6,7 +6,7 @@
 //! the handlers' `#[utoipa::path]` annotations are listed in the document
 //! by `api::ApiDoc`, and `api::tests` checks that both agree.
 
-use crate::http::error::ErrorBody;
+use crate::http::error::{ErrorBody, ErrorCode};
 use crate::http::extract::{ApiQuery, Authed};
 use crate::http::{ApiError, AppState};
 use crate::pool::PoolError;
@@ -77,17 +77,10 @@ pub async fn observe(
     let result = if status.is_success() || status == StatusCode::NOT_MODIFIED {
         "ok"
     } else {
-        match status {
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::BAD_REQUEST => "bad_request",
-            StatusCode::CONFLICT => "conflict",
-            StatusCode::PRECONDITION_FAILED => "precondition_failed",
-            StatusCode::RANGE_NOT_SATISFIABLE => "range_not_satisfiable",
-            StatusCode::INSUFFICIENT_STORAGE => "quota_exceeded",
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "denied",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            _ => "error",
-        }
+        response
+            .extensions()
+            .get::<ErrorCode>()
+            .map_or("error", |code| code.0)
     };
     files.operation(op, result);
     let outbound = files.bytes("out");
