@@ -19,6 +19,11 @@
 //!   always measures master and worker from the same build.
 #![forbid(unsafe_code)]
 
+/// The allocator the `warren` binary uses, so the servers measured here
+/// (re-executions of this binary) allocate as the shipped one does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bare;
 mod echo;
 mod files;
@@ -214,17 +219,7 @@ fn run_files(args: &FilesArgs) -> anyhow::Result<()> {
 /// info, a multi-thread runtime, `serve::run`.
 fn run_serve(args: warren_master::cli::ServeArgs) -> ExitCode {
     warren_master::init_tracing("info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    report_failure(runtime.block_on(warren_master::serve::run(args)))
+    warren_master::run_serve(args)
 }
 
 /// Exactly `warren worker`, logging only warnings and errors so the

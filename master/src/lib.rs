@@ -28,15 +28,20 @@ pub fn main() -> ExitCode {
     init_tracing("info");
     match cli.command {
         cli::Command::Worker(args) => run_worker(args),
-        cli::Command::Serve(args) => block_on(
-            tokio::runtime::Builder::new_multi_thread(),
-            serve::run(*args),
-        ),
+        cli::Command::Serve(args) => run_serve(*args),
         cli::Command::User(command) => block_on(
             tokio::runtime::Builder::new_current_thread(),
             user_cli::run(command),
         ),
     }
+}
+
+/// Runs `warren serve` until it stops (on a thread per core).
+pub fn run_serve(args: cli::ServeArgs) -> ExitCode {
+    block_on(
+        tokio::runtime::Builder::new_multi_thread(),
+        serve::run(args),
+    )
 }
 
 /// Runs `work` to completion on a runtime from `builder`; errors go to

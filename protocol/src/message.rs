@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
@@ -17,6 +17,10 @@ pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// The largest payload of one [`Body::Data`] frame; well under the frame bound
 /// so that a data frame plus its envelope always fits.
 pub const MAX_DATA_CHUNK: usize = 256 * 1024;
+
+/// A regular file of at most this many bytes comes back whole in the reply to
+/// [`FileOp::Read`]; a larger one is read through a [`StreamKind::ReadFile`].
+pub const INLINE_READ_LIMIT: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Frame {
@@ -135,6 +139,12 @@ pub enum Op {
 /// resolves them beneath the workspace whatever they contain.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum FileOp {
+    /// Describes the entry at `path` ([`Reply::File`]); a regular file of at
+    /// most [`INLINE_READ_LIMIT`] bytes comes with its content, read from the
+    /// very file described.
+    Read {
+        path: String,
+    },
     /// Entries sorted by name, those after `after`, at most `limit`.
     List {
         path: String,
@@ -228,11 +238,27 @@ pub struct Response {
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Reply {
-    Pong { slot: u32, pid: u32, user: UserId },
+    Pong {
+        slot: u32,
+        pid: u32,
+        user: UserId,
+    },
     Done,
     Entry(Entry),
-    Listing { entries: Vec<Entry>, more: bool },
-    Usage { bytes: u64, files: u64 },
+    /// The answer to [`FileOp::Read`]: `content` is the whole file when it is
+    /// a regular file of at most [`INLINE_READ_LIMIT`] bytes, else `None`.
+    File {
+        entry: Entry,
+        content: Option<Vec<u8>>,
+    },
+    Listing {
+        entries: Vec<Entry>,
+        more: bool,
+    },
+    Usage {
+        bytes: u64,
+        files: u64,
+    },
     Settings(Vec<u8>),
 }
 

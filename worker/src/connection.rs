@@ -187,6 +187,13 @@ impl Worker {
         match op {
             Op::Ping => self.respond(id, Ok(ops::ping(self.identity, &user))),
             Op::Files(op) => {
+                if let Some(result) = self
+                    .workspaces
+                    .as_deref()
+                    .and_then(|workspaces| ops::read_now(workspaces, &user, &op))
+                {
+                    return self.respond(id, result);
+                }
                 let workspaces = self.workspaces.clone();
                 self.spawn_tracked(id, async move {
                     let workspaces = workspaces.ok_or_else(ops::no_workspaces)?;

@@ -6,7 +6,8 @@ use futures_util::FutureExt;
 use std::sync::Arc;
 use warren_protocol::stream::Stream;
 use warren_protocol::{
-    FileOp, OpError, Precondition, ReadRange, Reply, StreamKind, UserCtx, UserId, MAX_DATA_CHUNK,
+    FileOp, OpError, Precondition, ReadRange, Reply, StreamKind, UserCtx, UserId,
+    INLINE_READ_LIMIT, MAX_DATA_CHUNK,
 };
 
 /// Identity of the worker serving a request.
@@ -41,6 +42,7 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
     let dirs = workspaces.open(user.id)?;
     let quota = user.quota_bytes;
     match op {
+        FileOp::Read { path } => dirs.read_small(&path, INLINE_READ_LIMIT),
         FileOp::List { path, after, limit } => {
             dirs.list(&path, after.as_deref(), limit.clamp(1, 10_000))
         }
@@ -53,6 +55,23 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
         FileOp::PutSettings { json } => dirs.put_settings(&json),
         FileOp::Usage => Err(OpError::Internal("handled above".into())),
     }
+}
+
+/// A small read answered at once, on the connection's own thread, when the
+/// user's directories are already open: opening a file and reading at most
+/// [`INLINE_READ_LIMIT`] bytes of it is a few system calls, cheaper than the
+/// two thread hand-offs of the blocking pool (which is how nginx serves files
+/// too, unless told to use threads). `None`: run [`files`] on the pool.
+pub fn read_now(
+    workspaces: &Workspaces,
+    user: &UserCtx,
+    op: &FileOp,
+) -> Option<Result<Reply, OpError>> {
+    let FileOp::Read { path } = op else {
+        return None;
+    };
+    let dirs = workspaces.opened(user.id)?;
+    Some(dirs.read_small(path, INLINE_READ_LIMIT))
 }
 
 /// Serves one stream the master opened, until both sides have closed.

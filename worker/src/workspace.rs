@@ -180,6 +180,12 @@ impl Workspaces {
         Ok(self.lock_dirs().entry(user).or_insert(dirs).clone())
     }
 
+    /// The user's directories if this process has them open already: using
+    /// them costs no directory creation and no sweep of `tmp/`.
+    pub fn opened(&self, user: UserId) -> Option<Arc<UserDirs>> {
+        self.lock_dirs().get(&user).cloned()
+    }
+
     fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<UserDirs>>> {
         self.dirs.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -437,6 +443,37 @@ impl UserDirs {
         let file = (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
             .then(|| std::fs::File::from(fd));
         Ok((file, found))
+    }
+
+    /// Describes the entry at `path`; a regular file of at most `limit`
+    /// bytes comes with its content, read from the file described. A file
+    /// whose length changes while it is read comes without content (its
+    /// reader then streams it). Files written through the API are replaced
+    /// whole (a new inode), never changed in place, so what was opened is
+    /// one version.
+    pub fn read_small(&self, path_text: &str, limit: u64) -> Result<Reply, OpError> {
+        let (file, entry) = self.open_read(path_text)?;
+        let Some(mut file) = file.filter(|_| entry.size <= limit) else {
+            return Ok(Reply::File {
+                entry,
+                content: None,
+            });
+        };
+        // One byte more than described tells a file that grew meanwhile.
+        let mut content = vec![0u8; entry.size as usize + 1];
+        let mut filled = 0;
+        while filled < content.len() {
+            match read_chunk(&mut file, &mut content[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        content.truncate(filled);
+        let whole = filled as u64 == entry.size;
+        Ok(Reply::File {
+            entry,
+            content: whole.then_some(content),
+        })
     }
 
     pub fn mkdir(&self, path_text: &str, parents: bool) -> Result<Reply, OpError> {
@@ -1102,6 +1139,33 @@ mod tests {
         )?;
         pending.write(bytes)?;
         pending.commit(&Precondition::None)
+    }
+
+    #[test]
+    fn small_files_come_whole_with_their_description() {
+        let (_root, workspaces, dirs) = setup();
+        let limit = 4096;
+        let at_limit = vec![b'a'; limit as usize];
+        let over_limit = vec![b'b'; limit as usize + 1];
+        write(&workspaces, &dirs, "small", &at_limit).expect("write");
+        write(&workspaces, &dirs, "large", &over_limit).expect("write");
+        write(&workspaces, &dirs, "empty", b"").expect("write");
+        dirs.mkdir("dir", false).expect("mkdir");
+        let read = |path| match dirs.read_small(path, limit) {
+            Ok(Reply::File { entry, content }) => (entry, content),
+            other => panic!("read_small({path}): {other:?}"),
+        };
+        let (entry, content) = read("small");
+        assert_eq!((entry.size, content), (limit, Some(at_limit)));
+        let (entry, content) = read("large");
+        assert_eq!((entry.size, content), (limit + 1, None));
+        assert_eq!(read("empty").1, Some(Vec::new()));
+        let (entry, content) = read("dir");
+        assert_eq!((entry.kind, content), (EntryKind::Dir, None));
+        assert!(matches!(
+            dirs.read_small("missing", limit),
+            Err(OpError::NotFound(_))
+        ));
     }
 
     #[test]

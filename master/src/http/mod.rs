@@ -70,7 +70,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .merge(api)
-        .merge(api::files::routes(state.clone()));
+        .merge(api::files::routes());
     #[cfg(debug_assertions)]
     let router = router.nest("/debug", debug::routes());
     router
@@ -101,8 +101,16 @@ async fn around(State(state): State<AppState>, request: Request, next: Next) -> 
         .map(|info| info.0.ip());
     let tls = state.web.client_of(request.headers(), peer).1;
     let api = request.uri().path().starts_with("/api/");
+    let file_op = api::files::operation_of(route, &request);
+    let request = match file_op {
+        Some(_) => api::files::count_inbound(&state, request),
+        None => request,
+    };
     let mut response = next.run(request).await;
     http.observe(route, response.status().as_u16(), started.elapsed());
+    if let Some(op) = file_op {
+        response = api::files::count_outbound(&state, op, response);
+    }
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,

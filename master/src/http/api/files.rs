@@ -10,7 +10,7 @@ use crate::http::error::{ErrorBody, ErrorCode};
 use crate::http::extract::{ApiQuery, Authed};
 use crate::http::{ApiError, AppState};
 use crate::pool::PoolError;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use warren_protocol::{
     Entry, EntryKind, FileOp, Op, OpError, Precondition, Reply, StreamKind, UserCtx,
 };
 
-pub fn routes(state: AppState) -> Router<AppState> {
+pub fn routes() -> Router<AppState> {
     let uploads = Router::new()
         .route("/api/v1/upload", axum::routing::post(upload))
         .route("/api/v1/upload/{*dir}", axum::routing::post(upload))
@@ -41,38 +41,40 @@ pub fn routes(state: AppState) -> Router<AppState> {
                 .post(post_file),
         )
         .merge(uploads)
-        .route_layer(axum::middleware::from_fn_with_state(state, observe))
 }
 
-/// Counts every file operation by kind and result, and the body bytes that
-/// go in and out.
-pub async fn observe(
-    State(state): State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let files = state.metrics.files().clone();
+/// Which file operation `request` (routed to `route`) is, for the metrics;
+/// `None` outside the files API.
+pub fn operation_of(route: &str, request: &axum::extract::Request) -> Option<&'static str> {
+    if !route.starts_with("/api/v1/files") && !route.starts_with("/api/v1/upload") {
+        return None;
+    }
     let query = request.uri().query().unwrap_or("");
-    let op = match *request.method() {
+    Some(match *request.method() {
         Method::GET | Method::HEAD => "read",
         Method::PUT => "write",
         Method::DELETE => "delete",
-        _ if request.uri().path().starts_with("/api/v1/upload") => "upload",
+        _ if route.starts_with("/api/v1/upload") => "upload",
         _ if query.contains("op=mkdir") => "mkdir",
         _ if query.contains("op=move") => "move",
         _ if query.contains("op=copy") => "copy",
         _ => "other",
-    };
-    let inbound = files.bytes("in");
-    let request = request.map(|body| {
-        Body::from_stream(body.into_data_stream().map(move |chunk| {
-            if let Ok(bytes) = &chunk {
-                inbound.inc_by(bytes.len() as u64);
-            }
-            chunk
-        }))
-    });
-    let response = next.run(request).await;
+    })
+}
+
+/// Counts the request body's bytes as the handler reads them.
+pub fn count_inbound(state: &AppState, request: axum::extract::Request) -> axum::extract::Request {
+    if request.body().size_hint().exact() == Some(0) {
+        return request;
+    }
+    let inbound = state.metrics.files().bytes("in");
+    request.map(|body| count_chunks(body, inbound))
+}
+
+/// Counts the operation `op` by its result, and the response body's bytes
+/// (a body held whole is counted whole, a streamed one as it goes).
+pub fn count_outbound(state: &AppState, op: &'static str, response: Response) -> Response {
+    let files = state.metrics.files();
     let status = response.status();
     let result = if status.is_success() || status == StatusCode::NOT_MODIFIED {
         "ok"
@@ -84,14 +86,23 @@ pub async fn observe(
     };
     files.operation(op, result);
     let outbound = files.bytes("out");
-    response.map(|body| {
-        Body::from_stream(body.into_data_stream().map(move |chunk| {
-            if let Ok(bytes) = &chunk {
-                outbound.inc_by(bytes.len() as u64);
-            }
-            chunk
-        }))
-    })
+    match response.body().size_hint().exact() {
+        Some(len) => {
+            outbound.inc_by(len);
+            response
+        }
+        None => response.map(|body| count_chunks(body, outbound)),
+    }
+}
+
+/// `body`, adding the length of each chunk to `counter` as it passes.
+fn count_chunks(body: Body, counter: prometheus_client::metrics::counter::Counter) -> Body {
+    Body::from_stream(body.into_data_stream().map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            counter.inc_by(bytes.len() as u64);
+        }
+        chunk
+    }))
 }
 
 /// A file or directory as the API shows it.
@@ -231,10 +242,54 @@ pub(super) async fn get_file(
 ) -> Result<Response, ApiError> {
     let path = checked(&path?.0)?;
     let user = &principal.ctx;
+    // A small file comes whole with its description, in one round trip.
+    let (entry, content) = match call(&state, user, FileOp::Read { path: path.clone() }).await? {
+        Reply::File { entry, content } => (entry, content),
+        other => return Err(unexpected(other)),
+    };
+    if entry.kind == EntryKind::Dir {
+        return list(&state, user, &path, query).await;
+    }
+    let Some(content) = content else {
+        return get_streamed(&state, user, &path, method, &headers, query).await;
+    };
+    let plan = match plan_read(&path, &entry, &headers)? {
+        Read::Answer(response) => return Ok(response),
+        Read::Bytes(plan) => plan,
+    };
+    if method == Method::HEAD {
+        return Ok((plan.status, plan.headers).into_response());
+    }
+    // The plan's range lies within the size described, which is the
+    // content's length.
+    let part = usize::try_from(plan.offset)
+        .ok()
+        .zip(usize::try_from(plan.offset + plan.len).ok())
+        .and_then(|(start, end)| content.get(start..end))
+        .ok_or_else(|| ApiError::Internal("range outside the file read".into()))?;
+    let body = if part.len() == content.len() {
+        Body::from(content)
+    } else {
+        Body::from(part.to_vec())
+    };
+    Ok((plan.status, plan.headers, body).into_response())
+}
+
+/// A GET of a file too large to come in one reply: its bytes are streamed.
+async fn get_streamed(
+    state: &AppState,
+    user: &UserCtx,
+    path: &str,
+    method: Method,
+    headers: &HeaderMap,
+    query: ListQuery,
+) -> Result<Response, ApiError> {
     // The worker opens the entry and describes it; the bytes sent later come
     // from that same open file, so a replacement meanwhile cannot mix
     // versions or contradict the headers.
-    let kind = StreamKind::ReadFile { path: path.clone() };
+    let kind = StreamKind::ReadFile {
+        path: path.to_string(),
+    };
     let stream = state.pool.open_stream(user, kind).await?;
     let (mut sender, mut receiver) = stream.split();
     let entry: Entry = match receiver.recv().await {
@@ -248,11 +303,12 @@ pub(super) async fn get_file(
         }
     };
     if entry.kind == EntryKind::Dir {
+        // Replaced by a directory since the first look.
         let _ = sender.finish();
         drop((sender, receiver));
-        return list(&state, user, &path, query).await;
+        return list(state, user, path, query).await;
     }
-    let plan = match plan_read(&path, &entry, &headers)? {
+    let plan = match plan_read(path, &entry, headers)? {
         Read::Answer(response) => return Ok(response),
         Read::Bytes(plan) => plan,
     };
@@ -305,7 +361,8 @@ fn plan_read(path: &str, entry: &Entry, headers: &HeaderMap) -> Result<Read, Api
         }
         EntryKind::File => {}
     }
-    let mut response_headers = HeaderMap::new();
+    // Room for these and the ones `around` adds: no rehash on the way out.
+    let mut response_headers = HeaderMap::with_capacity(16);
     if let Ok(etag) = HeaderValue::from_str(&entry.etag) {
         response_headers.insert(header::ETAG, etag);
     }
