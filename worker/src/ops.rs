@@ -198,50 +198,50 @@ async fn write_file(
         })
         .await
     };
-    let mut pending = match begin {
+    let pending = match begin {
         Ok(pending) => pending,
         Err(err) => return sender.abort(err),
     };
-    while let Some(chunk) = receiver.recv().await {
-        let mut batch = match chunk {
-            Ok(bytes) => bytes,
-            // The upload was abandoned: dropping `pending` removes the temp
-            // file (a possibly large unlink: off this thread).
-            Err(_) => {
-                tokio::task::spawn_blocking(move || drop(pending));
+    // Double-buffered: while one batch is written on the blocking pool, the
+    // next is taken from the stream (its credit going back to the master),
+    // so the network and the disk work at the same time.
+    let mut writer = Writer::Idle(pending);
+    let mut flushing = Flushing::default();
+    loop {
+        let (batch, ended) = match next_batch(&mut receiver, &writer).await {
+            Ok(next) => next,
+            // The upload was abandoned: dropping the pending write removes
+            // the temp file (a possibly large unlink: off this thread).
+            Err(()) => {
+                tokio::spawn(async move {
+                    if let Ok(pending) = writer.idle().await {
+                        tokio::task::spawn_blocking(move || drop(pending));
+                    }
+                });
                 return;
             }
         };
-        // Take what has already arrived too (up to 1 MiB): one trip to the
-        // blocking pool and one write per batch instead of per frame.
-        let mut ended = false;
-        while batch.len() < WRITE_BATCH {
-            match receiver.recv().now_or_never() {
-                Some(Some(Ok(more))) => batch.extend_from_slice(&more),
-                Some(Some(Err(_))) => {
-                    tokio::task::spawn_blocking(move || drop(pending));
-                    return;
-                }
-                Some(None) => {
-                    ended = true;
-                    break;
-                }
-                None => break,
-            }
-        }
-        let written = blocking(move || {
-            pending.write(&batch)?;
-            Ok(pending)
-        })
-        .await;
-        pending = match written {
+        let mut pending = match writer.idle().await {
             Ok(pending) => pending,
             Err(err) => return sender.abort(err),
+        };
+        flushing.kick(&pending);
+        writer = if batch.is_empty() {
+            Writer::Idle(pending)
+        } else {
+            Writer::Busy(tokio::task::spawn_blocking(move || {
+                pending.write_chunks(&batch)?;
+                Ok(pending)
+            }))
         };
         if ended {
             break;
         }
     }
+    let pending = match writer.idle().await {
+        Ok(pending) => pending,
+        Err(err) => return sender.abort(err),
+    };
     let committed = blocking(move || pending.commit(&precondition)).await;
     let outcome = committed.and_then(|(entry, created)| {
         warren_protocol::codec::encode_message(&warren_protocol::WriteOutcome { entry, created })
@@ -255,6 +255,90 @@ async fn write_file(
         }
         Err(err) => sender.abort(err),
     }
+}
+
+/// The pending write of an upload: ready, or busy writing a batch on the
+/// blocking pool.
+enum Writer {
+    Idle(workspace::PendingWrite),
+    Busy(tokio::task::JoinHandle<Result<workspace::PendingWrite, OpError>>),
+}
+
+impl Writer {
+    fn is_busy(&self) -> bool {
+        matches!(self, Writer::Busy(task) if !task.is_finished())
+    }
+
+    /// The pending write, once any batch in progress is written.
+    async fn idle(self) -> Result<workspace::PendingWrite, OpError> {
+        match self {
+            Writer::Idle(pending) => Ok(pending),
+            Writer::Busy(task) => task
+                .await
+                .map_err(|err| OpError::Internal(format!("file operation failed: {err}")))?,
+        }
+    }
+}
+
+/// Bytes of an upload written between two background flushes.
+const FLUSH_STEP: u64 = 8 * 1024 * 1024;
+
+/// Flushes an upload's temp file to disk in the background as it grows
+/// (`fdatasync` on another handle, one at a time), so the disk writes while
+/// the network still delivers and the fsync before the rename waits only
+/// for the last few MiB instead of the whole file.
+#[derive(Default)]
+struct Flushing {
+    flushed: u64,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Flushing {
+    fn kick(&mut self, pending: &workspace::PendingWrite) {
+        if pending.written < self.flushed + FLUSH_STEP
+            || self.task.as_ref().is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
+        if let Some(file) = pending.flusher() {
+            self.flushed = pending.written;
+            // A failure shows again, and is reported, at the final fsync.
+            self.task = Some(tokio::task::spawn_blocking(move || {
+                let _ = file.sync_data();
+            }));
+        }
+    }
+}
+
+/// The next chunks of an upload, up to [`WRITE_BATCH`] bytes: at least one
+/// chunk, and more while the previous batch is still being written or
+/// more has already arrived. `true` once the master closed its side;
+/// `Err` when it abandoned the upload.
+async fn next_batch(
+    receiver: &mut warren_protocol::stream::StreamReceiver,
+    writer: &Writer,
+) -> Result<(Vec<Vec<u8>>, bool), ()> {
+    let mut batch = Vec::new();
+    let mut size = 0;
+    while size < WRITE_BATCH {
+        let next = if batch.is_empty() || writer.is_busy() {
+            receiver.recv().await
+        } else {
+            match receiver.recv().now_or_never() {
+                Some(next) => next,
+                None => break,
+            }
+        };
+        match next {
+            Some(Ok(bytes)) => {
+                size += bytes.len();
+                batch.push(bytes);
+            }
+            Some(Err(_)) => return Err(()),
+            None => return Ok((batch, true)),
+        }
+    }
+    Ok((batch, false))
 }
 
 async fn echo(stream: Stream) {

@@ -20,7 +20,7 @@ use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use warren_protocol::path;
@@ -811,7 +811,19 @@ impl PendingWrite {
     /// Appends `bytes`; fails (leaving the old file as it was) once they
     /// would not fit the quota beside everything else in progress.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), OpError> {
-        let len = bytes.len() as u64;
+        self.write_chunks(&[bytes])
+    }
+
+    /// Another handle on the temp file, to start flushing what has been
+    /// written while writing goes on.
+    pub fn flusher(&self) -> Option<std::fs::File> {
+        self.file.as_ref().and_then(|file| file.try_clone().ok())
+    }
+
+    /// Appends `chunks` in order, with as few `writev` calls as the kernel
+    /// allows (no copying them together first).
+    pub fn write_chunks<B: AsRef<[u8]>>(&mut self, chunks: &[B]) -> Result<(), OpError> {
+        let len: u64 = chunks.iter().map(|c| c.as_ref().len() as u64).sum();
         self.workspaces
             .reserve(self.dirs.user, len, self.replaced, self.quota)?;
         self.reserved += len;
@@ -819,8 +831,26 @@ impl PendingWrite {
             .file
             .as_mut()
             .ok_or_else(|| OpError::Internal("write after commit".into()))?;
-        file.write_all(bytes)
-            .map_err(|err| io_error(err, "cannot write the temp file"))?;
+        let mut slices: Vec<IoSlice<'_>> = chunks
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|chunk| !chunk.is_empty())
+            .map(IoSlice::new)
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match file.write_vectored(rest) {
+                Ok(0) => {
+                    return Err(io_error(
+                        std::io::ErrorKind::WriteZero.into(),
+                        "cannot write the temp file",
+                    ))
+                }
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(io_error(err, "cannot write the temp file")),
+            }
+        }
         self.written += len;
         Ok(())
     }
@@ -1139,6 +1169,32 @@ mod tests {
         )?;
         pending.write(bytes)?;
         pending.commit(&Precondition::None)
+    }
+
+    #[test]
+    fn chunks_are_written_in_order() {
+        let (_root, workspaces, dirs) = setup();
+        let mut pending = dirs
+            .clone()
+            .begin_write(
+                workspaces.clone(),
+                "joined",
+                false,
+                QUOTA,
+                &Precondition::None,
+            )
+            .expect("begin");
+        let chunks: [&[u8]; 4] = [b"ab", b"", b"cde", b"f"];
+        pending.write_chunks(&chunks).expect("write");
+        pending.write_chunks(&[b"gh"]).expect("write");
+        let (entry, _) = pending.commit(&Precondition::None).expect("commit");
+        assert_eq!(entry.size, 8);
+        match dirs.read_small("joined", 64) {
+            Ok(Reply::File { content, .. }) => {
+                assert_eq!(content.as_deref(), Some(&b"abcdefgh"[..]))
+            }
+            other => panic!("read: {other:?}"),
+        }
     }
 
     #[test]
