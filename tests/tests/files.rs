@@ -567,6 +567,13 @@ async fn ranges_etags_and_preconditions_follow_rfc_9110() {
         .expect("head");
     assert_eq!(head.status(), 200);
     assert_eq!(head.headers()["content-length"], "10");
+    assert!(
+        head.headers()["content-security-policy"]
+            .to_str()
+            .expect("csp")
+            .starts_with("sandbox"),
+        "a file's bytes never run as warren's origin"
+    );
 
     // Conditional writes.
     let put_with = |name: &'static str, value: String, body: &'static str| {
@@ -601,6 +608,23 @@ async fn ranges_etags_and_preconditions_follow_rfc_9110() {
         .await
         .expect("put");
     assert_eq!(response.status(), 412, "the old etag is stale now");
+    let response = frank
+        .request(Method::PUT, "/api/v1/files/notes/a.txt")
+        .header("if-match", new_etag.clone())
+        .header("if-none-match", "*")
+        .body("never")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(
+        response.status(),
+        412,
+        "If-Match holds, then If-None-Match: * fails (RFC 9110 13.2.2)"
+    );
+    let response = put_with("if-none-match", new_etag.clone(), "x")
+        .await
+        .expect("put");
+    assert_eq!(response.status(), 400, "only If-None-Match: * on PUT");
     assert_eq!(get_bytes(frank, "notes/a.txt").await.1, b"new");
     let response = frank
         .request(Method::PUT, "/api/v1/files/notes/b.txt")

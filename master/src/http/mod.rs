@@ -112,10 +112,10 @@ async fn around(State(state): State<AppState>, request: Request, next: Next) -> 
         response = api::files::count_outbound(&state, op, response);
     }
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    // Unless the handler chose a stricter one (files' bytes).
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

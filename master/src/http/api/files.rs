@@ -334,6 +334,9 @@ async fn get_streamed(
     Ok((plan.status, plan.headers, Body::from_stream(body)).into_response())
 }
 
+/// The policy of a file's bytes (the rest of the API gets `http::CSP`).
+const FILE_CSP: &str = "sandbox; frame-ancestors 'none'";
+
 /// What a GET of a file will send.
 enum Read {
     /// An answer without the file's bytes (304, 412, 416, a listing...).
@@ -371,6 +374,13 @@ fn plan_read(path: &str, entry: &Entry, headers: &HeaderMap) -> Result<Read, Api
         response_headers.insert(header::LAST_MODIFIED, date);
     }
     response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // A user's HTML file opened in the browser must not run as warren's
+    // origin (with the user's session): sandboxed, it gets a unique origin
+    // and no scripts.
+    response_headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(FILE_CSP),
+    );
     let mime = mime_guess::from_path(path).first_or_octet_stream();
     if let Ok(mime) = HeaderValue::from_str(mime.as_ref()) {
         response_headers.insert(header::CONTENT_TYPE, mime);
@@ -541,17 +551,21 @@ pub(super) async fn put_file(
             "PUT with Content-Range (a partial update) is not supported".into(),
         ));
     }
-    let precondition = match (
-        header_tags(&headers, header::IF_MATCH),
-        header_tags(&headers, header::IF_NONE_MATCH),
-    ) {
-        (Some(tags), _) => Precondition::Match(tags),
-        (None, Some(tags)) if tags.iter().any(|t| t == "*") => Precondition::Absent,
-        (None, Some(_)) => {
-            return Err(ApiError::BadRequest(
-                "PUT supports If-None-Match: * only".into(),
-            ))
-        }
+    let if_none_match = header_tags(&headers, header::IF_NONE_MATCH);
+    if if_none_match
+        .as_ref()
+        .is_some_and(|tags| !tags.iter().any(|t| t == "*"))
+    {
+        return Err(ApiError::BadRequest(
+            "PUT supports If-None-Match: * only".into(),
+        ));
+    }
+    let precondition = match (header_tags(&headers, header::IF_MATCH), if_none_match) {
+        // RFC 9110 §13.2.2: If-Match first; it holds only for a file that
+        // exists, which If-None-Match: * then refuses. Never both.
+        (Some(_), Some(_)) => return Err(precondition_failed(&path)),
+        (Some(tags), None) => Precondition::Match(tags),
+        (None, Some(_)) => Precondition::Absent,
         (None, None) => Precondition::None,
     };
     let outcome = write_stream(
