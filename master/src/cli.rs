@@ -160,6 +160,10 @@ pub struct ServeArgs {
     /// unit: 500MiB, 1GiB, 2TB).
     #[arg(long, env = "WARREN_DEFAULT_QUOTA", default_value = "1GiB", value_parser = parse_size)]
     pub default_quota: u64,
+    /// An upload whose client sends nothing for this long is abandoned
+    /// (408); its temp file goes and its quota reservation is released.
+    #[arg(long, env = "WARREN_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub upload_idle_timeout: Duration,
     /// Login attempts per minute from one client address.
     #[arg(long, env = "WARREN_LOGIN_RATE_PER_ADDRESS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_rate_per_address: u32,

@@ -88,6 +88,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             allow_signup: args.allow_signup,
         },
         templates_dir: data_dir.join("shared").join("templates"),
+        upload_idle_timeout: args.upload_idle_timeout,
     }));
     // TCP_NODELAY: a streamed body goes out after its headers in a second
     // write, which Nagle would hold back until the client's delayed ACK

@@ -12,7 +12,11 @@ use warren_tests::accounts::Caller;
 use warren_tests::{eventually, metric_value, Server, ServerOptions};
 
 async fn server_with(users: &[&str]) -> (Server, Vec<Caller>) {
-    let server = Server::ready(&ServerOptions::workers(2)).await;
+    server_from(ServerOptions::workers(2), users).await
+}
+
+async fn server_from(options: ServerOptions, users: &[&str]) -> (Server, Vec<Caller>) {
+    let server = Server::ready(&options).await;
     let admin = Caller::admin(&server).await;
     let mut callers = Vec::new();
     for user in users {
@@ -456,6 +460,46 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
     .await;
     assert!(cleaned, "the temp file outlived the upload");
     assert_eq!(get_bytes(erin, "half.bin").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_times_out_and_leaves_nothing() {
+    let options = ServerOptions::workers(1)
+        .arg("--upload-idle-timeout")
+        .arg("1s");
+    let (server, callers) = server_from(options, &["gina"]).await;
+    let gina = &callers[0];
+    let tmp = server
+        .data_dir
+        .join("users")
+        .join(gina.user_id())
+        .join("tmp");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let request = gina
+        .request(Method::PUT, "/api/v1/files/stalled.bin")
+        .body(reqwest::Body::wrap_stream(tokio_stream_of(rx)));
+    let started = std::time::Instant::now();
+    let upload = tokio::spawn(async move { request.send().await });
+    tx.send(Ok(vec![1u8; 64 * 1024])).await.expect("feed");
+    // Then nothing more, with the connection left open (`tx` lives on).
+    let response = upload
+        .await
+        .expect("join")
+        .expect("an answer, not a hang-up");
+    assert_eq!(response.status(), 408);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "request_timeout");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let cleaned = eventually(Duration::from_secs(5), || async {
+        std::fs::read_dir(&tmp).is_ok_and(|d| d.count() == 0)
+    })
+    .await;
+    assert!(cleaned, "the temp file outlived the upload");
+    assert_eq!(get_bytes(gina, "stalled.bin").await.0, 404);
+    let (status, usage) = gina.get("/api/v1/me/usage").await;
+    assert_eq!(status, 200);
+    assert_eq!(usage["bytes_used"], 0, "{usage}");
+    drop(tx);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,8 @@ pub enum ApiError {
     TooManyRequests(Duration),
     #[error("{0}")]
     Busy(String),
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Details are logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -96,6 +98,7 @@ impl ApiError {
             }
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Pool(PoolError::WorkerUnavailable { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable")

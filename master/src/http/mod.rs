@@ -39,6 +39,8 @@ pub struct Shared {
     pub web: WebConfig,
     /// `<data-dir>/shared/templates`: read-only templates users may copy.
     pub templates_dir: std::path::PathBuf,
+    /// How long an upload may send nothing before it is abandoned.
+    pub upload_idle_timeout: std::time::Duration,
 }
 
 impl AppState {

@@ -602,18 +602,28 @@ async fn write_stream<E>(
     };
     let stream = state.pool.open_stream(user, kind).await?;
     let (mut sender, mut receiver) = stream.split();
+    let idle = state.upload_idle_timeout;
     loop {
         tokio::select! {
-            chunk = chunks.next() => match chunk {
-                None => break,
-                Some(Ok(bytes)) => {
+            chunk = tokio::time::timeout(idle, chunks.next()) => match chunk {
+                Err(_) => {
+                    // A stalled client must not hold the temp file and its
+                    // quota reservation for as long as TCP lets it.
+                    sender.abort(OpError::Cancelled);
+                    return Err(ApiError::RequestTimeout(format!(
+                        "the upload sent nothing for {} s",
+                        idle.as_secs_f64()
+                    )));
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(bytes))) => {
                     // Fails once the worker refused (quota, precondition)
                     // or died: its reason comes on the receiving side.
                     if sender.send(&bytes).await.is_err() {
                         break;
                     }
                 }
-                Some(Err(_)) => {
+                Ok(Some(Err(_))) => {
                     // The client went away or sent a broken body: the
                     // worker drops the temp file.
                     sender.abort(OpError::Cancelled);
