@@ -242,8 +242,10 @@ async fn write_file(
         Ok(pending) => pending,
         Err(err) => return sender.abort(err),
     };
-    let committed = blocking(move || pending.commit(&precondition)).await;
-    let outcome = committed.and_then(|(entry, created)| {
+    let committed = blocking(move || pending.commit_keeping_replaced(&precondition)).await;
+    let mut replaced = None;
+    let outcome = committed.and_then(|(entry, created, old)| {
+        replaced = old;
         warren_protocol::codec::encode_message(&warren_protocol::WriteOutcome { entry, created })
             .map_err(|err| OpError::Internal(err.to_string()))
     });
@@ -254,6 +256,10 @@ async fn write_file(
             }
         }
         Err(err) => sender.abort(err),
+    }
+    // Now that the client has its answer, free the file it replaced.
+    if let Some(replaced) = replaced {
+        tokio::task::spawn_blocking(move || drop(replaced));
     }
 }
 

@@ -859,7 +859,19 @@ impl PendingWrite {
     /// quota against the current file, renames the temp file over it and
     /// updates the usage; then fsyncs the directory. Returns the new entry
     /// and whether the file is new.
-    pub fn commit(mut self, precondition: &Precondition) -> Result<(Entry, bool), OpError> {
+    pub fn commit(self, precondition: &Precondition) -> Result<(Entry, bool), OpError> {
+        self.commit_keeping_replaced(precondition)
+            .map(|(entry, created, _replaced)| (entry, created))
+    }
+
+    /// [`Self::commit`], handing back a handle on the file it replaced (if
+    /// any): that file's blocks and cached pages are released only when the
+    /// handle is dropped. Freeing a large file takes tens of milliseconds
+    /// (~50 ms for 256 MiB on ext4), which the caller can do after answering.
+    pub fn commit_keeping_replaced(
+        mut self,
+        precondition: &Precondition,
+    ) -> Result<(Entry, bool, Option<OwnedFd>), OpError> {
         let file = self
             .file
             .take()
@@ -873,14 +885,21 @@ impl PendingWrite {
         let lock = workspaces.user_lock(self.dirs.user);
         let created = {
             let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
-            let current = match rustix::fs::statat(
+            // Held (O_PATH: no read access needed) so that renaming over it
+            // does not free it yet; looked at through that very handle.
+            let held = match rustix::fs::openat(
                 &self.dir,
                 self.name.as_str(),
-                AtFlags::SYMLINK_NOFOLLOW,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
             ) {
-                Ok(stat) => Some(stat),
+                Ok(fd) => Some(fd),
                 Err(Errno::NOENT) => None,
                 Err(err) => return Err(errno(err, &self.path)),
+            };
+            let current = match &held {
+                Some(fd) => Some(rustix::fs::fstat(fd).map_err(|err| errno(err, &self.path))?),
+                None => None,
             };
             check_current(&self.path, current.as_ref(), precondition)?;
             let replaced = current
@@ -920,11 +939,12 @@ impl PendingWrite {
             usage.files += u64::from(current.is_none());
             usage.reserved = usage.reserved.saturating_sub(self.reserved);
             self.reserved = 0;
-            current.is_none()
+            (current.is_none(), held)
         };
+        let (created, replaced) = created;
         // The rename itself is durable once the directory is.
         let _ = rustix::fs::fsync(&self.dir);
-        Ok((entry(&self.name, &stat), created))
+        Ok((entry(&self.name, &stat), created, replaced))
     }
 }
 
