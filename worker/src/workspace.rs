@@ -446,11 +446,9 @@ impl UserDirs {
     }
 
     /// Describes the entry at `path`; a regular file of at most `limit`
-    /// bytes comes with its content, read from the file described. A file
-    /// whose length changes while it is read comes without content (its
-    /// reader then streams it). Files written through the API are replaced
-    /// whole (a new inode), never changed in place, so what was opened is
-    /// one version.
+    /// bytes comes with its content, read from the file described. Files
+    /// written through the API are replaced whole (a new inode), never
+    /// changed in place, so what was opened is one version.
     pub fn read_small(&self, path_text: &str, limit: u64) -> Result<Reply, OpError> {
         let (file, entry) = self.open_read(path_text)?;
         let Some(mut file) = file.filter(|_| entry.size <= limit) else {
@@ -459,8 +457,10 @@ impl UserDirs {
                 content: None,
             });
         };
-        // One byte more than described tells a file that grew meanwhile.
-        let mut content = vec![0u8; entry.size as usize + 1];
+        // The bytes described (what Content-Length will say): a file that
+        // grew meanwhile gives its first `size` bytes, as a ranged read
+        // would; one that shrank comes without content.
+        let mut content = vec![0u8; entry.size as usize];
         let mut filled = 0;
         while filled < content.len() {
             match read_chunk(&mut file, &mut content[filled..])? {
@@ -468,8 +468,7 @@ impl UserDirs {
                 n => filled += n,
             }
         }
-        content.truncate(filled);
-        let whole = filled as u64 == entry.size;
+        let whole = filled == content.len();
         Ok(Reply::File {
             entry,
             content: whole.then_some(content),
