@@ -180,6 +180,9 @@ struct DirectionLabels {
 pub struct FileMetrics {
     operations: Family<FileOpLabels, Counter>,
     bytes: Family<DirectionLabels, Counter>,
+    /// The two members of `bytes`, looked up once.
+    bytes_in: Counter,
+    bytes_out: Counter,
     quota_rejections: Counter,
 }
 
@@ -195,12 +198,14 @@ impl FileMetrics {
         }
     }
 
-    /// The counter of body bytes in one direction (`in`: uploads, `out`:
-    /// downloads).
-    pub(crate) fn bytes(&self, direction: &'static str) -> Counter {
-        self.bytes
-            .get_or_create(&DirectionLabels { direction })
-            .clone()
+    /// The counter of request body bytes (uploads).
+    pub(crate) fn bytes_in(&self) -> &Counter {
+        &self.bytes_in
+    }
+
+    /// The counter of response body bytes (downloads).
+    pub(crate) fn bytes_out(&self) -> &Counter {
+        &self.bytes_out
     }
 }
 
@@ -289,9 +294,18 @@ impl Metrics {
             "HTTP request duration by route template",
             http.duration.clone(),
         );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        let bytes_in = bytes
+            .get_or_create(&DirectionLabels { direction: "in" })
+            .clone();
+        let bytes_out = bytes
+            .get_or_create(&DirectionLabels { direction: "out" })
+            .clone();
         let files = FileMetrics {
             operations: Family::default(),
-            bytes: Family::default(),
+            bytes,
+            bytes_in,
+            bytes_out,
             quota_rejections: Counter::default(),
         };
         registry.register(

@@ -21,8 +21,8 @@ type Answer = Result<Reply, OpError>;
 /// Why a call did not get an answer from this connection.
 pub(crate) enum CallError {
     /// The connection was already closed: the request never left, so it is
-    /// safe to send it to the replacement worker.
-    NotSent,
+    /// safe to send it (given back here) to the replacement worker.
+    NotSent(Op),
     /// The request was sent and the worker died before answering.
     Lost,
     Op(OpError),
@@ -77,7 +77,7 @@ impl WorkerConnection {
         {
             let mut pending = self.lock_pending();
             if pending.closed {
-                return Err(CallError::NotSent);
+                return Err(CallError::NotSent(op));
             }
             pending.waiting.insert(id, answer);
         }
@@ -90,10 +90,13 @@ impl WorkerConnection {
             id,
             body: Body::Request(Request { user, op }),
         };
-        if self.frames.send(request).is_err() {
+        if let Err(unsent) = self.frames.send(request) {
             guard.armed = false;
             self.lock_pending().waiting.remove(&id);
-            return Err(CallError::NotSent);
+            return match unsent.0.body {
+                Body::Request(request) => Err(CallError::NotSent(request.op)),
+                _ => Err(CallError::Lost),
+            };
         }
         let outcome = answered.await;
         guard.armed = false;

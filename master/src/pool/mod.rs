@@ -220,18 +220,22 @@ impl Pool {
     /// Runs `op` for `user` on the user's worker.
     pub async fn call(&self, user: &UserCtx, op: Op) -> Result<Reply, PoolError> {
         let slot = self.slot_for(user);
-        let deadline = Instant::now() + self.config.unavailable_wait;
-        let _inflight = self.metrics.inflight_guard();
         let started = Instant::now();
+        let deadline = started + self.config.unavailable_wait;
+        let _inflight = self.metrics.inflight_guard();
         let mut stale = None;
+        let mut op = op;
         let outcome = loop {
             let connection = self.connection(slot, deadline, stale.as_ref()).await?;
-            match connection.call(user.clone(), op.clone()).await {
+            match connection.call(user.clone(), op).await {
                 Ok(reply) => break Ok(reply),
                 Err(CallError::Op(err)) => break Err(PoolError::Op(err)),
                 Err(CallError::Lost) => break Err(PoolError::WorkerUnavailable { slot }),
                 // That worker is already gone; wait for its replacement.
-                Err(CallError::NotSent) => stale = Some(connection),
+                Err(CallError::NotSent(unsent)) => {
+                    op = unsent;
+                    stale = Some(connection);
+                }
             }
         };
         self.metrics.observe_call(started.elapsed());

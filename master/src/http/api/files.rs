@@ -67,7 +67,7 @@ pub fn count_inbound(state: &AppState, request: axum::extract::Request) -> axum:
     if request.body().size_hint().exact() == Some(0) {
         return request;
     }
-    let inbound = state.metrics.files().bytes("in");
+    let inbound = state.metrics.files().bytes_in().clone();
     request.map(|body| count_chunks(body, inbound))
 }
 
@@ -85,7 +85,7 @@ pub fn count_outbound(state: &AppState, op: &'static str, response: Response) ->
             .map_or("error", |code| code.0)
     };
     files.operation(op, result);
-    let outbound = files.bytes("out");
+    let outbound = files.bytes_out().clone();
     match response.body().size_hint().exact() {
         Some(len) => {
             outbound.inc_by(len);
