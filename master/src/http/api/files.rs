@@ -258,7 +258,7 @@ pub(super) async fn get_file(
         Read::Bytes(plan) => plan,
     };
     if method == Method::HEAD {
-        return Ok((plan.status, plan.headers).into_response());
+        return Ok(plan.respond(Body::empty()));
     }
     // The plan's range lies within the size described, which is the
     // content's length.
@@ -272,7 +272,7 @@ pub(super) async fn get_file(
     } else {
         Body::from(part.to_vec())
     };
-    Ok((plan.status, plan.headers, body).into_response())
+    Ok(plan.respond(body))
 }
 
 /// A GET of a file too large to come in one reply: its bytes are streamed.
@@ -313,7 +313,7 @@ async fn get_streamed(
         Read::Bytes(plan) => plan,
     };
     if method == Method::HEAD {
-        return Ok((plan.status, plan.headers).into_response());
+        return Ok(plan.respond(Body::empty()));
     }
     let range = warren_protocol::ReadRange {
         offset: plan.offset,
@@ -331,7 +331,7 @@ async fn get_streamed(
             let chunk = receiver.recv().await?;
             Some((chunk.map_err(std::io::Error::other), (sender, receiver)))
         });
-    Ok((plan.status, plan.headers, Body::from_stream(body)).into_response())
+    Ok(plan.respond(Body::from_stream(body)))
 }
 
 /// The policy of a file's bytes (the rest of the API gets `http::CSP`).
@@ -349,6 +349,16 @@ struct ReadPlan {
     headers: HeaderMap,
     offset: u64,
     len: u64,
+}
+
+impl ReadPlan {
+    /// The response, taking the planned headers as they are.
+    fn respond(self, body: Body) -> Response {
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
+    }
 }
 
 /// Headers, conditionals and range of a GET for `entry`.
