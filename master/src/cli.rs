@@ -162,7 +162,7 @@ pub struct ServeArgs {
     pub default_quota: u64,
     /// An upload whose client sends nothing for this long is abandoned
     /// (408); its temp file goes and its quota reservation is released.
-    #[arg(long, env = "WARREN_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "WARREN_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub upload_idle_timeout: Duration,
     /// Login attempts per minute from one client address.
     #[arg(long, env = "WARREN_LOGIN_RATE_PER_ADDRESS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
@@ -234,6 +234,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Parses `250ms`, `5s`, `2m`, `24h` or a bare number of seconds.
+/// A duration of at least one second: a timeout shorter than that would end
+/// healthy requests.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!("{text:?} is too short for a timeout (at least 1s)"));
+    }
+    Ok(duration)
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -261,6 +271,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn timeouts_are_at_least_a_second() {
+        assert_eq!(parse_timeout("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("500ms").is_err());
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -272,6 +272,26 @@ impl StreamSender {
         Ok(())
     }
 
+    /// [`Self::send`] of a buffer the caller gives away: not copied again
+    /// when it fits one data frame.
+    pub async fn send_vec(&mut self, data: Vec<u8>) -> Result<(), OpError> {
+        if data.len() > MAX_DATA_CHUNK || data.is_empty() {
+            return self.send(&data).await;
+        }
+        if self.handle.sent_close.load(Ordering::Acquire) {
+            return Err(OpError::StreamViolation("send after close".into()));
+        }
+        let permit = self
+            .handle
+            .entry
+            .send_credit
+            .acquire_many(data.len() as u32)
+            .await
+            .map_err(|_| self.send_failure())?;
+        permit.forget();
+        self.handle.send_frame(Body::Data(data))
+    }
+
     /// Tells the peer this end will send nothing more. Receiving goes on.
     pub fn finish(&mut self) -> Result<(), OpError> {
         if self.handle.sent_close.swap(true, Ordering::AcqRel) {

@@ -57,11 +57,12 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
     }
 }
 
-/// A small read answered at once, on the connection's own thread, when the
-/// user's directories are already open: opening a file and reading at most
-/// [`INLINE_READ_LIMIT`] bytes of it is a few system calls, cheaper than the
-/// two thread hand-offs of the blocking pool (which is how nginx serves files
-/// too, unless told to use threads). `None`: run [`files`] on the pool.
+/// A small read answered at once, on the connection's own thread, when it
+/// can be done from memory: the user's directories already open, the path
+/// in the dentry cache and the bytes in the page cache. That is a few system
+/// calls, cheaper than the two thread hand-offs of the blocking pool, and it
+/// never waits for the disk (which would stall every user of this worker).
+/// `None`: run [`files`] on the pool.
 pub fn read_now(
     workspaces: &Workspaces,
     user: &UserCtx,
@@ -71,7 +72,7 @@ pub fn read_now(
         return None;
     };
     let dirs = workspaces.opened(user.id)?;
-    Some(dirs.read_small(path, INLINE_READ_LIMIT))
+    dirs.read_small_cached(path, INLINE_READ_LIMIT).transpose()
 }
 
 /// Serves one stream the master opened, until both sides have closed.
@@ -202,45 +203,10 @@ async fn write_file(
         Ok(pending) => pending,
         Err(err) => return sender.abort(err),
     };
-    // Double-buffered: while one batch is written on the blocking pool, the
-    // next is taken from the stream (its credit going back to the master),
-    // so the network and the disk work at the same time.
-    let mut writer = Writer::Idle(pending);
-    let mut flushing = Flushing::default();
-    loop {
-        let (batch, ended) = match next_batch(&mut receiver, &writer).await {
-            Ok(next) => next,
-            // The upload was abandoned: dropping the pending write removes
-            // the temp file (a possibly large unlink: off this thread).
-            Err(()) => {
-                tokio::spawn(async move {
-                    if let Ok(pending) = writer.idle().await {
-                        tokio::task::spawn_blocking(move || drop(pending));
-                    }
-                });
-                return;
-            }
-        };
-        let mut pending = match writer.idle().await {
-            Ok(pending) => pending,
-            Err(err) => return sender.abort(err),
-        };
-        flushing.kick(&pending);
-        writer = if batch.is_empty() {
-            Writer::Idle(pending)
-        } else {
-            Writer::Busy(tokio::task::spawn_blocking(move || {
-                pending.write_chunks(&batch)?;
-                Ok(pending)
-            }))
-        };
-        if ended {
-            break;
-        }
-    }
-    let pending = match writer.idle().await {
+    let pending = match receive(&mut receiver, pending).await {
         Ok(pending) => pending,
-        Err(err) => return sender.abort(err),
+        Err(Stop::Abandoned) => return,
+        Err(Stop::Failed(err)) => return sender.abort(err),
     };
     let committed = blocking(move || pending.commit_keeping_replaced(&precondition)).await;
     let mut replaced = None;
@@ -263,25 +229,103 @@ async fn write_file(
     }
 }
 
-/// The pending write of an upload: ready, or busy writing a batch on the
-/// blocking pool.
+/// Why an upload stopped before its commit.
+enum Stop {
+    /// The master abandoned it (the client went away or timed out).
+    Abandoned,
+    /// Writing or flushing failed: the master must hear why.
+    Failed(OpError),
+}
+
+/// Receives an upload into `pending`'s temp file until the master closes
+/// its side, and flushes it (all of it reached the disk, or an error).
+///
+/// Double-buffered: while one batch is written on the blocking pool, the
+/// next is taken from the stream (its credit going back to the master), so
+/// the network and the disk work at the same time. On any stop, the temp
+/// file is removed off this thread (a possibly large unlink).
+async fn receive(
+    receiver: &mut warren_protocol::stream::StreamReceiver,
+    pending: workspace::PendingWrite,
+) -> Result<workspace::PendingWrite, Stop> {
+    let mut writer = Writer::Idle(pending);
+    let mut flushing = Flushing::default();
+    let outcome = async {
+        loop {
+            let (batch, ended) = next_batch(receiver, &mut writer).await?;
+            let mut pending = writer.take_idle().await.map_err(Stop::Failed)?;
+            if let Err(err) = flushing.kick(&pending) {
+                writer = Writer::Idle(pending);
+                return Err(Stop::Failed(err));
+            }
+            writer = if batch.is_empty() {
+                Writer::Idle(pending)
+            } else {
+                Writer::Busy(tokio::task::spawn_blocking(move || {
+                    pending.write_chunks(&batch)?;
+                    Ok(pending)
+                }))
+            };
+            if ended {
+                break;
+            }
+        }
+        let pending = writer.take_idle().await.map_err(Stop::Failed)?;
+        // A writeback error is reported once per open file, to whichever
+        // handle asks first: the background flush's must not be lost.
+        if let Err(err) = flushing.finish().await {
+            writer = Writer::Idle(pending);
+            return Err(Stop::Failed(err));
+        }
+        Ok(pending)
+    }
+    .await;
+    if outcome.is_err() {
+        writer.discard();
+    }
+    outcome
+}
+
+/// The pending write of an upload: ready, busy writing a batch on the
+/// blocking pool, or gone (taken, or dropped by a failed write).
 enum Writer {
     Idle(workspace::PendingWrite),
     Busy(tokio::task::JoinHandle<Result<workspace::PendingWrite, OpError>>),
+    Gone,
+}
+
+fn joined(
+    written: Result<Result<workspace::PendingWrite, OpError>, tokio::task::JoinError>,
+) -> Result<workspace::PendingWrite, OpError> {
+    written.map_err(|err| OpError::Internal(format!("file operation failed: {err}")))?
 }
 
 impl Writer {
-    fn is_busy(&self) -> bool {
-        matches!(self, Writer::Busy(task) if !task.is_finished())
+    /// The pending write, once any batch in progress is written; leaves
+    /// `Gone` behind.
+    async fn take_idle(&mut self) -> Result<workspace::PendingWrite, OpError> {
+        match std::mem::replace(self, Writer::Gone) {
+            Writer::Idle(pending) => Ok(pending),
+            Writer::Busy(task) => joined(task.await),
+            Writer::Gone => Err(OpError::Internal("the upload's file is gone".into())),
+        }
     }
 
-    /// The pending write, once any batch in progress is written.
-    async fn idle(self) -> Result<workspace::PendingWrite, OpError> {
+    /// Drops the pending write (removing its temp file) off this thread,
+    /// after any batch in progress.
+    fn discard(self) {
         match self {
-            Writer::Idle(pending) => Ok(pending),
-            Writer::Busy(task) => task
-                .await
-                .map_err(|err| OpError::Internal(format!("file operation failed: {err}")))?,
+            Writer::Idle(pending) => {
+                tokio::task::spawn_blocking(move || drop(pending));
+            }
+            Writer::Busy(task) => {
+                tokio::spawn(async move {
+                    if let Ok(pending) = joined(task.await) {
+                        tokio::task::spawn_blocking(move || drop(pending));
+                    }
+                });
+            }
+            Writer::Gone => {}
         }
     }
 }
@@ -296,52 +340,97 @@ const FLUSH_STEP: u64 = 8 * 1024 * 1024;
 #[derive(Default)]
 struct Flushing {
     flushed: u64,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Flushing {
-    fn kick(&mut self, pending: &workspace::PendingWrite) {
-        if pending.written < self.flushed + FLUSH_STEP
-            || self.task.as_ref().is_some_and(|task| !task.is_finished())
-        {
-            return;
+    /// Starts a flush when one is due and none is running; fails if the
+    /// last one did.
+    fn kick(&mut self, pending: &workspace::PendingWrite) -> Result<(), OpError> {
+        if self.task.as_ref().is_some_and(|task| !task.is_finished()) {
+            return Ok(());
+        }
+        if let Some(done) = self.task.take().and_then(FutureExt::now_or_never) {
+            flushed(done)?;
+        }
+        if pending.written < self.flushed + FLUSH_STEP {
+            return Ok(());
         }
         if let Some(file) = pending.flusher() {
             self.flushed = pending.written;
-            // A failure shows again, and is reported, at the final fsync.
-            self.task = Some(tokio::task::spawn_blocking(move || {
-                let _ = file.sync_data();
-            }));
+            self.task = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        }
+        Ok(())
+    }
+
+    /// Waits for the flush in progress, if any; fails if it did.
+    async fn finish(&mut self) -> Result<(), OpError> {
+        match self.task.take() {
+            Some(task) => flushed(task.await),
+            None => Ok(()),
         }
     }
 }
 
+fn flushed(done: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), OpError> {
+    match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(OpError::Internal(format!(
+            "cannot write the upload to disk: {err}"
+        ))),
+        Err(err) => Err(OpError::Internal(format!("file operation failed: {err}"))),
+    }
+}
+
+/// Chunks smaller than this are copied together: a client sending tiny
+/// chunks must not cost an allocation and an iovec per byte or two.
+const COALESCE: usize = 64 * 1024;
+
 /// The next chunks of an upload, up to [`WRITE_BATCH`] bytes: at least one
-/// chunk, and more while the previous batch is still being written or
-/// more has already arrived. `true` once the master closed its side;
-/// `Err` when it abandoned the upload.
+/// chunk (unless the stream ends), and more while the previous batch is
+/// still being written or more has already arrived. A write that fails
+/// meanwhile is reported at once. `true` once the master closed its side.
 async fn next_batch(
     receiver: &mut warren_protocol::stream::StreamReceiver,
-    writer: &Writer,
-) -> Result<(Vec<Vec<u8>>, bool), ()> {
-    let mut batch = Vec::new();
+    writer: &mut Writer,
+) -> Result<(Vec<Vec<u8>>, bool), Stop> {
+    enum Event {
+        Chunk(Option<Result<Vec<u8>, OpError>>),
+        Written(Result<Result<workspace::PendingWrite, OpError>, tokio::task::JoinError>),
+    }
+    let mut batch: Vec<Vec<u8>> = Vec::new();
     let mut size = 0;
     while size < WRITE_BATCH {
-        let next = if batch.is_empty() || writer.is_busy() {
-            receiver.recv().await
-        } else {
-            match receiver.recv().now_or_never() {
-                Some(next) => next,
+        let event = match writer {
+            Writer::Busy(task) => tokio::select! {
+                next = receiver.recv() => Event::Chunk(next),
+                written = task => Event::Written(written),
+            },
+            _ if batch.is_empty() => Event::Chunk(receiver.recv().await),
+            _ => match receiver.recv().now_or_never() {
+                Some(next) => Event::Chunk(next),
                 None => break,
-            }
+            },
         };
-        match next {
-            Some(Ok(bytes)) => {
+        match event {
+            Event::Written(written) => match joined(written) {
+                Ok(pending) => *writer = Writer::Idle(pending),
+                Err(err) => {
+                    *writer = Writer::Gone;
+                    return Err(Stop::Failed(err));
+                }
+            },
+            Event::Chunk(Some(Ok(bytes))) => {
                 size += bytes.len();
-                batch.push(bytes);
+                match batch.last_mut() {
+                    Some(last) if bytes.len() < COALESCE && last.len() < COALESCE => {
+                        last.extend_from_slice(&bytes)
+                    }
+                    _ => batch.push(bytes),
+                }
             }
-            Some(Err(_)) => return Err(()),
-            None => return Ok((batch, true)),
+            Event::Chunk(Some(Err(_))) => return Err(Stop::Abandoned),
+            Event::Chunk(None) => return Ok((batch, true)),
         }
     }
     Ok((batch, false))

@@ -18,9 +18,9 @@
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
-use rustix::io::Errno;
+use rustix::io::{Errno, ReadWriteFlags};
 use std::collections::{HashMap, HashSet};
-use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
+use std::io::{IoSlice, IoSliceMut, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use warren_protocol::path;
@@ -450,29 +450,83 @@ impl UserDirs {
     /// written through the API are replaced whole (a new inode), never
     /// changed in place, so what was opened is one version.
     pub fn read_small(&self, path_text: &str, limit: u64) -> Result<Reply, OpError> {
-        let (file, entry) = self.open_read(path_text)?;
-        let Some(mut file) = file.filter(|_| entry.size <= limit) else {
-            return Ok(Reply::File {
+        self.read_small_with(path_text, limit, false)?
+            .ok_or_else(|| OpError::Internal("a blocking read would block".into()))
+    }
+
+    /// [`Self::read_small`] only if it can be done from memory: the path
+    /// resolved from the dentry cache (`RESOLVE_CACHED`) and the bytes from
+    /// the page cache (`RWF_NOWAIT`). `None`: it would wait for the disk (or
+    /// the kernel cannot tell), so run [`Self::read_small`] where blocking
+    /// is harmless.
+    pub fn read_small_cached(&self, path_text: &str, limit: u64) -> Result<Option<Reply>, OpError> {
+        self.read_small_with(path_text, limit, true)
+    }
+
+    fn read_small_with(
+        &self,
+        path_text: &str,
+        limit: u64,
+        cached: bool,
+    ) -> Result<Option<Reply>, OpError> {
+        let would_block = |err: Errno| {
+            // EAGAIN: not in memory; EINVAL / EOPNOTSUPP: a kernel without
+            // RESOLVE_CACHED (5.12) or RWF_NOWAIT for this file system.
+            cached && matches!(err, Errno::AGAIN | Errno::INVAL | Errno::OPNOTSUPP)
+        };
+        let parts = parts(path_text)?;
+        let resolve = if cached {
+            RESOLVE | ResolveFlags::CACHED
+        } else {
+            RESOLVE
+        };
+        // O_NONBLOCK: a FIFO made by a user's program must not hang the
+        // open (it is then not a regular file, and not read).
+        let fd = match rustix::fs::openat2(
+            &self.workspace,
+            join(&parts),
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve,
+        ) {
+            Ok(fd) => fd,
+            Err(err) if would_block(err) => return Ok(None),
+            Err(err) => return Err(errno(err, path_text)),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|err| errno(err, path_text))?;
+        let entry = entry(parts.last().copied().unwrap_or(""), &stat);
+        let regular = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
+        if !regular || entry.size > limit {
+            return Ok(Some(Reply::File {
                 entry,
                 content: None,
-            });
-        };
+            }));
+        }
         // The bytes described (what Content-Length will say): a file that
         // grew meanwhile gives its first `size` bytes, as a ranged read
         // would; one that shrank comes without content.
+        let flags = if cached {
+            ReadWriteFlags::NOWAIT
+        } else {
+            ReadWriteFlags::empty()
+        };
         let mut content = vec![0u8; entry.size as usize];
         let mut filled = 0;
         while filled < content.len() {
-            match read_chunk(&mut file, &mut content[filled..])? {
-                0 => break,
-                n => filled += n,
+            let mut slices = [IoSliceMut::new(&mut content[filled..])];
+            match rustix::io::preadv2(&fd, &mut slices, filled as u64, flags) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(Errno::INTR) => {}
+                Err(err) if would_block(err) => return Ok(None),
+                Err(err) => return Err(errno(err, path_text)),
             }
         }
         let whole = filled == content.len();
-        Ok(Reply::File {
+        Ok(Some(Reply::File {
             entry,
             content: whole.then_some(content),
-        })
+        }))
     }
 
     pub fn mkdir(&self, path_text: &str, parents: bool) -> Result<Reply, OpError> {
@@ -1231,7 +1285,12 @@ mod tests {
             other => panic!("read_small({path}): {other:?}"),
         };
         let (entry, content) = read("small");
-        assert_eq!((entry.size, content), (limit, Some(at_limit)));
+        assert_eq!((entry.size, content), (limit, Some(at_limit.clone())));
+        // Just written, so in memory: the non-blocking read serves it too.
+        match dirs.read_small_cached("small", limit) {
+            Ok(Some(Reply::File { content, .. })) => assert_eq!(content, Some(at_limit)),
+            other => panic!("read_small_cached: {other:?}"),
+        }
         let (entry, content) = read("large");
         assert_eq!((entry.size, content), (limit + 1, None));
         assert_eq!(read("empty").1, Some(Vec::new()));

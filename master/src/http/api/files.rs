@@ -573,7 +573,11 @@ pub(super) async fn put_file(
     let precondition = match (header_tags(&headers, header::IF_MATCH), if_none_match) {
         // RFC 9110 §13.2.2: If-Match first; it holds only for a file that
         // exists, which If-None-Match: * then refuses. Never both.
-        (Some(_), Some(_)) => return Err(precondition_failed(&path)),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Pool(PoolError::Op(OpError::PreconditionFailed(
+                format!("{path}: If-Match and If-None-Match: * cannot both hold"),
+            ))))
+        }
         (Some(tags), None) => Precondition::Match(tags),
         (None, Some(_)) => Precondition::Absent,
         (None, None) => Precondition::None,
@@ -620,17 +624,26 @@ async fn write_stream<E>(
                     // A stalled client must not hold the temp file and its
                     // quota reservation for as long as TCP lets it.
                     sender.abort(OpError::Cancelled);
-                    return Err(ApiError::RequestTimeout(format!(
-                        "the upload sent nothing for {} s",
-                        idle.as_secs_f64()
-                    )));
+                    return Err(stalled(idle));
                 }
                 Ok(None) => break,
                 Ok(Some(Ok(bytes))) => {
+                    // What has already arrived goes in one frame: tiny
+                    // chunks must not each cost a frame (and a buffer in
+                    // the worker).
+                    let (bytes, more) = gather(bytes, &mut chunks);
                     // Fails once the worker refused (quota, precondition)
                     // or died: its reason comes on the receiving side.
-                    if sender.send(&bytes).await.is_err() {
+                    if sender.send_vec(bytes).await.is_err() {
                         break;
+                    }
+                    match more {
+                        Gathered::More => {}
+                        Gathered::Ended => break,
+                        Gathered::Failed => {
+                            sender.abort(OpError::Cancelled);
+                            return Err(ApiError::BadRequest("the upload was interrupted".into()));
+                        }
                     }
                 }
                 Ok(Some(Err(_))) => {
@@ -647,6 +660,38 @@ async fn write_stream<E>(
     }
     let _ = sender.finish();
     outcome_of(receiver.recv().await)
+}
+
+fn stalled(idle: Duration) -> ApiError {
+    ApiError::RequestTimeout(format!(
+        "the upload sent nothing for {} s",
+        idle.as_secs_f64()
+    ))
+}
+
+/// What [`gather`] saw after the chunks it joined.
+enum Gathered {
+    More,
+    Ended,
+    Failed,
+}
+
+/// `first` and the chunks that have already arrived after it, up to about
+/// one data frame, in one buffer.
+fn gather<E>(
+    first: bytes::Bytes,
+    chunks: &mut (impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin),
+) -> (Vec<u8>, Gathered) {
+    let mut joined = Vec::from(first);
+    while joined.len() < warren_protocol::MAX_DATA_CHUNK {
+        match futures_util::FutureExt::now_or_never(chunks.next()) {
+            Some(Some(Ok(more))) => joined.extend_from_slice(&more),
+            Some(Some(Err(_))) => return (joined, Gathered::Failed),
+            Some(None) => return (joined, Gathered::Ended),
+            None => break,
+        }
+    }
+    (joined, Gathered::More)
 }
 
 fn outcome_of(
@@ -688,10 +733,11 @@ pub(super) async fn upload(
         None => String::new(),
     };
     let mut written = Vec::new();
+    let idle = state.upload_idle_timeout;
     loop {
-        let field = form
-            .next_field()
+        let field = tokio::time::timeout(idle, form.next_field())
             .await
+            .map_err(|_| stalled(idle))?
             .map_err(|err| ApiError::BadRequest(format!("bad multipart body: {err}")))?;
         let Some(mut field) = field else { break };
         let Some(name) = field.file_name().map(str::to_string) else {
