@@ -164,6 +164,10 @@ pub struct ServeArgs {
     /// (408); its temp file goes and its quota reservation is released.
     #[arg(long, env = "WARREN_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub upload_idle_timeout: Duration,
+    /// Streamed uploads and downloads one user may have at once; more get
+    /// 429 (each holds up to a few MiB of buffers in master and worker).
+    #[arg(long, env = "WARREN_MAX_TRANSFERS_PER_USER", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_transfers_per_user: u32,
     /// Login attempts per minute from one client address.
     #[arg(long, env = "WARREN_LOGIN_RATE_PER_ADDRESS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_rate_per_address: u32,

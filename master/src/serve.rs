@@ -89,6 +89,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         templates_dir: data_dir.join("shared").join("templates"),
         upload_idle_timeout: args.upload_idle_timeout,
+        transfers: http::Transfers::new(args.max_transfers_per_user),
     }));
     // TCP_NODELAY: a streamed body goes out after its headers in a second
     // write, which Nagle would hold back until the client's delayed ACK

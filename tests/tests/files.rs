@@ -503,6 +503,48 @@ async fn a_stalled_upload_times_out_and_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_transfers_per_user_are_capped() {
+    let options = ServerOptions::workers(1)
+        .arg("--max-transfers-per-user")
+        .arg("1");
+    let (server, callers) = server_from(options, &["hana", "ivan"]).await;
+    let (hana, ivan) = (&callers[0], &callers[1]);
+    let tmp = server
+        .data_dir
+        .join("users")
+        .join(hana.user_id())
+        .join("tmp");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let request = hana
+        .request(Method::PUT, "/api/v1/files/first.bin")
+        .body(reqwest::Body::wrap_stream(tokio_stream_of(rx)));
+    let first = tokio::spawn(async move { request.send().await });
+    tx.send(Ok(vec![1u8; 1024])).await.expect("feed");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            std::fs::read_dir(&tmp).is_ok_and(|d| d.count() > 0)
+        })
+        .await
+    );
+    // A second streamed transfer of hana's waits for the first.
+    let response = hana
+        .request(Method::PUT, "/api/v1/files/second.bin")
+        .body("second")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    // Another user is not affected.
+    assert_eq!(put(ivan, "other.bin", "ivan's").await.0, 201);
+    drop(tx);
+    let response = first.await.expect("join").expect("first upload");
+    assert_eq!(response.status(), 201);
+    // Done: the slot is free again.
+    assert_eq!(put(hana, "second.bin", "second").await.0, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_etags_and_preconditions_follow_rfc_9110() {
     let (_server, callers) = server_with(&["frank"]).await;
     let frank = &callers[0];

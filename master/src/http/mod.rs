@@ -9,6 +9,7 @@ mod debug;
 mod error;
 pub mod extract;
 
+pub use api::files::Transfers;
 pub use api::{check_username, rfc3339};
 pub use error::ApiError;
 pub use extract::WebConfig;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub templates_dir: std::path::PathBuf,
     /// How long an upload may send nothing before it is abandoned.
     pub upload_idle_timeout: std::time::Duration,
+    /// Streamed transfers in progress, per user.
+    pub transfers: Transfers,
 }
 
 impl AppState {

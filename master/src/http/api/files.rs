@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, UNIX_EPOCH};
 use utoipa::{IntoParams, ToSchema};
 use warren_protocol::{
-    Entry, EntryKind, FileOp, Op, OpError, Precondition, Reply, StreamKind, UserCtx,
+    Entry, EntryKind, FileOp, Op, OpError, Precondition, Reply, StreamKind, UserCtx, UserId,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -103,6 +103,64 @@ fn count_chunks(body: Body, counter: prometheus_client::metrics::counter::Counte
         }
         chunk
     }))
+}
+
+/// Streamed transfers (uploads, downloads of files too large for one reply)
+/// in progress per user, capped: each holds stream windows and write
+/// batches, so their number, not only their size, must be bounded.
+#[derive(Debug)]
+pub struct Transfers {
+    limit: u32,
+    active: std::sync::Mutex<std::collections::HashMap<UserId, u32>>,
+}
+
+impl Transfers {
+    pub fn new(limit: u32) -> Transfers {
+        Transfers {
+            limit,
+            active: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<UserId, u32>> {
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One transfer of `user`'s, counted until dropped.
+struct Transfer {
+    state: AppState,
+    user: UserId,
+}
+
+impl Transfer {
+    fn begin(state: &AppState, user: UserId) -> Result<Transfer, ApiError> {
+        let mut active = state.transfers.lock();
+        let count = active.entry(user).or_insert(0);
+        if *count >= state.transfers.limit {
+            return Err(ApiError::TooManyRequests(Duration::from_secs(1)));
+        }
+        *count += 1;
+        drop(active);
+        Ok(Transfer {
+            state: state.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        let mut active = self.state.transfers.lock();
+        if let Some(count) = active.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                active.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// A file or directory as the API shows it.
@@ -287,6 +345,7 @@ async fn get_streamed(
     // The worker opens the entry and describes it; the bytes sent later come
     // from that same open file, so a replacement meanwhile cannot mix
     // versions or contradict the headers.
+    let transfer = Transfer::begin(state, user.id)?;
     let kind = StreamKind::ReadFile {
         path: path.to_string(),
     };
@@ -326,11 +385,17 @@ async fn get_streamed(
         .await
         .map_err(|err| ApiError::Pool(PoolError::Op(err)))?;
     let _ = sender.finish();
-    let body =
-        futures_util::stream::unfold((sender, receiver), |(sender, mut receiver)| async move {
+    // The transfer counts until the body is sent or dropped.
+    let body = futures_util::stream::unfold(
+        (sender, receiver, transfer),
+        |(sender, mut receiver, transfer)| async move {
             let chunk = receiver.recv().await?;
-            Some((chunk.map_err(std::io::Error::other), (sender, receiver)))
-        });
+            Some((
+                chunk.map_err(std::io::Error::other),
+                (sender, receiver, transfer),
+            ))
+        },
+    );
     Ok(plan.respond(Body::from_stream(body)))
 }
 
@@ -614,6 +679,7 @@ async fn write_stream<E>(
         precondition,
         parents,
     };
+    let _transfer = Transfer::begin(state, user.id)?;
     let stream = state.pool.open_stream(user, kind).await?;
     let (mut sender, mut receiver) = stream.split();
     let idle = state.upload_idle_timeout;
