@@ -201,7 +201,7 @@ fn run_http(args: &HttpArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     let report = runtime.block_on(http::run(args))?;
-    http::report::print(&report, args.json)
+    report::print(report.table(), &report, args.json)
 }
 
 /// `files` on the same runtime as `http`.
@@ -212,7 +212,7 @@ fn run_files(args: &FilesArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     let report = runtime.block_on(files::run(args))?;
-    files::report::print(&report, args.json)
+    report::print(report.table(), &report, args.json)
 }
 
 /// Exactly what `warren serve` runs (`warren_master::main`): tracing at

@@ -76,7 +76,7 @@ pub fn run(args: &MicroArgs) -> Result<()> {
         sequential,
         throughput,
     );
-    report::print(&report, args.json)
+    report::print(report.table(), &report, args.json)
 }
 
 /// Mean nanoseconds per call of `op`, run in batches of [`BATCH`] for

@@ -190,7 +190,7 @@ impl Report {
         }
     }
 
-    fn table(&self) -> String {
+    pub fn table(&self) -> String {
         let mut rows: Vec<Vec<String>> = vec![
             vec![
                 "figure".into(),
@@ -320,8 +320,7 @@ impl Report {
 
 /// Prints the table to stdout; with `json`, the JSON document to stdout and
 /// the table to stderr, so `> results.json` still shows the table.
-pub fn print(report: &Report, json: bool) -> Result<()> {
-    let table = report.table();
+pub fn print(table: String, report: &impl Serialize, json: bool) -> Result<()> {
     if json {
         eprintln!("{table}");
         let document =

@@ -255,19 +255,9 @@ impl StreamSender {
 
     /// Sends `data`, waiting for credit whenever the peer's window is full.
     pub async fn send(&mut self, data: &[u8]) -> Result<(), OpError> {
-        if self.handle.sent_close.load(Ordering::Acquire) {
-            return Err(OpError::StreamViolation("send after close".into()));
-        }
+        self.check_open()?;
         for chunk in data.chunks(MAX_DATA_CHUNK) {
-            let permit = self
-                .handle
-                .entry
-                .send_credit
-                .acquire_many(chunk.len() as u32)
-                .await
-                .map_err(|_| self.send_failure())?;
-            permit.forget();
-            self.handle.send_frame(Body::Data(chunk.to_vec()))?;
+            self.send_chunk(chunk.to_vec()).await?;
         }
         Ok(())
     }
@@ -278,18 +268,29 @@ impl StreamSender {
         if data.len() > MAX_DATA_CHUNK || data.is_empty() {
             return self.send(&data).await;
         }
+        self.check_open()?;
+        self.send_chunk(data).await
+    }
+
+    fn check_open(&self) -> Result<(), OpError> {
         if self.handle.sent_close.load(Ordering::Acquire) {
             return Err(OpError::StreamViolation("send after close".into()));
         }
+        Ok(())
+    }
+
+    /// One data frame of at most [`MAX_DATA_CHUNK`] bytes, once the peer's
+    /// window has room for it.
+    async fn send_chunk(&mut self, chunk: Vec<u8>) -> Result<(), OpError> {
         let permit = self
             .handle
             .entry
             .send_credit
-            .acquire_many(data.len() as u32)
+            .acquire_many(chunk.len() as u32)
             .await
             .map_err(|_| self.send_failure())?;
         permit.forget();
-        self.handle.send_frame(Body::Data(data))
+        self.handle.send_frame(Body::Data(chunk))
     }
 
     /// Tells the peer this end will send nothing more. Receiving goes on.

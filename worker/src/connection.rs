@@ -210,9 +210,7 @@ impl Worker {
                 let workspaces = self.workspaces.clone();
                 self.spawn_tracked(id, async move {
                     let workspaces = workspaces.ok_or_else(ops::no_workspaces)?;
-                    tokio::task::spawn_blocking(move || ops::files(&workspaces, &user, op))
-                        .await
-                        .map_err(|err| OpError::Internal(format!("file operation failed: {err}")))?
+                    ops::blocking(move || ops::files(&workspaces, &user, op)).await
                 });
             }
             #[cfg(debug_assertions)]

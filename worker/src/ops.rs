@@ -106,12 +106,15 @@ pub async fn serve_stream(
 const WRITE_BATCH: usize = 1024 * 1024;
 
 /// Runs blocking `work` on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, OpError> + Send + 'static,
 ) -> Result<T, OpError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| OpError::Internal(format!("file operation failed: {err}")))?
+    joined(tokio::task::spawn_blocking(work).await)
+}
+
+/// The outcome of blocking work, once its task has ended.
+fn joined<T>(outcome: Result<Result<T, OpError>, tokio::task::JoinError>) -> Result<T, OpError> {
+    outcome.map_err(|err| OpError::Internal(format!("file operation failed: {err}")))?
 }
 
 async fn read_file(workspaces: Arc<Workspaces>, user: UserId, path: String, stream: Stream) {
@@ -294,12 +297,6 @@ enum Writer {
     Gone,
 }
 
-fn joined(
-    written: Result<Result<workspace::PendingWrite, OpError>, tokio::task::JoinError>,
-) -> Result<workspace::PendingWrite, OpError> {
-    written.map_err(|err| OpError::Internal(format!("file operation failed: {err}")))?
-}
-
 impl Writer {
     /// The pending write, once any batch in progress is written; leaves
     /// `Gone` behind.
@@ -373,13 +370,9 @@ impl Flushing {
 }
 
 fn flushed(done: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), OpError> {
-    match done {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(OpError::Internal(format!(
-            "cannot write the upload to disk: {err}"
-        ))),
-        Err(err) => Err(OpError::Internal(format!("file operation failed: {err}"))),
-    }
+    joined(done.map(|flush| {
+        flush.map_err(|err| OpError::Internal(format!("cannot write the upload to disk: {err}")))
+    }))
 }
 
 /// Chunks smaller than this are copied together: a client sending tiny

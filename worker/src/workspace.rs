@@ -173,8 +173,8 @@ impl Workspaces {
     /// The user's directories, created (0700) on first use; on this
     /// process's first sight of the user, leftovers in `tmp/` are removed.
     pub fn open(&self, user: UserId) -> Result<Arc<UserDirs>, OpError> {
-        if let Some(dirs) = self.lock_dirs().get(&user) {
-            return Ok(dirs.clone());
+        if let Some(dirs) = self.opened(user) {
+            return Ok(dirs);
         }
         let dirs = Arc::new(self.open_fresh(user)?);
         Ok(self.lock_dirs().entry(user).or_insert(dirs).clone())
@@ -1227,19 +1227,23 @@ mod tests {
         (dir, workspaces, dirs)
     }
 
+    /// A write of `path` with the test quota and no precondition.
+    fn begin(
+        workspaces: &Arc<Workspaces>,
+        dirs: &Arc<UserDirs>,
+        path: &str,
+    ) -> Result<PendingWrite, OpError> {
+        dirs.clone()
+            .begin_write(workspaces.clone(), path, false, QUOTA, &Precondition::None)
+    }
+
     fn write(
         workspaces: &Arc<Workspaces>,
         dirs: &Arc<UserDirs>,
         path: &str,
         bytes: &[u8],
     ) -> Result<(Entry, bool), OpError> {
-        let mut pending = dirs.clone().begin_write(
-            workspaces.clone(),
-            path,
-            false,
-            QUOTA,
-            &Precondition::None,
-        )?;
+        let mut pending = begin(workspaces, dirs, path)?;
         pending.write(bytes)?;
         pending.commit(&Precondition::None)
     }
@@ -1247,16 +1251,7 @@ mod tests {
     #[test]
     fn chunks_are_written_in_order() {
         let (_root, workspaces, dirs) = setup();
-        let mut pending = dirs
-            .clone()
-            .begin_write(
-                workspaces.clone(),
-                "joined",
-                false,
-                QUOTA,
-                &Precondition::None,
-            )
-            .expect("begin");
+        let mut pending = begin(&workspaces, &dirs, "joined").expect("begin");
         let chunks: [&[u8]; 4] = [b"ab", b"", b"cde", b"f"];
         pending.write_chunks(&chunks).expect("write");
         pending.write_chunks(&[b"gh"]).expect("write");
@@ -1354,16 +1349,7 @@ mod tests {
         assert_ne!(first.etag, second.etag);
         assert_eq!(second.size, 4);
         // A stale If-Match fails; the content stays.
-        let mut pending = dirs
-            .clone()
-            .begin_write(
-                workspaces.clone(),
-                "a.txt",
-                false,
-                QUOTA,
-                &Precondition::None,
-            )
-            .expect("begin");
+        let mut pending = begin(&workspaces, &dirs, "a.txt").expect("begin");
         pending.write(b"three").expect("write");
         let stale = Precondition::Match(vec![first.etag.clone()]);
         assert!(matches!(
@@ -1377,16 +1363,7 @@ mod tests {
         let n = read_chunk(&mut file, &mut buf).expect("read");
         assert_eq!(&buf[..n], b"two!");
         // An abandoned write leaves nothing in tmp/.
-        let mut pending = dirs
-            .clone()
-            .begin_write(
-                workspaces.clone(),
-                "b.txt",
-                false,
-                QUOTA,
-                &Precondition::None,
-            )
-            .expect("begin");
+        let mut pending = begin(&workspaces, &dirs, "b.txt").expect("begin");
         pending.write(b"partial").expect("write");
         drop(pending);
         let tmp = root
@@ -1448,26 +1425,8 @@ mod tests {
     #[test]
     fn parallel_uploads_share_one_quota() {
         let (root, workspaces, dirs) = setup();
-        let mut first = dirs
-            .clone()
-            .begin_write(
-                workspaces.clone(),
-                "one.bin",
-                false,
-                QUOTA,
-                &Precondition::None,
-            )
-            .expect("begin");
-        let mut second = dirs
-            .clone()
-            .begin_write(
-                workspaces.clone(),
-                "two.bin",
-                false,
-                QUOTA,
-                &Precondition::None,
-            )
-            .expect("begin");
+        let mut first = begin(&workspaces, &dirs, "one.bin").expect("begin");
+        let mut second = begin(&workspaces, &dirs, "two.bin").expect("begin");
         first.write(&vec![1u8; 700 * 1024]).expect("fits alone");
         let err = second
             .write(&vec![2u8; 700 * 1024])

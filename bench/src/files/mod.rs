@@ -28,7 +28,7 @@ pub mod pattern;
 pub mod report;
 pub mod transfer;
 
-use crate::http::load::{drive, Client, Outcome, Plan};
+use crate::http::load::{run_into, warm_up, Client, Outcome, Plan};
 use crate::http::server::ServerProcess;
 use crate::http::{api, os_args, random_hex, start_warren, stop, Warren};
 use crate::FilesArgs;
@@ -284,15 +284,7 @@ async fn small_file(
     };
     let (mut bare_clients, mut warren_clients) = (clients(bare)?, clients(server)?);
     eprintln!("(a) GET {SMALL_PATH}, {concurrency} connections: warm-up ...");
-    let mut discard = Outcome::new()?;
-    run_into(&mut bare_clients, Plan::closed(warmup), &mut discard).await?;
-    run_into(&mut warren_clients, Plan::closed(warmup), &mut discard).await?;
-    if discard.errors.total() > 0 {
-        eprintln!(
-            "warning: errors in the warm-up: {}",
-            discard.errors.describe()
-        );
-    }
+    warm_up(&mut [&mut bare_clients, &mut warren_clients], warmup).await?;
     eprintln!(
         "(a) measuring {} s each, in {SLICES} alternating slices ...",
         args.seconds.as_secs_f64()
@@ -316,13 +308,6 @@ async fn small_file(
         }
     }
     Ok((warren_total, bare_total))
-}
-
-/// One run of `clients` under `plan`, added to `total`.
-async fn run_into(clients: &mut Vec<Client>, plan: Plan, total: &mut Outcome) -> Result<()> {
-    let (back, outcome) = drive(std::mem::take(clients), plan).await?;
-    *clients = back;
-    total.merge(&outcome)
 }
 
 /// Bytes (b) needs on the filesystem at once: warren's file and the one

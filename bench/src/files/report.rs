@@ -4,7 +4,6 @@
 use super::memory::{Peak, Rss};
 use crate::http::report::Series;
 use crate::report::{per_second_of, ratio, render, target_cell, thousands, Machine, Target};
-use anyhow::{Context, Result};
 use serde::Serialize;
 
 /// (a): warren's 1 KiB GET throughput over the bare handler's, at least.
@@ -451,21 +450,6 @@ pub fn mib(kib: u64) -> String {
 
 fn plus_mib(kib: u64) -> String {
     format!("+{}", mib(kib))
-}
-
-/// Prints the table to stdout; with `json`, the JSON document to stdout and
-/// the table to stderr.
-pub fn print(report: &FilesReport, json: bool) -> Result<()> {
-    let table = report.table();
-    if json {
-        eprintln!("{table}");
-        let document =
-            serde_json::to_string_pretty(report).context("cannot serialise the results")?;
-        println!("{document}");
-    } else {
-        println!("{table}");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -472,6 +472,29 @@ struct TaskCounts {
 
 /// Runs every client in its own task under `plan` and gathers the outcome.
 /// The clients come back (connections still open) for the next run.
+/// One run of `clients` under `plan`, added to `total`.
+pub async fn run_into(clients: &mut Vec<Client>, plan: Plan, total: &mut Outcome) -> Result<()> {
+    let (back, outcome) = drive(std::mem::take(clients), plan).await?;
+    *clients = back;
+    total.merge(&outcome)
+}
+
+/// Runs each group of clients for `duration`, discarding the figures; a run
+/// whose warm-up fails will fail its figures too, so that is said now.
+pub async fn warm_up(groups: &mut [&mut Vec<Client>], duration: Duration) -> Result<()> {
+    let mut discard = Outcome::new()?;
+    for clients in groups.iter_mut() {
+        run_into(clients, Plan::closed(duration), &mut discard).await?;
+    }
+    if discard.errors.total() > 0 {
+        eprintln!(
+            "warning: errors in the warm-up: {}",
+            discard.errors.describe()
+        );
+    }
+    Ok(())
+}
+
 pub async fn drive(clients: Vec<Client>, plan: Plan) -> Result<(Vec<Client>, Outcome)> {
     let count = clients.len().max(1);
     let started = Instant::now();

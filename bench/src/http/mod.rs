@@ -36,7 +36,7 @@ pub mod server;
 use crate::HttpArgs;
 use anyhow::{Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
-use load::{drive, Client, Outcome, Pace, Plan};
+use load::{drive, run_into, warm_up, Client, Outcome, Pace, Plan};
 use report::{DbQueries, HttpReport, Settings, StormFigure};
 use server::ServerProcess;
 use std::ffi::OsString;
@@ -187,13 +187,6 @@ async fn query_counts(warren: Option<&Warren>) -> Result<api::Samples> {
     }
 }
 
-/// One run of `clients` under `plan`, added to `total`.
-async fn run_into(clients: &mut Vec<Client>, plan: Plan, total: &mut Outcome) -> Result<()> {
-    let (back, outcome) = drive(std::mem::take(clients), plan).await?;
-    *clients = back;
-    total.merge(&outcome)
-}
-
 /// `count` clients sending the ping request, connection k as user k mod users.
 fn ping_clients(server: SocketAddr, tokens: &[String], count: usize) -> Result<Vec<Client>> {
     (0..count)
@@ -243,17 +236,10 @@ async fn measure(
         None => Vec::new(),
     };
     eprintln!("(a) GET /api/v1/ping, {concurrency} connections: warm-up ...");
-    let mut discard = Outcome::new()?;
-    run_into(&mut bare_clients, Plan::closed(warmup), &mut discard).await?;
     if warren.is_some() {
-        run_into(&mut warren_clients, Plan::closed(warmup), &mut discard).await?;
-    }
-    // A run whose warm-up fails will fail its figures too; say so now.
-    if discard.errors.total() > 0 {
-        eprintln!(
-            "warning: errors in the warm-up: {}",
-            discard.errors.describe()
-        );
+        warm_up(&mut [&mut bare_clients, &mut warren_clients], warmup).await?;
+    } else {
+        warm_up(&mut [&mut bare_clients], warmup).await?;
     }
     eprintln!(
         "(a) measuring {} s each, in {SLICES} alternating slices ...",

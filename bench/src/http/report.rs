@@ -4,7 +4,6 @@
 use super::api::Samples;
 use super::load::{Errors, Outcome, Percentiles};
 use crate::report::{nanos, per_second_of, ratio, render, target_cell, thousands, Machine, Target};
-use anyhow::{Context, Result};
 use serde::Serialize;
 
 /// (a): warren's ping throughput over the bare handler's, at least.
@@ -402,21 +401,6 @@ impl HttpReport {
         }
         text
     }
-}
-
-/// Prints the table to stdout; with `json`, the JSON document to stdout and
-/// the table to stderr.
-pub fn print(report: &HttpReport, json: bool) -> Result<()> {
-    let table = report.table();
-    if json {
-        eprintln!("{table}");
-        let document =
-            serde_json::to_string_pretty(report).context("cannot serialise the results")?;
-        println!("{document}");
-    } else {
-        println!("{table}");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -706,18 +706,10 @@ async fn write_stream<E>(
                     match more {
                         Gathered::More => {}
                         Gathered::Ended => break,
-                        Gathered::Failed => {
-                            sender.abort(OpError::Cancelled);
-                            return Err(ApiError::BadRequest("the upload was interrupted".into()));
-                        }
+                        Gathered::Failed => return Err(interrupted(&mut sender)),
                     }
                 }
-                Ok(Some(Err(_))) => {
-                    // The client went away or sent a broken body: the
-                    // worker drops the temp file.
-                    sender.abort(OpError::Cancelled);
-                    return Err(ApiError::BadRequest("the upload was interrupted".into()));
-                }
+                Ok(Some(Err(_))) => return Err(interrupted(&mut sender)),
             },
             // The worker answers before the body ends only to refuse, or
             // the stream fails because it died: stop waiting for the client.
@@ -726,6 +718,13 @@ async fn write_stream<E>(
     }
     let _ = sender.finish();
     outcome_of(receiver.recv().await)
+}
+
+/// The client went away or sent a broken body: the worker drops the temp
+/// file.
+fn interrupted(sender: &mut warren_protocol::stream::StreamSender) -> ApiError {
+    sender.abort(OpError::Cancelled);
+    ApiError::BadRequest("the upload was interrupted".into())
 }
 
 fn stalled(idle: Duration) -> ApiError {
