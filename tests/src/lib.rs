@@ -191,6 +191,20 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (up to 10 s) until the log holds `needle` and returns the log.
+    /// A line warren writes while answering can reach the test's reader
+    /// thread after the response does, so a log assertion must wait for it.
+    pub async fn log_containing(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// GET `path`, returning the status and the JSON body.
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let response = self.http.get(self.url(path)).send().await.expect("GET");

@@ -284,11 +284,9 @@ async fn lockout_and_rate_limit_answer_429_with_retry_after(db: Database) {
         }
     }
     assert_eq!(statuses, [401, 401, 401, 401, 429]);
-    let caller_log = server.log();
-    assert!(
-        caller_log.contains("security_event=true event=\"lockout\""),
-        "{caller_log}"
-    );
+    let lockout = "security_event=true event=\"lockout\"";
+    let caller_log = server.log_containing(lockout).await;
+    assert!(caller_log.contains(lockout), "{caller_log}");
     let (status, rows) = admin.get("/api/v1/admin/audit?event=lockout").await;
     assert_eq!(status, 200, "{rows}");
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
@@ -957,8 +955,9 @@ async fn admin_changes_take_effect_and_are_audited(db: Database) {
     ] {
         assert!(names.contains(&event), "{event} not audited: {names:?}");
     }
-    let log = server.log();
-    assert!(log.contains("security_event=true event=\"user_deleted\""));
+    let deleted = "security_event=true event=\"user_deleted\"";
+    let log = server.log_containing(deleted).await;
+    assert!(log.contains(deleted), "{log}");
     let metrics = server.metrics().await;
     for metric in [
         "warren_login_attempts_total{result=\"success\"}",

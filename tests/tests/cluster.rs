@@ -221,11 +221,8 @@ async fn a_worker_that_stops_heartbeating_is_killed_and_replaced() {
         !process_alive(frozen_pid),
         "the frozen worker {frozen_pid} is still there"
     );
-    assert!(
-        server.log().contains("missed its heartbeats"),
-        "{}",
-        server.log()
-    );
+    let log = server.log_containing("missed its heartbeats").await;
+    assert!(log.contains("missed its heartbeats"), "{log}");
     let (_, ready) = server.get_json("/readyz").await;
     assert_eq!(ready["workers"][slot as usize]["restarts"], 1, "{ready}");
 }
@@ -316,7 +313,10 @@ async fn a_worker_sending_bad_frames_is_cut_off_and_its_slot_recovers() {
         .await;
         assert!(recovered, "slot did not recover; log:\n{}", server.log());
     }
-    let log = server.log();
+    server.log_containing("undecodable frame").await;
+    let log = server
+        .log_containing("exceeds the 1048576-byte limit")
+        .await;
     assert!(log.contains("undecodable frame"), "{log}");
     assert!(log.contains("exceeds the 1048576-byte limit"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
