@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let data_dir = &args.store.data_dir;
     create_private_dir(data_dir)?;
     let metrics = Arc::new(Metrics::new());
@@ -122,6 +123,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Creates `dir` (mode 0700 when new): it holds the database and users' files.
+/// Raises the soft open-file limit to the hard one, for this process and
+/// the workers it starts. Every connection and every user a worker keeps
+/// open takes descriptors; the usual soft default of 1024 exists for old
+/// programs using `select`, which warren does not.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %err, "cannot raise the open-file limit");
+        }
+    }
+    let files = getrlimit(Resource::Nofile).current;
+    tracing::info!(
+        open_files = files.map_or_else(|| "unlimited".into(), |n| n.to_string()),
+        "open-file limit"
+    );
+}
+
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()

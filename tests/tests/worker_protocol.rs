@@ -16,18 +16,31 @@ struct Harness {
 }
 
 async fn start_worker() -> Harness {
+    start_worker_under(&[], false).await
+}
+
+/// Starts a worker through `wrapper` (a program and its arguments that runs
+/// the command after it, such as `prlimit`), with a users directory if asked.
+async fn start_worker_under(wrapper: &[&str], with_users_dir: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("worker-0.sock");
     let listener = UnixListener::bind(&socket).unwrap();
-    let worker = Command::new(warren_tests::warren_binary())
-        .args([
-            "worker",
-            "--slot",
-            "0",
-            "--heartbeat-interval-ms",
-            "50",
-            "--socket",
-        ])
+    let binary = warren_tests::warren_binary();
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(&binary);
+            command
+        }
+        None => Command::new(&binary),
+    };
+    if with_users_dir {
+        command.arg("worker").arg("--users-dir").arg(dir.path());
+    } else {
+        command.arg("worker");
+    }
+    let worker = command
+        .args(["--slot", "0", "--heartbeat-interval-ms", "50", "--socket"])
         .arg(&socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -204,4 +217,68 @@ async fn a_worker_sent_garbage_or_an_over_long_frame_logs_it_and_exits() {
         assert!(!success, "{expected}: the worker exited cleanly");
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
+}
+
+/// A worker keeps a few directories open per user it has served; however
+/// many users it serves, it must stay within its open-file limit.
+#[tokio::test]
+async fn a_worker_serves_more_users_than_its_open_file_limit_allows_at_once() {
+    let mut harness = start_worker_under(&["prlimit", "--nofile=64:64", "--"], true).await;
+    harness.handshake().await;
+    let user = |n: u32| UserCtx {
+        id: UserId(uuid::Uuid::from_u128(n as u128 + 1).into_bytes()),
+        name: format!("user{n}"),
+        role: Role::User,
+        quota_bytes: 1 << 20,
+    };
+    let users = 200;
+    let mut call = async |id: u64, user: UserCtx, op: FileOp| {
+        let request = Request {
+            user,
+            op: Op::Files(op),
+        };
+        harness
+            .connection
+            .send(Frame {
+                id,
+                body: Body::Request(request),
+            })
+            .await
+            .unwrap();
+        loop {
+            let frame = harness.next().await;
+            match frame.body {
+                Body::Response(response) if frame.id == id => return response.result,
+                Body::Heartbeat(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    for n in 0..users {
+        let made = FileOp::Mkdir {
+            path: format!("made-by-{n}"),
+            parents: false,
+        };
+        let result = call(u64::from(n) + 1, user(n), made).await;
+        assert!(
+            matches!(result, Ok(Reply::Entry(_))),
+            "user {n}: {result:?}"
+        );
+    }
+    // Everyone's directory is still theirs, the first ones' included.
+    for n in [0, 1, users / 2, users - 1] {
+        let list = FileOp::List {
+            path: String::new(),
+            after: None,
+            limit: 10,
+        };
+        match call(1000 + u64::from(n), user(n), list).await {
+            Ok(Reply::Listing { entries, .. }) => {
+                let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+                assert_eq!(names, [format!("made-by-{n}")], "user {n}");
+            }
+            other => panic!("user {n}: {other:?}"),
+        }
+    }
+    drop(harness.connection);
 }

@@ -63,7 +63,12 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         Some(identity.slot),
     )
     .await?;
-    info!(slot = identity.slot, pid = identity.pid, "worker ready");
+    info!(
+        slot = identity.slot,
+        pid = identity.pid,
+        open_users = crate::workspace::open_users_limit(),
+        "worker ready"
+    );
 
     let (frames, outgoing) = mpsc::unbounded_channel();
     #[cfg(debug_assertions)]

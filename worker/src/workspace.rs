@@ -39,8 +39,12 @@ pub struct Workspaces {
     /// that matters to preconditions or usage (check, rename, accounting),
     /// and across the first-sight sweep of their `tmp/`.
     locks: Mutex<HashMap<UserId, Arc<Mutex<()>>>>,
-    /// Each user's open directories, opened (and created) once per process.
-    dirs: Mutex<HashMap<UserId, Arc<UserDirs>>>,
+    /// Open directories (three descriptors a user) of the users served
+    /// most recently, at most [`open_users_limit`] of them, so a worker
+    /// serving any number of users stays within its open-file limit. A user
+    /// evicted while a request of theirs runs keeps that request's
+    /// descriptors until it ends.
+    dirs: moka::sync::Cache<UserId, Arc<UserDirs>>,
     /// Each user's usage: counted by walking the workspace the first time
     /// this process needs it, then kept up to date by every change.
     usage: Mutex<HashMap<UserId, Usage>>,
@@ -159,13 +163,31 @@ fn entry(name: &str, stat: &rustix::fs::Stat) -> Entry {
     }
 }
 
+/// How many users' directories a worker keeps open: a quarter of its
+/// open-file limit at three descriptors each, leaving the rest for files
+/// being read or written, the master's socket and the runtime.
+pub fn open_users_limit() -> u64 {
+    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    (files / 4 / 3).clamp(4, 1 << 16)
+}
+
 impl Workspaces {
     pub fn new(users_dir: PathBuf) -> Workspaces {
+        Workspaces::keeping_open(users_dir, open_users_limit())
+    }
+
+    /// Keeps at most `open_users` users' directories open at once.
+    pub fn keeping_open(users_dir: PathBuf, open_users: u64) -> Workspaces {
         Workspaces {
             users_dir,
             swept: Mutex::new(HashSet::new()),
             locks: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
+            dirs: moka::sync::Cache::builder()
+                .max_capacity(open_users)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
             usage: Mutex::new(HashMap::new()),
         }
     }
@@ -176,18 +198,23 @@ impl Workspaces {
         if let Some(dirs) = self.opened(user) {
             return Ok(dirs);
         }
-        let dirs = Arc::new(self.open_fresh(user)?);
-        Ok(self.lock_dirs().entry(user).or_insert(dirs).clone())
+        let dirs = self
+            .dirs
+            .entry(user)
+            .or_try_insert_with(|| self.open_fresh(user).map(Arc::new))
+            .map_err(|err| OpError::clone(&err))?
+            .into_value();
+        // Evict now rather than on the cache's own schedule, so the
+        // descriptors kept never exceed the bound. Only a miss gets here,
+        // and a miss already costs a few system calls.
+        self.dirs.run_pending_tasks();
+        Ok(dirs)
     }
 
     /// The user's directories if this process has them open already: using
     /// them costs no directory creation and no sweep of `tmp/`.
     pub fn opened(&self, user: UserId) -> Option<Arc<UserDirs>> {
-        self.lock_dirs().get(&user).cloned()
-    }
-
-    fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<UserDirs>>> {
-        self.dirs.lock().unwrap_or_else(PoisonError::into_inner)
+        self.dirs.get(&user)
     }
 
     /// Creates (on first use) and opens the user's directories.
@@ -1246,6 +1273,37 @@ mod tests {
         let mut pending = begin(workspaces, dirs, path)?;
         pending.write(bytes)?;
         pending.commit(&Precondition::None)
+    }
+
+    /// A user whose directories were closed to make room for others is
+    /// served again as before: their upload in progress completes, and
+    /// reopening does not sweep its temp file away.
+    #[test]
+    fn users_beyond_the_open_bound_are_reopened_without_losing_anything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let workspaces = Arc::new(Workspaces::keeping_open(dir.path().join("users"), 2));
+        let first = UserId([1; 16]);
+        let dirs = workspaces.open(first).expect("open");
+        write(&workspaces, &dirs, "kept", b"old").expect("write");
+        let mut pending = begin(&workspaces, &dirs, "uploading").expect("begin");
+        pending.write(b"half").expect("write");
+        drop(dirs);
+        for n in 2..10 {
+            workspaces.open(UserId([n; 16])).expect("open another");
+        }
+        assert!(workspaces.opened(first).is_none(), "still open");
+        assert!(workspaces.dirs.entry_count() <= 2);
+        let dirs = workspaces.open(first).expect("reopen");
+        pending.write(b" and half").expect("write after reopening");
+        pending.commit(&Precondition::None).expect("commit");
+        for (path, content) in [("kept", &b"old"[..]), ("uploading", b"half and half")] {
+            match dirs.read_small(path, 64) {
+                Ok(Reply::File { content: got, .. }) => assert_eq!(got.as_deref(), Some(content)),
+                other => panic!("read {path}: {other:?}"),
+            }
+        }
+        let usage = workspaces.usage(&dirs).expect("usage");
+        assert_eq!((usage.bytes, usage.files), (16, 2));
     }
 
     #[test]
