@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
@@ -326,4 +326,12 @@ pub enum OpError {
     QuotaExceeded { used: u64, limit: u64 },
     #[error("internal worker error: {0}")]
     Internal(String),
+    /// The server's disk (or its file-system quota) is full: nothing was
+    /// written, and a file being replaced is intact.
+    #[error("{0}")]
+    DiskFull(String),
+    /// The worker ran out of something that frees up again (open files,
+    /// memory): the same request may succeed shortly.
+    #[error("{0}")]
+    Busy(String),
 }

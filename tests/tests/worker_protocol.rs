@@ -282,3 +282,46 @@ async fn a_worker_serves_more_users_than_its_open_file_limit_allows_at_once() {
     }
     drop(harness.connection);
 }
+
+/// Out of descriptors altogether, a worker says so as a retryable `Busy`,
+/// not as a fault, and keeps serving.
+#[tokio::test]
+async fn a_worker_out_of_descriptors_answers_busy_and_carries_on() {
+    let mut harness = start_worker_under(&["prlimit", "--nofile=12:12", "--"], true).await;
+    harness.handshake().await;
+    let request = Request {
+        user: UserCtx {
+            id: UserId([5; 16]),
+            name: "five".into(),
+            role: Role::User,
+            quota_bytes: 1 << 20,
+        },
+        op: Op::Files(FileOp::Mkdir {
+            path: "d".into(),
+            parents: false,
+        }),
+    };
+    for id in 1..=2 {
+        harness
+            .connection
+            .send(Frame {
+                id,
+                body: Body::Request(request.clone()),
+            })
+            .await
+            .unwrap();
+        let result = loop {
+            let frame = harness.next().await;
+            match frame.body {
+                Body::Response(response) if frame.id == id => break response.result,
+                Body::Heartbeat(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        match result {
+            Err(OpError::Busy(why)) => assert!(why.contains("out of open files"), "{why}"),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+    }
+    drop(harness.connection);
+}

@@ -102,8 +102,11 @@ fn errno(err: Errno, what: &str) -> OpError {
         Errno::INVAL => OpError::Conflict(format!("{what}: cannot move a directory into itself")),
         Errno::NAMETOOLONG => OpError::BadPath(format!("{what}: name too long")),
         Errno::NOSPC | Errno::DQUOT => {
-            OpError::Internal(format!("{what}: the server's disk is full"))
+            OpError::DiskFull(format!("{what}: the server's disk is full"))
         }
+        Errno::MFILE | Errno::NFILE | Errno::NOMEM => OpError::Busy(format!(
+            "{what}: the server is out of open files or memory; try again shortly"
+        )),
         other => OpError::Internal(format!("{what}: {other}")),
     }
 }

@@ -124,6 +124,8 @@ impl ApiError {
                 }
                 OpError::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "cancelled"),
                 OpError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                OpError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+                OpError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             },
         }
     }
