@@ -15,6 +15,7 @@ pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod purge;
 pub mod serve;
 pub mod store;
 pub mod user_cli;

@@ -77,6 +77,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
+    let purger = crate::purge::Purger {
+        store: store.counting(metrics.auth().background_queries()),
+        pool: pool.clone(),
+        users_dir: data_dir.join("users"),
+    };
+    tokio::spawn(purger.run(auth.user_events(), stop.child_token()));
     let background = tokio::spawn(auth.clone().run_background(stop.child_token()));
     auth.count_sessions().await;
     let app = http::router(AppState::new(Shared {

@@ -182,6 +182,9 @@ pub enum FileOp {
     PutSettings {
         json: Vec<u8>,
     },
+    /// Removes everything of a deleted user (`<users>/<id>/`); done when
+    /// there is nothing left, including when there was nothing.
+    Purge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]

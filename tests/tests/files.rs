@@ -1035,3 +1035,65 @@ async fn browsers_upload_with_multipart_forms() {
         .expect("upload");
     assert_eq!(response.status(), 400);
 }
+
+/// Deleting a user removes their files: at once when deleted through the
+/// API, at the next start when deleted with the CLI while the server was
+/// down. Nothing of anyone else goes: not another user's files, not a
+/// directory the database never knew of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_user_removes_their_files_and_nobody_elses() {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let options = ServerOptions::workers(2);
+    let mut server = Server::start(data_dir.path(), &options);
+    server.wait_ready().await;
+    let admin = Caller::admin(&server).await;
+    let mut callers = Vec::new();
+    for name in ["kim", "lee"] {
+        let password = format!("{name}-password");
+        admin.create_user(name, &password).await;
+        let caller = Caller::login(&server, name, &password).await.bearer();
+        assert_eq!(put(&caller, "notes.txt", name).await.0, 201);
+        callers.push(caller);
+    }
+    let users = data_dir.path().join("users");
+    let [kim, lee] = [0, 1].map(|n| users.join(callers[n].user_id()));
+    let stranger = users.join("00000000-0000-4000-8000-000000000001");
+    std::fs::create_dir_all(stranger.join("workspace")).expect("mkdir");
+    std::fs::write(stranger.join("workspace/keep.txt"), "mine").expect("write");
+
+    let path = format!("/api/v1/admin/users/{}", callers[0].user_id());
+    assert_eq!(admin.delete(&path).await.0, 204);
+    let gone = eventually(Duration::from_secs(10), || async { !kim.exists() }).await;
+    assert!(gone, "kim's files are still there; log:\n{}", server.log());
+    assert_eq!(
+        get_bytes(&callers[1], "notes.txt").await,
+        (200, b"lee".to_vec())
+    );
+
+    assert_eq!(server.stop().code(), Some(0));
+    let deleted = std::process::Command::new(warren_tests::warren_binary())
+        .args(["user", "delete", "lee", "--data-dir"])
+        .arg(data_dir.path())
+        .env_remove("WARREN_DATABASE_URL")
+        .output()
+        .expect("run warren user delete");
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert!(
+        lee.join("workspace/notes.txt").exists(),
+        "removed while stopped"
+    );
+    let mut again = Server::start(data_dir.path(), &options);
+    again.wait_ready().await;
+    let gone = eventually(Duration::from_secs(10), || async { !lee.exists() }).await;
+    assert!(gone, "lee's files are still there; log:\n{}", again.log());
+    let names: Vec<_> = std::fs::read_dir(&users)
+        .expect("users")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, [stranger.file_name().expect("name")], "{names:?}");
+    assert_eq!(
+        std::fs::read_to_string(stranger.join("workspace/keep.txt")).expect("kept"),
+        "mine"
+    );
+    assert_eq!(again.stop().code(), Some(0));
+}

@@ -32,12 +32,16 @@ pub fn no_workspaces() -> OpError {
 
 /// Runs one file operation (blocking: call it on the blocking pool).
 pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Reply, OpError> {
-    if let FileOp::Usage = op {
-        let usage = workspaces.usage_of(user.id)?;
-        return Ok(Reply::Usage {
-            bytes: usage.bytes,
-            files: usage.files,
-        });
+    match op {
+        FileOp::Usage => {
+            let usage = workspaces.usage_of(user.id)?;
+            return Ok(Reply::Usage {
+                bytes: usage.bytes,
+                files: usage.files,
+            });
+        }
+        FileOp::Purge => return workspaces.purge(user.id).map(|()| Reply::Done),
+        _ => {}
     }
     let dirs = workspaces.open(user.id)?;
     let quota = user.quota_bytes;
@@ -53,7 +57,7 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
         FileOp::CloneTemplate { name, to } => dirs.clone_template(workspaces, quota, &name, &to),
         FileOp::GetSettings => dirs.settings(),
         FileOp::PutSettings { json } => dirs.put_settings(&json),
-        FileOp::Usage => Err(OpError::Internal("handled above".into())),
+        FileOp::Usage | FileOp::Purge => Err(OpError::Internal("handled above".into())),
     }
 }
 

@@ -166,6 +166,16 @@ fn entry(name: &str, stat: &rustix::fs::Stat) -> Entry {
     }
 }
 
+/// Removes `dir` and everything in it at any depth (std's `remove_dir_all`
+/// never follows a symlink); already gone is fine.
+fn remove_all(dir: &std::path::Path) -> Result<(), OpError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(io_error(err, "cannot remove the user's files")),
+    }
+}
+
 /// How many users' directories a worker keeps open: a quarter of its
 /// open-file limit at three descriptors each, leaving the rest for files
 /// being read or written, the master's socket and the runtime.
@@ -276,6 +286,36 @@ impl Workspaces {
             swept.insert(user);
         }
         Ok(dirs)
+    }
+
+    /// Removes everything of a deleted user: their directory is renamed
+    /// aside (`.purge-<id>`, at once, so nothing can be added to it under
+    /// its name) and then removed. A purge cut short by a crash is finished
+    /// by the next one for the same user. Requests of theirs still running
+    /// keep their open descriptors and fail or write into the removed tree.
+    pub fn purge(&self, user: UserId) -> Result<(), OpError> {
+        let lock = self.user_lock(user);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.dirs.invalidate(&user);
+        self.lock_usage().remove(&user);
+        self.swept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&user);
+        let home = self.users_dir.join(user.to_string());
+        let aside = self.users_dir.join(format!(".purge-{user}"));
+        match std::fs::rename(&home, &aside) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            // A leftover of an earlier purge is in the way: remove it first.
+            Err(_) if aside.exists() => {
+                remove_all(&aside)?;
+                std::fs::rename(&home, &aside)
+                    .map_err(|err| io_error(err, "cannot put the user's files aside"))?;
+            }
+            Err(err) => return Err(io_error(err, "cannot put the user's files aside")),
+        }
+        remove_all(&aside)
     }
 
     /// The user's usage (counted on first need).
@@ -1307,6 +1347,27 @@ mod tests {
         }
         let usage = workspaces.usage(&dirs).expect("usage");
         assert_eq!((usage.bytes, usage.files), (16, 2));
+    }
+
+    /// A purge takes everything of the user, finishes an earlier purge
+    /// that was cut short, and forgets what this process knew of them.
+    #[test]
+    fn a_purge_removes_the_user_and_a_leftover_of_an_earlier_one() {
+        let (root, workspaces, dirs) = setup();
+        let user = UserId([7; 16]);
+        write(&workspaces, &dirs, "file", b"bytes").expect("write");
+        dirs.mkdir("deep", false).expect("mkdir");
+        let users = root.path().join("users");
+        let leftover = users.join(format!(".purge-{user}"));
+        std::fs::create_dir_all(leftover.join("workspace/old")).expect("leftover");
+        drop(dirs);
+        workspaces.purge(user).expect("purge");
+        let left: Vec<_> = std::fs::read_dir(&users).expect("users").collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(workspaces.opened(user).is_none());
+        workspaces.purge(user).expect("nothing to purge is fine");
+        let usage = workspaces.usage_of(user).expect("usage");
+        assert_eq!((usage.bytes, usage.files), (0, 0));
     }
 
     #[test]

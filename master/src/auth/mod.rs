@@ -246,6 +246,9 @@ pub struct Auth {
     /// Bumped by every invalidation; a cache fill that started before a
     /// bump is not inserted.
     generation: AtomicU64,
+    /// Every user the revocation feed names (deleted, disabled, changed),
+    /// for whoever has more to do about them than forgetting credentials.
+    user_events: tokio::sync::broadcast::Sender<Uuid>,
     config: AuthConfig,
     metrics: AuthMetrics,
 }
@@ -270,6 +273,7 @@ impl Auth {
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             generation: AtomicU64::new(0),
+            user_events: tokio::sync::broadcast::Sender::new(1024),
             background_store: store.counting(metrics.background_queries()),
             store,
             config,
@@ -285,6 +289,12 @@ impl Auth {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The users the revocation feed names from now on, on every master
+    /// (a receiver that falls over 1024 behind is told it lagged).
+    pub fn user_events(&self) -> tokio::sync::broadcast::Receiver<Uuid> {
+        self.user_events.subscribe()
     }
 
     pub fn config(&self) -> &AuthConfig {
@@ -763,7 +773,11 @@ impl Auth {
                     match event.kind {
                         EventKind::Session => self.forget(&event.subject),
                         EventKind::User => match event.subject.parse() {
-                            Ok(user) => self.forget_user(user),
+                            Ok(user) => {
+                                self.forget_user(user);
+                                // No receiver is fine.
+                                let _ = self.user_events.send(user);
+                            }
                             Err(_) => {
                                 warn!(subject = %event.subject, "bad user id in the revocation feed")
                             }

@@ -283,7 +283,7 @@ impl Store {
     /// Deletes a user with their sessions and tokens (never the last active
     /// administrator). `false` if no such user.
     pub async fn delete_user(&self, id: Uuid) -> Result<bool> {
-        self.count(4);
+        self.count(5);
         let mut tx = self.begin_writer().await?;
         let row = sqlx::query("SELECT role, disabled FROM users WHERE id = $1")
             .bind(id.to_string())
@@ -300,8 +300,24 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
+        // Ids are random and never reused, so a tombstone cannot clash.
+        sqlx::query("INSERT INTO deleted_users (id, deleted_at) VALUES ($1, $2)")
+            .bind(id.to_string())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Whether `id` belonged to a user who was deleted (whose files may go).
+    pub async fn was_deleted(&self, id: Uuid) -> Result<bool> {
+        self.count(1);
+        let row = sqlx::query("SELECT 1 FROM deleted_users WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Sets a user's own new password and ends their other sessions (the

@@ -243,7 +243,8 @@ async fn patch_user(
     Ok(Json(UserView::from(&user)))
 }
 
-/// Delete a user, their sessions and tokens.
+/// Delete a user, their sessions and tokens; their files are removed
+/// within a second.
 #[utoipa::path(
     delete, path = "/admin/users/{id}", tag = "admin",
     params(("id" = Uuid, Path)),

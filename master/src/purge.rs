@@ -1,0 +1,112 @@
+//! Removing the files of deleted users.
+//!
+//! Deleting a user (API or CLI, on any master sharing the database) leaves a
+//! tombstone in `deleted_users` and a user event in the revocation feed.
+//! This task asks the user's worker to purge `<users>/<id>/` for each user
+//! the feed names who has a tombstone, and, at start, for every user
+//! directory with a tombstone (deletions made while this master was down,
+//! or purges it could not finish). Only a tombstone makes files go: a
+//! database that merely lacks a user (a wrong `--database-url`, an old
+//! backup) removes nothing.
+
+use crate::pool::Pool;
+use crate::store::Store;
+use std::path::PathBuf;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+use warren_protocol::{FileOp, Op, Role, UserCtx};
+
+pub struct Purger {
+    pub store: Store,
+    pub pool: std::sync::Arc<Pool>,
+    /// `<data-dir>/users`.
+    pub users_dir: PathBuf,
+}
+
+impl Purger {
+    /// Sweeps once, then purges each deleted user the feed names, until
+    /// `stop`.
+    pub async fn run(self, mut users: broadcast::Receiver<Uuid>, stop: CancellationToken) {
+        self.sweep().await;
+        loop {
+            let user = tokio::select! {
+                _ = stop.cancelled() => return,
+                user = users.recv() => user,
+            };
+            match user {
+                Ok(user) => self.purge_if_deleted(user).await,
+                // Events were missed: look at every directory instead.
+                Err(RecvError::Lagged(_)) => self.sweep().await,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Purges every user directory that belongs to a deleted user.
+    async fn sweep(&self) {
+        let dir = self.users_dir.clone();
+        let ids = tokio::task::spawn_blocking(move || user_dirs(&dir)).await;
+        match ids {
+            Ok(Ok(ids)) => {
+                for user in ids {
+                    self.purge_if_deleted(user).await;
+                }
+            }
+            Ok(Err(err)) => warn!(error = %err, "cannot list the users' directories"),
+            Err(err) => warn!(error = %err, "cannot list the users' directories"),
+        }
+    }
+
+    async fn purge_if_deleted(&self, user: Uuid) {
+        match self.store.was_deleted(user).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                warn!(%user, error = %err, "cannot check whether a user was deleted");
+                return;
+            }
+        }
+        let home = self.users_dir.join(user.to_string());
+        let aside = self.users_dir.join(format!(".purge-{user}"));
+        if !home.exists() && !aside.exists() {
+            return;
+        }
+        let ctx = UserCtx {
+            id: user.into(),
+            name: String::new(),
+            role: Role::User,
+            quota_bytes: 0,
+        };
+        match self.pool.call(&ctx, Op::Files(FileOp::Purge)).await {
+            Ok(_) => info!(%user, "removed the files of a deleted user"),
+            Err(err) => warn!(
+                %user,
+                error = %err,
+                "cannot remove the files of a deleted user; the next start tries again"
+            ),
+        }
+    }
+}
+
+/// The ids of the user directories under `dir`, and of those a purge put
+/// aside (`.purge-<id>`) and did not finish; none if `dir` does not exist.
+fn user_dirs(dir: &std::path::Path) -> std::io::Result<Vec<Uuid>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Ok(id) = name.strip_prefix(".purge-").unwrap_or(name).parse() {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
