@@ -3,20 +3,25 @@
 //! Deleting a user (API or CLI, on any master sharing the database) leaves a
 //! tombstone in `deleted_users` and a user event in the revocation feed.
 //! This task asks the user's worker to purge `<users>/<id>/` for each user
-//! the feed names who has a tombstone, and, at start, for every user
-//! directory with a tombstone (deletions made while this master was down,
-//! or purges it could not finish). Only a tombstone makes files go: a
+//! the feed names who has a tombstone, and, at start and every
+//! [`SWEEP_EVERY`], for every user directory with a tombstone (deletions
+//! made while this master was down, events missed, purges that failed).
+//! Only a tombstone makes files go: a
 //! database that merely lacks a user (a wrong `--database-url`, an old
 //! backup) removes nothing.
 
 use crate::pool::Pool;
 use crate::store::Store;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 use warren_protocol::{FileOp, Op, Role, UserCtx};
+
+/// How often every user directory is checked against the tombstones.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 pub struct Purger {
     pub store: Store,
@@ -26,20 +31,21 @@ pub struct Purger {
 }
 
 impl Purger {
-    /// Sweeps once, then purges each deleted user the feed names, until
-    /// `stop`.
+    /// Sweeps at once and every [`SWEEP_EVERY`], and purges each deleted
+    /// user the feed names, until `stop`.
     pub async fn run(self, mut users: broadcast::Receiver<Uuid>, stop: CancellationToken) {
-        self.sweep().await;
+        let mut sweeps = tokio::time::interval(SWEEP_EVERY);
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let user = tokio::select! {
+            tokio::select! {
                 _ = stop.cancelled() => return,
-                user = users.recv() => user,
-            };
-            match user {
-                Ok(user) => self.purge_if_deleted(user).await,
-                // Events were missed: look at every directory instead.
-                Err(RecvError::Lagged(_)) => self.sweep().await,
-                Err(RecvError::Closed) => return,
+                _ = sweeps.tick() => self.sweep().await,
+                user = users.recv() => match user {
+                    Ok(user) => self.purge_if_deleted(user).await,
+                    // Events were missed: look at every directory instead.
+                    Err(RecvError::Lagged(_)) => self.sweep().await,
+                    Err(RecvError::Closed) => return,
+                },
             }
         }
     }
@@ -47,27 +53,33 @@ impl Purger {
     /// Purges every user directory that belongs to a deleted user.
     async fn sweep(&self) {
         let dir = self.users_dir.clone();
-        let ids = tokio::task::spawn_blocking(move || user_dirs(&dir)).await;
-        match ids {
-            Ok(Ok(ids)) => {
-                for user in ids {
-                    self.purge_if_deleted(user).await;
-                }
-            }
-            Ok(Err(err)) => warn!(error = %err, "cannot list the users' directories"),
-            Err(err) => warn!(error = %err, "cannot list the users' directories"),
+        let ids = match tokio::task::spawn_blocking(move || user_dirs(&dir)).await {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(err)) => return warn!(error = %err, "cannot list the users' directories"),
+            Err(err) => return warn!(error = %err, "cannot list the users' directories"),
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let deleted = match self.store.deleted_users().await {
+            Ok(deleted) => deleted,
+            Err(err) => return warn!(error = %err, "cannot read the deleted users"),
+        };
+        for user in ids.into_iter().filter(|id| deleted.contains(id)) {
+            self.purge(user).await;
         }
     }
 
     async fn purge_if_deleted(&self, user: Uuid) {
         match self.store.was_deleted(user).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(err) => {
-                warn!(%user, error = %err, "cannot check whether a user was deleted");
-                return;
-            }
+            Ok(true) => self.purge(user).await,
+            Ok(false) => {}
+            Err(err) => warn!(%user, error = %err, "cannot check whether a user was deleted"),
         }
+    }
+
+    /// Asks `user`'s worker to remove their files, if there are any.
+    async fn purge(&self, user: Uuid) {
         let home = self.users_dir.join(user.to_string());
         let aside = self.users_dir.join(format!(".purge-{user}"));
         if !home.exists() && !aside.exists() {
@@ -84,7 +96,7 @@ impl Purger {
             Err(err) => warn!(
                 %user,
                 error = %err,
-                "cannot remove the files of a deleted user; the next start tries again"
+                "cannot remove the files of a deleted user; the next sweep tries again"
             ),
         }
     }

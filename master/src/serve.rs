@@ -128,7 +128,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates `dir` (mode 0700 when new): it holds the database and users' files.
 /// Raises the soft open-file limit to the hard one, for this process and
 /// the workers it starts. Every connection and every user a worker keeps
 /// open takes descriptors; the usual soft default of 1024 exists for old
@@ -152,6 +151,7 @@ fn raise_open_file_limit() {
     );
 }
 
+/// Creates `dir` (mode 0700 when new): it holds the database and users' files.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()

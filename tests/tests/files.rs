@@ -1084,13 +1084,20 @@ async fn deleting_a_user_removes_their_files_and_nobody_elses() {
     );
     let mut again = Server::start(data_dir.path(), &options);
     again.wait_ready().await;
-    let gone = eventually(Duration::from_secs(10), || async { !lee.exists() }).await;
-    assert!(gone, "lee's files are still there; log:\n{}", again.log());
-    let names: Vec<_> = std::fs::read_dir(&users)
-        .expect("users")
-        .map(|entry| entry.expect("entry").file_name())
-        .collect();
-    assert_eq!(names, [stranger.file_name().expect("name")], "{names:?}");
+    // Only the stranger's directory remains (no `.purge-…` either).
+    let names = || -> Vec<_> {
+        std::fs::read_dir(&users)
+            .expect("users")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect()
+    };
+    let only_stranger = [stranger.file_name().expect("name")];
+    let gone = eventually(Duration::from_secs(10), || async {
+        names() == only_stranger
+    })
+    .await;
+    assert!(gone, "{:?} remain; log:\n{}", names(), again.log());
+    assert!(!lee.exists());
     assert_eq!(
         std::fs::read_to_string(stranger.join("workspace/keep.txt")).expect("kept"),
         "mine"

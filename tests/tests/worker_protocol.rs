@@ -16,24 +16,20 @@ struct Harness {
 }
 
 async fn start_worker() -> Harness {
-    start_worker_under(&[], false).await
+    start_worker_with(false, |_| None).await
 }
 
-/// Starts a worker through `wrapper` (a program and its arguments that runs
-/// the command after it, such as `prlimit`), with a users directory if asked.
-async fn start_worker_under(wrapper: &[&str], with_users_dir: bool) -> Harness {
+/// Starts a worker, with a users directory if asked; once it has connected
+/// (and before the handshake, after which it sizes its caches),
+/// `open_files` may return a new open-file limit for it, given its pid.
+async fn start_worker_with(
+    with_users_dir: bool,
+    open_files: impl Fn(u32) -> Option<u64>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("worker-0.sock");
     let listener = UnixListener::bind(&socket).unwrap();
-    let binary = warren_tests::warren_binary();
-    let mut command = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut command = Command::new(program);
-            command.args(args).arg(&binary);
-            command
-        }
-        None => Command::new(&binary),
-    };
+    let mut command = Command::new(warren_tests::warren_binary());
     if with_users_dir {
         command.arg("worker").arg("--users-dir").arg(dir.path());
     } else {
@@ -51,6 +47,15 @@ async fn start_worker_under(wrapper: &[&str], with_users_dir: bool) -> Harness {
         .await
         .expect("the worker connects")
         .unwrap();
+    if let Some(limit) = open_files(worker.id()) {
+        use rustix::process::{prlimit, Pid, Resource, Rlimit};
+        let pid = Pid::from_raw(worker.id() as i32);
+        let limit = Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        };
+        prlimit(pid, Resource::Nofile, limit).expect("set the worker's open-file limit");
+    }
     Harness {
         _dir: dir,
         worker,
@@ -223,7 +228,7 @@ async fn a_worker_sent_garbage_or_an_over_long_frame_logs_it_and_exits() {
 /// many users it serves, it must stay within its open-file limit.
 #[tokio::test]
 async fn a_worker_serves_more_users_than_its_open_file_limit_allows_at_once() {
-    let mut harness = start_worker_under(&["prlimit", "--nofile=64:64", "--"], true).await;
+    let mut harness = start_worker_with(true, |_| Some(64)).await;
     harness.handshake().await;
     let user = |n: u32| UserCtx {
         id: UserId(uuid::Uuid::from_u128(n as u128 + 1).into_bytes()),
@@ -287,7 +292,8 @@ async fn a_worker_serves_more_users_than_its_open_file_limit_allows_at_once() {
 /// not as a fault, and keeps serving.
 #[tokio::test]
 async fn a_worker_out_of_descriptors_answers_busy_and_carries_on() {
-    let mut harness = start_worker_under(&["prlimit", "--nofile=12:12", "--"], true).await;
+    // Room for two more descriptors: opening a user takes four.
+    let mut harness = start_worker_with(true, |pid| Some(limit_leaving(pid, 2))).await;
     harness.handshake().await;
     let request = Request {
         user: UserCtx {
@@ -324,4 +330,16 @@ async fn a_worker_out_of_descriptors_answers_busy_and_carries_on() {
         }
     }
     drop(harness.connection);
+}
+
+/// The open-file limit that leaves the process `pid` exactly `free` more
+/// descriptors (the lowest free numbers below the limit).
+fn limit_leaving(pid: u32, free: u64) -> u64 {
+    let open: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the worker's descriptors")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (1..)
+        .find(|&limit| limit - open.iter().filter(|&&fd| fd < limit).count() as u64 == free)
+        .expect("a limit")
 }

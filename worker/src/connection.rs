@@ -201,7 +201,10 @@ impl Worker {
     }
 
     fn request(self: &Arc<Self>, id: u64, user: UserCtx, op: Op) {
-        self.saw_user(&user);
+        // A purge is for a user who is gone, not one served.
+        if !matches!(op, Op::Files(warren_protocol::FileOp::Purge)) {
+            self.saw_user(&user);
+        }
         match op {
             Op::Ping => self.respond(id, Ok(ops::ping(self.identity, &user))),
             Op::Files(op) => {

@@ -375,7 +375,7 @@ impl Flushing {
 
 fn flushed(done: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), OpError> {
     joined(done.map(|flush| {
-        flush.map_err(|err| OpError::Internal(format!("cannot write the upload to disk: {err}")))
+        flush.map_err(|err| crate::workspace::io_error(err, "cannot write the upload to disk"))
     }))
 }
 

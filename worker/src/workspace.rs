@@ -35,6 +35,8 @@ pub struct Workspaces {
     users_dir: PathBuf,
     /// Users whose `tmp/` this process has already emptied.
     swept: Mutex<HashSet<UserId>>,
+    /// Deleted users whose files this process removed: never reopened.
+    purged: Mutex<HashSet<UserId>>,
     /// One lock per user, held across every change of their workspace
     /// that matters to preconditions or usage (check, rename, accounting),
     /// and across the first-sight sweep of their `tmp/`.
@@ -111,7 +113,7 @@ fn errno(err: Errno, what: &str) -> OpError {
     }
 }
 
-fn io_error(err: std::io::Error, what: &str) -> OpError {
+pub(crate) fn io_error(err: std::io::Error, what: &str) -> OpError {
     match err.raw_os_error() {
         Some(code) => errno(Errno::from_raw_os_error(code), what),
         None => OpError::Internal(format!("{what}: {err}")),
@@ -166,13 +168,28 @@ fn entry(name: &str, stat: &rustix::fs::Stat) -> Entry {
     }
 }
 
+/// What a purged user's requests get.
+fn purged() -> OpError {
+    OpError::NotFound("this user's files were removed".into())
+}
+
 /// Removes `dir` and everything in it at any depth (std's `remove_dir_all`
-/// never follows a symlink); already gone is fine.
+/// never follows a symlink); already gone is fine. A request still running
+/// may add an entry meanwhile, so a failure is retried a few times.
 fn remove_all(dir: &std::path::Path) -> Result<(), OpError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(io_error(err, "cannot remove the user's files")),
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(_) if tries < 3 => tries += 1,
+            Err(err) => {
+                return Err(OpError::Internal(format!(
+                    "cannot remove the user's files in {}: {err}",
+                    dir.display()
+                )))
+            }
+        }
     }
 }
 
@@ -196,6 +213,7 @@ impl Workspaces {
         Workspaces {
             users_dir,
             swept: Mutex::new(HashSet::new()),
+            purged: Mutex::new(HashSet::new()),
             locks: Mutex::new(HashMap::new()),
             dirs: moka::sync::Cache::builder()
                 .max_capacity(open_users)
@@ -217,6 +235,12 @@ impl Workspaces {
             .or_try_insert_with(|| self.open_fresh(user).map(Arc::new))
             .map_err(|err| OpError::clone(&err))?
             .into_value();
+        // A purge between the opening and the insertion must not leave the
+        // removed tree in the cache.
+        if self.was_purged(user) {
+            self.dirs.invalidate(&user);
+            return Err(purged());
+        }
         // Evict now rather than on the cache's own schedule, so the
         // descriptors kept never exceed the bound. Only a miss gets here,
         // and a miss already costs a few system calls.
@@ -230,8 +254,15 @@ impl Workspaces {
         self.dirs.get(&user)
     }
 
-    /// Creates (on first use) and opens the user's directories.
+    /// Creates (on first use) and opens the user's directories, under the
+    /// user's lock: no request of theirs can create a temp file that the
+    /// sweep would then remove, and none can recreate what a purge removed.
     fn open_fresh(&self, user: UserId) -> Result<UserDirs, OpError> {
+        let lock = self.user_lock(user);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.was_purged(user) {
+            return Err(purged());
+        }
         let base = self.users_dir.join(user.to_string());
         for dir in [&self.users_dir, &base] {
             match std::fs::create_dir(dir) {
@@ -276,10 +307,6 @@ impl Workspaces {
             state,
             tmp,
         };
-        // Under the user's lock, so no request of theirs can create a temp
-        // file that the sweep would then remove.
-        let lock = self.user_lock(user);
-        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
         let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
         if !swept.contains(&user) {
             dirs.sweep_tmp();
@@ -288,15 +315,30 @@ impl Workspaces {
         Ok(dirs)
     }
 
+    fn was_purged(&self, user: UserId) -> bool {
+        self.purged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&user)
+    }
+
     /// Removes everything of a deleted user: their directory is renamed
     /// aside (`.purge-<id>`, at once, so nothing can be added to it under
     /// its name) and then removed. A purge cut short by a crash is finished
-    /// by the next one for the same user. Requests of theirs still running
-    /// keep their open descriptors and fail or write into the removed tree.
+    /// by the next one for the same user. From then on this process refuses
+    /// to open the user's directories again; a request of theirs still
+    /// running keeps its descriptors and fails or writes into the tree being
+    /// removed (the removal is retried).
     pub fn purge(&self, user: UserId) -> Result<(), OpError> {
         let lock = self.user_lock(user);
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.purged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(user);
         self.dirs.invalidate(&user);
+        // Closes the descriptors now rather than at the cache's next turn.
+        self.dirs.run_pending_tasks();
         self.lock_usage().remove(&user);
         self.swept
             .lock()
@@ -1368,6 +1410,9 @@ mod tests {
         workspaces.purge(user).expect("nothing to purge is fine");
         let usage = workspaces.usage_of(user).expect("usage");
         assert_eq!((usage.bytes, usage.files), (0, 0));
+        // A request of theirs arriving late recreates nothing.
+        assert!(matches!(workspaces.open(user), Err(OpError::NotFound(_))));
+        assert!(std::fs::read_dir(&users).expect("users").next().is_none());
     }
 
     #[test]

@@ -310,6 +310,17 @@ impl Store {
         Ok(true)
     }
 
+    /// Every deleted user's id (those whose files may go).
+    pub async fn deleted_users(&self) -> Result<std::collections::HashSet<Uuid>> {
+        self.count(1);
+        let rows = sqlx::query("SELECT id FROM deleted_users")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| uuid_of(row, 0, "deleted_users"))
+            .collect()
+    }
+
     /// Whether `id` belonged to a user who was deleted (whose files may go).
     pub async fn was_deleted(&self, id: Uuid) -> Result<bool> {
         self.count(1);
