@@ -837,6 +837,13 @@ async fn admin_changes_take_effect_and_are_audited(db: Database) {
     let frank_id = admin.create_user("frank", "frank-password").await;
     let frank = Caller::login(&server, "frank", "frank-password").await;
     assert_eq!(frank.get("/api/v1/ping").await.0, 200);
+    let settings = Some(serde_json::json!({"theme": "dark"}));
+    let (status, body) = frank
+        .send(Method::PUT, "/api/v1/me/settings", settings)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let franks_files = server.data_dir.join("users").join(&frank_id);
+    assert!(franks_files.exists());
     let (status, body) = admin
         .delete(&format!("/api/v1/admin/users/{frank_id}/sessions"))
         .await;
@@ -932,6 +939,12 @@ async fn admin_changes_take_effect_and_are_audited(db: Database) {
             .await
             .0,
         404
+    );
+    let purged = eventually(Duration::from_secs(10), || async { !franks_files.exists() }).await;
+    assert!(
+        purged,
+        "a deleted user's files stay; log:\n{}",
+        server.log()
     );
 
     let (status, events) = admin.get("/api/v1/admin/audit?user=frank&limit=100").await;
