@@ -287,6 +287,7 @@ async fn list(
         (status = 404, body = ErrorBody),
         (status = 412, description = "If-Match failed", body = ErrorBody),
         (status = 416, description = "Range not satisfiable", body = ErrorBody),
+        (status = 429, description = "Too many transfers of this user at once (files over 64 KiB); see `Retry-After`", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
 )]
@@ -607,7 +608,11 @@ pub struct PutQuery {
         (status = 200, description = "Replaced", body = EntryView),
         (status = 404, description = "The parent directory does not exist", body = ErrorBody),
         (status = 409, description = "The path is a directory", body = ErrorBody),
+        (status = 408, description = "The client sent nothing for `--upload-idle-timeout`", body = ErrorBody),
         (status = 412, description = "Precondition failed", body = ErrorBody),
+        (status = 429, description = "Too many transfers of this user at once; see `Retry-After`", body = ErrorBody),
+        (status = 503, description = "The worker is restarting or out of resources; see `Retry-After`", body = ErrorBody),
+        (status = 507, description = "Over quota (`quota_exceeded`) or the disk is full (`disk_full`)", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
 )]
@@ -783,7 +788,10 @@ fn outcome_of(
         (status = 201, description = "The files written", body = Vec<EntryView>),
         (status = 400, description = "No file parts, or a bad file name", body = ErrorBody),
         (status = 404, description = "No such directory", body = ErrorBody),
-        (status = 507, description = "Over quota", body = ErrorBody),
+        (status = 408, description = "The client sent nothing for `--upload-idle-timeout`", body = ErrorBody),
+        (status = 429, description = "Too many transfers of this user at once; see `Retry-After`", body = ErrorBody),
+        (status = 503, description = "The worker is restarting or out of resources; see `Retry-After`", body = ErrorBody),
+        (status = 507, description = "Over quota (`quota_exceeded`) or the disk is full (`disk_full`)", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
 )]
