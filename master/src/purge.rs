@@ -53,9 +53,9 @@ impl Purger {
     /// Purges every user directory that belongs to a deleted user.
     async fn sweep(&self) {
         let dir = self.users_dir.clone();
-        let ids = match tokio::task::spawn_blocking(move || user_dirs(&dir)).await {
-            Ok(Ok(ids)) => ids,
-            Ok(Err(err)) => return warn!(error = %err, "cannot list the users' directories"),
+        let listed = tokio::task::spawn_blocking(move || user_dirs(&dir)).await;
+        let ids = match listed.map_err(std::io::Error::other).and_then(|ids| ids) {
+            Ok(ids) => ids,
             Err(err) => return warn!(error = %err, "cannot list the users' directories"),
         };
         if ids.is_empty() {

@@ -76,6 +76,25 @@ fn hello(version: u32) -> Frame {
 }
 
 impl Harness {
+    /// Sends `op` for `user` as request `id` and waits for its outcome
+    /// (heartbeats meanwhile are skipped).
+    async fn call(&mut self, id: u64, user: UserCtx, op: FileOp) -> Result<Reply, OpError> {
+        let request = Request {
+            user,
+            op: Op::Files(op),
+        };
+        let body = Body::Request(request);
+        self.connection.send(Frame { id, body }).await.unwrap();
+        loop {
+            let frame = self.next().await;
+            match frame.body {
+                Body::Response(response) if frame.id == id => return response.result,
+                Body::Heartbeat(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
     async fn next(&mut self) -> Frame {
         tokio::time::timeout(Duration::from_secs(5), self.connection.next())
             .await
@@ -237,34 +256,12 @@ async fn a_worker_serves_more_users_than_its_open_file_limit_allows_at_once() {
         quota_bytes: 1 << 20,
     };
     let users = 200;
-    let mut call = async |id: u64, user: UserCtx, op: FileOp| {
-        let request = Request {
-            user,
-            op: Op::Files(op),
-        };
-        harness
-            .connection
-            .send(Frame {
-                id,
-                body: Body::Request(request),
-            })
-            .await
-            .unwrap();
-        loop {
-            let frame = harness.next().await;
-            match frame.body {
-                Body::Response(response) if frame.id == id => return response.result,
-                Body::Heartbeat(_) => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    };
     for n in 0..users {
         let made = FileOp::Mkdir {
             path: format!("made-by-{n}"),
             parents: false,
         };
-        let result = call(u64::from(n) + 1, user(n), made).await;
+        let result = harness.call(u64::from(n) + 1, user(n), made).await;
         assert!(
             matches!(result, Ok(Reply::Entry(_))),
             "user {n}: {result:?}"
@@ -277,7 +274,7 @@ async fn a_worker_serves_more_users_than_its_open_file_limit_allows_at_once() {
             after: None,
             limit: 10,
         };
-        match call(1000 + u64::from(n), user(n), list).await {
+        match harness.call(1000 + u64::from(n), user(n), list).await {
             Ok(Reply::Listing { entries, .. }) => {
                 let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
                 assert_eq!(names, [format!("made-by-{n}")], "user {n}");
@@ -295,35 +292,18 @@ async fn a_worker_out_of_descriptors_answers_busy_and_carries_on() {
     // Room for two more descriptors: opening a user takes four.
     let mut harness = start_worker_with(true, |pid| Some(limit_leaving(pid, 2))).await;
     harness.handshake().await;
-    let request = Request {
-        user: UserCtx {
-            id: UserId([5; 16]),
-            name: "five".into(),
-            role: Role::User,
-            quota_bytes: 1 << 20,
-        },
-        op: Op::Files(FileOp::Mkdir {
-            path: "d".into(),
-            parents: false,
-        }),
+    let user = UserCtx {
+        id: UserId([5; 16]),
+        name: "five".into(),
+        role: Role::User,
+        quota_bytes: 1 << 20,
     };
     for id in 1..=2 {
-        harness
-            .connection
-            .send(Frame {
-                id,
-                body: Body::Request(request.clone()),
-            })
-            .await
-            .unwrap();
-        let result = loop {
-            let frame = harness.next().await;
-            match frame.body {
-                Body::Response(response) if frame.id == id => break response.result,
-                Body::Heartbeat(_) => {}
-                other => panic!("unexpected {other:?}"),
-            }
+        let mkdir = FileOp::Mkdir {
+            path: "d".into(),
+            parents: false,
         };
+        let result = harness.call(id, user.clone(), mkdir).await;
         match result {
             Err(OpError::Busy(why)) => assert!(why.contains("out of open files"), "{why}"),
             other => panic!("expected Busy, got {other:?}"),

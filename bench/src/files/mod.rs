@@ -28,7 +28,7 @@ pub mod pattern;
 pub mod report;
 pub mod transfer;
 
-use crate::http::load::{run_into, warm_up, Client, Outcome, Plan};
+use crate::http::load::{run_into, turns, warm_up, Client, Outcome, Plan};
 use crate::http::server::ServerProcess;
 use crate::http::{api, os_args, random_hex, start_warren, stop, Warren};
 use crate::FilesArgs;
@@ -292,13 +292,7 @@ async fn small_file(
     let slice = args.seconds / SLICES;
     let (mut bare_total, mut warren_total) = (Outcome::new()?, Outcome::new()?);
     for index in 0..SLICES {
-        // Warren first in even slices, second in odd ones: W B B W W B ...
-        let turns = if index % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for warren_turn in turns {
+        for warren_turn in turns(index) {
             let (clients, total) = if warren_turn {
                 (&mut warren_clients, &mut warren_total)
             } else {

@@ -481,6 +481,17 @@ pub async fn run_into(clients: &mut Vec<Client>, plan: Plan, total: &mut Outcome
 
 /// Runs each group of clients for `duration`, discarding the figures; a run
 /// whose warm-up fails will fail its figures too, so that is said now.
+/// Who runs first in slice `index` of an alternating measurement: warren
+/// (`true`) in even slices, the reference in odd ones (W B B W W B …), so
+/// neither always follows the other.
+pub fn turns(index: u32) -> [bool; 2] {
+    if index % 2 == 0 {
+        [true, false]
+    } else {
+        [false, true]
+    }
+}
+
 pub async fn warm_up(groups: &mut [&mut Vec<Client>], duration: Duration) -> Result<()> {
     let mut discard = Outcome::new()?;
     for clients in groups.iter_mut() {

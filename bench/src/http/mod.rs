@@ -36,7 +36,7 @@ pub mod server;
 use crate::HttpArgs;
 use anyhow::{Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
-use load::{drive, run_into, warm_up, Client, Outcome, Pace, Plan};
+use load::{drive, run_into, turns, warm_up, Client, Outcome, Pace, Plan};
 use report::{DbQueries, HttpReport, Settings, StormFigure};
 use server::ServerProcess;
 use std::ffi::OsString;
@@ -253,13 +253,7 @@ async fn measure(
     let slice = window / SLICES;
     let (mut bare_ping, mut warren_ping) = (Outcome::new()?, Outcome::new()?);
     for index in 0..SLICES {
-        // Warren first in even slices, second in odd ones: W B B W W B ...
-        let turns = if index % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for warren_turn in turns {
+        for warren_turn in turns(index) {
             if warren_turn && warren.is_none() {
                 continue;
             }
