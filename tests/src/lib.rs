@@ -374,3 +374,58 @@ pub fn metric_value(text: &str, metric: &str, labels: &str) -> Option<f64> {
         .filter(|line| line.starts_with(metric) && line.contains(labels))
         .find_map(|line| line.rsplit(' ').next()?.parse().ok())
 }
+
+/// Whether a test that needs its own file system fails instead of skipping
+/// when it cannot mount one (CI sets `WARREN_REQUIRE_MOUNT=1`).
+pub fn mount_required() -> bool {
+    std::env::var("WARREN_REQUIRE_MOUNT").is_ok_and(|v| v == "1")
+}
+
+/// A small tmpfs mounted on a temporary directory, unmounted when dropped:
+/// a disk that fills up (`size`) or runs out of inodes (`nr_inodes`) for
+/// the tests of what warren does then.
+pub struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// Mounts a tmpfs with `options` (such as `size=8m,nr_inodes=500`), or
+    /// returns `None` after saying loudly that `test` is skipped (a failure
+    /// instead when [`mount_required`]).
+    pub fn mount(test: &str, options: &str) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().expect("mount point");
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .output();
+        let why = match output {
+            Ok(output) if output.status.success() => return Some(SmallFs { dir }),
+            Ok(output) => String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            Err(err) => err.to_string(),
+        };
+        assert!(
+            !mount_required(),
+            "{test} needs a tmpfs (WARREN_REQUIRE_MOUNT=1) but mounting failed: {why}"
+        );
+        eprintln!(
+            "\n*** SKIPPED {test}: cannot mount a tmpfs ({why}).\n\
+             *** Run as root (or with CAP_SYS_ADMIN); CI sets WARREN_REQUIRE_MOUNT=1.\n"
+        );
+        None
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazy: a process that still holds a file there must not leave the
+        // mount behind.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}

@@ -5,13 +5,13 @@ use crate::auth::password::PasswordError;
 use crate::auth::throttle::retry_after_secs;
 use crate::auth::AuthError;
 use crate::pool::PoolError;
-use crate::store::StoreError;
+use crate::store::{Outage, StoreError};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::time::Duration;
-use tracing::error;
+use tracing::{error, warn};
 use warren_protocol::OpError;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,9 @@ pub enum ApiError {
     Busy(String),
     #[error("{0}")]
     RequestTimeout(String),
+    /// The server's disk is full: nothing was stored.
+    #[error("{0}")]
+    DiskFull(String),
     /// Details are logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -99,6 +102,7 @@ impl ApiError {
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Pool(PoolError::WorkerUnavailable { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable")
@@ -191,7 +195,24 @@ impl From<StoreError> for ApiError {
             StoreError::LastAdmin => ApiError::Conflict(StoreError::LastAdmin.to_string()),
             // The credential in use was revoked while the request ran.
             StoreError::Stale => ApiError::Unauthenticated,
-            other => ApiError::Internal(other.to_string()),
+            other => match other.outage() {
+                // Nothing was stored: the client must know the change did
+                // not happen (a logout that failed leaves its session valid).
+                Some(Outage::DiskFull) => {
+                    warn!(error = %other, "database write refused: disk full");
+                    ApiError::DiskFull(
+                        "the server's disk is full; nothing was changed, try again later".into(),
+                    )
+                }
+                Some(Outage::Unavailable) => {
+                    warn!(error = %other, "database unavailable");
+                    ApiError::Busy(
+                        "the accounts database is unavailable; nothing was changed, try again"
+                            .into(),
+                    )
+                }
+                None => ApiError::Internal(other.to_string()),
+            },
         }
     }
 }

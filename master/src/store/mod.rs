@@ -22,6 +22,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
 use std::time::Duration;
+use tracing::warn;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -58,6 +59,78 @@ impl StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
             _ => StoreError::Database(err),
         }
+    }
+}
+
+/// Why the database could not do some work that was valid: the request
+/// may succeed later, so it is answered `507` or `503`, never `500`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// The disk (or a database quota) is full: SQLite `SQLITE_FULL`,
+    /// PostgreSQL `53100`, or `ENOSPC` on a socket or file.
+    DiskFull,
+    /// The database is out of reach, restarting, contended or short of
+    /// memory: a lost connection, a pool that timed out, SQLite busy or I/O
+    /// errors, PostgreSQL classes 08, 53, 57P and serialization failures.
+    Unavailable,
+}
+
+impl StoreError {
+    /// `Some` when this error is the database's condition rather than a
+    /// bug or a bad request.
+    pub fn outage(&self) -> Option<Outage> {
+        match self {
+            StoreError::Database(err)
+            | StoreError::Migrate(sqlx::migrate::MigrateError::Execute(err)) => outage_of(err),
+            _ => None,
+        }
+    }
+}
+
+fn outage_of(err: &sqlx::Error) -> Option<Outage> {
+    match err {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            Some(Outage::DiskFull)
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Some(Outage::Unavailable),
+        sqlx::Error::Database(db) => {
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                sqlite_outage(db.code().as_deref())
+            } else {
+                postgres_outage(db.code().as_deref())
+            }
+        }
+        _ => None,
+    }
+}
+
+/// SQLite's primary result codes (the low byte of an extended code).
+fn sqlite_outage(code: Option<&str>) -> Option<Outage> {
+    let primary = code?.parse::<i32>().ok()? & 0xff;
+    match primary {
+        13 => Some(Outage::DiskFull), // SQLITE_FULL
+        // BUSY, LOCKED, NOMEM, READONLY (a file system remounted read-only),
+        // IOERR, CANTOPEN, PROTOCOL.
+        5 | 6 | 7 | 8 | 10 | 14 | 15 => Some(Outage::Unavailable),
+        _ => None,
+    }
+}
+
+/// PostgreSQL SQLSTATEs that say "not now" rather than "never".
+fn postgres_outage(code: Option<&str>) -> Option<Outage> {
+    let code = code?;
+    match code {
+        "53100" => Some(Outage::DiskFull),
+        "40001" | "40P01" | "55P03" | "57014" => Some(Outage::Unavailable),
+        _ if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
+            Some(Outage::Unavailable)
+        }
+        _ => None,
     }
 }
 
@@ -109,7 +182,27 @@ impl Store {
                 Backend::Sqlite => 4,
                 Backend::Postgres => 8,
             })
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(Duration::from_secs(10))
+            // A connection whose transaction could not be ended must never
+            // serve another request. SQLite rolls a transaction back by
+            // itself on some errors (SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY
+            // at COMMIT): sqlx's own ROLLBACK then fails ("no transaction is
+            // active") and the connection comes back to the pool still
+            // counted as inside a transaction, so every later `begin` on it
+            // failed ("begin_with at non-zero transaction depth") until a
+            // restart. By the time a connection is idle again, the drop's
+            // rollback and the pool's release ping have run in order, so the
+            // depth read here is settled: a connection still "in" a
+            // transaction is closed and replaced by a fresh one.
+            .before_acquire(|conn, _meta| {
+                Box::pin(async move {
+                    let clean = !sqlx::Connection::is_in_transaction(conn);
+                    if !clean {
+                        warn!("closing a database connection left inside a failed transaction");
+                    }
+                    Ok(clean)
+                })
+            });
         let options = match backend {
             Backend::Sqlite => options.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -369,6 +462,49 @@ pub(crate) mod tests {
         let message = err.to_string();
         assert!(message.contains("unsupported database URL"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn outages_are_told_from_bugs() {
+        // SQLITE_FULL, SQLITE_IOERR_WRITE (10 | 3 << 8), SQLITE_BUSY.
+        assert_eq!(sqlite_outage(Some("13")), Some(Outage::DiskFull));
+        assert_eq!(sqlite_outage(Some("778")), Some(Outage::Unavailable));
+        assert_eq!(sqlite_outage(Some("5")), Some(Outage::Unavailable));
+        // SQLITE_CONSTRAINT_UNIQUE, SQLITE_ERROR, garbage.
+        assert_eq!(sqlite_outage(Some("2067")), None);
+        assert_eq!(sqlite_outage(Some("1")), None);
+        assert_eq!(sqlite_outage(Some("x")), None);
+        assert_eq!(postgres_outage(Some("53100")), Some(Outage::DiskFull));
+        assert_eq!(postgres_outage(Some("08006")), Some(Outage::Unavailable));
+        assert_eq!(postgres_outage(Some("57P01")), Some(Outage::Unavailable));
+        assert_eq!(postgres_outage(Some("40001")), Some(Outage::Unavailable));
+        assert_eq!(postgres_outage(Some("23505")), None);
+        assert_eq!(postgres_outage(Some("42601")), None);
+        let lost = StoreError::Database(sqlx::Error::PoolTimedOut);
+        assert_eq!(lost.outage(), Some(Outage::Unavailable));
+        assert_eq!(StoreError::LastAdmin.outage(), None);
+    }
+
+    #[tokio::test]
+    async fn a_connection_left_inside_a_transaction_is_never_handed_out() {
+        let (store, _dir) = sqlite_store().await;
+        // What SQLITE_FULL at COMMIT leaves: SQLite ended the transaction
+        // by itself, so sqlx's rollback fails and its depth stays at 1.
+        let mut tx = store.pool.begin().await.expect("begin");
+        sqlx::query("ROLLBACK")
+            .execute(&mut *tx)
+            .await
+            .expect("end the transaction behind sqlx's back");
+        drop(tx);
+        for _ in 0..8 {
+            store
+                .begin_writer()
+                .await
+                .expect("a clean writer")
+                .commit()
+                .await
+                .expect("commit");
+        }
     }
 
     #[test]
