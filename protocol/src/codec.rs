@@ -28,8 +28,20 @@ pub enum FrameError {
     Decode(String),
     #[error("unencodable frame: {0}")]
     Encode(String),
+    /// The peer closed the connection part-way through a frame: it died
+    /// (or was killed) while writing, which is not a protocol violation.
+    #[error("the connection ended {buffered} bytes into a frame")]
+    Truncated { buffered: usize },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl FrameError {
+    /// Whether the connection was lost (the peer died, was killed or closed
+    /// its socket) rather than the peer sending something wrong.
+    pub fn is_lost_connection(&self) -> bool {
+        matches!(self, FrameError::Truncated { .. } | FrameError::Io(_))
+    }
 }
 
 /// A `tokio_util` codec for [`Frame`]s: `LengthDelimitedCodec` framing, bincode bodies.
@@ -69,6 +81,16 @@ impl Decoder for FrameCodec {
                 len: claimed.unwrap_or(0),
             }),
             Err(err) => Err(FrameError::Io(err)),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated {
+                buffered: src.len(),
+            }),
         }
     }
 }
@@ -158,6 +180,31 @@ mod tests {
     use super::*;
     use crate::message::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_connection_that_ends_mid_frame_is_a_lost_connection_not_a_bad_frame() {
+        let mut codec = FrameCodec::new();
+        let mut bytes = BytesMut::new();
+        encode_frame(
+            &Frame {
+                id: 1,
+                body: Body::Heartbeat(Heartbeat::default()),
+            },
+            &mut bytes,
+        )
+        .expect("encode");
+        let mut cut = BytesMut::from(&bytes[..bytes.len() - 1]);
+        let err = codec.decode_eof(&mut cut).expect_err("truncated");
+        assert!(matches!(err, FrameError::Truncated { .. }), "{err}");
+        assert!(err.is_lost_connection());
+        let mut codec = FrameCodec::new();
+        let mut whole = bytes.clone();
+        assert!(codec.decode_eof(&mut whole).expect("whole").is_some());
+        assert!(codec.decode_eof(&mut whole).expect("empty").is_none());
+        let mut garbage = BytesMut::from(&[0u8, 0, 0, 2, 0xff, 0xff][..]);
+        let err = FrameCodec::new().decode(&mut garbage).expect_err("garbage");
+        assert!(!err.is_lost_connection(), "{err}");
+    }
 
     fn user() -> UserCtx {
         UserCtx {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::io::AsyncRead;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
-use tracing::error;
+use tracing::{error, warn};
 use warren_protocol::stream::{FrameSender, Stream, StreamRegistry};
 use warren_protocol::{
     Body, Frame, FrameCodec, Heartbeat, Op, OpError, Open, Reply, Request, StreamKind, UserCtx,
@@ -164,6 +164,12 @@ impl WorkerConnection {
         let reason = loop {
             let frame = match reader.next().await {
                 None => break "worker closed the connection".to_string(),
+                Some(Err(err)) if err.is_lost_connection() => {
+                    // A worker that dies (a crash, SIGKILL, the OOM killer)
+                    // mid-write: the supervisor reports how it ended.
+                    warn!(slot = self.slot, pid = self.pid, error = %err, "lost the connection to a worker");
+                    break format!("connection lost: {err}");
+                }
                 Some(Err(err)) => {
                     error!(slot = self.slot, pid = self.pid, error = %err, "closing the connection to a worker that sent a bad frame");
                     break format!("bad frame: {err}");
