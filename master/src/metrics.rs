@@ -104,7 +104,9 @@ impl AuthMetrics {
 
     /// An audit event not stored: beyond the audit log's rate limit.
     pub(crate) fn audit_dropped(&self, event: &'static str) {
-        self.audit_dropped.get_or_create(&EventLabels { event }).inc();
+        self.audit_dropped
+            .get_or_create(&EventLabels { event })
+            .inc();
     }
 
     /// `result`: hit or miss.

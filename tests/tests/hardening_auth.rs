@@ -89,11 +89,18 @@ async fn a_flood_of_denials_and_cross_site_logins_leaves_the_audit_log_bounded(d
     for row in &rows {
         for field in ["actor_id", "actor_name", "subject", "address", "detail"] {
             let text = row[field].as_str().unwrap_or_default();
-            assert!(text.len() <= FIELD_CAP, "{field} holds {} bytes", text.len());
+            assert!(
+                text.len() <= FIELD_CAP,
+                "{field} holds {} bytes",
+                text.len()
+            );
         }
         let subject = row["subject"].as_str().unwrap_or_default();
         assert!(subject.ends_with('…'), "a cut field is marked: {subject}");
-        assert!(subject.starts_with("GET /api/v1/admin/users/xxx"), "{subject}");
+        assert!(
+            subject.starts_with("GET /api/v1/admin/users/xxx"),
+            "{subject}"
+        );
     }
     let metrics = server.metrics().await;
     let dropped = metric_value(
@@ -251,7 +258,10 @@ async fn a_lockout_cannot_be_aimed_at_someone_else_and_unlock_ends_it(db: Databa
     for _ in 0..12 {
         statuses.push(status_from(&server, None, "admin", "wrong-password").await);
     }
-    assert_eq!(statuses, [401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 429, 429]);
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 429, 429]
+    );
     let locked = login_from(&server, None, "admin", ADMIN_PASSWORD).await;
     assert_eq!(locked.status(), 429, "locked for the attacker's address");
     let retry: u64 = locked.headers()["retry-after"]
@@ -358,7 +368,10 @@ async fn the_account_brake_spares_addresses_that_logged_in_before(db: Database) 
         .expect("ascii")
         .parse()
         .expect("seconds");
-    assert!(retry <= 60, "the brake is never a lock: retry-after {retry}");
+    assert!(
+        retry <= 60,
+        "the brake is never a lock: retry-after {retry}"
+    );
     // Home is exempt.
     assert_eq!(
         status_from(&server, Some("203.0.113.7"), "admin", ADMIN_PASSWORD).await,
@@ -445,7 +458,12 @@ async fn names_with_bidi_or_invisible_characters_are_refused(db: Database) {
                 json!({"name": format!("deploy{c}key"), "scope": "read"}),
             )
             .await;
-        assert_eq!(status, 422, "token name with U+{:04X}: {body}", u32::from(c));
+        assert_eq!(
+            status,
+            422,
+            "token name with U+{:04X}: {body}",
+            u32::from(c)
+        );
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains("invisible"), "{message}");
     }

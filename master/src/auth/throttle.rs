@@ -360,7 +360,10 @@ mod tests {
         // An unlock ends it.
         assert_eq!(throttle.unlock("FRANK"), 1);
         assert_eq!(throttle.admit(localhost(), "frank"), Ok(()));
-        assert!(!throttle.record_failure("frank", localhost()), "failures forgotten");
+        assert!(
+            !throttle.record_failure("frank", localhost()),
+            "failures forgotten"
+        );
     }
 
     #[test]

@@ -204,7 +204,11 @@ mod tests {
         assert_eq!(cap_field("short".into()), "short");
         let exact = "a".repeat(FIELD_CAP);
         assert_eq!(cap_field(exact.clone()), exact);
-        for long in ["/x".repeat(30_000), "é".repeat(300), format!("a{}", "€".repeat(200))] {
+        for long in [
+            "/x".repeat(30_000),
+            "é".repeat(300),
+            format!("a{}", "€".repeat(200)),
+        ] {
             let cut = cap_field(long.clone());
             assert!(cut.len() <= FIELD_CAP, "{}", cut.len());
             assert!(cut.len() > FIELD_CAP - 8, "{}", cut.len());

@@ -246,9 +246,26 @@ mod tests {
 
     /// Bidi controls, zero-width and other invisible characters.
     const INVISIBLE: [char; 20] = [
-        '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
-        '\u{2068}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}', '\u{200B}', '\u{200C}',
-        '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{3164}', '\u{E0041}', '\u{2028}',
+        '\u{202A}',
+        '\u{202B}',
+        '\u{202C}',
+        '\u{202D}',
+        '\u{202E}',
+        '\u{2066}',
+        '\u{2067}',
+        '\u{2068}',
+        '\u{2069}',
+        '\u{200E}',
+        '\u{200F}',
+        '\u{061C}',
+        '\u{200B}',
+        '\u{200C}',
+        '\u{200D}',
+        '\u{2060}',
+        '\u{FEFF}',
+        '\u{3164}',
+        '\u{E0041}',
+        '\u{2028}',
     ];
 
     #[test]
@@ -256,11 +273,20 @@ mod tests {
         for c in INVISIBLE {
             let name = format!("adm{c}in");
             assert!(check_username(&name).is_err(), "{name:?}");
-            assert!(check_display_text("token names", &name).is_err(), "{name:?}");
+            assert!(
+                check_display_text("token names", &name).is_err(),
+                "{name:?}"
+            );
         }
         let err = check_display_text("token names", "a\u{202E}b").expect_err("refused");
         assert!(err.to_string().contains("U+202E"), "{err}");
-        for good in ["deploy key", "Ünïcödé ✓", "日本語のトークン", "emoji 🚀", "e\u{301}"] {
+        for good in [
+            "deploy key",
+            "Ünïcödé ✓",
+            "日本語のトークン",
+            "emoji 🚀",
+            "e\u{301}",
+        ] {
             assert!(check_display_text("token names", good).is_ok(), "{good:?}");
         }
     }
