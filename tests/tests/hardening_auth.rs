@@ -152,6 +152,34 @@ async fn a_flood_of_denials_and_cross_site_logins_leaves_the_audit_log_bounded(d
         (26..=31).contains(&forbidden) && statuses.ends_with(&[429; 5]),
         "cross-site logins count against the login limit: {statuses:?}"
     );
+    // Refused logins are logged, not stored; the log lines share the
+    // address's audit allowance, which the flood above used up.
+    let mut refused = 0;
+    for _ in 0..30 {
+        let response = warren_tests::accounts::login_response(
+            &server,
+            json!({"username": "admin", "password": "whatever-password"}),
+        )
+        .await;
+        // (One may be admitted if the limit refilled meanwhile.)
+        refused += usize::from(response.status() == 429);
+    }
+    assert!(refused >= 28, "{refused} of 30 refused");
+    let metrics = server.metrics().await;
+    let dropped = metric_value(
+        &metrics,
+        "warren_audit_dropped_total",
+        "event=\"login_throttled\"",
+    )
+    .unwrap_or(0.0);
+    let logged = server
+        .log()
+        .matches("security_event=true event=\"login_throttled\"")
+        .count();
+    assert!(
+        logged <= started.elapsed().as_secs() as usize + 2 && dropped as usize + logged == refused,
+        "{logged} refused logins logged, {dropped} dropped"
+    );
 }
 
 async fn audit_events_older_than_the_retention_are_deleted(db: Database) {

@@ -327,15 +327,22 @@ impl Auth {
             self.metrics
                 .login(if locked { "locked" } else { "throttled" });
             // Logged, not stored: a flood of refusals must not become a flood
-            // of database writes. The lockout itself was stored.
-            info!(
-                security_event = true,
-                event = "login_throttled",
-                actor = %account,
-                address = %client.address,
-                locked,
-                "security event"
-            );
+            // of database writes. The lockout itself was stored. The log
+            // lines share the audit rate limit, so a flood of refusals is
+            // not a flood of log lines either.
+            const EVENT: &str = "login_throttled";
+            if self.audit_limiter.admit(None, Some(client.address)) {
+                info!(
+                    security_event = true,
+                    event = EVENT,
+                    actor = %account,
+                    address = %client.address,
+                    locked,
+                    "security event"
+                );
+            } else {
+                self.audit_dropped(EVENT, None, Some(&client.address.to_string()));
+            }
             return Err(refused(refusal));
         }
         // Only names that could exist are looked up (ASCII, at most 64
@@ -767,20 +774,30 @@ impl Auth {
     pub async fn audit(&self, entry: AuditEntry) {
         let address = entry.address.as_deref().and_then(|a| a.parse().ok());
         if !self.audit_limiter.admit(entry.actor_id.as_deref(), address) {
-            self.metrics.audit_dropped(entry.event);
-            if let Some(dropped) = self.audit_limiter.dropped() {
-                warn!(
-                    dropped,
-                    event = entry.event,
-                    actor_id = entry.actor_id.as_deref(),
-                    address = entry.address.as_deref(),
-                    "audit events beyond the audit rate limit are not stored \
-                     (counted in warren_audit_dropped_total; this is logged at most once a minute)"
-                );
-            }
+            self.audit_dropped(
+                entry.event,
+                entry.actor_id.as_deref(),
+                entry.address.as_deref(),
+            );
             return;
         }
         self.audit_trusted(entry).await;
+    }
+
+    /// Counts an event beyond the audit rate limit, and logs the drops at
+    /// most once a minute.
+    fn audit_dropped(&self, event: &'static str, actor_id: Option<&str>, address: Option<&str>) {
+        self.metrics.audit_dropped(event);
+        if let Some(dropped) = self.audit_limiter.dropped() {
+            warn!(
+                dropped,
+                event,
+                actor_id,
+                address,
+                "audit events beyond the audit rate limit are not stored \
+                 (counted in warren_audit_dropped_total; this is logged at most once a minute)"
+            );
+        }
     }
 
     /// A security event done by an administrator: like [`Auth::audit`],
