@@ -310,6 +310,7 @@ mod tests {
             "/api/v1/me/sessions/{id}",
             "/api/v1/me/tokens/{id}",
             "/api/v1/admin/users/{id}/sessions",
+            "/api/v1/admin/users/{id}/unlock",
             "/api/v1/admin/audit",
             "/api/v1/ping",
             "/api/v1/openapi.json",
