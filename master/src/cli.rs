@@ -95,6 +95,12 @@ pub enum UserCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// End a user's login lockouts (on every running server within a second).
+    Unlock {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -182,6 +188,14 @@ pub struct ServeArgs {
     /// How long a locked account stays locked.
     #[arg(long, env = "WARREN_LOCKOUT_DURATION", default_value = "15m", value_parser = parse_duration)]
     pub lockout_duration: Duration,
+    /// Audit events older than this are deleted (checked at start and at
+    /// least every 10 minutes).
+    #[arg(long, env = "WARREN_AUDIT_RETENTION", default_value = "90d", value_parser = parse_timeout)]
+    pub audit_retention: Duration,
+    /// Audit events caused by requests stored per minute per client address
+    /// and per user; more are dropped and counted in warren_audit_dropped_total.
+    #[arg(long, env = "WARREN_AUDIT_RATE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_rate: u32,
 }
 
 /// `https://host[:port]` (a path is allowed and ignored for the origin).
@@ -262,9 +276,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
+                "unknown unit {other:?} in {text:?}: use ms, s, m, h or d"
             ))
         }
     };
@@ -293,7 +308,8 @@ mod tests {
             ("1.5s", Some(Duration::from_millis(1500))),
             ("2m", Some(Duration::from_secs(120))),
             ("5h", Some(Duration::from_secs(5 * 3600))),
-            ("5d", None),
+            ("90d", Some(Duration::from_secs(90 * 86400))),
+            ("5w", None),
             ("", None),
             ("-1s", None),
         ];

@@ -79,10 +79,16 @@ struct RouteLabels {
     route: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: &'static str,
+}
+
 /// Logins, sessions, the session cache and database queries.
 #[derive(Debug, Clone)]
 pub struct AuthMetrics {
     login_attempts: Family<ResultLabels, Counter>,
+    audit_dropped: Family<EventLabels, Counter>,
     sessions_active: Gauge,
     cache_requests: Family<ResultLabels, Counter>,
     db_queries: Family<OriginLabels, Counter>,
@@ -93,6 +99,13 @@ impl AuthMetrics {
     pub(crate) fn login(&self, result: &'static str) {
         self.login_attempts
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// An audit event not stored: beyond the audit log's rate limit.
+    pub(crate) fn audit_dropped(&self, event: &'static str) {
+        self.audit_dropped
+            .get_or_create(&EventLabels { event })
             .inc();
     }
 
@@ -250,6 +263,7 @@ impl Metrics {
         );
         let auth = AuthMetrics {
             login_attempts: Family::default(),
+            audit_dropped: Family::default(),
             sessions_active: Gauge::default(),
             cache_requests: Family::default(),
             db_queries: Family::default(),
@@ -258,6 +272,11 @@ impl Metrics {
             "warren_login_attempts",
             "Login attempts by result (success, failure, throttled, locked)",
             auth.login_attempts.clone(),
+        );
+        registry.register(
+            "warren_audit_dropped",
+            "Audit events not stored because their client or user exceeded the audit rate limit, by event",
+            auth.audit_dropped.clone(),
         );
         registry.register(
             "warren_sessions_active",

@@ -41,7 +41,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             lockout_failures: args.lockout_failures,
             lockout_window: args.lockout_window,
             lockout_duration: args.lockout_duration,
+            ..ThrottleConfig::default()
         },
+        audit_retention: args.audit_retention,
+        audit_rate_per_minute: args.audit_rate,
         ..AuthConfig::default()
     };
     match args.mode {

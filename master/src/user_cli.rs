@@ -123,6 +123,18 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
             change(&store, &user, &patch, "user_enabled", None).await?;
             println!("{} enabled", user.username);
         }
+        UserCommand::Unlock { name, store } => {
+            let store = open(&store).await?;
+            let user = find(&store, &name).await?;
+            if !store.announce_unlock(user.id).await? {
+                bail!("{} was deleted meanwhile", user.username);
+            }
+            audit(&store, "unlock", &user, None).await;
+            println!(
+                "{}: login lockouts ended (running servers apply it within a second)",
+                user.username
+            );
+        }
         UserCommand::Delete { name, store } => {
             let store = open(&store).await?;
             let user = find(&store, &name).await?;

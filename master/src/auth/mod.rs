@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use throttle::{Refusal, Throttle, ThrottleConfig};
+use throttle::{AuditLimiter, Refusal, Throttle, ThrottleConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -56,6 +56,11 @@ pub struct AuthConfig {
     pub flush_interval: Duration,
     /// Storage quota of users without one of their own.
     pub default_quota_bytes: u64,
+    /// Audit events older than this are deleted.
+    pub audit_retention: Duration,
+    /// Audit events caused by requests stored per minute (also the burst)
+    /// per client address and per user; more are counted and dropped.
+    pub audit_rate_per_minute: u32,
 }
 
 impl Default for AuthConfig {
@@ -71,6 +76,8 @@ impl Default for AuthConfig {
             poll_interval: Duration::from_millis(250),
             flush_interval: Duration::from_secs(10),
             default_quota_bytes: 1 << 30,
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            audit_rate_per_minute: 60,
         }
     }
 }
@@ -238,6 +245,7 @@ pub struct Auth {
     background_store: Store,
     hasher: Hasher,
     throttle: Throttle,
+    audit_limiter: AuditLimiter,
     cache: moka::sync::Cache<String, Arc<Principal>>,
     /// Hashes recently found to be no credential at all, so a flood of
     /// made-up tokens does not become a flood of queries. Safe to keep: a
@@ -262,6 +270,7 @@ impl Auth {
         Ok(Arc::new(Auth {
             hasher: Hasher::new(config.hash_concurrency, config.hash_queue_timeout)?,
             throttle: Throttle::new(config.throttle.clone()),
+            audit_limiter: AuditLimiter::new(config.audit_rate_per_minute),
             cache: moka::sync::Cache::builder()
                 .max_capacity(200_000)
                 // A backstop only: revocations invalidate entries at once.
@@ -318,15 +327,22 @@ impl Auth {
             self.metrics
                 .login(if locked { "locked" } else { "throttled" });
             // Logged, not stored: a flood of refusals must not become a flood
-            // of database writes. The lockout itself was stored.
-            info!(
-                security_event = true,
-                event = "login_throttled",
-                actor = %account,
-                address = %client.address,
-                locked,
-                "security event"
-            );
+            // of database writes. The lockout itself was stored. The log
+            // lines share the audit rate limit, so a flood of refusals is
+            // not a flood of log lines either.
+            const EVENT: &str = "login_throttled";
+            if self.audit_limiter.admit(None, Some(client.address)) {
+                info!(
+                    security_event = true,
+                    event = EVENT,
+                    actor = %account,
+                    address = %client.address,
+                    locked,
+                    "security event"
+                );
+            } else {
+                self.audit_dropped(EVENT, None, Some(&client.address.to_string()));
+            }
             return Err(refused(refusal));
         }
         // Only names that could exist are looked up (ASCII, at most 64
@@ -353,7 +369,7 @@ impl Auth {
                 return Err(self.failed_login(&account, reason, client).await);
             }
         };
-        self.throttle.record_success(&account);
+        self.throttle.record_success(&account, client.address);
         let login = match self.open_session(&user, &hash, client).await {
             // The password was reset, or the user disabled or deleted, while
             // the hash was being checked.
@@ -380,7 +396,7 @@ impl Auth {
     /// Counts and audits a failed login (and the lockout it may cause).
     async fn failed_login(&self, account: &str, reason: &str, client: &Client) -> AuthError {
         self.metrics.login("failure");
-        let locked = self.throttle.record_failure(account);
+        let locked = self.throttle.record_failure(account, client.address);
         self.audit(AuditEntry {
             event: "login_failed",
             actor_name: Some(account.to_string()),
@@ -401,7 +417,7 @@ impl Auth {
             actor_name: Some(account.to_string()),
             address: Some(client.address.to_string()),
             detail: Some(format!(
-                "{} failures; locked for {} s",
+                "{} failures; locked for {} s from this address",
                 self.config.throttle.lockout_failures,
                 self.config.throttle.lockout_duration.as_secs()
             )),
@@ -611,6 +627,39 @@ impl Auth {
         Ok(Some(session))
     }
 
+    /// Counts a request to a login route refused before it named an account
+    /// (a cross-site login or sign-up) against the client's login rate
+    /// limit, so such requests cannot be sent without limit either.
+    pub fn admit_refused_login(&self, client: &Client) -> Result<(), AuthError> {
+        self.throttle.admit_address(client.address).map_err(refused)
+    }
+
+    /// Ends every login lockout of `user` on every master (an admin's
+    /// unlock), and audits it. `false` if there is no such user.
+    pub async fn unlock(
+        &self,
+        actor: &Principal,
+        user: &User,
+        client: &Client,
+    ) -> Result<bool, AuthError> {
+        if !self.store.announce_unlock(user.id).await? {
+            return Ok(false);
+        }
+        // At once here; other masters when they read the feed.
+        let here = self.throttle.unlock(&account_key(&user.username));
+        self.forget_user(user.id);
+        self.audit_trusted(AuditEntry {
+            event: "unlock",
+            actor_id: Some(actor.user_id.to_string()),
+            actor_name: Some(actor.username.clone()),
+            subject: Some(user.username.clone()),
+            address: Some(client.address.to_string()),
+            detail: Some(format!("{here} locked-out address(es) on this master")),
+        })
+        .await;
+        Ok(true)
+    }
+
     /// Admits a sign-up attempt under the login rate limits.
     pub fn admit_signup(&self, client: &Client, username: &str) -> Result<(), AuthError> {
         self.throttle
@@ -641,7 +690,7 @@ impl Auth {
         if self.hasher.verify(password, hash.as_deref()).await? {
             return Ok(());
         }
-        if self.throttle.record_failure(&account) {
+        if self.throttle.record_failure(&account, client.address) {
             self.audit_lockout(&account, client).await;
         }
         self.audit(AuditEntry {
@@ -715,10 +764,46 @@ impl Auth {
         Ok(true)
     }
 
-    /// A security event: a `tracing` event with `security_event = true` and
-    /// a row in `audit_log`. A failure to store the row is logged, never
-    /// turned into a failure of the request it describes.
+    /// A security event caused by a request: a `tracing` event with
+    /// `security_event = true` and a row in `audit_log`, both with fields
+    /// capped to 256 bytes. Rate-limited per client address and per
+    /// authenticated user (`--audit-rate`): beyond the limit the event is
+    /// counted in `warren_audit_dropped_total{event}` and not stored, and
+    /// drops are logged at most once a minute. A failure to store the row
+    /// is logged, never turned into a failure of the request it describes.
     pub async fn audit(&self, entry: AuditEntry) {
+        let address = entry.address.as_deref().and_then(|a| a.parse().ok());
+        if !self.audit_limiter.admit(entry.actor_id.as_deref(), address) {
+            self.audit_dropped(
+                entry.event,
+                entry.actor_id.as_deref(),
+                entry.address.as_deref(),
+            );
+            return;
+        }
+        self.audit_trusted(entry).await;
+    }
+
+    /// Counts an event beyond the audit rate limit, and logs the drops at
+    /// most once a minute.
+    fn audit_dropped(&self, event: &'static str, actor_id: Option<&str>, address: Option<&str>) {
+        self.metrics.audit_dropped(event);
+        if let Some(dropped) = self.audit_limiter.dropped() {
+            warn!(
+                dropped,
+                event,
+                actor_id,
+                address,
+                "audit events beyond the audit rate limit are not stored \
+                 (counted in warren_audit_dropped_total; this is logged at most once a minute)"
+            );
+        }
+    }
+
+    /// A security event done by an administrator: like [`Auth::audit`],
+    /// never rate-limited.
+    pub async fn audit_trusted(&self, entry: AuditEntry) {
+        let entry = entry.capped();
         info!(
             security_event = true,
             event = entry.event,
@@ -750,6 +835,13 @@ impl Auth {
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tidy = tokio::time::interval(Duration::from_secs(300));
         tidy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Often enough that no event outlives the retention by more than a
+        // quarter of it (and at most 10 minutes); at start too.
+        let mut retention = tokio::time::interval(
+            (self.config.audit_retention / 4)
+                .clamp(Duration::from_secs(1), Duration::from_secs(600)),
+        );
+        retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -759,6 +851,7 @@ impl Auth {
                     self.count_sessions().await;
                 }
                 _ = tidy.tick() => self.tidy().await,
+                _ = retention.tick() => self.prune_audit().await,
             }
         }
         // Nothing lost on a clean stop.
@@ -775,6 +868,7 @@ impl Auth {
                         EventKind::User => match event.subject.parse() {
                             Ok(user) => {
                                 self.forget_user(user);
+                                self.unlock_from_feed(user).await;
                                 // No receiver is fine.
                                 let _ = self.user_events.send(user);
                             }
@@ -819,8 +913,33 @@ impl Auth {
         }
     }
 
+    /// A user event (among them `warren user unlock` and the admin API's
+    /// unlock) ends that account's login lockouts on this master.
+    async fn unlock_from_feed(&self, user: Uuid) {
+        match self.background_store.user_by_id(user).await {
+            Ok(Some(user)) => {
+                let unlocked = self.throttle.unlock(&account_key(&user.username));
+                if unlocked > 0 {
+                    info!(user = %user.username, addresses = unlocked, "login lockout ended");
+                }
+            }
+            Ok(None) => {}
+            Err(err) => warn!(error = %err, "cannot read a changed user"),
+        }
+    }
+
+    async fn prune_audit(&self) {
+        let before = store::now_ms() - self.config.audit_retention.as_millis() as i64;
+        match self.background_store.prune_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => debug!(events = n, "removed audit events past the retention"),
+            Err(err) => warn!(error = %err, "cannot remove old audit events"),
+        }
+    }
+
     async fn tidy(&self) {
         self.throttle.shrink();
+        self.audit_limiter.shrink();
         match self
             .background_store
             .prune(Duration::from_secs(3600), self.config.idle_timeout)

@@ -39,8 +39,45 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+/// The most bytes a stored text field of an event holds; longer values are
+/// cut (on a character boundary) and end with [`CUT_MARKER`].
+pub const FIELD_CAP: usize = 256;
+/// What ends a value that was cut to [`FIELD_CAP`].
+pub const CUT_MARKER: char = '…';
+
+/// `text`, cut to at most [`FIELD_CAP`] bytes (marker included).
+pub fn cap_field(mut text: String) -> String {
+    if text.len() <= FIELD_CAP {
+        return text;
+    }
+    let mut end = FIELD_CAP - CUT_MARKER.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push(CUT_MARKER);
+    text
+}
+
+impl AuditEntry {
+    /// The entry with every text field cut to [`FIELD_CAP`] bytes: a
+    /// request path or a name sent by a stranger must not bloat the log.
+    pub fn capped(self) -> AuditEntry {
+        AuditEntry {
+            event: self.event,
+            actor_id: self.actor_id.map(cap_field),
+            actor_name: self.actor_name.map(cap_field),
+            subject: self.subject.map(cap_field),
+            address: self.address.map(cap_field),
+            detail: self.detail.map(cap_field),
+        }
+    }
+}
+
 impl Store {
+    /// Stores an event (its fields capped, see [`AuditEntry::capped`]).
     pub async fn insert_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let entry = &entry.clone().capped();
         self.count(1);
         sqlx::query(
             "INSERT INTO audit_log (at, event, actor_id, actor_name, subject, address, detail) \
@@ -56,6 +93,30 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Retention: deletes events older than `before` (ms since the epoch),
+    /// in batches so a large backlog never holds the write lock for long;
+    /// returns how many went.
+    pub async fn prune_audit(&self, before: i64) -> Result<u64> {
+        const BATCH: i64 = 5000;
+        let mut total = 0;
+        loop {
+            self.count(1);
+            let done = sqlx::query(
+                "DELETE FROM audit_log WHERE id IN \
+                 (SELECT id FROM audit_log WHERE at < $1 ORDER BY id LIMIT $2)",
+            )
+            .bind(before)
+            .bind(BATCH)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += done;
+            if done < BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Events matching `filter`, newest first.
@@ -136,5 +197,58 @@ mod tests {
             ..all
         };
         assert!(store.query_audit(&future).await.expect("query").is_empty());
+    }
+
+    #[test]
+    fn long_fields_are_cut_on_a_character_boundary() {
+        assert_eq!(cap_field("short".into()), "short");
+        let exact = "a".repeat(FIELD_CAP);
+        assert_eq!(cap_field(exact.clone()), exact);
+        for long in [
+            "/x".repeat(30_000),
+            "é".repeat(300),
+            format!("a{}", "€".repeat(200)),
+        ] {
+            let cut = cap_field(long.clone());
+            assert!(cut.len() <= FIELD_CAP, "{}", cut.len());
+            assert!(cut.len() > FIELD_CAP - 8, "{}", cut.len());
+            assert!(cut.ends_with(CUT_MARKER));
+            assert!(long.starts_with(cut.trim_end_matches(CUT_MARKER)));
+        }
+    }
+
+    #[tokio::test]
+    async fn stored_fields_are_capped_and_old_events_pruned() {
+        let (store, _dir) = sqlite_store().await;
+        store
+            .insert_audit(&AuditEntry {
+                event: "access_denied",
+                subject: Some(format!("GET /{}", "a".repeat(60_000))),
+                ..Default::default()
+            })
+            .await
+            .expect("insert");
+        let all = AuditFilter {
+            limit: 100,
+            ..Default::default()
+        };
+        let rows = store.query_audit(&all).await.expect("query");
+        let subject = rows[0].subject.as_deref().unwrap_or_default();
+        assert!(subject.len() <= FIELD_CAP && subject.ends_with(CUT_MARKER));
+        sqlx::query("UPDATE audit_log SET at = 1")
+            .execute(&store.pool)
+            .await
+            .expect("age the row");
+        store
+            .insert_audit(&AuditEntry {
+                event: "login",
+                ..Default::default()
+            })
+            .await
+            .expect("insert");
+        assert_eq!(store.prune_audit(now_ms() - 1000).await.expect("prune"), 1);
+        let rows = store.query_audit(&all).await.expect("query");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].event, "login");
     }
 }

@@ -347,6 +347,25 @@ impl Store {
         Ok(())
     }
 
+    /// Announces an operator's unlock of user `id` to every master: a
+    /// `user` event on the revocation feed, on which each master ends that
+    /// account's login lockouts (and re-reads its cached credentials).
+    /// `false` if no such user.
+    pub async fn announce_unlock(&self, id: Uuid) -> Result<bool> {
+        self.count(2);
+        let mut tx = self.begin_writer().await?;
+        let found = sqlx::query("SELECT 1 FROM users WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if found.is_none() {
+            return Ok(false);
+        }
+        Self::push_event(&mut tx, "user", &id.to_string()).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     pub async fn record_login(&self, id: Uuid, at: i64) -> Result<()> {
         self.count(1);
         sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2")

@@ -23,6 +23,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_sessions))
         .routes(routes!(end_session))
         .routes(routes!(end_user_sessions))
+        .routes(routes!(unlock_user))
         .routes(routes!(audit))
 }
 
@@ -99,7 +100,7 @@ async fn create_user(
     let detail = Some(format!("role {}", user.role.as_str()));
     state
         .auth
-        .audit(entry(&admin, &info, "user_created", &user, detail))
+        .audit_trusted(entry(&admin, &info, "user_created", &user, detail))
         .await;
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
@@ -236,7 +237,7 @@ async fn patch_user(
         if happened {
             state
                 .auth
-                .audit(entry(&admin, &info, event, &user, detail))
+                .audit_trusted(entry(&admin, &info, event, &user, detail))
                 .await;
         }
     }
@@ -268,7 +269,7 @@ async fn delete_user(
     state.auth.user_changed(id);
     state
         .auth
-        .audit(entry(&admin, &info, "user_deleted", &user, None))
+        .audit_trusted(entry(&admin, &info, "user_deleted", &user, None))
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -332,8 +333,33 @@ async fn end_user_sessions(
     let detail = Some("force logout".to_string());
     state
         .auth
-        .audit(entry(&admin, &info, "sessions_revoked", &user, detail))
+        .audit_trusted(entry(&admin, &info, "sessions_revoked", &user, detail))
         .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// End every login lockout of a user (on every master within a second):
+/// addresses that failed too often may try again.
+#[utoipa::path(
+    post, path = "/admin/users/{id}/unlock", tag = "admin",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 204, description = "Unlocked"),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn unlock_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    info: ClientInfo,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let user = find(&state, id).await?;
+    if !state.auth.unlock(&admin, &user, &info.client).await? {
+        return Err(ApiError::Missing("user"));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

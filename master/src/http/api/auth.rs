@@ -2,7 +2,7 @@
 //! user-scoped operation, routed through the pool to the caller's worker.
 
 use super::{check_username, rfc3339, UserView};
-use crate::auth::{password, Login, Mode, SINGLE_USER_NAME};
+use crate::auth::{password, CredentialKind, Login, Mode, SINGLE_USER_NAME};
 use crate::http::error::ErrorBody;
 use crate::http::extract::{forbidden, ApiJson, Authed, ClientInfo, SESSION_COOKIE};
 use crate::http::{ApiError, AppState};
@@ -53,7 +53,7 @@ pub struct LoginResponse {
         (status = 200, description = "Logged in; `Set-Cookie: warren_session=…`", body = LoginResponse),
         (status = 401, description = "Wrong username or password (one answer for both)", body = ErrorBody),
         (status = 403, description = "Cross-site request", body = ErrorBody),
-        (status = 429, description = "Too many attempts; see `Retry-After`", body = ErrorBody),
+        (status = 429, description = "Too many attempts (cross-site ones included); see `Retry-After`", body = ErrorBody),
     )
 )]
 async fn login(
@@ -62,8 +62,11 @@ async fn login(
     headers: HeaderMap,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    // Login CSRF: a browser on another site may not log a victim in.
+    // Login CSRF: a browser on another site may not log a victim in. Such
+    // a refusal counts against the address's login rate limit, as a login
+    // attempt would (and its audit row against the audit rate limit).
     if !state.web.same_origin(&headers, info.tls, false) {
+        state.auth.admit_refused_login(&info.client)?;
         return Err(forbidden(&state, None, "POST /api/v1/auth/login", &info, CROSS_SITE).await);
     }
     let username = match state.auth.config().mode {
@@ -110,11 +113,13 @@ fn logged_in(
     (status, headers, Json(body))
 }
 
-/// Log out: ends this session and clears the cookie.
+/// Log out: ends this session and clears the cookie. An API token is not
+/// a session: revoke it with `DELETE /me/tokens/{id}` (400 here).
 #[utoipa::path(
     post, path = "/auth/logout", tag = "auth",
     responses(
         (status = 204, description = "Logged out"),
+        (status = 400, description = "Called with an API token, which logout does not end", body = ErrorBody),
         (status = 401, description = "Not logged in", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
@@ -124,6 +129,13 @@ async fn logout(
     Authed(principal): Authed,
     info: ClientInfo,
 ) -> Result<impl IntoResponse, ApiError> {
+    // Never report success for nothing: logout ends sessions only.
+    if let CredentialKind::Token { id, .. } = principal.kind {
+        return Err(ApiError::BadRequest(format!(
+            "this is an API token, not a login session: logout does not end it; \
+             revoke it with DELETE /api/v1/me/tokens/{id}"
+        )));
+    }
     state.auth.logout(&principal, &info.client).await?;
     let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
     let mut headers = HeaderMap::new();
@@ -147,9 +159,10 @@ pub struct SignupRequest {
     responses(
         (status = 201, description = "Account created and logged in", body = LoginResponse),
         (status = 404, description = "Sign-up is not enabled", body = ErrorBody),
+        (status = 403, description = "Cross-site request", body = ErrorBody),
         (status = 409, description = "The username is taken", body = ErrorBody),
-        (status = 422, description = "Invalid username or password", body = ErrorBody),
-        (status = 429, description = "Too many attempts", body = ErrorBody),
+        (status = 422, description = "Invalid username (1-64 ASCII letters, digits, '.', '_', '-') or password", body = ErrorBody),
+        (status = 429, description = "Too many attempts; see `Retry-After`", body = ErrorBody),
     )
 )]
 async fn signup(
@@ -162,6 +175,7 @@ async fn signup(
         return Err(ApiError::NotFound);
     }
     if !state.web.same_origin(&headers, info.tls, false) {
+        state.auth.admit_refused_login(&info.client)?;
         return Err(forbidden(&state, None, "POST /api/v1/auth/signup", &info, CROSS_SITE).await);
     }
     check_username(&request.username)?;

@@ -2,7 +2,7 @@
 //! Another user's session or token is `404`, exactly like one that does
 //! not exist.
 
-use super::{rfc3339, SessionView, UserView};
+use super::{check_display_text, rfc3339, SessionView, UserView};
 use crate::auth::{password, Mode, Scope};
 use crate::http::error::ErrorBody;
 use crate::http::extract::{forbidden, ApiJson, ApiPath, Authed, ClientInfo};
@@ -202,7 +202,8 @@ async fn my_tokens(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
-    /// 1–100 characters, to tell tokens apart.
+    /// 1–100 characters, to tell tokens apart; no control, format (bidi,
+    /// zero-width) or other invisible characters.
     pub name: String,
     pub scope: Scope,
     /// Lifetime in seconds; none means the token lasts until revoked.
@@ -225,7 +226,7 @@ pub struct CreatedToken {
     responses(
         (status = 201, body = CreatedToken),
         (status = 403, description = "API tokens cannot create tokens", body = ErrorBody),
-        (status = 422, body = ErrorBody),
+        (status = 422, description = "A bad name (empty, over 100 characters, or with control, bidi or invisible characters) or lifetime", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
 )]
@@ -241,11 +242,12 @@ async fn create_token(
         return Err(forbidden(&state, Some(&principal), request, &info, why).await);
     }
     let name = new.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::Unprocessable(
             "token names are 1-100 printable characters".into(),
         ));
     }
+    check_display_text("token names", name)?;
     let expires_at = match new.expires_in_seconds {
         None => None,
         Some(seconds @ 1..=315_360_000) => Some(store::now_ms() + seconds as i64 * 1000),

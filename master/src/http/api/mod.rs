@@ -189,6 +189,40 @@ pub fn check_username(name: &str) -> Result<(), super::ApiError> {
     }
 }
 
+/// Text shown to people (token names and the like) must look like what it
+/// is: no control characters, no format characters (bidi overrides and
+/// isolates, zero-width spaces and joiners, word joiners, byte-order marks,
+/// tag characters), no line or paragraph separators, no private-use or
+/// unassigned code points, and none of the blank "letters" (Hangul fillers)
+/// that render as nothing. Refused with a clear 422.
+pub fn check_display_text(what: &str, text: &str) -> Result<(), super::ApiError> {
+    match text.chars().find(|&c| invisible(c)) {
+        None => Ok(()),
+        Some(c) => Err(super::ApiError::Unprocessable(format!(
+            "{what} may not contain control, bidi, zero-width or other invisible characters \
+             (found U+{:04X})",
+            u32::from(c)
+        ))),
+    }
+}
+
+/// Whether `c` is invisible or changes how text around it is displayed.
+fn invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    matches!(
+        c.general_category(),
+        G::Control
+            | G::Format
+            | G::LineSeparator
+            | G::ParagraphSeparator
+            | G::PrivateUse
+            | G::Surrogate
+            | G::Unassigned
+    ) || matches!(c, '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}')
+        // Variation selectors (combining marks that render as nothing).
+        || matches!(c, '\u{180B}'..='\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
+}
+
 /// For PATCH fields where `null` (reset) differs from absent (unchanged).
 fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     deserializer: D,
@@ -207,6 +241,53 @@ mod tests {
         }
         for bad in ["", ".a", "-a", "a b", "é", "a/b", &"a".repeat(65), "a\0"] {
             assert!(check_username(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Bidi controls, zero-width and other invisible characters.
+    const INVISIBLE: [char; 20] = [
+        '\u{202A}',
+        '\u{202B}',
+        '\u{202C}',
+        '\u{202D}',
+        '\u{202E}',
+        '\u{2066}',
+        '\u{2067}',
+        '\u{2068}',
+        '\u{2069}',
+        '\u{200E}',
+        '\u{200F}',
+        '\u{061C}',
+        '\u{200B}',
+        '\u{200C}',
+        '\u{200D}',
+        '\u{2060}',
+        '\u{FEFF}',
+        '\u{3164}',
+        '\u{E0041}',
+        '\u{2028}',
+    ];
+
+    #[test]
+    fn names_with_invisible_characters_are_refused() {
+        for c in INVISIBLE {
+            let name = format!("adm{c}in");
+            assert!(check_username(&name).is_err(), "{name:?}");
+            assert!(
+                check_display_text("token names", &name).is_err(),
+                "{name:?}"
+            );
+        }
+        let err = check_display_text("token names", "a\u{202E}b").expect_err("refused");
+        assert!(err.to_string().contains("U+202E"), "{err}");
+        for good in [
+            "deploy key",
+            "Ünïcödé ✓",
+            "日本語のトークン",
+            "emoji 🚀",
+            "e\u{301}",
+        ] {
+            assert!(check_display_text("token names", good).is_ok(), "{good:?}");
         }
     }
 
@@ -229,6 +310,7 @@ mod tests {
             "/api/v1/me/sessions/{id}",
             "/api/v1/me/tokens/{id}",
             "/api/v1/admin/users/{id}/sessions",
+            "/api/v1/admin/users/{id}/unlock",
             "/api/v1/admin/audit",
             "/api/v1/ping",
             "/api/v1/openapi.json",
