@@ -182,6 +182,27 @@ pub struct ServeArgs {
     /// How long a locked account stays locked.
     #[arg(long, env = "WARREN_LOCKOUT_DURATION", default_value = "15m", value_parser = parse_duration)]
     pub lockout_duration: Duration,
+    /// A connection must deliver a request's complete headers within this
+    /// long, from connecting or from the end of its previous response (so
+    /// it is also the keep-alive idle timeout); then it is closed.
+    #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT", default_value = "15s", value_parser = parse_timeout)]
+    pub header_read_timeout: Duration,
+    /// HTTP connections open at once; more are answered 503 and closed
+    /// [default: half the open-file limit].
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// HTTP connections open at once from one peer address (trusted proxies
+    /// are exempt) [default: 256, or a quarter of --max-connections if less].
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_ADDRESS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: Option<u32>,
+    /// A second listener serving /metrics, /healthz and /readyz with its
+    /// details to whoever reaches it (e.g. 127.0.0.1:9090).
+    #[arg(long, env = "WARREN_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// /metrics (and /readyz's details) on the main listener for
+    /// `Authorization: Bearer TOKEN`, the token being the file's first line.
+    #[arg(long, env = "WARREN_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// `https://host[:port]` (a path is allowed and ignored for the origin).
