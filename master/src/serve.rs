@@ -128,11 +128,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections_per_address = limits.max_per_address,
         "connection limits"
     );
+    // The metrics listener has caps of its own: a scraper or two, not a
+    // second share of the descriptors.
+    let operations_limits = ConnectionLimits {
+        max_connections: limits.max_connections.min(64),
+        max_per_address: limits.max_per_address.min(64),
+        ..limits.clone()
+    };
     let operations = operations_listener.map(|listener| {
         http::listener::serve(
             listener,
             http::operations_router(state.clone()),
-            limits.clone(),
+            operations_limits,
             metrics.connections(),
             stop.clone(),
         )

@@ -9,7 +9,7 @@
 //!   not run while a request is being handled or its body streamed (uploads
 //!   have `--upload-idle-timeout`), nor on an upgraded connection.
 //! - **Connection caps**: at most `max_connections` open at once, and at most
-//!   `max_per_address` from one peer address (the direct peer: behind a
+//!   `max_per_address` from one peer address (IPv6: one /64; the direct peer: behind a
 //!   reverse proxy every connection comes from the proxy, so trusted proxies
 //!   are exempt from the per-address cap and bounded by the global one only).
 //!   A connection over a cap gets a `503` JSON answer written straight to
@@ -90,6 +90,7 @@ impl Tracker {
         drain: mpsc::Sender<()>,
     ) -> Result<ConnectionGuard, Refusal> {
         let per_address = !self.limits.exempt.iter().any(|net| net.contains(&peer));
+        let peer = address_key(peer);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if counts.total >= self.limits.max_connections {
             return Err(Refusal::Global);
@@ -108,6 +109,16 @@ impl Tracker {
             address: per_address.then_some(peer),
             _drain: drain,
         })
+    }
+}
+
+/// What the per-address cap counts by: an IPv4 address, or an IPv6 /64
+/// (one subscriber's usual allocation: counting each of its 2^64
+/// addresses apart would let one client open connections without limit).
+fn address_key(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
     }
 }
 
@@ -309,4 +320,20 @@ fn refuse(stream: TcpStream, refusal: Refusal) {
         body.len()
     );
     let _ = stream.try_write(response.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_peers_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(v4), v4);
+    }
 }
