@@ -162,6 +162,7 @@ pub struct ServeArgs {
     pub default_quota: u64,
     /// An upload whose client sends nothing for this long is abandoned
     /// (408); its temp file goes and its quota reservation is released.
+    /// Any other request body that stalls this long also ends with 408.
     #[arg(long, env = "WARREN_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub upload_idle_timeout: Duration,
     /// Streamed uploads and downloads one user may have at once; more get

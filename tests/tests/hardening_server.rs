@@ -142,6 +142,45 @@ async fn silent_partial_and_idle_connections_are_closed_after_the_header_timeout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stops_coming_is_answered_408_and_the_connection_freed() {
+    let options = ServerOptions::workers(1)
+        .arg("--upload-idle-timeout")
+        .arg("1s");
+    let server = Server::ready(&options).await;
+    let started = Instant::now();
+    // Login is a JSON route (not a file transfer): promise 50 bytes, send 10.
+    let mut stalled = connect_from(&server, [127, 0, 0, 3]).await;
+    stalled
+        .write_all(
+            b"POST /api/v1/auth/login HTTP/1.1\r\nhost: warren\r\n\
+              content-type: application/json\r\ncontent-length: 50\r\n\r\n{\"username",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stalled, Duration::from_secs(10))
+        .await
+        .expect("a stalled body holds its connection");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        answer.contains("\"code\":\"request_timeout\""),
+        "{answer:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A body that does come is read as before.
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/auth/login"))
+        .json(&serde_json::json!({ "username": "admin", "password": "wrong-password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_header_timeout_does_not_cut_a_slow_answer() {
     let options = ServerOptions::workers(1)
         .arg("--header-read-timeout")

@@ -24,8 +24,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The largest JSON request body accepted (413 beyond).
 pub const MAX_JSON_BODY: usize = 64 * 1024;
@@ -197,6 +198,39 @@ fn oversized(request: &Request) -> Option<ApiError> {
     None
 }
 
+/// The body of a request that is not a file transfer (those have their own
+/// idle rule), failing once its client sends nothing for `idle`, so that a
+/// request whose body never comes does not hold its connection forever;
+/// `stalled` tells the middleware to answer `408`.
+fn idle_limited(request: Request, idle: Duration, stalled: Arc<AtomicBool>) -> Request {
+    use futures_util::StreamExt;
+    if axum::body::HttpBody::is_end_stream(request.body()) {
+        return request;
+    }
+    request.map(|body| {
+        let chunks = body.into_data_stream();
+        let timed = futures_util::stream::unfold(Some(chunks), move |chunks| {
+            let stalled = stalled.clone();
+            async move {
+                let mut chunks = chunks?;
+                match tokio::time::timeout(idle, chunks.next()).await {
+                    Ok(Some(chunk)) => Some((chunk, Some(chunks))),
+                    Ok(None) => None,
+                    Err(_) => {
+                        stalled.store(true, Ordering::Relaxed);
+                        let err = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the request body stalled",
+                        );
+                        Some((Err(axum::Error::new(err)), None))
+                    }
+                }
+            }
+        });
+        axum::body::Body::from_stream(timed)
+    })
+}
+
 const CSP: &str = "default-src 'self'; base-uri 'none'; object-src 'none'; \
                    frame-ancestors 'none'; form-action 'self'";
 
@@ -225,11 +259,21 @@ async fn around(State(state): State<AppState>, request: Request, next: Next) -> 
     let mut response = match refusal {
         Some(refusal) => refusal.into_response(),
         None => {
+            let stalled = Arc::new(AtomicBool::new(false));
             let request = match file_op {
                 Some(_) => api::files::count_inbound(&state, request),
-                None => request,
+                None => idle_limited(request, state.upload_idle_timeout, stalled.clone()),
             };
-            next.run(request).await
+            let response = next.run(request).await;
+            if stalled.load(Ordering::Relaxed) {
+                ApiError::RequestTimeout(format!(
+                    "the request body stalled: nothing received for {} s",
+                    state.upload_idle_timeout.as_secs()
+                ))
+                .into_response()
+            } else {
+                response
+            }
         }
     };
     http.observe(route, response.status().as_u16(), started.elapsed());
