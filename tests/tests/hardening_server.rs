@@ -181,6 +181,54 @@ async fn a_request_body_that_stops_coming_is_answered_408_and_the_connection_fre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_connections_at_once_and_lets_a_request_in_flight_finish() {
+    let mut server = Server::ready(&ServerOptions::workers(1)).await;
+    // Idle keep-alive connections, well inside the header timeout (15 s).
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect_from(&server, [127, 0, 0, 3]).await;
+        assert!(get_on(&mut stream, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200"));
+        idle.push(stream);
+    }
+    let url = server.url(&format!("/debug/sleep/{}?ms=1500", user_id(1)));
+    let in_flight = tokio::spawn(async move {
+        let response = reqwest::Client::new().post(url).send().await?;
+        Ok::<_, reqwest::Error>(response.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    server.signal(rustix::process::Signal::TERM);
+    for stream in &mut idle {
+        assert_eq!(
+            read_until_closed(stream, Duration::from_secs(3))
+                .await
+                .as_deref(),
+            Some(""),
+            "an idle connection was not closed on SIGTERM"
+        );
+    }
+    assert_eq!(
+        in_flight.await.unwrap().expect("the request in flight"),
+        200
+    );
+    let status = server.wait_exit(Duration::from_secs(8)).expect("exit");
+    assert!(status.success(), "{status:?}");
+    // Not the 10 s drain deadline: nothing was left to wait for.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !server.log().contains("did not finish in time"),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_header_timeout_does_not_cut_a_slow_answer() {
     let options = ServerOptions::workers(1)
         .arg("--header-read-timeout")
@@ -221,6 +269,10 @@ async fn connections_over_the_per_address_cap_are_refused_and_others_still_serve
         "{answer:?}"
     );
     assert!(answer.contains("from your address"), "{answer:?}");
+    let log = server
+        .log_containing("refusing connections over a cap")
+        .await;
+    assert!(log.contains("max_connections_per_address"), "{log}");
 
     // Another address is served meanwhile.
     let mut other = connect_from(&server, [127, 0, 0, 2]).await;

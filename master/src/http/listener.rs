@@ -26,11 +26,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -74,6 +74,9 @@ struct Tracker {
     limits: ConnectionLimits,
     metrics: ConnectionMetrics,
     counts: Mutex<Counts>,
+    /// When a refusal was last logged: at most one line a minute, so that a
+    /// flood of connections cannot flood the log (the metric counts all).
+    last_logged: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -83,6 +86,22 @@ struct Counts {
 }
 
 impl Tracker {
+    fn log_refusal(&self, peer: SocketAddr, refusal: Refusal) {
+        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        warn!(
+            %peer,
+            reason = refusal.label(),
+            max_connections = self.limits.max_connections,
+            max_connections_per_address = self.limits.max_per_address,
+            "refusing connections over a cap (logged once a minute at most; \
+             warren_http_connections_rejected_total counts them)"
+        );
+    }
+
     /// Counts a new connection from `peer`, or says which cap refuses it.
     fn admit(
         self: &Arc<Self>,
@@ -215,6 +234,7 @@ pub async fn serve(
         limits,
         metrics,
         counts: Mutex::default(),
+        last_logged: Mutex::default(),
     });
     let (drain, mut drained) = mpsc::channel::<()>(1);
     loop {
@@ -234,7 +254,7 @@ pub async fn serve(
             Ok(guard) => guard,
             Err(refusal) => {
                 tracker.metrics.rejected(refusal.label());
-                debug!(%peer, reason = refusal.label(), "connection refused");
+                tracker.log_refusal(peer, refusal);
                 refuse(stream, refusal);
                 continue;
             }
