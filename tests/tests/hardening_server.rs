@@ -311,6 +311,65 @@ async fn connections_over_the_per_address_cap_are_refused_and_others_still_serve
     );
 }
 
+/// The finding as reported: under an open-file limit of 256, 300 idle
+/// connections from one client took `/healthz` and login away from
+/// everyone. With the default caps (derived from that limit) they do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_client_cannot_use_up_a_small_open_file_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let wrapper = data.path().join("warren-256");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit -n 256 || exit 97\nexec '{}' \"$@\"\n",
+            warren_tests::warren_binary().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let options = ServerOptions {
+        binary: Some(wrapper),
+        ..ServerOptions::workers(1)
+    };
+    let server = Server::ready_in(data, &options).await;
+    let log = server.log();
+    assert!(log.contains("open_files=\"256\""), "{log}");
+
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        held.push(connect_from(&server, [127, 0, 0, 3]).await);
+    }
+    // Everyone else is still served, at once, on new connections (the
+    // harness's client may hold one from before).
+    let fresh = reqwest::Client::new();
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        let healthz = fresh.get(server.url("/healthz")).send().await?;
+        let login = fresh
+            .post(server.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({
+                "username": "admin",
+                "password": warren_tests::ADMIN_PASSWORD,
+            }))
+            .send()
+            .await?;
+        Ok::<_, reqwest::Error>((healthz.status().as_u16(), login.status().as_u16()))
+    })
+    .await;
+    assert!(
+        matches!(served, Ok(Ok((200, 200)))),
+        "/healthz and login failed for others: {served:?}"
+    );
+    let metrics = server.metrics().await;
+    let refused = metric_value(
+        &metrics,
+        "warren_http_connections_rejected_total",
+        "reason=\"max_connections_per_address\"",
+    )
+    .unwrap_or(0.0);
+    assert!(refused >= 200.0, "refused: {refused}\n{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_global_cap_are_refused_until_some_close() {
     let options = ServerOptions::workers(1)
