@@ -18,6 +18,10 @@ use tracing::{info, warn};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let open_files = raise_open_file_limit();
+    let metrics_token = match &args.metrics_token_file {
+        Some(file) => Some(read_metrics_token(file)?),
+        None => None,
+    };
     let data_dir = &args.store.data_dir;
     create_private_dir(data_dir)?;
     let metrics = Arc::new(Metrics::new());
@@ -75,8 +79,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let metrics_access = match (&args.metrics_token_file, &operations_listener) {
-        (Some(file), _) => MetricsAccess::Token(read_secret_file(file)?),
+    let metrics_access = match (metrics_token, &operations_listener) {
+        (Some(token), _) => MetricsAccess::Token(token),
         (None, Some(_)) => MetricsAccess::Elsewhere,
         (None, None) => MetricsAccess::Loopback,
     };
@@ -214,6 +218,20 @@ fn raise_open_file_limit() -> Option<u64> {
         "open-file limit"
     );
     files
+}
+
+/// The bearer token for `/metrics` on the main listener: the file's first
+/// line, at least 16 characters (a guessable token would be no guard).
+fn read_metrics_token(file: &Path) -> anyhow::Result<String> {
+    let token = read_secret_file(file)?.trim().to_string();
+    if token.len() < 16 {
+        bail!(
+            "the metrics token in {} is shorter than 16 characters: use a random one \
+             (e.g. `openssl rand -hex 32`)",
+            file.display()
+        );
+    }
+    Ok(token)
 }
 
 /// Creates `dir` (mode 0700 when new): it holds the database and users' files.

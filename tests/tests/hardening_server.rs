@@ -547,6 +547,25 @@ async fn a_metrics_token_guards_metrics_on_the_main_listener() {
         .contains("warren_http_connections_open"));
 }
 
+#[test]
+fn a_short_metrics_token_is_refused_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let token_file = data.path().join("metrics-token");
+    std::fs::write(&token_file, "short\n").unwrap();
+    let output = std::process::Command::new(warren_tests::warren_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--metrics-token-file")
+        .arg(&token_file)
+        .env_remove("WARREN_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("shorter than 16 characters"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_metrics_listener_serves_metrics_and_the_main_one_no_longer_does() {
     let options = ServerOptions::workers(1)
