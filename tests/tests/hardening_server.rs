@@ -444,13 +444,18 @@ async fn oversized_requests_get_json_errors_with_security_headers() {
         assert_eq!(body["error"]["code"], code, "{body}");
     };
 
-    let long = format!("/api/v1/files/{}", "a".repeat(9 * 1024));
+    let long = format!("/api/v1/files/{}", "a".repeat(17 * 1024));
     check(
         http.get(server.url(&long)).send().await.unwrap(),
         414,
         "uri_too_long",
     )
     .await;
+    // The longest workspace path (4096 bytes), percent-encoded, is not too
+    // long a target (no credentials: 401, past the target check).
+    let longest = format!("/api/v1/files/{}", "%C3%A9".repeat(2048));
+    let response = http.get(server.url(&longest)).send().await.unwrap();
+    assert_eq!(response.status(), 401);
 
     let mut many = http.get(server.url("/healthz"));
     for n in 0..120 {

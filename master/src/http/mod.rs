@@ -31,9 +31,11 @@ use std::time::{Duration, Instant};
 /// The largest JSON request body accepted (413 beyond).
 pub const MAX_JSON_BODY: usize = 64 * 1024;
 
-/// The longest request target (path and query) accepted (414 beyond).
-/// Hyper's own limit is 64 KiB, answered by hyper without a body.
-pub const MAX_URI_LEN: usize = 8 * 1024;
+/// The longest request target (path and query) accepted (414 beyond):
+/// room for the longest workspace path (4096 bytes) percent-encoded (three
+/// times as long) and a query. Hyper's own limit is 64 KiB, answered by
+/// hyper without a body.
+pub const MAX_URI_LEN: usize = 16 * 1024;
 
 /// The most request headers accepted (431 beyond). Hyper parses up to twice
 /// as many, so that the answer just over this limit is warren's own.
@@ -47,7 +49,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Who may read `/metrics` and `/readyz`'s details on the main listener
 /// (an administrator may always read `/readyz`'s details; the
 /// `--metrics-listen` listener serves both to whoever reaches it).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum MetricsAccess {
     /// Neither `--metrics-listen` nor `--metrics-token-file`: clients on this
     /// host only (a loopback peer, with no `X-Forwarded-For` or `Forwarded`
@@ -57,6 +59,17 @@ pub enum MetricsAccess {
     Token(String),
     /// Only `--metrics-listen`: not on the main listener.
     Elsewhere,
+}
+
+impl std::fmt::Debug for MetricsAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.write_str(match self {
+            MetricsAccess::Loopback => "Loopback",
+            MetricsAccess::Token(_) => "Token(..)",
+            MetricsAccess::Elsewhere => "Elsewhere",
+        })
+    }
 }
 
 /// Marks requests that came through the `--metrics-listen` listener.
