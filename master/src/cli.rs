@@ -168,6 +168,7 @@ pub struct ServeArgs {
     pub default_quota: u64,
     /// An upload whose client sends nothing for this long is abandoned
     /// (408); its temp file goes and its quota reservation is released.
+    /// Any other request body that stalls this long also ends with 408.
     #[arg(long, env = "WARREN_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub upload_idle_timeout: Duration,
     /// Streamed uploads and downloads one user may have at once; more get
@@ -196,6 +197,27 @@ pub struct ServeArgs {
     /// and per user; more are dropped and counted in warren_audit_dropped_total.
     #[arg(long, env = "WARREN_AUDIT_RATE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub audit_rate: u32,
+    /// A connection must deliver a request's complete headers within this
+    /// long, from connecting or from the end of its previous response (so
+    /// it is also the keep-alive idle timeout); then it is closed.
+    #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT", default_value = "15s", value_parser = parse_timeout)]
+    pub header_read_timeout: Duration,
+    /// HTTP connections open at once; more are answered 503 and closed
+    /// [default: half the open-file limit].
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// HTTP connections open at once from one peer address (trusted proxies
+    /// are exempt) [default: 256, or a quarter of --max-connections if less].
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_ADDRESS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: Option<u32>,
+    /// A second listener serving /metrics, /healthz and /readyz with its
+    /// details to whoever reaches it (e.g. 127.0.0.1:9090).
+    #[arg(long, env = "WARREN_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// /metrics (and /readyz's details) on the main listener for
+    /// `Authorization: Bearer TOKEN`, the token being the file's first line.
+    #[arg(long, env = "WARREN_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// `https://host[:port]` (a path is allowed and ignored for the origin).

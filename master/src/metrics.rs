@@ -222,8 +222,49 @@ impl FileMetrics {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// HTTP connections: open, refused by a cap, closed by a timeout.
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    open: Gauge,
+    accepted: Counter,
+    rejected: Family<ReasonLabels, Counter>,
+    timeouts: Family<KindLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    pub(crate) fn opened(&self) {
+        self.accepted.inc();
+        self.open.inc();
+    }
+
+    pub(crate) fn closed(&self) {
+        self.open.dec();
+    }
+
+    /// `reason`: max_connections or max_connections_per_address.
+    pub(crate) fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// `kind`: header_read.
+    pub(crate) fn timed_out(&self, kind: &'static str) {
+        self.timeouts.get_or_create(&KindLabels { kind }).inc();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    connections: ConnectionMetrics,
     files: FileMetrics,
     workers: Family<StateLabels, Gauge>,
     pool: PoolMetrics,
@@ -342,8 +383,42 @@ impl Metrics {
             "Writes and copies refused because they would exceed the user's quota",
             files.quota_rejections.clone(),
         );
+        let connections = ConnectionMetrics {
+            open: Gauge::default(),
+            accepted: Counter::default(),
+            rejected: Family::default(),
+            timeouts: Family::default(),
+        };
+        // Every series shows from the start, at 0.
+        for reason in ["max_connections", "max_connections_per_address"] {
+            let _ = connections.rejected.get_or_create(&ReasonLabels { reason });
+        }
+        let _ = connections.timeouts.get_or_create(&KindLabels {
+            kind: "header_read",
+        });
+        registry.register(
+            "warren_http_connections_open",
+            "HTTP connections open now",
+            connections.open.clone(),
+        );
+        registry.register(
+            "warren_http_connections_accepted",
+            "HTTP connections accepted (within the connection caps)",
+            connections.accepted.clone(),
+        );
+        registry.register(
+            "warren_http_connections_rejected",
+            "HTTP connections refused by a cap, by reason (max_connections, max_connections_per_address)",
+            connections.rejected.clone(),
+        );
+        registry.register(
+            "warren_http_connection_timeouts",
+            "HTTP connections closed by a timeout, by kind (header_read: no complete request headers in time, idle keep-alive included)",
+            connections.timeouts.clone(),
+        );
         Metrics {
             registry,
+            connections,
             files,
             workers,
             auth,
@@ -366,6 +441,10 @@ impl Metrics {
 
     pub fn auth(&self) -> AuthMetrics {
         self.auth.clone()
+    }
+
+    pub fn connections(&self) -> ConnectionMetrics {
+        self.connections.clone()
     }
 
     pub fn http(&self) -> &HttpMetrics {

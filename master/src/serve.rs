@@ -5,20 +5,23 @@ use crate::auth::password::{self, hash_now, verify_now};
 use crate::auth::throttle::ThrottleConfig;
 use crate::auth::{token, Auth, AuthConfig, Mode, SINGLE_USER_NAME};
 use crate::cli::ServeArgs;
-use crate::http::{self, AppState, Shared, WebConfig};
+use crate::http::listener::ConnectionLimits;
+use crate::http::{self, AppState, MetricsAccess, Shared, WebConfig};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolConfig, WorkerCommand};
 use crate::store::{redact_url, NewUser, Role, Store, StoreError, UserPatch};
 use anyhow::{bail, Context};
-use axum::serve::ListenerExt;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    raise_open_file_limit();
+    let open_files = raise_open_file_limit();
+    let metrics_token = match &args.metrics_token_file {
+        Some(file) => Some(read_metrics_token(file)?),
+        None => None,
+    };
     let data_dir = &args.store.data_dir;
     create_private_dir(data_dir)?;
     let metrics = Arc::new(Metrics::new());
@@ -69,6 +72,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    let operations_listener = match args.metrics_listen {
+        Some(metrics_listen) => {
+            let listener = tokio::net::TcpListener::bind(metrics_listen)
+                .await
+                .with_context(|| format!("cannot listen on {metrics_listen} (--metrics-listen)"))?;
+            info!(metrics_address = %listener.local_addr()?, "serving metrics");
+            Some(listener)
+        }
+        None => None,
+    };
+    let metrics_access = match (metrics_token, &operations_listener) {
+        (Some(token), _) => MetricsAccess::Token(token),
+        (None, Some(_)) => MetricsAccess::Elsewhere,
+        (None, None) => MetricsAccess::Loopback,
+    };
+    if !args.trusted_proxies.is_empty() && args.public_url.is_none() {
+        warn!(
+            "--trusted-proxy is set without --public-url: the Origin check of \
+             cookie-authenticated changes compares with the Host header the proxy \
+             passes on; set --public-url to the address users reach warren at"
+        );
+    }
+    let limits = connection_limits(&args, open_files);
     info!(
         %address,
         workers,
@@ -88,9 +114,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(purger.run(auth.user_events(), stop.child_token()));
     let background = tokio::spawn(auth.clone().run_background(stop.child_token()));
     auth.count_sessions().await;
-    let app = http::router(AppState::new(Shared {
+    let state = AppState::new(Shared {
         pool: pool.clone(),
-        metrics,
+        metrics: metrics.clone(),
         auth,
         web: WebConfig {
             trusted_proxies: args.trusted_proxies.clone(),
@@ -100,26 +126,46 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         templates_dir: data_dir.join("shared").join("templates"),
         upload_idle_timeout: args.upload_idle_timeout,
         transfers: http::Transfers::new(args.max_transfers_per_user),
-    }));
-    // TCP_NODELAY: a streamed body goes out after its headers in a second
-    // write, which Nagle would hold back until the client's delayed ACK
-    // (~40 ms per small file download).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            warn!(error = %err, "cannot set TCP_NODELAY");
-        }
+        metrics_access,
     });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let app = http::router(state.clone());
+    info!(
+        header_read_timeout = ?limits.header_read_timeout,
+        max_connections = limits.max_connections,
+        max_connections_per_address = limits.max_per_address,
+        "connection limits"
+    );
+    // The metrics listener has caps of its own: a scraper or two, not a
+    // second share of the descriptors.
+    let operations_limits = ConnectionLimits {
+        max_connections: limits.max_connections.min(64),
+        max_per_address: limits.max_per_address.min(64),
+        ..limits.clone()
+    };
+    let operations = operations_listener.map(|listener| {
+        http::listener::serve(
+            listener,
+            http::operations_router(state.clone()),
+            operations_limits,
+            metrics.connections(),
+            stop.clone(),
+        )
+    });
+    let main = http::listener::serve(listener, app, limits, metrics.connections(), stop.clone());
+    let server = async {
+        match operations {
+            Some(operations) => {
+                tokio::join!(main, operations);
+            }
+            None => main.await,
+        }
+    };
     let drain_deadline = async {
         stop.cancelled().await;
         tokio::time::sleep(args.shutdown_timeout).await;
     };
     tokio::select! {
-        served = server => served.context("HTTP server failed")?,
+        () = server => {}
         _ = drain_deadline => warn!(timeout = ?args.shutdown_timeout, "in-flight requests did not finish in time; stopping anyway"),
     }
     stop.cancel();
@@ -131,11 +177,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The connection limits from the flags; the defaults keep half the
+/// open-file limit for other uses (database, worker sockets, a burst of
+/// connections accepted only to be refused).
+fn connection_limits(args: &ServeArgs, open_files: Option<u64>) -> ConnectionLimits {
+    let max_connections = match args.max_connections {
+        Some(n) => n as usize,
+        None => open_files.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX)),
+    }
+    .max(1);
+    let max_per_address = match args.max_connections_per_address {
+        Some(n) => n as usize,
+        None => (max_connections / 4).clamp(1, 256),
+    };
+    ConnectionLimits {
+        header_read_timeout: args.header_read_timeout,
+        max_connections,
+        max_per_address,
+        exempt: args.trusted_proxies.clone(),
+    }
+}
+
 /// Raises the soft open-file limit to the hard one, for this process and
-/// the workers it starts. Every connection and every user a worker keeps
-/// open takes descriptors; the usual soft default of 1024 exists for old
-/// programs using `select`, which warren does not.
-fn raise_open_file_limit() {
+/// the workers it starts, and returns it (`None`: unlimited). Every
+/// connection and every user a worker keeps open takes descriptors; the
+/// usual soft default of 1024 exists for old programs using `select`, which
+/// warren does not.
+fn raise_open_file_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
@@ -152,6 +220,21 @@ fn raise_open_file_limit() {
         open_files = files.map_or_else(|| "unlimited".into(), |n| n.to_string()),
         "open-file limit"
     );
+    files
+}
+
+/// The bearer token for `/metrics` on the main listener: the file's first
+/// line, at least 16 characters (a guessable token would be no guard).
+fn read_metrics_token(file: &Path) -> anyhow::Result<String> {
+    let token = read_secret_file(file)?.trim().to_string();
+    if token.len() < 16 {
+        bail!(
+            "the metrics token in {} is shorter than 16 characters: use a random one \
+             (e.g. `openssl rand -hex 32`)",
+            file.display()
+        );
+    }
+    Ok(token)
 }
 
 /// Creates `dir` (mode 0700 when new): it holds the database and users' files.

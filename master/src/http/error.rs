@@ -50,6 +50,10 @@ pub enum ApiError {
     /// The server's disk is full: nothing was stored.
     #[error("{0}")]
     DiskFull(String),
+    #[error("the request URI is longer than {0} bytes")]
+    UriTooLong(usize),
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// Details are logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -103,6 +107,11 @@ impl ApiError {
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+            ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+            ApiError::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            ),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Pool(PoolError::WorkerUnavailable { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable")

@@ -8,6 +8,7 @@ mod api;
 mod debug;
 mod error;
 pub mod extract;
+pub mod listener;
 
 pub use api::files::Transfers;
 pub use api::{check_username, rfc3339};
@@ -17,17 +18,63 @@ pub use extract::WebConfig;
 use crate::auth::Auth;
 use crate::metrics::{self, Metrics};
 use crate::pool::Pool;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The largest JSON request body accepted (413 beyond).
 pub const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// The longest request target (path and query) accepted (414 beyond):
+/// room for the longest workspace path (4096 bytes) percent-encoded (three
+/// times as long) and a query. Hyper's own limit is 64 KiB, answered by
+/// hyper without a body.
+pub const MAX_URI_LEN: usize = 16 * 1024;
+
+/// The most request headers accepted (431 beyond). Hyper parses up to twice
+/// as many, so that the answer just over this limit is warren's own.
+pub const MAX_HEADERS: usize = 100;
+
+/// The largest total size of request headers (names, values and their
+/// separators) accepted (431 beyond). Hyper's own limit is its read buffer,
+/// about 400 KiB, answered without a body.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Who may read `/metrics` and `/readyz`'s details on the main listener
+/// (an administrator may always read `/readyz`'s details; the
+/// `--metrics-listen` listener serves both to whoever reaches it).
+#[derive(Clone)]
+pub enum MetricsAccess {
+    /// Neither `--metrics-listen` nor `--metrics-token-file`: clients on this
+    /// host only (a loopback peer, with no `X-Forwarded-For` or `Forwarded`
+    /// header, so a proxy on the same host does not open them to its users).
+    Loopback,
+    /// `--metrics-token-file`: `Authorization: Bearer` with this token.
+    Token(String),
+    /// Only `--metrics-listen`: not on the main listener.
+    Elsewhere,
+}
+
+impl std::fmt::Debug for MetricsAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.write_str(match self {
+            MetricsAccess::Loopback => "Loopback",
+            MetricsAccess::Token(_) => "Token(..)",
+            MetricsAccess::Elsewhere => "Elsewhere",
+        })
+    }
+}
+
+/// Marks requests that came through the `--metrics-listen` listener.
+#[derive(Debug, Clone, Copy)]
+struct OperationsListener;
 
 /// What every handler may use; one `Arc`, so extracting it is cheap.
 #[derive(Clone)]
@@ -44,6 +91,8 @@ pub struct Shared {
     pub upload_idle_timeout: std::time::Duration,
     /// Streamed transfers in progress, per user.
     pub transfers: Transfers,
+    /// Who may read `/metrics` on the main listener.
+    pub metrics_access: MetricsAccess,
 }
 
 impl AppState {
@@ -86,6 +135,115 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The router of the `--metrics-listen` listener: `/metrics`, `/healthz`
+/// and `/readyz` with its details, for whoever can reach that address.
+pub fn operations_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), around))
+        .layer(axum::Extension(OperationsListener))
+        .with_state(state)
+}
+
+/// Whether the request may read operational data (`/metrics`, `/readyz`'s
+/// details) without being an administrator.
+fn is_operator(state: &AppState, parts: &axum::http::request::Parts) -> bool {
+    if parts.extensions.get::<OperationsListener>().is_some() {
+        return true;
+    }
+    match &state.metrics_access {
+        MetricsAccess::Elsewhere => false,
+        MetricsAccess::Token(expected) => {
+            use sha2::{Digest, Sha256};
+            let given = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::trim);
+            // Compared as digests: the time taken says nothing of the token.
+            given.is_some_and(|given| {
+                Sha256::digest(given.as_bytes()) == Sha256::digest(expected.as_bytes())
+            })
+        }
+        MetricsAccess::Loopback => {
+            let peer = parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip().to_canonical());
+            let forwarded = parts.headers.contains_key("x-forwarded-for")
+                || parts.headers.contains_key(header::FORWARDED);
+            peer.is_some_and(|peer| peer.is_loopback()) && !forwarded
+        }
+    }
+}
+
+/// Why a request is refused before it reaches a handler: a request target
+/// or headers larger than warren accepts (hyper's own, larger limits answer
+/// without warren's JSON body).
+fn oversized(request: &Request) -> Option<ApiError> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if target > MAX_URI_LEN {
+        return Some(ApiError::UriTooLong(MAX_URI_LEN));
+    }
+    let headers = request.headers();
+    if headers.len() > MAX_HEADERS {
+        return Some(ApiError::HeadersTooLarge(format!(
+            "more than {MAX_HEADERS} request headers"
+        )));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Some(ApiError::HeadersTooLarge(format!(
+            "the request headers are larger than {MAX_HEADER_BYTES} bytes"
+        )));
+    }
+    None
+}
+
+/// The body of a request that is not a file transfer (those have their own
+/// idle rule), failing once its client sends nothing for `idle`, so that a
+/// request whose body never comes does not hold its connection forever;
+/// `stalled` tells the middleware to answer `408`.
+fn idle_limited(request: Request, idle: Duration, stalled: Arc<AtomicBool>) -> Request {
+    use futures_util::StreamExt;
+    if axum::body::HttpBody::is_end_stream(request.body()) {
+        return request;
+    }
+    request.map(|body| {
+        let chunks = body.into_data_stream();
+        let timed = futures_util::stream::unfold(Some(chunks), move |chunks| {
+            let stalled = stalled.clone();
+            async move {
+                let mut chunks = chunks?;
+                match tokio::time::timeout(idle, chunks.next()).await {
+                    Ok(Some(chunk)) => Some((chunk, Some(chunks))),
+                    Ok(None) => None,
+                    Err(_) => {
+                        stalled.store(true, Ordering::Relaxed);
+                        let err = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the request body stalled",
+                        );
+                        Some((Err(axum::Error::new(err)), None))
+                    }
+                }
+            }
+        });
+        axum::body::Body::from_stream(timed)
+    })
+}
+
 const CSP: &str = "default-src 'self'; base-uri 'none'; object-src 'none'; \
                    frame-ancestors 'none'; form-action 'self'";
 
@@ -106,12 +264,31 @@ async fn around(State(state): State<AppState>, request: Request, next: Next) -> 
         .map(|info| info.0.ip());
     let tls = state.web.client_of(request.headers(), peer).1;
     let api = request.uri().path().starts_with("/api/");
-    let file_op = api::files::operation_of(route, &request);
-    let request = match file_op {
-        Some(_) => api::files::count_inbound(&state, request),
-        None => request,
+    let refusal = oversized(&request);
+    let file_op = match refusal {
+        Some(_) => None,
+        None => api::files::operation_of(route, &request),
     };
-    let mut response = next.run(request).await;
+    let mut response = match refusal {
+        Some(refusal) => refusal.into_response(),
+        None => {
+            let stalled = Arc::new(AtomicBool::new(false));
+            let request = match file_op {
+                Some(_) => api::files::count_inbound(&state, request),
+                None => idle_limited(request, state.upload_idle_timeout, stalled.clone()),
+            };
+            let response = next.run(request).await;
+            if stalled.load(Ordering::Relaxed) {
+                ApiError::RequestTimeout(format!(
+                    "the request body stalled: nothing received for {} s",
+                    state.upload_idle_timeout.as_secs()
+                ))
+                .into_response()
+            } else {
+                response
+            }
+        }
+    };
     http.observe(route, response.status().as_u16(), started.elapsed());
     if let Some(op) = file_op {
         response = api::files::count_outbound(&state, op, response);
@@ -146,9 +323,15 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// 200 when every slot is up and the database answers, else 503; the body
-/// says which.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+/// 200 when every slot is up and the database answers, else 503. The body
+/// says only that, except to an operator (see [`is_operator`]) or an
+/// administrator, who also see each slot and the database's status.
+async fn readyz(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let details = is_operator(&state, &parts)
+        || extract::Authed::from_request_parts(&mut parts, &state)
+            .await
+            .is_ok_and(|authed| authed.0.is_admin());
     let slots = state.pool.report();
     let workers_ready = slots
         .iter()
@@ -160,18 +343,33 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let summary = if ready { "ready" } else { "not_ready" };
+    if !details {
+        return (status, Json(serde_json::json!({ "status": summary }))).into_response();
+    }
     let body = serde_json::json!({
-        "status": if ready { "ready" } else { "not_ready" },
+        "status": summary,
         "database": match &database {
             Ok(()) => "ok".to_string(),
             Err(err) => err.to_string(),
         },
         "workers": slots,
     });
-    (status, Json(body))
+    (status, Json(body)).into_response()
 }
 
-async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn render_metrics(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    if !is_operator(&state, &parts) {
+        return match state.metrics_access {
+            MetricsAccess::Elsewhere => ApiError::NotFound,
+            MetricsAccess::Token(_) => ApiError::Unauthenticated,
+            MetricsAccess::Loopback => ApiError::Forbidden(
+                "metrics are served to this host only: see --metrics-listen and --metrics-token-file",
+            ),
+        }
+        .into_response();
+    }
     let text = state.metrics.render(&state.pool.report());
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }

@@ -1,0 +1,359 @@
+//! The accept loop: warren's own instead of `axum::serve`, so that every
+//! connection is bounded in time and number.
+//!
+//! - **Header-read timeout** (hyper's, with tokio's timer): a connection must
+//!   deliver a request's complete headers within `header_read_timeout` of
+//!   starting to wait for them. Hyper starts that clock both on a fresh
+//!   connection and when a keep-alive connection goes idle after a
+//!   response, so the same limit is the keep-alive idle timeout. It does
+//!   not run while a request is being handled or its body streamed (uploads
+//!   have `--upload-idle-timeout`), nor on an upgraded connection.
+//! - **Connection caps**: at most `max_connections` open at once, and at most
+//!   `max_per_address` from one peer address (IPv6: one /64; the direct peer: behind a
+//!   reverse proxy every connection comes from the proxy, so trusted proxies
+//!   are exempt from the per-address cap and bounded by the global one only).
+//!   A connection over a cap gets a `503` JSON answer written straight to
+//!   the socket, if it can take it at once, and is closed.
+//! - **Graceful shutdown**: on `stop`, no more accepts; idle connections
+//!   close, those with a request in flight finish it; `serve` returns when
+//!   every connection has closed (the caller bounds that with its deadline).
+
+use crate::metrics::ConnectionMetrics;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+use tracing::{debug, warn};
+
+/// The largest number of headers hyper parses. The request-level limit
+/// ([`super::MAX_HEADERS`]) is lower, so that a request just over it gets
+/// warren's JSON `431` rather than hyper's bare one.
+const HYPER_MAX_HEADERS: usize = 2 * super::MAX_HEADERS;
+
+/// How long and how many connections may stay open.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_per_address: usize,
+    /// Peers not subject to `max_per_address` (the trusted proxies).
+    pub exempt: Vec<IpNet>,
+}
+
+/// Why a connection was refused (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Global,
+    PerAddress,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Global => "max_connections",
+            Refusal::PerAddress => "max_connections_per_address",
+        }
+    }
+}
+
+/// Open connections, in total and by peer address.
+struct Tracker {
+    limits: ConnectionLimits,
+    metrics: ConnectionMetrics,
+    counts: Mutex<Counts>,
+    /// When a refusal was last logged: at most one line a minute, so that a
+    /// flood of connections cannot flood the log (the metric counts all).
+    last_logged: Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+impl Tracker {
+    fn log_refusal(&self, peer: SocketAddr, refusal: Refusal) {
+        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        warn!(
+            %peer,
+            reason = refusal.label(),
+            max_connections = self.limits.max_connections,
+            max_connections_per_address = self.limits.max_per_address,
+            "refusing connections over a cap (logged once a minute at most; \
+             warren_http_connections_rejected_total counts them)"
+        );
+    }
+
+    /// Counts a new connection from `peer`, or says which cap refuses it.
+    fn admit(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        drain: mpsc::Sender<()>,
+    ) -> Result<ConnectionGuard, Refusal> {
+        let per_address = !self.limits.exempt.iter().any(|net| net.contains(&peer));
+        let peer = address_key(peer);
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.total >= self.limits.max_connections {
+            return Err(Refusal::Global);
+        }
+        if per_address {
+            let open = counts.by_address.entry(peer).or_insert(0);
+            if *open >= self.limits.max_per_address {
+                return Err(Refusal::PerAddress);
+            }
+            *open += 1;
+        }
+        counts.total += 1;
+        self.metrics.opened();
+        Ok(ConnectionGuard {
+            tracker: self.clone(),
+            address: per_address.then_some(peer),
+            _drain: drain,
+        })
+    }
+}
+
+/// What the per-address cap counts by: an IPv4 address, or an IPv6 /64
+/// (one subscriber's usual allocation: counting each of its 2^64
+/// addresses apart would let one client open connections without limit).
+fn address_key(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+    }
+}
+
+/// One counted connection; dropping it (with the socket) uncounts it.
+struct ConnectionGuard {
+    tracker: Arc<Tracker>,
+    address: Option<IpAddr>,
+    /// Held until the connection closes: `serve` waits for every sender.
+    _drain: mpsc::Sender<()>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut counts = self
+            .tracker
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(address) = self.address {
+            if let Some(open) = counts.by_address.get_mut(&address) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    counts.by_address.remove(&address);
+                }
+            }
+        }
+        self.tracker.metrics.closed();
+    }
+}
+
+/// A socket that carries its guard, so the connection stays counted for as
+/// long as the socket lives, also after an upgrade hands it to a handler.
+struct CountedStream {
+    stream: TcpStream,
+    _guard: ConnectionGuard,
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves `app` on `listener` until `stop`, then drains (see the module
+/// documentation). Requests see their peer as `ConnectInfo<SocketAddr>`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    metrics: ConnectionMetrics,
+    stop: CancellationToken,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(HYPER_MAX_HEADERS)
+        .keep_alive(true);
+    let tracker = Arc::new(Tracker {
+        limits,
+        metrics,
+        counts: Mutex::default(),
+        last_logged: Mutex::default(),
+    });
+    let (drain, mut drained) = mpsc::channel::<()>(1);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                accept_failed(&err).await;
+                continue;
+            }
+        };
+        let ip = peer.ip().to_canonical();
+        let guard = match tracker.admit(ip, drain.clone()) {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                tracker.metrics.rejected(refusal.label());
+                tracker.log_refusal(peer, refusal);
+                refuse(stream, refusal);
+                continue;
+            }
+        };
+        // TCP_NODELAY: a streamed body goes out after its headers in a
+        // second write, which Nagle would hold back until the client's
+        // delayed ACK (~40 ms per small file download).
+        if let Err(err) = stream.set_nodelay(true) {
+            warn!(error = %err, "cannot set TCP_NODELAY");
+        }
+        let io = TokioIo::new(CountedStream {
+            stream,
+            _guard: guard,
+        });
+        let router = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let mut router = router.clone();
+            async move { router.call(request.map(axum::body::Body::new)).await }
+        });
+        let connection = http.serve_connection(io, service).with_upgrades();
+        let stop = stop.clone();
+        let metrics = tracker.metrics.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
+                if err.is_timeout() {
+                    metrics.timed_out("header_read");
+                    debug!(%peer, "connection closed: no complete request headers in time");
+                } else {
+                    debug!(%peer, error = %err, "connection ended with an error");
+                }
+            }
+        });
+    }
+    drop(listener);
+    drop(drain);
+    // Every guard holds a sender: this returns once all connections closed.
+    let _ = drained.recv().await;
+}
+
+/// After a failed `accept`: errors of one connection are skipped; others
+/// (out of file descriptors, most often) are logged and the loop pauses,
+/// as spinning would not help.
+async fn accept_failed(err: &io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    ) {
+        return;
+    }
+    warn!(error = %err, "cannot accept a connection; pausing 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Answers a refused connection with a `503` in warren's error shape, if its
+/// socket takes it at once (a fresh socket's send buffer does), and closes.
+fn refuse(stream: TcpStream, refusal: Refusal) {
+    let message = match refusal {
+        Refusal::Global => "the server has too many open connections; retry shortly",
+        Refusal::PerAddress => "too many open connections from your address; close some and retry",
+    };
+    let body = serde_json::json!({
+        "error": { "code": "too_many_connections", "message": message }
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\n\
+         content-type: application/json\r\n\
+         content-length: {}\r\n\
+         retry-after: 1\r\n\
+         x-content-type-options: nosniff\r\n\
+         cache-control: no-store\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_peers_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(v4), v4);
+    }
+}
