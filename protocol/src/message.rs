@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
@@ -109,9 +109,17 @@ pub struct UserCtx {
     pub id: UserId,
     pub name: String,
     pub role: Role,
-    /// The user's storage quota in bytes.
+    /// The user's storage quota in bytes (of disk space charged: allocated
+    /// blocks, at least [`MIN_ENTRY_CHARGE`] an entry).
     pub quota_bytes: u64,
+    /// The most entries (files, directories, links...) the user may have.
+    pub quota_files: u64,
 }
+
+/// The least an entry of a workspace is charged against the quota, whatever
+/// it allocates (an empty file or directory still costs an inode and a
+/// directory entry).
+pub const MIN_ENTRY_CHARGE: u64 = 4096;
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Request {
@@ -194,6 +202,12 @@ pub enum EntryKind {
     /// A symbolic link (made by a user's own programs); never followed out
     /// of the workspace.
     Symlink,
+    /// A named pipe (made by a user's own programs); never read.
+    Fifo,
+    /// A Unix socket (made by a user's own programs); never read.
+    Socket,
+    /// A block or character device; never read.
+    Device,
 }
 
 /// One file or directory as the API shows it.
@@ -258,9 +272,12 @@ pub enum Reply {
         entries: Vec<Entry>,
         more: bool,
     },
+    /// `bytes`: disk space charged against the quota; `files`: regular
+    /// files; `entries`: every entry (what the entry quota counts).
     Usage {
         bytes: u64,
         files: u64,
+        entries: u64,
     },
     Settings(Vec<u8>),
 }
@@ -327,6 +344,12 @@ pub enum OpError {
     WorkerGone(String),
     #[error("storage quota exceeded: {used} of {limit} bytes used")]
     QuotaExceeded { used: u64, limit: u64 },
+    #[error("file quota exceeded: {used} of {limit} entries used")]
+    EntryQuotaExceeded { used: u64, limit: u64 },
+    /// A read of something that is not a regular file (a FIFO, socket,
+    /// device).
+    #[error("{0}")]
+    NotARegularFile(String),
     #[error("internal worker error: {0}")]
     Internal(String),
     /// The server's disk (or its file-system quota) is full: nothing was

@@ -38,19 +38,20 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
             return Ok(Reply::Usage {
                 bytes: usage.bytes,
                 files: usage.files,
+                entries: usage.entries,
             });
         }
         FileOp::Purge => return workspaces.purge(user.id).map(|()| Reply::Done),
         _ => {}
     }
     let dirs = workspaces.open(user.id)?;
-    let quota = user.quota_bytes;
+    let quota = workspace::Quota::of(user);
     match op {
         FileOp::Read { path } => dirs.read_small(&path, INLINE_READ_LIMIT),
         FileOp::List { path, after, limit } => {
             dirs.list(&path, after.as_deref(), limit.clamp(1, 10_000))
         }
-        FileOp::Mkdir { path, parents } => dirs.mkdir(&path, parents),
+        FileOp::Mkdir { path, parents } => dirs.mkdir(workspaces, quota, &path, parents),
         FileOp::Delete { path, recursive } => dirs.delete(workspaces, &path, recursive),
         FileOp::Move { from, to } => dirs.rename(workspaces, &from, &to),
         FileOp::Copy { from, to } => dirs.copy(workspaces, quota, &from, &to),
@@ -202,7 +203,8 @@ async fn write_file(
         let precondition = precondition.clone();
         blocking(move || {
             let dirs = workspaces.open(user.id)?;
-            dirs.begin_write(workspaces, &path, parents, user.quota_bytes, &precondition)
+            let quota = workspace::Quota::of(&user);
+            dirs.begin_write(workspaces, &path, parents, quota, &precondition)
         })
         .await
     };

@@ -56,6 +56,8 @@ pub struct AuthConfig {
     pub flush_interval: Duration,
     /// Storage quota of users without one of their own.
     pub default_quota_bytes: u64,
+    /// Entry quota (files, directories...) of every user.
+    pub default_quota_files: u64,
 }
 
 impl Default for AuthConfig {
@@ -71,6 +73,7 @@ impl Default for AuthConfig {
             poll_interval: Duration::from_millis(250),
             flush_interval: Duration::from_secs(10),
             default_quota_bytes: 1 << 30,
+            default_quota_files: 100_000,
         }
     }
 }
@@ -153,7 +156,7 @@ impl Principal {
         token_hash: String,
         expires_at: i64,
         last_seen: i64,
-        default_quota: u64,
+        default_quota: (u64, u64),
     ) -> Self {
         Principal {
             user_id: user.id,
@@ -180,7 +183,8 @@ impl Principal {
     }
 }
 
-fn ctx_of(user: &User, default_quota: u64) -> UserCtx {
+/// `default_quota`: bytes and entries of users without their own.
+fn ctx_of(user: &User, default_quota: (u64, u64)) -> UserCtx {
     UserCtx {
         id: UserId(*user.id.as_bytes()),
         name: user.username.clone(),
@@ -190,7 +194,8 @@ fn ctx_of(user: &User, default_quota: u64) -> UserCtx {
         },
         quota_bytes: user
             .storage_quota_bytes
-            .map_or(default_quota, |quota| quota.max(0) as u64),
+            .map_or(default_quota.0, |quota| quota.max(0) as u64),
+        quota_files: default_quota.1,
     }
 }
 
@@ -284,7 +289,13 @@ impl Auth {
     /// What a worker is told about `user` (for work not done on behalf of
     /// a caller holding their credentials, such as an admin's usage report).
     pub fn ctx_of(&self, user: &User) -> UserCtx {
-        ctx_of(user, self.config.default_quota_bytes)
+        ctx_of(
+            user,
+            (
+                self.config.default_quota_bytes,
+                self.config.default_quota_files,
+            ),
+        )
     }
 
     pub fn store(&self) -> &Store {
@@ -495,7 +506,10 @@ impl Auth {
                     hash.clone(),
                     session.expires_at,
                     session.last_seen_at,
-                    self.config.default_quota_bytes,
+                    (
+                        self.config.default_quota_bytes,
+                        self.config.default_quota_files,
+                    ),
                 )
             }
             Some(store::Credential::Token(token, user)) => {
@@ -514,7 +528,10 @@ impl Auth {
                     hash.clone(),
                     token.expires_at.unwrap_or(i64::MAX),
                     token.last_used_at.unwrap_or(token.created_at),
-                    self.config.default_quota_bytes,
+                    (
+                        self.config.default_quota_bytes,
+                        self.config.default_quota_files,
+                    ),
                 )
             }
         };

@@ -167,7 +167,8 @@ impl Drop for Transfer {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EntryView {
     pub name: String,
-    /// `file`, `dir` or `symlink`.
+    /// `file`, `dir`, `symlink`, `fifo`, `socket` or `device` (the last
+    /// four made by users' own programs; never read).
     pub kind: &'static str,
     pub size: u64,
     /// RFC 3339.
@@ -183,6 +184,9 @@ impl From<&Entry> for EntryView {
                 EntryKind::File => "file",
                 EntryKind::Dir => "dir",
                 EntryKind::Symlink => "symlink",
+                EntryKind::Fifo => "fifo",
+                EntryKind::Socket => "socket",
+                EntryKind::Device => "device",
             },
             size: entry.size,
             modified: super::rfc3339(entry.modified_ms),
@@ -437,6 +441,11 @@ fn plan_read(path: &str, entry: &Entry, headers: &HeaderMap) -> Result<Read, Api
             return Err(ApiError::Pool(PoolError::Op(OpError::NotFound(format!(
                 "{path} is a symbolic link; links are not served"
             )))))
+        }
+        EntryKind::Fifo | EntryKind::Socket | EntryKind::Device => {
+            return Err(ApiError::Pool(PoolError::Op(OpError::NotARegularFile(
+                format!("{path} is not a regular file: it is not read"),
+            ))))
         }
         EntryKind::File => {}
     }
