@@ -258,8 +258,9 @@ async fn path_attacks_are_refused_and_nothing_outside_is_touched() {
         "something was written outside a workspace"
     );
     // Writing to a link replaces the link, never its target; deleting a
-    // link deletes the link only.
-    assert_eq!(put(mallory, "link-file", "replaced").await.0, 200);
+    // link deletes the link only. A file where there was a link is a new
+    // file: 201.
+    assert_eq!(put(mallory, "link-file", "replaced").await.0, 201);
     assert_eq!(
         std::fs::read_to_string(&canary).expect("canary"),
         "do not touch"

@@ -289,6 +289,7 @@ async fn list(
         (status = 304, description = "Unchanged (If-None-Match)"),
         (status = 400, description = "Bad path", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "Not a regular file (a FIFO, socket or device: `not_a_regular_file`); never read", body = ErrorBody),
         (status = 412, description = "If-Match failed", body = ErrorBody),
         (status = 416, description = "Range not satisfiable", body = ErrorBody),
         (status = 429, description = "Too many transfers of this user at once (files over 64 KiB); see `Retry-After`", body = ErrorBody),
@@ -613,10 +614,11 @@ pub struct PutQuery {
     params(("path" = String, Path), PutQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
-        (status = 201, description = "Created", body = EntryView),
-        (status = 200, description = "Replaced", body = EntryView),
+        (status = 201, description = "Created (also where a link, FIFO... was)", body = EntryView),
+        (status = 200, description = "A file replaced", body = EntryView),
         (status = 404, description = "The parent directory does not exist", body = ErrorBody),
         (status = 409, description = "The path is a directory", body = ErrorBody),
+        (status = 400, description = "Bad path", body = ErrorBody),
         (status = 408, description = "The client sent nothing for `--upload-idle-timeout`", body = ErrorBody),
         (status = 412, description = "Precondition failed", body = ErrorBody),
         (status = 429, description = "Too many transfers of this user at once; see `Retry-After`", body = ErrorBody),
@@ -827,7 +829,8 @@ pub(super) async fn upload(
         };
         let parts = warren_protocol::path::check(&name)
             .map_err(|err| ApiError::BadRequest(format!("file name {name:?}: {err}")))?;
-        if parts.len() != 1 {
+        // `a/` is not the file `a` (the check drops empty components).
+        if parts.len() != 1 || name.contains('/') {
             return Err(ApiError::BadRequest(format!(
                 "file name {name:?}: one name, not a path"
             )));
@@ -915,9 +918,11 @@ pub struct Destination {
     request_body(content = Option<Destination>, description = "`{\"to\"}` for move and copy"),
     responses(
         (status = 201, body = EntryView),
-        (status = 400, body = ErrorBody),
+        (status = 400, description = "Bad path (including more than 256 components)", body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "The destination exists", body = ErrorBody),
+        (status = 409, description = "The destination exists; the source is neither a file nor a directory (copy); the result would nest deeper than 256 levels", body = ErrorBody),
+        (status = 503, description = "The worker is restarting or out of resources; see `Retry-After`", body = ErrorBody),
+        (status = 507, description = "Over the byte or entry quota (`quota_exceeded`) or the disk is full (`disk_full`)", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
 )]

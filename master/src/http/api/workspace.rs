@@ -241,8 +241,8 @@ pub struct CloneRequest {
     responses(
         (status = 201, body = EntryView),
         (status = 404, description = "No such template", body = ErrorBody),
-        (status = 409, description = "The destination exists", body = ErrorBody),
-        (status = 507, description = "Over quota", body = ErrorBody),
+        (status = 409, description = "The destination exists, or the result would nest deeper than 256 levels", body = ErrorBody),
+        (status = 507, description = "Over the byte or entry quota (`quota_exceeded`) or the disk is full (`disk_full`)", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
 )]
