@@ -193,6 +193,15 @@ pub enum FileOp {
     /// Removes everything of a deleted user (`<users>/<id>/`); done when
     /// there is nothing left, including when there was nothing.
     Purge,
+    /// Puts in place, in order, the writes staged by
+    /// [`StreamKind::WriteFile`] streams with `staged` ([`Reply::Written`]).
+    CommitStaged {
+        stages: Vec<u64>,
+    },
+    /// Abandons staged writes (their temp files and reservations go).
+    DropStaged {
+        stages: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -229,6 +238,10 @@ pub struct WriteOutcome {
     pub entry: Entry,
     /// Whether the file did not exist before.
     pub created: bool,
+    /// For a staged write: the stage to name in [`FileOp::CommitStaged`]
+    /// (then `entry` describes the bytes received and `created` is not
+    /// known yet).
+    pub stage: Option<u64>,
 }
 
 /// Which bytes of an opened file to send (see [`StreamKind::ReadFile`]).
@@ -280,6 +293,8 @@ pub enum Reply {
         entries: u64,
     },
     Settings(Vec<u8>),
+    /// The answer to [`FileOp::CommitStaged`]: each file as put in place.
+    Written(Vec<WriteOutcome>),
 }
 
 /// What kind of byte stream an [`Open`] asks for.
@@ -298,10 +313,16 @@ pub enum StreamKind {
     /// the file replaces the old one at once (temp file, fsync, rename) and
     /// the worker sends a bincode [`WriteOutcome`] and closes. An aborted
     /// stream leaves nothing behind.
+    /// With `staged`, the file is not put in place when the master closes:
+    /// the write (its temp file and quota reservation) is kept under a
+    /// stage number until [`FileOp::CommitStaged`] or
+    /// [`FileOp::DropStaged`] (or a few minutes pass), so a request writing
+    /// several files can check them all before any appears.
     WriteFile {
         path: String,
         precondition: Precondition,
         parents: bool,
+        staged: bool,
     },
 }
 

@@ -482,3 +482,72 @@ async fn names_that_spoof_others_are_refused() {
     assert_eq!(std::fs::read_dir(docs).expect("docs").count(), 0);
     assert_eq!(count_entries(&workspace_of(&server, spoof)), 2);
 }
+
+/// Finding 10: a multipart upload is received whole before any file is
+/// put in place; a bad part name after good ones writes nothing (neither a
+/// new file nor a replacement), leaves no temp file and holds no quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_with_a_bad_part_writes_nothing() {
+    let (server, callers) = server_from(ServerOptions::workers(1), &["forms"]).await;
+    let forms = &callers[0];
+    assert_eq!(op(forms, "docs", "mkdir", None).await.0, 201);
+    assert_eq!(put(forms, "docs/keep.txt", "old").await.0, 201);
+    let big = vec![7u8; 200 * 1024];
+    for bad in ["../bad", "sub/x", "a/", "x\u{202E}y"] {
+        let response = forms
+            .request(Method::POST, "/api/v1/upload/docs")
+            .multipart(form(&[
+                ("first.txt", b"first"),
+                ("keep.txt", b"new"),
+                ("big.bin", &big),
+                (bad, b"bad"),
+            ]))
+            .send()
+            .await
+            .expect("upload");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        assert_eq!(status, 400, "{bad}: {body}");
+        let mut names: Vec<String> = std::fs::read_dir(workspace_of(&server, forms).join("docs"))
+            .expect("docs")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["keep.txt"], "{bad}");
+        assert_eq!(
+            std::fs::read(workspace_of(&server, forms).join("docs/keep.txt")).expect("read"),
+            b"old"
+        );
+    }
+    let tmp = server
+        .data_dir
+        .join("users")
+        .join(forms.user_id())
+        .join("tmp");
+    let emptied = eventually(Duration::from_secs(10), || async {
+        std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_none())
+    })
+    .await;
+    assert!(emptied, "staged parts left in tmp/");
+    // The good form goes through whole.
+    let response = forms
+        .request(Method::POST, "/api/v1/upload/docs")
+        .multipart(form(&[("first.txt", b"first"), ("keep.txt", b"new")]))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status().as_u16(), 201);
+    let written: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(written.as_array().map(Vec::len), Some(2), "{written}");
+    assert_eq!(
+        std::fs::read(workspace_of(&server, forms).join("docs/keep.txt")).expect("read"),
+        b"new"
+    );
+    let (_, usage) = forms.get("/api/v1/me/usage").await;
+    assert_eq!(
+        (usage["files"].clone(), usage["entries"].clone()),
+        (json!(2), json!(3)),
+        "{usage}"
+    );
+}

@@ -52,7 +52,31 @@ pub struct Workspaces {
     /// Each user's usage: counted by walking the workspace the first time
     /// this process needs it, then kept up to date by every change.
     usage: Mutex<HashMap<UserId, Usage>>,
+    /// Writes received but not yet put in place (a multipart upload's
+    /// parts until all are known good), by user and stage number, with
+    /// when they were staged.
+    staged: Mutex<Staged>,
 }
+
+#[derive(Default)]
+struct Staged {
+    next: u64,
+    writes: HashMap<(UserId, u64), (PendingWrite, std::time::Instant)>,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("writes", &self.writes.len())
+            .finish()
+    }
+}
+
+/// A staged write not committed or dropped within this long is dropped
+/// (its master request is long gone).
+const STAGE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+/// Staged writes one user may have at once.
+const MAX_STAGED_PER_USER: usize = 1000;
 
 /// What a workspace takes: the disk space charged for its entries (see
 /// [`charge`]), its regular files and all its entries.
@@ -310,7 +334,81 @@ impl Workspaces {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
             usage: Mutex::new(HashMap::new()),
+            staged: Mutex::new(Staged::default()),
         }
+    }
+
+    /// Keeps `pending` (fsynced) under a new stage number, to be put in
+    /// place by [`Self::commit_staged`]. Drops stale stages on the way.
+    pub fn stage(&self, user: UserId, pending: PendingWrite) -> Result<u64, OpError> {
+        let stale: Vec<PendingWrite>;
+        let outcome = {
+            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            let old: Vec<_> = staged
+                .writes
+                .iter()
+                .filter(|(_, (_, at))| now.duration_since(*at) > STAGE_TTL)
+                .map(|(key, _)| *key)
+                .collect();
+            stale = old
+                .iter()
+                .filter_map(|key| staged.writes.remove(key).map(|(pending, _)| pending))
+                .collect();
+            let mine = staged.writes.keys().filter(|(u, _)| *u == user).count();
+            if mine >= MAX_STAGED_PER_USER {
+                Err(OpError::Invalid(format!(
+                    "more than {MAX_STAGED_PER_USER} files in uploads at once"
+                )))
+            } else {
+                staged.next += 1;
+                let stage = staged.next;
+                staged.writes.insert((user, stage), (pending, now));
+                Ok(stage)
+            }
+        };
+        // Their temp files go outside the lock.
+        drop(stale);
+        outcome
+    }
+
+    /// Puts the staged writes in place in order; stops at the first that
+    /// fails (dropping the rest).
+    pub fn commit_staged(&self, user: UserId, stages: &[u64]) -> Result<Reply, OpError> {
+        let pending: Vec<Option<PendingWrite>> = {
+            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            stages
+                .iter()
+                .map(|stage| staged.writes.remove(&(user, *stage)).map(|(p, _)| p))
+                .collect()
+        };
+        let mut written = Vec::with_capacity(pending.len());
+        for pending in pending {
+            let pending = pending.ok_or_else(|| {
+                OpError::NotFound("the upload's files are gone (it took too long)".into())
+            })?;
+            let (entry, created, replaced) =
+                pending.commit_keeping_replaced(&Precondition::None)?;
+            drop(replaced);
+            written.push(warren_protocol::WriteOutcome {
+                entry,
+                created,
+                stage: None,
+            });
+        }
+        Ok(Reply::Written(written))
+    }
+
+    /// Abandons staged writes (unknown stages are ignored).
+    pub fn drop_staged(&self, user: UserId, stages: &[u64]) {
+        let dropped: Vec<_> = {
+            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            stages
+                .iter()
+                .filter_map(|stage| staged.writes.remove(&(user, *stage)))
+                .collect()
+        };
+        drop(dropped);
     }
 
     /// The user's directories, created (0700) on first use; on this
@@ -1190,6 +1288,16 @@ impl PendingWrite {
     /// would not fit the quota beside everything else in progress.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), OpError> {
         self.write_chunks(&[bytes])
+    }
+
+    /// The bytes received so far, described as the file they will be.
+    pub fn describe(&self) -> Result<Entry, OpError> {
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| OpError::Internal("described after commit".into()))?;
+        let stat = rustix::fs::fstat(file).map_err(|err| errno(err, "temp file"))?;
+        Ok(entry(&self.name, &stat))
     }
 
     /// Another handle on the temp file, to start flushing what has been
