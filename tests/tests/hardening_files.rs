@@ -551,3 +551,34 @@ async fn an_upload_with_a_bad_part_writes_nothing() {
         "{usage}"
     );
 }
+
+/// Finding 5 (listing): a user whose files cannot be opened gets an error
+/// in the admin's usage listing; everybody else is listed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_broken_workspace_does_not_fail_the_admin_usage_listing() {
+    let (server, callers) = server_from(ServerOptions::workers(1), &["broken", "fine"]).await;
+    let (broken, fine) = (&callers[0], &callers[1]);
+    assert_eq!(put(fine, "a.txt", "a").await.0, 201);
+    // `tmp` should be a directory: this worker cannot open the user.
+    let home = server.data_dir.join("users").join(broken.user_id());
+    std::fs::create_dir_all(home.join("workspace")).expect("workspace");
+    std::fs::write(home.join("tmp"), "not a directory").expect("tmp");
+    assert_ne!(broken.get("/api/v1/me/usage").await.0, 200);
+    let admin = Caller::admin(&server).await;
+    let (status, all) = admin.get("/api/v1/admin/usage").await;
+    assert_eq!(status, 200, "{all}");
+    let rows = all.as_array().expect("rows");
+    let row = |name: &str| {
+        rows.iter()
+            .find(|row| row["username"] == name)
+            .unwrap_or_else(|| panic!("no row for {name}: {all}"))
+            .clone()
+    };
+    let broken_row = row("broken");
+    assert!(broken_row["error"]["code"].is_string(), "{broken_row}");
+    assert!(broken_row.get("bytes_used").is_none(), "{broken_row}");
+    let fine_row = row("fine");
+    assert!(fine_row.get("error").is_none(), "{fine_row}");
+    assert_eq!(fine_row["files"], 1, "{fine_row}");
+    assert_eq!(row("admin")["entries"], 0);
+}
