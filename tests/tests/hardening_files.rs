@@ -581,4 +581,19 @@ async fn one_broken_workspace_does_not_fail_the_admin_usage_listing() {
     assert!(fine_row.get("error").is_none(), "{fine_row}");
     assert_eq!(fine_row["files"], 1, "{fine_row}");
     assert_eq!(row("admin")["entries"], 0);
+    // The document says so.
+    let (_, doc) = server.get_json("/api/v1/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    assert!(
+        schemas["UserUsage"].to_string().contains("error"),
+        "{}",
+        schemas["UserUsage"]
+    );
+    assert!(
+        schemas["UsageView"]["properties"]["entries"].is_object(),
+        "{}",
+        schemas["UsageView"]
+    );
+    let kinds = doc["paths"]["/api/v1/files/{path}"]["get"]["responses"]["409"].to_string();
+    assert!(kinds.contains("not_a_regular_file"), "{kinds}");
 }
