@@ -597,3 +597,63 @@ async fn one_broken_workspace_does_not_fail_the_admin_usage_listing() {
     let kinds = doc["paths"]["/api/v1/files/{path}"]["get"]["responses"]["409"].to_string();
     assert!(kinds.contains("not_a_regular_file"), "{kinds}");
 }
+
+/// Finding 3 (per user): an administrator sets a user's own entry quota
+/// like their byte quota; it applies at once, and `null` goes back to the
+/// server's `--default-file-quota`. On SQLite and on PostgreSQL.
+async fn an_admin_sets_a_users_file_quota(db: warren_tests::accounts::Database) {
+    let options = ServerOptions::workers(1)
+        .arg("--default-file-quota")
+        .arg("50")
+        .database(&db);
+    let (server, callers) = server_from(options, &["counted"]).await;
+    let counted = &callers[0];
+    let admin = Caller::admin(&server).await;
+    let user_url = format!("/api/v1/admin/users/{}", counted.user_id());
+    let (status, body) = admin
+        .send(Method::PATCH, &user_url, Some(json!({"file_quota": 2})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["limits"]["file_quota"], 2, "{body}");
+    assert_eq!(op(counted, "one", "mkdir", None).await.0, 201);
+    assert_eq!(put(counted, "two", "2").await.0, 201);
+    let (status, body) = op(counted, "three", "mkdir", None).await;
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("entries"),
+        "{body}"
+    );
+    let (_, usage) = counted.get("/api/v1/me/usage").await;
+    assert_eq!(
+        (usage["entries"].clone(), usage["quota_files"].clone()),
+        (json!(2), json!(2))
+    );
+    let (status, body) = admin
+        .send(Method::PATCH, &user_url, Some(json!({"file_quota": -1})))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = admin
+        .send(Method::PATCH, &user_url, Some(json!({"file_quota": null})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["limits"]["file_quota"].is_null(), "{body}");
+    assert_eq!(op(counted, "three", "mkdir", None).await.0, 201);
+    let (_, usage) = counted.get("/api/v1/me/usage").await;
+    assert_eq!(usage["quota_files"], 50, "{usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sets_a_users_file_quota_sqlite() {
+    an_admin_sets_a_users_file_quota(warren_tests::accounts::Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sets_a_users_file_quota_postgres() {
+    if let Some(db) = warren_tests::accounts::Database::postgres("file quota").await {
+        an_admin_sets_a_users_file_quota(db).await;
+    }
+}

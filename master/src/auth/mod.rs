@@ -195,7 +195,9 @@ fn ctx_of(user: &User, default_quota: (u64, u64)) -> UserCtx {
         quota_bytes: user
             .storage_quota_bytes
             .map_or(default_quota.0, |quota| quota.max(0) as u64),
-        quota_files: default_quota.1,
+        quota_files: user
+            .file_quota
+            .map_or(default_quota.1, |quota| quota.max(0) as u64),
     }
 }
 
