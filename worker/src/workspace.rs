@@ -338,8 +338,10 @@ impl Workspaces {
         }
     }
 
-    /// Keeps `pending` (fsynced) under a new stage number, to be put in
-    /// place by [`Self::commit_staged`]. Drops stale stages on the way.
+    /// Keeps `pending` (all its bytes received; fsynced at the commit)
+    /// under a new stage number, to be put in place by
+    /// [`Self::commit_staged`]; until then its temp file and reservation
+    /// stay. Drops stale stages on the way.
     pub fn stage(&self, user: UserId, pending: PendingWrite) -> Result<u64, OpError> {
         let stale: Vec<PendingWrite>;
         let outcome = {
@@ -2402,5 +2404,52 @@ mod tests {
         let after = workspaces.usage(&dirs).expect("usage");
         assert_eq!((after.files, after.entries), (1, 4));
         assert_eq!(count_tree(&dirs.workspace).expect("count"), after);
+    }
+
+    /// Staged writes appear only when committed, keep their reservation
+    /// meanwhile, and leave nothing when dropped (finding 10).
+    #[test]
+    fn staged_writes_appear_only_when_committed() {
+        let (root, workspaces, dirs) = setup();
+        let user = UserId([7; 16]);
+        let mut stages = Vec::new();
+        for name in ["one", "two"] {
+            let mut pending = begin(&workspaces, &dirs, name).expect("begin");
+            pending.write(&vec![1u8; 300 * 1024]).expect("write");
+            stages.push(workspaces.stage(user, pending).expect("stage"));
+        }
+        assert!(std::fs::read_dir(workspace_path(&root))
+            .expect("ls")
+            .next()
+            .is_none());
+        // The staged bytes count: a third does not fit beside them.
+        let mut third = begin(&workspaces, &dirs, "three").expect("begin");
+        let err = third.write(&vec![1u8; 500 * 1024]).expect_err("over");
+        assert!(matches!(err, OpError::QuotaExceeded { .. }), "{err:?}");
+        drop(third);
+        let Reply::Written(written) = workspaces.commit_staged(user, &stages).expect("commit")
+        else {
+            panic!("not Written")
+        };
+        let names: Vec<_> = written
+            .iter()
+            .map(|w| (w.entry.name.as_str(), w.created))
+            .collect();
+        assert_eq!(names, [("one", true), ("two", true)]);
+        assert!(matches!(
+            workspaces.commit_staged(user, &stages),
+            Err(OpError::NotFound(_))
+        ));
+        let mut dropped = begin(&workspaces, &dirs, "dropped").expect("begin");
+        dropped.write(b"x").expect("write");
+        let stage = workspaces.stage(user, dropped).expect("stage");
+        workspaces.drop_staged(user, &[stage]);
+        let tmp = root.path().join("users").join(user.to_string()).join("tmp");
+        assert_eq!(std::fs::read_dir(tmp).expect("tmp").count(), 0);
+        let usage = workspaces.lock_usage()[&user];
+        assert_eq!(
+            (usage.reserved, usage.reserved_entries, usage.files),
+            (0, 0, 2)
+        );
     }
 }
