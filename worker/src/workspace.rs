@@ -20,6 +20,7 @@ use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::{Errno, ReadWriteFlags};
 use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
 use std::io::{IoSlice, IoSliceMut, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -727,18 +728,13 @@ impl UserDirs {
     }
 
     fn sweep_tmp(&self) {
-        let names: Vec<String> = match Dir::read_from(&self.tmp) {
-            Ok(dir) => dir
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name != "." && name != "..")
-                .collect(),
-            Err(_) => return,
+        let Ok(names) = children(&self.tmp, c"tmp") else {
+            return;
         };
         for name in names {
             let mut ignored = Usage::default();
             if remove_tree(&self.tmp, &name, &mut ignored).is_ok() {
-                tracing::info!(name, "removed a leftover temp file");
+                tracing::info!(name = %name.to_string_lossy(), "removed a leftover temp file");
             }
         }
     }
@@ -967,7 +963,7 @@ impl UserDirs {
         }
         // What was removed is accounted for even if the rest fails.
         let mut removed = Usage::default();
-        let outcome = remove_tree(&dir, name, &mut removed);
+        let outcome = remove_tree(&dir, &c_name(name)?, &mut removed);
         workspaces.shrink(self.user, removed);
         outcome?;
         Ok(Reply::Done)
@@ -984,7 +980,7 @@ impl UserDirs {
             let stat = rustix::fs::statat(&from_dir, from_name, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|err| errno(err, from))?;
             if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
-                let below = open_dir(&from_dir, from_name)?;
+                let below = open_dir(&from_dir, &c_name(from_name)?)?;
                 check_depth(to, to_parts.len(), walk_height(&below)?)?;
             }
         }
@@ -1074,9 +1070,9 @@ impl UserDirs {
             let mut copied = Usage::default();
             copy_tree(
                 from_dir,
-                from_name,
+                &c_name(from_name)?,
                 &self.tmp,
-                &temp,
+                &c_name(&temp)?,
                 0,
                 &needed,
                 &mut copied,
@@ -1119,7 +1115,9 @@ impl UserDirs {
         workspaces.release(self.user, needed.bytes, needed.entries);
         if let Err(err) = placed {
             let mut ignored = Usage::default();
-            let _ = remove_tree(&self.tmp, &temp, &mut ignored);
+            if let Ok(temp) = c_name(&temp) {
+                let _ = remove_tree(&self.tmp, &temp, &mut ignored);
+            }
             return Err(err);
         }
         let stat = rustix::fs::statat(&to_dir, to_name, AtFlags::SYMLINK_NOFOLLOW)
@@ -1477,31 +1475,39 @@ fn check_depth(to: &str, depth: usize, height: usize) -> Result<(), OpError> {
     Ok(())
 }
 
-fn children(dir: &impl AsFd, name: &str) -> Result<Vec<String>, OpError> {
+/// The names in `dir`, as the file system has them (a user's program may
+/// make names that are not UTF-8: they are counted, copied and deleted
+/// like any other).
+fn children(dir: &impl AsFd, name: &CStr) -> Result<Vec<CString>, OpError> {
     Ok(Dir::read_from(dir)
-        .map_err(|err| errno(err, name))?
+        .map_err(|err| errno(err, &name.to_string_lossy()))?
         .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|child| child != "." && child != "..")
+        .map(|e| e.file_name().to_owned())
+        .filter(|child| child.as_bytes() != b"." && child.as_bytes() != b"..")
         .collect())
 }
 
-fn open_dir(dir: &impl AsFd, name: &str) -> Result<OwnedFd, OpError> {
+/// `name` (a checked path component: no NUL) for the `*at` calls.
+fn c_name(name: &str) -> Result<CString, OpError> {
+    CString::new(name).map_err(|_| OpError::BadPath(format!("{name:?}: NUL in a name")))
+}
+
+fn open_dir(dir: &impl AsFd, name: &CStr) -> Result<OwnedFd, OpError> {
     rustix::fs::openat(
         dir,
         name,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|err| errno(err, name))
+    .map_err(|err| errno(err, &name.to_string_lossy()))
 }
 
 /// One directory of a [`walk`] on the way down: who it is and the
 /// entries of it still to visit.
 struct Level {
-    name: String,
+    name: CString,
     id: (u64, u64),
-    left: Vec<String>,
+    left: Vec<CString>,
 }
 
 fn id_of(fd: &impl AsFd) -> Result<(u64, u64), OpError> {
@@ -1519,13 +1525,13 @@ fn id_of(fd: &impl AsFd) -> Result<(u64, u64), OpError> {
 /// skipped. Returns the height of the tree (1: entries only in `root`).
 fn walk(
     root: OwnedFd,
-    visit: &mut dyn FnMut(&OwnedFd, &str, &rustix::fs::Stat) -> Result<bool, OpError>,
-    leave: &mut dyn FnMut(&OwnedFd, &str) -> Result<(), OpError>,
+    visit: &mut dyn FnMut(&OwnedFd, &CStr, &rustix::fs::Stat) -> Result<bool, OpError>,
+    leave: &mut dyn FnMut(&OwnedFd, &CStr) -> Result<(), OpError>,
 ) -> Result<usize, OpError> {
     let mut stack = vec![Level {
-        name: String::new(),
+        name: CString::default(),
         id: id_of(&root)?,
-        left: children(&root, "workspace")?,
+        left: children(&root, c"workspace")?,
     }];
     let mut height = 0;
     let mut current = root;
@@ -1547,21 +1553,21 @@ fn walk(
                 OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|err| errno(err, &done.name))?;
+            .map_err(|err| errno(err, &done.name.to_string_lossy()))?;
             if id_of(&up)? != parent.id {
                 return Err(OpError::Conflict(format!(
                     "{}: moved while it was being walked",
-                    done.name
+                    done.name.to_string_lossy()
                 )));
             }
             current = up;
             leave(&current, &done.name)?;
             continue;
         };
-        let stat = match rustix::fs::statat(&current, child.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        let stat = match rustix::fs::statat(&current, child.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
             Err(Errno::NOENT) => continue,
-            Err(err) => return Err(errno(err, &child)),
+            Err(err) => return Err(errno(err, &child.to_string_lossy())),
         };
         height = height.max(depth);
         let enter = visit(&current, &child, &stat)?;
@@ -1593,7 +1599,7 @@ fn count_tree(dir: &impl AsFd) -> Result<Usage, OpError> {
 fn count_below(dir: &impl AsFd) -> Result<(Usage, usize), OpError> {
     let mut usage = Usage::default();
     let height = walk(
-        open_dir(dir, ".")?,
+        open_dir(dir, c".")?,
         &mut |_, _, stat| {
             usage.add(Usage::of(stat));
             Ok(true)
@@ -1606,7 +1612,7 @@ fn count_below(dir: &impl AsFd) -> Result<(Usage, usize), OpError> {
 /// How many levels of directories lie below `dir` (0: none).
 fn walk_height(dir: &impl AsFd) -> Result<usize, OpError> {
     walk(
-        open_dir(dir, ".")?,
+        open_dir(dir, c".")?,
         &mut |_, _, stat| Ok(FileType::from_raw_mode(stat.st_mode) == FileType::Directory),
         &mut |_, _| Ok(()),
     )
@@ -1630,7 +1636,7 @@ fn size_of(dir: &impl AsFd, name: &str) -> Result<(Usage, usize), OpError> {
         EntryKind::Dir => {
             let mut usage = Usage::of(&stat);
             let height = walk(
-                open_dir(dir, name)?,
+                open_dir(dir, &c_name(name)?)?,
                 &mut |_, _, stat| {
                     // Links and special files inside are left out.
                     if matches!(kind_of(stat), EntryKind::File | EntryKind::Dir) {
@@ -1652,12 +1658,13 @@ fn size_of(dir: &impl AsFd, name: &str) -> Result<(Usage, usize), OpError> {
 /// Removes `name` in `dir` and, if it is a directory, everything below it
 /// at any depth, never following a symlink. Adds what the removed entries
 /// took to `removed`, also when it fails part-way.
-fn remove_tree(dir: &impl AsFd, name: &str, removed: &mut Usage) -> Result<(), OpError> {
+fn remove_tree(dir: &impl AsFd, name: &CStr, removed: &mut Usage) -> Result<(), OpError> {
+    let shown = name.to_string_lossy();
     let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) => stat,
         // Gone already (a concurrent delete): nothing to do.
         Err(Errno::NOENT) => return Ok(()),
-        Err(err) => return Err(errno(err, name)),
+        Err(err) => return Err(errno(err, &shown)),
     };
     if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
         return match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
@@ -1666,7 +1673,7 @@ fn remove_tree(dir: &impl AsFd, name: &str, removed: &mut Usage) -> Result<(), O
                 Ok(())
             }
             Err(Errno::NOENT) => Ok(()),
-            Err(err) => Err(errno(err, name)),
+            Err(err) => Err(errno(err, &shown)),
         };
     }
     // Both callbacks count what goes.
@@ -1680,7 +1687,7 @@ fn remove_tree(dir: &impl AsFd, name: &str, removed: &mut Usage) -> Result<(), O
             match rustix::fs::unlinkat(at, child, AtFlags::empty()) {
                 Ok(()) => removed.borrow_mut().add(Usage::of(stat)),
                 Err(Errno::NOENT) => {}
-                Err(err) => return Err(errno(err, child)),
+                Err(err) => return Err(errno(err, &child.to_string_lossy())),
             }
             Ok(false)
         },
@@ -1691,11 +1698,12 @@ fn remove_tree(dir: &impl AsFd, name: &str, removed: &mut Usage) -> Result<(), O
 }
 
 /// Removes the directory `name` in `dir`, emptied, and counts it.
-fn remove_empty_dir(dir: &impl AsFd, name: &str, removed: &mut Usage) -> Result<(), OpError> {
+fn remove_empty_dir(dir: &impl AsFd, name: &CStr, removed: &mut Usage) -> Result<(), OpError> {
+    let shown = name.to_string_lossy();
     let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) => stat,
         Err(Errno::NOENT) => return Ok(()),
-        Err(err) => return Err(errno(err, name)),
+        Err(err) => return Err(errno(err, &shown)),
     };
     match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
         Ok(()) => {
@@ -1704,9 +1712,9 @@ fn remove_empty_dir(dir: &impl AsFd, name: &str, removed: &mut Usage) -> Result<
         }
         Err(Errno::NOENT) => Ok(()),
         Err(Errno::NOTEMPTY) => Err(OpError::Conflict(format!(
-            "{name}: new entries appeared while it was being deleted"
+            "{shown}: new entries appeared while it was being deleted"
         ))),
-        Err(err) => Err(errno(err, name)),
+        Err(err) => Err(errno(err, &shown)),
     }
 }
 
@@ -1717,9 +1725,9 @@ fn remove_empty_dir(dir: &impl AsFd, name: &str, removed: &mut Usage) -> Result<
 /// stops once that outgrows `budget` (the source grew meanwhile).
 fn copy_tree(
     from: &impl AsFd,
-    name: &str,
+    name: &CStr,
     to: &impl AsFd,
-    to_name: &str,
+    to_name: &CStr,
     depth: usize,
     budget: &Usage,
     copied: &mut Usage,
@@ -1727,23 +1735,28 @@ fn copy_tree(
     if depth > MAX_DEPTH {
         return Err(too_deep());
     }
-    let outgrown =
-        || OpError::Conflict(format!("{name}: grew while it was being copied; try again"));
+    let (shown, to_shown) = (name.to_string_lossy(), to_name.to_string_lossy());
+    let (name_text, to_name_text): (&str, &str) = (&shown, &to_shown);
+    let outgrown = || {
+        OpError::Conflict(format!(
+            "{name_text}: grew while it was being copied; try again"
+        ))
+    };
     let stat = rustix::fs::statat(from, name, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|err| errno(err, name))?;
+        .map_err(|err| errno(err, name_text))?;
     match FileType::from_raw_mode(stat.st_mode) {
         FileType::Directory => {
             if copied.entries >= budget.entries {
                 return Err(outgrown());
             }
-            rustix::fs::mkdirat(to, to_name, PRIVATE).map_err(|err| errno(err, to_name))?;
+            rustix::fs::mkdirat(to, to_name, PRIVATE).map_err(|err| errno(err, to_name_text))?;
             let source = open_dir(from, name)?;
             let target = open_dir(to, to_name)?;
             for child in children(&source, name)? {
                 copy_tree(&source, &child, &target, &child, depth + 1, budget, copied)?;
             }
             let _ = rustix::fs::fsync(&target);
-            let made = rustix::fs::fstat(&target).map_err(|err| errno(err, to_name))?;
+            let made = rustix::fs::fstat(&target).map_err(|err| errno(err, to_name_text))?;
             copied.add(Usage::of(&made));
             Ok(())
         }
@@ -1763,8 +1776,8 @@ fn copy_tree(
                     | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|err| errno(err, name))?;
-            let source_stat = rustix::fs::fstat(&source).map_err(|err| errno(err, name))?;
+            .map_err(|err| errno(err, name_text))?;
+            let source_stat = rustix::fs::fstat(&source).map_err(|err| errno(err, name_text))?;
             if FileType::from_raw_mode(source_stat.st_mode) != FileType::RegularFile {
                 return Ok(());
             }
@@ -1774,7 +1787,7 @@ fn copy_tree(
                 OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
                 Mode::RUSR | Mode::WUSR,
             )
-            .map_err(|err| errno(err, to_name))?;
+            .map_err(|err| errno(err, to_name_text))?;
             let mut target = std::fs::File::from(target);
             // No more than the budget left (and a block): a file that grows
             // while copied is not copied without end.
@@ -1784,12 +1797,14 @@ fn copy_tree(
                 .saturating_add(MIN_ENTRY_CHARGE);
             let mut source = std::fs::File::from(source).take(room);
             let bytes =
-                std::io::copy(&mut source, &mut target).map_err(|err| io_error(err, name))?;
+                std::io::copy(&mut source, &mut target).map_err(|err| io_error(err, name_text))?;
             if bytes >= room {
                 return Err(outgrown());
             }
-            target.sync_all().map_err(|err| io_error(err, to_name))?;
-            let made = rustix::fs::fstat(&target).map_err(|err| errno(err, to_name))?;
+            target
+                .sync_all()
+                .map_err(|err| io_error(err, to_name_text))?;
+            let made = rustix::fs::fstat(&target).map_err(|err| errno(err, to_name_text))?;
             copied.add(Usage::of(&made));
             Ok(())
         }
@@ -2188,7 +2203,7 @@ mod tests {
             rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).expect("open");
         for _ in 0..levels {
             rustix::fs::mkdirat(&fd, "d", PRIVATE).expect("mkdirat");
-            fd = open_dir(&fd, "d").expect("openat");
+            fd = open_dir(&fd, c"d").expect("openat");
         }
         let file = rustix::fs::openat(
             &fd,
@@ -2212,13 +2227,22 @@ mod tests {
         let (root, workspaces, dirs) = setup();
         drop(dirs);
         deep_tree(&workspace_path(&root), 1000);
+        // A name that is not UTF-8 (programs may make them) is counted
+        // and deleted like any other.
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let odd = workspace_path(&root).join("odd");
+            std::fs::create_dir(&odd).expect("mkdir");
+            let name = std::ffi::OsStr::from_bytes(b"not-utf8-\xff\xfe");
+            std::fs::write(odd.join(name), b"x").expect("write");
+        }
         // A fresh process: the usage is counted from the disk.
         let workspaces2 = Arc::new(Workspaces::new(root.path().join("users")));
         drop(workspaces);
         let dirs = workspaces2.open(UserId([7; 16])).expect("open");
         let usage = workspaces2.usage(&dirs).expect("usage of a deep tree");
-        assert_eq!((usage.files, usage.entries), (1, 1001));
-        assert!(usage.bytes >= 1001 * MIN_ENTRY_CHARGE);
+        assert_eq!((usage.files, usage.entries), (2, 1003));
+        assert!(usage.bytes >= 1003 * MIN_ENTRY_CHARGE);
         // Copying or moving it (or into it) would go beyond the API's depth.
         let err = dirs
             .copy(&workspaces2, BIG, "d", "copy")
@@ -2250,6 +2274,8 @@ mod tests {
         // Deleted whatever the depth, and the usage follows.
         dirs.delete(&workspaces2, "d", true)
             .expect("delete a deep tree");
+        dirs.delete(&workspaces2, "odd", true)
+            .expect("delete a name that is not UTF-8");
         dirs.delete(&workspaces2, "a", true).expect("delete");
         assert!(std::fs::read_dir(workspace_path(&root))
             .expect("ls")
