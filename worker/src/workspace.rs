@@ -981,7 +981,7 @@ impl UserDirs {
                 .map_err(|err| errno(err, from))?;
             if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
                 let below = open_dir(&from_dir, &c_name(from_name)?)?;
-                check_depth(to, to_parts.len(), walk_height(&below)?)?;
+                check_depth(to, &to_parts, walk_shape(&below)?)?;
             }
         }
         let lock = workspaces.user_lock(self.user);
@@ -1062,8 +1062,8 @@ impl UserDirs {
         let to_parts = parts(to)?;
         let (to_dir, to_name) = self.parent(&to_parts)?;
         workspaces.usage(self)?;
-        let (needed, height) = size_of(from_dir, from_name)?;
-        check_depth(to, to_parts.len(), height)?;
+        let (needed, shape) = size_of(from_dir, from_name)?;
+        check_depth(to, &to_parts, shape)?;
         workspaces.reserve(self.user, needed.bytes, needed.entries, 0, quota)?;
         let temp = temp_name("copy");
         let placed = (|| {
@@ -1462,14 +1462,34 @@ fn too_deep() -> OpError {
     OpError::Conflict(format!("directories nested deeper than {MAX_DEPTH} levels"))
 }
 
-/// Refuses to place at `to` (`depth` components) a tree `height` levels
-/// tall if its deepest entries would lie beyond [`MAX_DEPTH`] components,
-/// where no path of the API could reach them.
-fn check_depth(to: &str, depth: usize, height: usize) -> Result<(), OpError> {
-    if depth.saturating_add(height) > MAX_DEPTH {
+/// How far a tree reaches below its top: its height in levels (1:
+/// entries only in the top directory) and its longest path in bytes
+/// (relative to the top).
+#[derive(Debug, Clone, Copy, Default)]
+struct Shape {
+    height: usize,
+    longest: usize,
+}
+
+/// Refuses to place at `to` (`parts`) a tree of `shape` if its deepest
+/// entries would lie beyond [`MAX_DEPTH`] components or its longest paths
+/// beyond [`path::MAX_PATH_BYTES`], where no path of the API could reach
+/// them.
+fn check_depth(to: &str, parts: &[&str], shape: Shape) -> Result<(), OpError> {
+    let depth = parts.len().saturating_add(shape.height);
+    if depth > MAX_DEPTH {
         return Err(OpError::Conflict(format!(
-            "{to}: its deepest entries would be {} levels deep; paths have at most {MAX_DEPTH}",
-            depth.saturating_add(height)
+            "{to}: its deepest entries would be {depth} levels deep; paths have at most {MAX_DEPTH}"
+        )));
+    }
+    let longest = join(parts)
+        .len()
+        .saturating_add(1)
+        .saturating_add(shape.longest);
+    if shape.longest > 0 && longest > path::MAX_PATH_BYTES {
+        return Err(OpError::Conflict(format!(
+            "{to}: its longest paths would be {longest} bytes long; paths have at most {} bytes",
+            path::MAX_PATH_BYTES
         )));
     }
     Ok(())
@@ -1506,6 +1526,8 @@ fn open_dir(dir: &impl AsFd, name: &CStr) -> Result<OwnedFd, OpError> {
 /// entries of it still to visit.
 struct Level {
     name: CString,
+    /// Bytes of this directory's path relative to the top (0 for the top).
+    path_len: usize,
     id: (u64, u64),
     left: Vec<CString>,
 }
@@ -1522,30 +1544,32 @@ fn id_of(fd: &impl AsFd) -> Result<(u64, u64), OpError> {
 /// (going back up through `..`, checked to be the directory it came from),
 /// so neither the stack nor the open files grow with the depth; the names
 /// still to visit are kept in memory. Entries that vanish meanwhile are
-/// skipped. Returns the height of the tree (1: entries only in `root`).
+/// skipped. Returns the shape of the tree.
 fn walk(
     root: OwnedFd,
     visit: &mut dyn FnMut(&OwnedFd, &CStr, &rustix::fs::Stat) -> Result<bool, OpError>,
     leave: &mut dyn FnMut(&OwnedFd, &CStr) -> Result<(), OpError>,
-) -> Result<usize, OpError> {
+) -> Result<Shape, OpError> {
+    let mut shape = Shape::default();
     let mut stack = vec![Level {
         name: CString::default(),
+        path_len: 0,
         id: id_of(&root)?,
         left: children(&root, c"workspace")?,
     }];
-    let mut height = 0;
     let mut current = root;
     loop {
         let depth = stack.len();
         let Some(level) = stack.last_mut() else {
-            return Ok(height);
+            return Ok(shape);
         };
+        let parent_len = level.path_len;
         let Some(child) = level.left.pop() else {
             let Some(done) = stack.pop() else {
-                return Ok(height);
+                return Ok(shape);
             };
             let Some(parent) = stack.last() else {
-                return Ok(height);
+                return Ok(shape);
             };
             let up = rustix::fs::openat(
                 &current,
@@ -1569,7 +1593,13 @@ fn walk(
             Err(Errno::NOENT) => continue,
             Err(err) => return Err(errno(err, &child.to_string_lossy())),
         };
-        height = height.max(depth);
+        let path_len = if parent_len == 0 {
+            child.as_bytes().len()
+        } else {
+            parent_len + 1 + child.as_bytes().len()
+        };
+        shape.height = shape.height.max(depth);
+        shape.longest = shape.longest.max(path_len);
         let enter = visit(&current, &child, &stat)?;
         if !enter || FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
             continue;
@@ -1582,6 +1612,7 @@ fn walk(
         let left = children(&below, &child)?;
         stack.push(Level {
             name: child,
+            path_len,
             id: id_of(&below)?,
             left,
         });
@@ -1595,10 +1626,10 @@ fn count_tree(dir: &impl AsFd) -> Result<Usage, OpError> {
     Ok(count_below(dir)?.0)
 }
 
-/// What every entry below `dir` takes, and the height of its tree.
-fn count_below(dir: &impl AsFd) -> Result<(Usage, usize), OpError> {
+/// What every entry below `dir` takes, and the shape of its tree.
+fn count_below(dir: &impl AsFd) -> Result<(Usage, Shape), OpError> {
     let mut usage = Usage::default();
-    let height = walk(
+    let shape = walk(
         open_dir(dir, c".")?,
         &mut |_, _, stat| {
             usage.add(Usage::of(stat));
@@ -1606,11 +1637,11 @@ fn count_below(dir: &impl AsFd) -> Result<(Usage, usize), OpError> {
         },
         &mut |_, _| Ok(()),
     )?;
-    Ok((usage, height))
+    Ok((usage, shape))
 }
 
-/// How many levels of directories lie below `dir` (0: none).
-fn walk_height(dir: &impl AsFd) -> Result<usize, OpError> {
+/// The shape of the tree below `dir`.
+fn walk_shape(dir: &impl AsFd) -> Result<Shape, OpError> {
     walk(
         open_dir(dir, c".")?,
         &mut |_, _, stat| Ok(FileType::from_raw_mode(stat.st_mode) == FileType::Directory),
@@ -1619,9 +1650,10 @@ fn walk_height(dir: &impl AsFd) -> Result<usize, OpError> {
 }
 
 /// What copying `name` in `dir` would take (a file as if written whole:
-/// a copy does not keep holes), and the height of its tree (0 for a file).
+/// a copy does not keep holes), and the shape of its tree (empty for a
+/// file).
 /// Only files and directories are copied.
-fn size_of(dir: &impl AsFd, name: &str) -> Result<(Usage, usize), OpError> {
+fn size_of(dir: &impl AsFd, name: &str) -> Result<(Usage, Shape), OpError> {
     let stat =
         rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| errno(err, name))?;
     let as_copied = |stat: &rustix::fs::Stat| {
@@ -1632,10 +1664,10 @@ fn size_of(dir: &impl AsFd, name: &str) -> Result<(Usage, usize), OpError> {
         usage
     };
     match kind_of(&stat) {
-        EntryKind::File => Ok((as_copied(&stat), 0)),
+        EntryKind::File => Ok((as_copied(&stat), Shape::default())),
         EntryKind::Dir => {
             let mut usage = Usage::of(&stat);
-            let height = walk(
+            let shape = walk(
                 open_dir(dir, &c_name(name)?)?,
                 &mut |_, _, stat| {
                     // Links and special files inside are left out.
@@ -1646,7 +1678,7 @@ fn size_of(dir: &impl AsFd, name: &str) -> Result<(Usage, usize), OpError> {
                 },
                 &mut |_, _| Ok(()),
             )?;
-            Ok((usage, height))
+            Ok((usage, shape))
         }
         kind => Err(OpError::Conflict(format!(
             "{name} is {}: only files and directories are copied",
@@ -2476,6 +2508,43 @@ mod tests {
         assert_eq!(
             (usage.reserved, usage.reserved_entries, usage.files),
             (0, 0, 2)
+        );
+    }
+
+    /// A move or copy that would make paths longer than any the API takes
+    /// is refused, like one that would nest too deep (finding 5).
+    #[test]
+    fn moves_and_copies_keep_paths_within_the_byte_limit() {
+        let (root, workspaces, dirs) = setup();
+        let long = "n".repeat(250);
+        let chain = std::iter::once("t")
+            .chain(std::iter::repeat_n(long.as_str(), 15))
+            .collect::<Vec<_>>()
+            .join("/");
+        std::fs::create_dir_all(workspace_path(&root).join(&chain)).expect("mkdir -p");
+        let big = Quota {
+            bytes: u64::MAX,
+            entries: u64::MAX,
+        };
+        dirs.copy(&workspaces, big, "t", "t2").expect("fits");
+        let far = format!("{}/{}", "x".repeat(250), "y".repeat(250));
+        dirs.mkdir(&workspaces, big, &far, true).expect("mkdir");
+        let into = format!("{far}/t");
+        let err = dirs
+            .copy(&workspaces, big, "t", &into)
+            .expect_err("too long");
+        assert!(
+            matches!(&err, OpError::Conflict(m) if m.contains("bytes")),
+            "{err:?}"
+        );
+        let err = dirs.rename(&workspaces, "t", &into).expect_err("too long");
+        assert!(
+            matches!(&err, OpError::Conflict(m) if m.contains("bytes")),
+            "{err:?}"
+        );
+        assert!(
+            matches!(dirs.open_read(&chain), Ok((None, _))),
+            "the source stays"
         );
     }
 }
