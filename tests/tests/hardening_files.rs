@@ -424,6 +424,32 @@ async fn special_files_are_named_never_read_and_replaced_as_new_files() {
         std::fs::read(workspace.join("pipe")).expect("read"),
     );
     assert_eq!((status, bytes.as_slice()), (200, &b"a file now"[..]));
+
+    // A FIFO as a template's description does not hang the listing.
+    let template = server.data_dir.join("shared/templates/piped");
+    std::fs::create_dir_all(&template).expect("template");
+    let template_dir = rustix::fs::open(
+        &template,
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )
+    .expect("open");
+    rustix::fs::mknodat(
+        &template_dir,
+        ".description",
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
+    )
+    .expect("mkfifo");
+    let (status, listed) =
+        tokio::time::timeout(Duration::from_secs(10), pipes.get("/api/v1/templates"))
+            .await
+            .expect("the template listing hung on a FIFO");
+    assert_eq!(
+        (status, listed),
+        (200, json!([{"name": "piped", "description": null}]))
+    );
 }
 
 fn form(parts: &[(&str, &[u8])]) -> reqwest::multipart::Form {

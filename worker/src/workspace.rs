@@ -1140,13 +1140,19 @@ impl UserDirs {
 
     /// The user's settings (`{}` when never set).
     pub fn settings(&self) -> Result<Reply, OpError> {
+        // O_NONBLOCK and the check: whatever sits there, reading it never
+        // blocks the worker.
         match rustix::fs::openat(
             &self.state,
             "settings.json",
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
             Ok(fd) => {
+                let stat = rustix::fs::fstat(&fd).map_err(|err| errno(err, "settings"))?;
+                if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+                    return Err(not_regular("settings", kind_of(&stat)));
+                }
                 let mut json = Vec::new();
                 std::fs::File::from(fd)
                     .read_to_end(&mut json)

@@ -208,13 +208,7 @@ async fn templates(
             .filter_map(|entry| entry.file_name().into_string().ok())
             .filter(|name| !name.starts_with('.') && warren_protocol::path::check(name).is_ok())
             .map(|name| {
-                let description = std::fs::read_to_string(dir.join(&name).join(".description"))
-                    .ok()
-                    .and_then(|text| {
-                        text.lines()
-                            .next()
-                            .map(|line| line.chars().take(500).collect())
-                    });
+                let description = description(&dir.join(&name).join(".description"));
                 TemplateView { name, description }
             })
             .collect();
@@ -224,6 +218,34 @@ async fn templates(
     .await
     .map_err(|err| ApiError::Internal(err.to_string()))?;
     Ok(Json(listed))
+}
+
+/// The first line (at most 500 characters) of a template's
+/// `.description`, read only if it is a regular file (opened without
+/// blocking, so a FIFO there cannot hang the thread) and only its first
+/// 4 KiB.
+fn description(path: &std::path::Path) -> Option<String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let stat = rustix::fs::fstat(&fd).ok()?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::from(fd)
+        .take(4096)
+        .read_to_end(&mut head)
+        .ok()?;
+    let text = String::from_utf8_lossy(&head);
+    text.lines()
+        .next()
+        .map(|line| line.chars().take(500).collect())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
