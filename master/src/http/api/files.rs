@@ -792,6 +792,7 @@ fn outcome_of(
         (status = 201, description = "The files written", body = Vec<EntryView>),
         (status = 400, description = "No file parts, or a bad file name (nothing is written)", body = ErrorBody),
         (status = 404, description = "No such directory", body = ErrorBody),
+        (status = 409, description = "A part's name is a directory there", body = ErrorBody),
         (status = 408, description = "The client sent nothing for `--upload-idle-timeout`", body = ErrorBody),
         (status = 429, description = "Too many transfers of this user at once; see `Retry-After`", body = ErrorBody),
         (status = 503, description = "The worker is restarting or out of resources; see `Retry-After`", body = ErrorBody),
