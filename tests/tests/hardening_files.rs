@@ -653,6 +653,21 @@ async fn an_admin_sets_a_users_file_quota(db: warren_tests::accounts::Database) 
             .contains("entries"),
         "{body}"
     );
+    // A template clone counts its entries too, before copying any.
+    let starter = server.data_dir.join("shared/templates/starter");
+    std::fs::create_dir_all(starter.join("src")).expect("template");
+    std::fs::write(starter.join("src/main.py"), "print('hi')").expect("write");
+    let (status, body) = counted
+        .post("/api/v1/templates/starter/clone", json!({"to": "project"}))
+        .await;
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    let tmp = server
+        .data_dir
+        .join("users")
+        .join(counted.user_id())
+        .join("tmp");
+    assert_eq!(std::fs::read_dir(tmp).expect("tmp").count(), 0);
     let (_, usage) = counted.get("/api/v1/me/usage").await;
     assert_eq!(
         (usage["entries"].clone(), usage["quota_files"].clone()),
