@@ -447,6 +447,7 @@ fn user_ctx(index: usize, id: UserId) -> UserCtx {
         name: format!("bench-user-{index}"),
         role: Role::User,
         quota_bytes: u64::MAX,
+        quota_files: u64::MAX,
     }
 }
 

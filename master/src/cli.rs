@@ -166,6 +166,11 @@ pub struct ServeArgs {
     /// unit: 500MiB, 1GiB, 2TB).
     #[arg(long, env = "WARREN_DEFAULT_QUOTA", default_value = "1GiB", value_parser = parse_size)]
     pub default_quota: u64,
+    /// Entries (files, directories, links...) each user may have: with
+    /// the byte quota (which charges every entry at least 4 KiB), it keeps
+    /// one user from using up the file system's inodes.
+    #[arg(long, env = "WARREN_DEFAULT_FILE_QUOTA", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub default_file_quota: u64,
     /// An upload whose client sends nothing for this long is abandoned
     /// (408); its temp file goes and its quota reservation is released.
     /// Any other request body that stalls this long also ends with 408.

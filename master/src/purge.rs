@@ -90,6 +90,7 @@ impl Purger {
             name: String::new(),
             role: Role::User,
             quota_bytes: 0,
+            quota_files: 0,
         };
         match self.pool.call(&ctx, Op::Files(FileOp::Purge)).await {
             Ok(_) => info!(%user, "removed the files of a deleted user"),

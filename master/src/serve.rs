@@ -38,6 +38,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .hash_concurrency
             .map_or_else(crate::auth::default_hash_concurrency, |n| n as usize),
         default_quota_bytes: args.default_quota,
+        default_quota_files: args.default_file_quota,
         throttle: ThrottleConfig {
             per_address_per_minute: args.login_rate_per_address,
             per_account_per_minute: args.login_rate_per_account,

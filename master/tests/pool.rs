@@ -13,6 +13,7 @@ fn user(n: u128) -> UserCtx {
         name: format!("user{n}"),
         role: Role::User,
         quota_bytes: u64::MAX,
+        quota_files: u64::MAX,
     }
 }
 

@@ -212,6 +212,7 @@ mod tests {
             name: "alice".into(),
             role: Role::User,
             quota_bytes: 1 << 30,
+            quota_files: u64::MAX,
         }
     }
 

@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
@@ -109,9 +109,17 @@ pub struct UserCtx {
     pub id: UserId,
     pub name: String,
     pub role: Role,
-    /// The user's storage quota in bytes.
+    /// The user's storage quota in bytes (of disk space charged: allocated
+    /// blocks, at least [`MIN_ENTRY_CHARGE`] an entry).
     pub quota_bytes: u64,
+    /// The most entries (files, directories, links...) the user may have.
+    pub quota_files: u64,
 }
+
+/// The least an entry of a workspace is charged against the quota, whatever
+/// it allocates (an empty file or directory still costs an inode and a
+/// directory entry).
+pub const MIN_ENTRY_CHARGE: u64 = 4096;
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Request {
@@ -185,6 +193,15 @@ pub enum FileOp {
     /// Removes everything of a deleted user (`<users>/<id>/`); done when
     /// there is nothing left, including when there was nothing.
     Purge,
+    /// Puts in place, in order, the writes staged by
+    /// [`StreamKind::WriteFile`] streams with `staged` ([`Reply::Written`]).
+    CommitStaged {
+        stages: Vec<u64>,
+    },
+    /// Abandons staged writes (their temp files and reservations go).
+    DropStaged {
+        stages: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -194,6 +211,12 @@ pub enum EntryKind {
     /// A symbolic link (made by a user's own programs); never followed out
     /// of the workspace.
     Symlink,
+    /// A named pipe (made by a user's own programs); never read.
+    Fifo,
+    /// A Unix socket (made by a user's own programs); never read.
+    Socket,
+    /// A block or character device; never read.
+    Device,
 }
 
 /// One file or directory as the API shows it.
@@ -215,6 +238,10 @@ pub struct WriteOutcome {
     pub entry: Entry,
     /// Whether the file did not exist before.
     pub created: bool,
+    /// For a staged write: the stage to name in [`FileOp::CommitStaged`]
+    /// (then `entry` describes the bytes received and `created` is not
+    /// known yet).
+    pub stage: Option<u64>,
 }
 
 /// Which bytes of an opened file to send (see [`StreamKind::ReadFile`]).
@@ -258,11 +285,16 @@ pub enum Reply {
         entries: Vec<Entry>,
         more: bool,
     },
+    /// `bytes`: disk space charged against the quota; `files`: regular
+    /// files; `entries`: every entry (what the entry quota counts).
     Usage {
         bytes: u64,
         files: u64,
+        entries: u64,
     },
     Settings(Vec<u8>),
+    /// The answer to [`FileOp::CommitStaged`]: each file as put in place.
+    Written(Vec<WriteOutcome>),
 }
 
 /// What kind of byte stream an [`Open`] asks for.
@@ -281,10 +313,16 @@ pub enum StreamKind {
     /// the file replaces the old one at once (temp file, fsync, rename) and
     /// the worker sends a bincode [`WriteOutcome`] and closes. An aborted
     /// stream leaves nothing behind.
+    /// With `staged`, the file is not put in place when the master closes:
+    /// the write (its temp file and quota reservation) is kept under a
+    /// stage number until [`FileOp::CommitStaged`] or
+    /// [`FileOp::DropStaged`] (or a few minutes pass), so a request writing
+    /// several files can check them all before any appears.
     WriteFile {
         path: String,
         precondition: Precondition,
         parents: bool,
+        staged: bool,
     },
 }
 
@@ -327,6 +365,12 @@ pub enum OpError {
     WorkerGone(String),
     #[error("storage quota exceeded: {used} of {limit} bytes used")]
     QuotaExceeded { used: u64, limit: u64 },
+    #[error("file quota exceeded: {used} of {limit} entries used")]
+    EntryQuotaExceeded { used: u64, limit: u64 },
+    /// A read of something that is not a regular file (a FIFO, socket,
+    /// device).
+    #[error("{0}")]
+    NotARegularFile(String),
     #[error("internal worker error: {0}")]
     Internal(String),
     /// The server's disk (or its file-system quota) is full: nothing was

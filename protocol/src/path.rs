@@ -7,6 +7,9 @@
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest name of one entry, in bytes (Linux's `NAME_MAX`).
 pub const MAX_NAME_BYTES: usize = 255;
+/// Most components of a path, and so the deepest nesting the API creates
+/// (mkdir, move, copy, upload); walks handle deeper trees made otherwise.
+pub const MAX_DEPTH: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -16,6 +19,12 @@ pub enum PathError {
     NameTooLong(String),
     #[error("paths may not contain NUL, backslashes or control characters")]
     BadCharacter,
+    #[error(
+        "paths may not contain bidirectional-text controls or invisible (zero-width) characters"
+    )]
+    Invisible,
+    #[error("paths have at most {MAX_DEPTH} components")]
+    TooDeep,
     #[error("paths may not contain `.` or `..` components")]
     DotComponent,
     #[error("paths are relative to your workspace: no leading `/`")]
@@ -38,6 +47,9 @@ pub fn check(path: &str) -> Result<Vec<&str>, PathError> {
     {
         return Err(PathError::BadCharacter);
     }
+    if path.chars().any(invisible) {
+        return Err(PathError::Invisible);
+    }
     let mut parts = Vec::new();
     for part in path.split('/') {
         match part {
@@ -49,7 +61,27 @@ pub fn check(path: &str) -> Result<Vec<&str>, PathError> {
             name => parts.push(name),
         }
     }
+    if parts.len() > MAX_DEPTH {
+        return Err(PathError::TooDeep);
+    }
     Ok(parts)
+}
+
+/// Characters that change how a name is shown without being seen: bidi
+/// embeddings, overrides, isolates and marks, and zero-width characters.
+/// A name holding one can pass for another in any UI (spoofing).
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{061C}'
+            | '\u{200B}'..='\u{200D}'
+            | '\u{2060}'
+            | '\u{FEFF}'
+    )
 }
 
 #[cfg(test)]
@@ -87,5 +119,28 @@ mod tests {
             Err(PathError::NameTooLong("a".repeat(32)))
         );
         assert_eq!(check(&"a/".repeat(2049)), Err(PathError::TooLong));
+        assert_eq!(
+            check(&"a/".repeat(MAX_DEPTH)).map(|p| p.len()),
+            Ok(MAX_DEPTH)
+        );
+        assert_eq!(check(&"a/".repeat(MAX_DEPTH + 1)), Err(PathError::TooDeep));
+    }
+
+    #[test]
+    fn invisible_and_bidi_characters_are_refused() {
+        for c in [
+            '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}', '\u{200B}', '\u{200C}',
+            '\u{200D}', '\u{2060}', '\u{FEFF}',
+        ] {
+            assert_eq!(
+                check(&format!("dir/evil{c}txt.exe")),
+                Err(PathError::Invisible),
+                "{:x}",
+                c as u32
+            );
+        }
+        // Visible non-ASCII stays fine.
+        assert!(check("café/naïve-日本語.txt").is_ok());
     }
 }

@@ -258,8 +258,9 @@ async fn path_attacks_are_refused_and_nothing_outside_is_touched() {
         "something was written outside a workspace"
     );
     // Writing to a link replaces the link, never its target; deleting a
-    // link deletes the link only.
-    assert_eq!(put(mallory, "link-file", "replaced").await.0, 200);
+    // link deletes the link only. A file where there was a link is a new
+    // file: 201.
+    assert_eq!(put(mallory, "link-file", "replaced").await.0, 201);
     assert_eq!(
         std::fs::read_to_string(&canary).expect("canary"),
         "do not touch"
@@ -813,9 +814,11 @@ async fn the_quota_answers_507_and_keeps_the_old_file() {
     );
     let (status, usage_before) = heidi.get("/api/v1/me/usage").await;
     assert_eq!(status, 200);
+    // Charged by the blocks it takes: 90,000 bytes are 22 blocks of 4 KiB.
     assert_eq!(
         usage_before,
-        json!({"bytes_used": 90_000, "files": 1, "quota_bytes": 100_000})
+        json!({"bytes_used": 90_112, "files": 1, "entries": 1,
+               "quota_bytes": 100_000, "quota_files": 100_000})
     );
 
     let (status, body) = put(&heidi, "b.bin", vec![3u8; 20_000]).await;
@@ -864,8 +867,9 @@ async fn the_quota_answers_507_and_keeps_the_old_file() {
         .find(|row| row["username"] == "heidi")
         .expect("heidi's row")
         .clone();
-    assert_eq!(row["bytes_used"], 110_000);
+    assert_eq!(row["bytes_used"], 90_112 + 20_480);
     assert_eq!(row["files"], 2);
+    assert_eq!(row["entries"], 2);
     assert_eq!(row["quota_bytes"], 200_000);
     let (status, _) = heidi.get("/api/v1/admin/usage").await;
     assert_eq!(status, 403);
@@ -975,8 +979,10 @@ async fn templates_are_listed_and_cloned_within_the_quota() {
         assert!([400, 404].contains(&status), "{name}: {status} {body}");
     }
     let (_, usage) = ivan.get("/api/v1/me/usage").await;
+    // Two files and two directories (project/, src/), a block each.
     assert_eq!(usage["files"], 2);
-    assert_eq!(usage["bytes_used"], 20);
+    assert_eq!(usage["entries"], 4);
+    assert_eq!(usage["bytes_used"], 4 * 4096);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,6 +145,7 @@ async fn a_worker_answers_pings_and_heartbeats_then_exits_cleanly_on_eof() {
         name: "nine".into(),
         role: Role::User,
         quota_bytes: u64::MAX,
+        quota_files: u64::MAX,
     };
     harness
         .connection
@@ -254,6 +255,7 @@ async fn a_worker_serves_more_users_than_its_open_file_limit_allows_at_once() {
         name: format!("user{n}"),
         role: Role::User,
         quota_bytes: 1 << 20,
+        quota_files: u64::MAX,
     };
     let users = 200;
     for n in 0..users {
@@ -297,6 +299,7 @@ async fn a_worker_out_of_descriptors_answers_busy_and_carries_on() {
         name: "five".into(),
         role: Role::User,
         quota_bytes: 1 << 20,
+        quota_files: u64::MAX,
     };
     for id in 1..=2 {
         let mkdir = FileOp::Mkdir {

@@ -38,26 +38,34 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
             return Ok(Reply::Usage {
                 bytes: usage.bytes,
                 files: usage.files,
+                entries: usage.entries,
             });
         }
         FileOp::Purge => return workspaces.purge(user.id).map(|()| Reply::Done),
+        FileOp::CommitStaged { stages } => return workspaces.commit_staged(user.id, &stages),
+        FileOp::DropStaged { stages } => {
+            workspaces.drop_staged(user.id, &stages);
+            return Ok(Reply::Done);
+        }
         _ => {}
     }
     let dirs = workspaces.open(user.id)?;
-    let quota = user.quota_bytes;
+    let quota = workspace::Quota::of(user);
     match op {
         FileOp::Read { path } => dirs.read_small(&path, INLINE_READ_LIMIT),
         FileOp::List { path, after, limit } => {
             dirs.list(&path, after.as_deref(), limit.clamp(1, 10_000))
         }
-        FileOp::Mkdir { path, parents } => dirs.mkdir(&path, parents),
+        FileOp::Mkdir { path, parents } => dirs.mkdir(workspaces, quota, &path, parents),
         FileOp::Delete { path, recursive } => dirs.delete(workspaces, &path, recursive),
         FileOp::Move { from, to } => dirs.rename(workspaces, &from, &to),
         FileOp::Copy { from, to } => dirs.copy(workspaces, quota, &from, &to),
         FileOp::CloneTemplate { name, to } => dirs.clone_template(workspaces, quota, &name, &to),
         FileOp::GetSettings => dirs.settings(),
         FileOp::PutSettings { json } => dirs.put_settings(&json),
-        FileOp::Usage | FileOp::Purge => Err(OpError::Internal("handled above".into())),
+        FileOp::Usage | FileOp::Purge | FileOp::CommitStaged { .. } | FileOp::DropStaged { .. } => {
+            Err(OpError::Internal("handled above".into()))
+        }
     }
 }
 
@@ -102,7 +110,16 @@ pub async fn serve_stream(
             path,
             precondition,
             parents,
-        } => write_file(workspaces, user, path, precondition, parents, stream).await,
+            staged,
+        } => {
+            let write = Write {
+                path,
+                precondition,
+                parents,
+                staged,
+            };
+            write_file(workspaces, user, write, stream).await
+        }
     }
 }
 
@@ -189,20 +206,30 @@ async fn read_file(workspaces: Arc<Workspaces>, user: UserId, path: String, stre
     while receiver.recv().await.is_some() {}
 }
 
-async fn write_file(
-    workspaces: Arc<Workspaces>,
-    user: UserCtx,
+/// What a [`StreamKind::WriteFile`] asks for.
+struct Write {
     path: String,
     precondition: Precondition,
     parents: bool,
-    stream: Stream,
-) {
+    staged: bool,
+}
+
+async fn write_file(workspaces: Arc<Workspaces>, user: UserCtx, write: Write, stream: Stream) {
+    let Write {
+        path,
+        precondition,
+        parents,
+        staged,
+    } = write;
     let (mut sender, mut receiver) = stream.split();
+    let user_id = user.id;
     let begin = {
         let precondition = precondition.clone();
+        let workspaces = workspaces.clone();
         blocking(move || {
             let dirs = workspaces.open(user.id)?;
-            dirs.begin_write(workspaces, &path, parents, user.quota_bytes, &precondition)
+            let quota = workspace::Quota::of(&user);
+            dirs.begin_write(workspaces, &path, parents, quota, &precondition)
         })
         .await
     };
@@ -215,12 +242,39 @@ async fn write_file(
         Err(Stop::Abandoned) => return,
         Err(Stop::Failed(err)) => return sender.abort(err),
     };
+    if staged {
+        let user = user_id;
+        let outcome = blocking(move || {
+            let entry = pending.describe()?;
+            let stage = workspaces.stage(user, pending)?;
+            warren_protocol::codec::encode_message(&warren_protocol::WriteOutcome {
+                entry,
+                created: false,
+                stage: Some(stage),
+            })
+            .map_err(|err| OpError::Internal(err.to_string()))
+        })
+        .await;
+        match outcome {
+            Ok(bytes) => {
+                if sender.send(&bytes).await.is_ok() {
+                    let _ = sender.finish();
+                }
+            }
+            Err(err) => sender.abort(err),
+        }
+        return;
+    }
     let committed = blocking(move || pending.commit_keeping_replaced(&precondition)).await;
     let mut replaced = None;
     let outcome = committed.and_then(|(entry, created, old)| {
         replaced = old;
-        warren_protocol::codec::encode_message(&warren_protocol::WriteOutcome { entry, created })
-            .map_err(|err| OpError::Internal(err.to_string()))
+        warren_protocol::codec::encode_message(&warren_protocol::WriteOutcome {
+            entry,
+            created,
+            stage: None,
+        })
+        .map_err(|err| OpError::Internal(err.to_string()))
     });
     match outcome {
         Ok(bytes) => {

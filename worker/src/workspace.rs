@@ -20,11 +20,14 @@ use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::{Errno, ReadWriteFlags};
 use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
 use std::io::{IoSlice, IoSliceMut, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use warren_protocol::path;
-use warren_protocol::{Entry, EntryKind, OpError, Precondition, Reply, UserId};
+use warren_protocol::path::{self, MAX_DEPTH};
+use warren_protocol::{
+    Entry, EntryKind, OpError, Precondition, Reply, UserCtx, UserId, MIN_ENTRY_CHARGE,
+};
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 const PRIVATE: Mode = Mode::RWXU;
@@ -50,29 +53,110 @@ pub struct Workspaces {
     /// Each user's usage: counted by walking the workspace the first time
     /// this process needs it, then kept up to date by every change.
     usage: Mutex<HashMap<UserId, Usage>>,
+    /// Writes received but not yet put in place (a multipart upload's
+    /// parts until all are known good), by user and stage number, with
+    /// when they were staged.
+    staged: Mutex<Staged>,
 }
 
-/// Bytes (of regular files) and files in a workspace.
+#[derive(Default)]
+struct Staged {
+    next: u64,
+    writes: HashMap<(UserId, u64), (PendingWrite, std::time::Instant)>,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("writes", &self.writes.len())
+            .finish()
+    }
+}
+
+/// A staged write not committed or dropped within this long is dropped
+/// (its master request is long gone).
+const STAGE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+/// Staged writes one user may have at once.
+const MAX_STAGED_PER_USER: usize = 1000;
+
+/// What a workspace takes: the disk space charged for its entries (see
+/// [`charge`]), its regular files and all its entries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub bytes: u64,
     pub files: u64,
+    pub entries: u64,
     /// Bytes of writes and copies in progress (in `tmp/`), counted against
     /// the quota so parallel uploads cannot overshoot it together.
     pub reserved: u64,
+    /// Entries that writes and copies in progress will add.
+    pub reserved_entries: u64,
 }
 
 impl Usage {
     fn add(&mut self, other: Usage) {
         self.bytes += other.bytes;
         self.files += other.files;
+        self.entries += other.entries;
     }
 
-    /// Bytes and files only (what the API reports).
+    fn sub(&mut self, other: Usage) {
+        self.bytes = self.bytes.saturating_sub(other.bytes);
+        self.files = self.files.saturating_sub(other.files);
+        self.entries = self.entries.saturating_sub(other.entries);
+    }
+
+    /// Bytes, files and entries only (what the API reports).
     fn counted(self) -> Usage {
         Usage {
             reserved: 0,
+            reserved_entries: 0,
             ..self
+        }
+    }
+
+    /// What one entry so described takes.
+    fn of(stat: &rustix::fs::Stat) -> Usage {
+        Usage {
+            bytes: charge(stat),
+            files: u64::from(FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile),
+            entries: 1,
+            ..Usage::default()
+        }
+    }
+}
+
+/// What an entry is charged against the quota: the disk space it holds
+/// (allocated blocks, so a sparse file costs what it allocates), and at
+/// least [`MIN_ENTRY_CHARGE`], so that empty files and directories, which
+/// cost the file system an inode and a directory entry, are not free.
+fn charge(stat: &rustix::fs::Stat) -> u64 {
+    (stat.st_blocks as u64)
+        .saturating_mul(512)
+        .max(MIN_ENTRY_CHARGE)
+}
+
+/// `bytes` rounded up to whole blocks of [`MIN_ENTRY_CHARGE`], at least one:
+/// what a file of that many bytes will be charged once written.
+fn charge_of_len(bytes: u64) -> u64 {
+    bytes
+        .div_ceil(MIN_ENTRY_CHARGE)
+        .max(1)
+        .saturating_mul(MIN_ENTRY_CHARGE)
+}
+
+/// A user's limits: disk space charged and entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+impl Quota {
+    pub fn of(user: &UserCtx) -> Quota {
+        Quota {
+            bytes: user.quota_bytes,
+            entries: user.quota_files,
         }
     }
 }
@@ -103,6 +187,9 @@ fn errno(err: Errno, what: &str) -> OpError {
         }
         Errno::INVAL => OpError::Conflict(format!("{what}: cannot move a directory into itself")),
         Errno::NAMETOOLONG => OpError::BadPath(format!("{what}: name too long")),
+        Errno::NXIO | Errno::NODEV => {
+            OpError::NotARegularFile(format!("{what}: not a regular file"))
+        }
         Errno::NOSPC | Errno::DQUOT => {
             OpError::DiskFull(format!("{what}: the server's disk is full"))
         }
@@ -146,12 +233,40 @@ fn etag(stat: &rustix::fs::Stat) -> String {
     )
 }
 
-fn entry(name: &str, stat: &rustix::fs::Stat) -> Entry {
-    let kind = match FileType::from_raw_mode(stat.st_mode) {
+fn kind_of(stat: &rustix::fs::Stat) -> EntryKind {
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => EntryKind::File,
         FileType::Directory => EntryKind::Dir,
         FileType::Symlink => EntryKind::Symlink,
-        _ => EntryKind::File,
-    };
+        FileType::Fifo => EntryKind::Fifo,
+        FileType::Socket => EntryKind::Socket,
+        FileType::CharacterDevice | FileType::BlockDevice | FileType::Unknown => EntryKind::Device,
+    }
+}
+
+/// How an error names a kind of entry.
+fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "a file",
+        EntryKind::Dir => "a directory",
+        EntryKind::Symlink => "a symbolic link",
+        EntryKind::Fifo => "a named pipe (FIFO)",
+        EntryKind::Socket => "a socket",
+        EntryKind::Device => "a device",
+    }
+}
+
+/// What reading `path`, found to be `kind` (neither a file nor a
+/// directory), gets.
+fn not_regular(path: &str, kind: EntryKind) -> OpError {
+    OpError::NotARegularFile(format!(
+        "{path} is {}, not a regular file: it is not read",
+        kind_name(kind)
+    ))
+}
+
+fn entry(name: &str, stat: &rustix::fs::Stat) -> Entry {
+    let kind = kind_of(stat);
     Entry {
         name: name.to_string(),
         kind,
@@ -220,7 +335,83 @@ impl Workspaces {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
             usage: Mutex::new(HashMap::new()),
+            staged: Mutex::new(Staged::default()),
         }
+    }
+
+    /// Keeps `pending` (all its bytes received; fsynced at the commit)
+    /// under a new stage number, to be put in place by
+    /// [`Self::commit_staged`]; until then its temp file and reservation
+    /// stay. Drops stale stages on the way.
+    pub fn stage(&self, user: UserId, pending: PendingWrite) -> Result<u64, OpError> {
+        let stale: Vec<PendingWrite>;
+        let outcome = {
+            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            let old: Vec<_> = staged
+                .writes
+                .iter()
+                .filter(|(_, (_, at))| now.duration_since(*at) > STAGE_TTL)
+                .map(|(key, _)| *key)
+                .collect();
+            stale = old
+                .iter()
+                .filter_map(|key| staged.writes.remove(key).map(|(pending, _)| pending))
+                .collect();
+            let mine = staged.writes.keys().filter(|(u, _)| *u == user).count();
+            if mine >= MAX_STAGED_PER_USER {
+                Err(OpError::Invalid(format!(
+                    "more than {MAX_STAGED_PER_USER} files in uploads at once"
+                )))
+            } else {
+                staged.next += 1;
+                let stage = staged.next;
+                staged.writes.insert((user, stage), (pending, now));
+                Ok(stage)
+            }
+        };
+        // Their temp files go outside the lock.
+        drop(stale);
+        outcome
+    }
+
+    /// Puts the staged writes in place in order; stops at the first that
+    /// fails (dropping the rest).
+    pub fn commit_staged(&self, user: UserId, stages: &[u64]) -> Result<Reply, OpError> {
+        let pending: Vec<Option<PendingWrite>> = {
+            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            stages
+                .iter()
+                .map(|stage| staged.writes.remove(&(user, *stage)).map(|(p, _)| p))
+                .collect()
+        };
+        let mut written = Vec::with_capacity(pending.len());
+        for pending in pending {
+            let pending = pending.ok_or_else(|| {
+                OpError::NotFound("the upload's files are gone (it took too long)".into())
+            })?;
+            let (entry, created, replaced) =
+                pending.commit_keeping_replaced(&Precondition::None)?;
+            drop(replaced);
+            written.push(warren_protocol::WriteOutcome {
+                entry,
+                created,
+                stage: None,
+            });
+        }
+        Ok(Reply::Written(written))
+    }
+
+    /// Abandons staged writes (unknown stages are ignored).
+    pub fn drop_staged(&self, user: UserId, stages: &[u64]) {
+        let dropped: Vec<_> = {
+            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            stages
+                .iter()
+                .filter_map(|stage| staged.writes.remove(&(user, *stage)))
+                .collect()
+        };
+        drop(dropped);
     }
 
     /// The user's directories, created (0700) on first use; on this
@@ -365,12 +556,13 @@ impl Workspaces {
         if let Some(usage) = self.lock_usage().get(&dirs.user) {
             return Ok(usage.counted());
         }
-        let counted = count_tree(&dirs.workspace, 0)?;
+        let counted = count_tree(&dirs.workspace)?;
         let mut known = self.lock_usage();
         let usage = known.entry(dirs.user).or_default();
-        // A reservation made meanwhile stays; the count is the files.
+        // A reservation made meanwhile stays; the count is the entries.
         usage.bytes = counted.bytes;
         usage.files = counted.files;
+        usage.entries = counted.entries;
         Ok(usage.counted())
     }
 
@@ -401,8 +593,7 @@ impl Workspaces {
 
     fn shrink(&self, user: UserId, by: Usage) {
         if let Some(usage) = self.lock_usage().get_mut(&user) {
-            usage.bytes = usage.bytes.saturating_sub(by.bytes);
-            usage.files = usage.files.saturating_sub(by.files);
+            usage.sub(by);
         }
     }
 
@@ -422,10 +613,17 @@ impl Workspaces {
             .clone()
     }
 
-    /// Reserves `bytes` more for a write or copy in progress, if they fit
-    /// beside what is used and reserved (`credit`: bytes the operation will
-    /// free, such as the file a write replaces).
-    fn reserve(&self, user: UserId, bytes: u64, credit: u64, quota: u64) -> Result<(), OpError> {
+    /// Reserves `bytes` and `entries` more for a write, copy or mkdir in
+    /// progress, if they fit beside what is used and reserved (`credit`:
+    /// bytes the operation will free, such as the file a write replaces).
+    fn reserve(
+        &self,
+        user: UserId,
+        bytes: u64,
+        entries: u64,
+        credit: u64,
+        quota: Quota,
+    ) -> Result<(), OpError> {
         let mut known = self.lock_usage();
         // Callers count the usage first (`usage`).
         let Some(usage) = known.get_mut(&user) else {
@@ -433,32 +631,59 @@ impl Workspaces {
                 "usage reserved before it was counted".into(),
             ));
         };
-        let after = usage
-            .bytes
-            .saturating_sub(credit)
-            .saturating_add(usage.reserved)
-            .saturating_add(bytes);
-        if after > quota {
-            return Err(OpError::QuotaExceeded {
-                used: usage.bytes,
-                limit: quota,
-            });
-        }
+        fits(usage, bytes, entries, credit, quota)?;
         usage.reserved += bytes;
+        usage.reserved_entries += entries;
         Ok(())
     }
 
-    fn release(&self, user: UserId, bytes: u64) {
+    fn release(&self, user: UserId, bytes: u64, entries: u64) {
         if let Some(usage) = self.lock_usage().get_mut(&user) {
             usage.reserved = usage.reserved.saturating_sub(bytes);
+            usage.reserved_entries = usage.reserved_entries.saturating_sub(entries);
         }
     }
+}
+
+/// Whether `bytes` and `entries` more (less `credit` bytes freed) fit beside
+/// what `usage` holds and reserves.
+fn fits(usage: &Usage, bytes: u64, entries: u64, credit: u64, quota: Quota) -> Result<(), OpError> {
+    let after = usage
+        .bytes
+        .saturating_sub(credit)
+        .saturating_add(usage.reserved)
+        .saturating_add(bytes);
+    if bytes > 0 && after > quota.bytes {
+        return Err(OpError::QuotaExceeded {
+            used: usage.bytes,
+            limit: quota.bytes,
+        });
+    }
+    let after = usage
+        .entries
+        .saturating_add(usage.reserved_entries)
+        .saturating_add(entries);
+    if entries > 0 && after > quota.entries {
+        return Err(OpError::EntryQuotaExceeded {
+            used: usage.entries,
+            limit: quota.entries,
+        });
+    }
+    Ok(())
 }
 
 fn set_private(dir: &std::path::Path) -> Result<(), OpError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|err| io_error(err, "cannot protect the user's directory"))
+}
+
+/// Why [`UserDirs::make_dir`] made nothing.
+enum Made {
+    /// The system call failed (`EXIST`: something is there already).
+    Failed(Errno),
+    /// The quota (or counting the usage) refused it.
+    Refused(OpError),
 }
 
 /// A fresh name for a temp file or directory in `tmp/`.
@@ -503,18 +728,13 @@ impl UserDirs {
     }
 
     fn sweep_tmp(&self) {
-        let names: Vec<String> = match Dir::read_from(&self.tmp) {
-            Ok(dir) => dir
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name != "." && name != "..")
-                .collect(),
-            Err(_) => return,
+        let Ok(names) = children(&self.tmp, c"tmp") else {
+            return;
         };
         for name in names {
             let mut ignored = Usage::default();
-            if remove_tree(&self.tmp, &name, 0, &mut ignored).is_ok() {
-                tracing::info!(name, "removed a leftover temp file");
+            if remove_tree(&self.tmp, &name, &mut ignored).is_ok() {
+                tracing::info!(name = %name.to_string_lossy(), "removed a leftover temp file");
             }
         }
     }
@@ -548,13 +768,16 @@ impl UserDirs {
     pub fn open_read(&self, path_text: &str) -> Result<(Option<std::fs::File>, Entry), OpError> {
         let parts = parts(path_text)?;
         // O_NONBLOCK: a FIFO made by a user's program must not hang the
-        // open (it is then not a regular file, and not read).
-        let fd = self.resolve(&parts, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        // open; it is then refused, never read. O_NOCTTY: a terminal never
+        // becomes the worker's.
+        let fd = self.resolve(&parts, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
         let stat = rustix::fs::fstat(&fd).map_err(|err| errno(err, path_text))?;
         let found = entry(parts.last().copied().unwrap_or(""), &stat);
-        let file = (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
-            .then(|| std::fs::File::from(fd));
-        Ok((file, found))
+        match found.kind {
+            EntryKind::File => Ok((Some(std::fs::File::from(fd)), found)),
+            EntryKind::Dir => Ok((None, found)),
+            kind => Err(not_regular(path_text, kind)),
+        }
     }
 
     /// Describes the entry at `path`; a regular file of at most `limit`
@@ -593,11 +816,12 @@ impl UserDirs {
             RESOLVE
         };
         // O_NONBLOCK: a FIFO made by a user's program must not hang the
-        // open (it is then not a regular file, and not read).
+        // open; it is then refused, never read. O_NOCTTY: a terminal never
+        // becomes the worker's.
         let fd = match rustix::fs::openat2(
             &self.workspace,
             join(&parts),
-            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
             Mode::empty(),
             resolve,
         ) {
@@ -607,7 +831,11 @@ impl UserDirs {
         };
         let stat = rustix::fs::fstat(&fd).map_err(|err| errno(err, path_text))?;
         let entry = entry(parts.last().copied().unwrap_or(""), &stat);
-        let regular = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
+        let regular = match entry.kind {
+            EntryKind::File => true,
+            EntryKind::Dir => false,
+            kind => return Err(not_regular(path_text, kind)),
+        };
         if !regular || entry.size > limit {
             return Ok(Some(Reply::File {
                 entry,
@@ -641,10 +869,16 @@ impl UserDirs {
         }))
     }
 
-    pub fn mkdir(&self, path_text: &str, parents: bool) -> Result<Reply, OpError> {
+    pub fn mkdir(
+        &self,
+        workspaces: &Workspaces,
+        quota: Quota,
+        path_text: &str,
+        parents: bool,
+    ) -> Result<Reply, OpError> {
         let parts = parts(path_text)?;
         if parents {
-            self.make_parents(&parts)?;
+            self.make_parents(workspaces, quota, &parts)?;
             let fd = self.resolve(&parts, OFlags::PATH | OFlags::DIRECTORY)?;
             let stat = rustix::fs::fstat(&fd).map_err(|err| errno(err, path_text))?;
             return Ok(Reply::Entry(entry(
@@ -653,22 +887,59 @@ impl UserDirs {
             )));
         }
         let (dir, name) = self.parent(&parts)?;
-        rustix::fs::mkdirat(&dir, name, PRIVATE).map_err(|err| errno(err, path_text))?;
-        let stat = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|err| errno(err, path_text))?;
+        let stat = self
+            .make_dir(workspaces, quota, &dir, name)
+            .map_err(|err| match err {
+                Made::Failed(err) => errno(err, path_text),
+                Made::Refused(err) => err,
+            })?;
         Ok(Reply::Entry(entry(name, &stat)))
     }
 
     /// Creates every directory along `parts` that is missing.
-    fn make_parents(&self, parts: &[&str]) -> Result<(), OpError> {
+    fn make_parents(
+        &self,
+        workspaces: &Workspaces,
+        quota: Quota,
+        parts: &[&str],
+    ) -> Result<(), OpError> {
         for depth in 1..=parts.len() {
             let (dir, name) = self.parent(&parts[..depth])?;
-            match rustix::fs::mkdirat(&dir, name, PRIVATE) {
-                Ok(()) | Err(Errno::EXIST) => {}
-                Err(err) => return Err(errno(err, &join(&parts[..depth]))),
+            match self.make_dir(workspaces, quota, &dir, name) {
+                Ok(_) | Err(Made::Failed(Errno::EXIST)) => {}
+                Err(Made::Failed(err)) => return Err(errno(err, &join(&parts[..depth]))),
+                Err(Made::Refused(err)) => return Err(err),
             }
         }
         Ok(())
+    }
+
+    /// Creates directory `name` in `dir` if one more entry (charged at
+    /// least [`MIN_ENTRY_CHARGE`]) fits the quota, and counts it.
+    fn make_dir(
+        &self,
+        workspaces: &Workspaces,
+        quota: Quota,
+        dir: &OwnedFd,
+        name: &str,
+    ) -> Result<rustix::fs::Stat, Made> {
+        workspaces.usage(self).map_err(Made::Refused)?;
+        let lock = workspaces.user_lock(self.user);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        // Already there: not a new entry, whatever the quota says.
+        if rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            return Err(Made::Failed(Errno::EXIST));
+        }
+        {
+            let known = workspaces.lock_usage();
+            let usage = known.get(&self.user).copied().unwrap_or_default();
+            fits(&usage, MIN_ENTRY_CHARGE, 1, 0, quota).map_err(Made::Refused)?;
+        }
+        rustix::fs::mkdirat(dir, name, PRIVATE).map_err(Made::Failed)?;
+        let stat =
+            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(Made::Failed)?;
+        workspaces.grow(self.user, Usage::of(&stat));
+        Ok(stat)
     }
 
     pub fn delete(
@@ -687,11 +958,12 @@ impl UserDirs {
         if FileType::from_raw_mode(stat.st_mode) == FileType::Directory && !recursive {
             rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)
                 .map_err(|err| errno(err, path_text))?;
+            workspaces.shrink(self.user, Usage::of(&stat));
             return Ok(Reply::Done);
         }
         // What was removed is accounted for even if the rest fails.
         let mut removed = Usage::default();
-        let outcome = remove_tree(&dir, name, 0, &mut removed);
+        let outcome = remove_tree(&dir, &c_name(name)?, &mut removed);
         workspaces.shrink(self.user, removed);
         outcome?;
         Ok(Reply::Done)
@@ -702,6 +974,16 @@ impl UserDirs {
         let to_parts = parts(to)?;
         let (from_dir, from_name) = self.parent(&from_parts)?;
         let (to_dir, to_name) = self.parent(&to_parts)?;
+        // Deeper than before: what is below must stay within the depth
+        // every path of the API can reach.
+        if to_parts.len() > from_parts.len() {
+            let stat = rustix::fs::statat(&from_dir, from_name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|err| errno(err, from))?;
+            if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                let below = open_dir(&from_dir, &c_name(from_name)?)?;
+                check_depth(to, &to_parts, walk_shape(&below)?)?;
+            }
+        }
         let lock = workspaces.user_lock(self.user);
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
         rustix::fs::renameat_with(
@@ -720,7 +1002,7 @@ impl UserDirs {
     pub fn copy(
         &self,
         workspaces: &Workspaces,
-        quota: u64,
+        quota: Quota,
         from: &str,
         to: &str,
     ) -> Result<Reply, OpError> {
@@ -733,7 +1015,7 @@ impl UserDirs {
     pub fn clone_template(
         &self,
         workspaces: &Workspaces,
-        quota: u64,
+        quota: Quota,
         name: &str,
         to: &str,
     ) -> Result<Reply, OpError> {
@@ -763,13 +1045,15 @@ impl UserDirs {
         self.place_copy(workspaces, quota, &root, name, to, true)
     }
 
-    /// Copies `name` in `from_dir` to `to` in the workspace: its size is
-    /// counted and reserved against the quota first, the copy is built in
-    /// `tmp/`, then renamed into place (never replacing anything).
+    /// Copies `name` in `from_dir` to `to` in the workspace: what it takes
+    /// (space and entries) is counted and reserved against the quota first,
+    /// the copy is built in `tmp/` (stopping should it outgrow what was
+    /// counted), checked against the quota again and renamed into place
+    /// (never replacing anything); anything that fails removes the copy.
     fn place_copy(
         &self,
         workspaces: &Workspaces,
-        quota: u64,
+        quota: Quota,
         from_dir: &impl AsFd,
         from_name: &str,
         to: &str,
@@ -778,12 +1062,21 @@ impl UserDirs {
         let to_parts = parts(to)?;
         let (to_dir, to_name) = self.parent(&to_parts)?;
         workspaces.usage(self)?;
-        let needed = size_of(from_dir, from_name)?;
-        workspaces.reserve(self.user, needed.bytes, 0, quota)?;
+        let (needed, shape) = size_of(from_dir, from_name)?;
+        check_depth(to, &to_parts, shape)?;
+        workspaces.reserve(self.user, needed.bytes, needed.entries, 0, quota)?;
         let temp = temp_name("copy");
         let placed = (|| {
             let mut copied = Usage::default();
-            copy_tree(from_dir, from_name, &self.tmp, &temp, 0, &mut copied)?;
+            copy_tree(
+                from_dir,
+                &c_name(from_name)?,
+                &self.tmp,
+                &c_name(&temp)?,
+                0,
+                &needed,
+                &mut copied,
+            )?;
             if template {
                 // A template's description is not part of what users get.
                 let description = format!("{temp}/.description");
@@ -793,14 +1086,21 @@ impl UserDirs {
                     if rustix::fs::unlinkat(&self.tmp, description.as_str(), AtFlags::empty())
                         .is_ok()
                     {
-                        copied.bytes = copied.bytes.saturating_sub(stat.st_size as u64);
-                        copied.files = copied.files.saturating_sub(1);
+                        copied.sub(Usage::of(&stat));
                     }
                 }
             }
             let _ = rustix::fs::fsync(&self.tmp);
             let lock = workspaces.user_lock(self.user);
             let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            {
+                // What was copied, instead of what was reserved for it.
+                let known = workspaces.lock_usage();
+                let mut usage = known.get(&self.user).copied().unwrap_or_default();
+                usage.reserved = usage.reserved.saturating_sub(needed.bytes);
+                usage.reserved_entries = usage.reserved_entries.saturating_sub(needed.entries);
+                fits(&usage, copied.bytes, copied.entries, 0, quota)?;
+            }
             rustix::fs::renameat_with(
                 &self.tmp,
                 temp.as_str(),
@@ -812,10 +1112,12 @@ impl UserDirs {
             workspaces.grow(self.user, copied);
             Ok(())
         })();
-        workspaces.release(self.user, needed.bytes);
+        workspaces.release(self.user, needed.bytes, needed.entries);
         if let Err(err) = placed {
             let mut ignored = Usage::default();
-            let _ = remove_tree(&self.tmp, &temp, 0, &mut ignored);
+            if let Ok(temp) = c_name(&temp) {
+                let _ = remove_tree(&self.tmp, &temp, &mut ignored);
+            }
             return Err(err);
         }
         let stat = rustix::fs::statat(&to_dir, to_name, AtFlags::SYMLINK_NOFOLLOW)
@@ -838,13 +1140,19 @@ impl UserDirs {
 
     /// The user's settings (`{}` when never set).
     pub fn settings(&self) -> Result<Reply, OpError> {
+        // O_NONBLOCK and the check: whatever sits there, reading it never
+        // blocks the worker.
         match rustix::fs::openat(
             &self.state,
             "settings.json",
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
             Ok(fd) => {
+                let stat = rustix::fs::fstat(&fd).map_err(|err| errno(err, "settings"))?;
+                if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+                    return Err(not_regular("settings", kind_of(&stat)));
+                }
                 let mut json = Vec::new();
                 std::fs::File::from(fd)
                     .read_to_end(&mut json)
@@ -884,12 +1192,12 @@ impl UserDirs {
         workspaces: Arc<Workspaces>,
         path_text: &str,
         parents: bool,
-        quota: u64,
+        quota: Quota,
         precondition: &Precondition,
     ) -> Result<PendingWrite, OpError> {
         let parts = parts(path_text)?;
         if parents && parts.len() > 1 {
-            self.make_parents(&parts[..parts.len() - 1])?;
+            self.make_parents(&workspaces, quota, &parts[..parts.len() - 1])?;
         }
         let Some((name, dir_parts)) = parts.split_last() else {
             return Err(OpError::BadPath("a file needs a name".into()));
@@ -904,24 +1212,30 @@ impl UserDirs {
         };
         // Fail early, before the body is sent.
         check_current(path_text, current.as_ref(), precondition)?;
-        let replaced = current
-            .filter(|c| FileType::from_raw_mode(c.st_mode) == FileType::RegularFile)
-            .map_or(0, |c| c.st_size as u64);
-        workspaces.reserve(self.user, 0, replaced, quota)?;
-        let (temp, fd) = self.create_temp("upload")?;
-        Ok(PendingWrite {
+        // Whatever is replaced (a file, a link, a FIFO...) frees its space.
+        let replaced = current.as_ref().map_or(0, charge);
+        // Even an empty file is charged: refused before the body is sent.
+        let new_entries = u64::from(current.is_none());
+        workspaces.reserve(self.user, MIN_ENTRY_CHARGE, new_entries, replaced, quota)?;
+        let mut pending = PendingWrite {
             dirs: self,
             workspaces,
             dir,
             name: name.to_string(),
             path: path_text.to_string(),
-            temp,
-            file: Some(std::fs::File::from(fd)),
+            temp: String::new(),
+            file: None,
             written: 0,
-            reserved: 0,
+            reserved: MIN_ENTRY_CHARGE,
+            reserved_entries: new_entries,
             replaced,
             quota,
-        })
+        };
+        // Dropping `pending` on failure releases the reservation.
+        let (temp, fd) = pending.dirs.create_temp("upload")?;
+        pending.temp = temp;
+        pending.file = Some(std::fs::File::from(fd));
+        Ok(pending)
     }
 }
 
@@ -965,11 +1279,14 @@ pub struct PendingWrite {
     temp: String,
     file: Option<std::fs::File>,
     pub written: u64,
-    /// Bytes reserved against the quota so far (= written).
+    /// Bytes reserved against the quota so far: what `written` bytes will
+    /// be charged (whole blocks, at least one).
     reserved: u64,
-    /// Size of the file this write replaces, as seen when it began.
+    /// Entries reserved: 1 for a new file.
+    reserved_entries: u64,
+    /// What the entry this write replaces is charged, as seen when it began.
     replaced: u64,
-    quota: u64,
+    quota: Quota,
 }
 
 impl PendingWrite {
@@ -977,6 +1294,16 @@ impl PendingWrite {
     /// would not fit the quota beside everything else in progress.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), OpError> {
         self.write_chunks(&[bytes])
+    }
+
+    /// The bytes received so far, described as the file they will be.
+    pub fn describe(&self) -> Result<Entry, OpError> {
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| OpError::Internal("described after commit".into()))?;
+        let stat = rustix::fs::fstat(file).map_err(|err| errno(err, "temp file"))?;
+        Ok(entry(&self.name, &stat))
     }
 
     /// Another handle on the temp file, to start flushing what has been
@@ -989,9 +1316,17 @@ impl PendingWrite {
     /// allows (no copying them together first).
     pub fn write_chunks<B: AsRef<[u8]>>(&mut self, chunks: &[B]) -> Result<(), OpError> {
         let len: u64 = chunks.iter().map(|c| c.as_ref().len() as u64).sum();
-        self.workspaces
-            .reserve(self.dirs.user, len, self.replaced, self.quota)?;
-        self.reserved += len;
+        let needed = charge_of_len(self.written.saturating_add(len));
+        if needed > self.reserved {
+            self.workspaces.reserve(
+                self.dirs.user,
+                needed - self.reserved,
+                0,
+                self.replaced,
+                self.quota,
+            )?;
+            self.reserved = needed;
+        }
         let file = self
             .file
             .as_mut()
@@ -1045,7 +1380,7 @@ impl PendingWrite {
             .map_err(|err| io_error(err, "cannot flush the temp file"))?;
         let stat = rustix::fs::fstat(&file).map_err(|err| errno(err, "temp file"))?;
         drop(file);
-        let new_size = stat.st_size as u64;
+        let new_charge = charge(&stat);
         let workspaces = self.workspaces.clone();
         let lock = workspaces.user_lock(self.dirs.user);
         let created = {
@@ -1067,21 +1402,21 @@ impl PendingWrite {
                 None => None,
             };
             check_current(&self.path, current.as_ref(), precondition)?;
-            let replaced = current
-                .filter(|c| FileType::from_raw_mode(c.st_mode) == FileType::RegularFile)
-                .map_or(0, |c| c.st_size as u64);
+            let replaced = current.as_ref().map(Usage::of).unwrap_or_default();
             // Our own reservation is in `reserved`: take it out of the check.
             {
                 let known = workspaces.lock_usage();
-                let usage = known.get(&self.dirs.user).copied().unwrap_or_default();
-                let others = usage.reserved.saturating_sub(self.reserved);
-                let after = usage.bytes.saturating_sub(replaced) + others + new_size;
-                if after > self.quota {
-                    return Err(OpError::QuotaExceeded {
-                        used: usage.bytes,
-                        limit: self.quota,
-                    });
-                }
+                let mut usage = known.get(&self.dirs.user).copied().unwrap_or_default();
+                usage.reserved = usage.reserved.saturating_sub(self.reserved);
+                usage.reserved_entries =
+                    usage.reserved_entries.saturating_sub(self.reserved_entries);
+                fits(
+                    &usage,
+                    new_charge,
+                    u64::from(current.is_none()),
+                    replaced.bytes,
+                    self.quota,
+                )?;
             }
             // Never over an entry that appeared since the check (a move).
             let flags = if current.is_none() {
@@ -1100,11 +1435,17 @@ impl PendingWrite {
             self.temp.clear();
             let mut known = workspaces.lock_usage();
             let usage = known.entry(self.dirs.user).or_default();
-            usage.bytes = usage.bytes.saturating_sub(replaced) + new_size;
-            usage.files += u64::from(current.is_none());
+            usage.sub(replaced);
+            usage.add(Usage::of(&stat));
             usage.reserved = usage.reserved.saturating_sub(self.reserved);
+            usage.reserved_entries = usage.reserved_entries.saturating_sub(self.reserved_entries);
             self.reserved = 0;
-            (current.is_none(), held)
+            self.reserved_entries = 0;
+            // A file where there was none, or where there was a link, a
+            // FIFO...: a new file.
+            let created =
+                current.is_none_or(|c| FileType::from_raw_mode(c.st_mode) != FileType::RegularFile);
+            (created, held)
         };
         let (created, replaced) = created;
         // The rename itself is durable once the directory is.
@@ -1115,172 +1456,366 @@ impl PendingWrite {
 
 impl Drop for PendingWrite {
     fn drop(&mut self) {
-        self.workspaces.release(self.dirs.user, self.reserved);
+        self.workspaces
+            .release(self.dirs.user, self.reserved, self.reserved_entries);
         if !self.temp.is_empty() {
             let _ = rustix::fs::unlinkat(&self.dirs.tmp, self.temp.as_str(), AtFlags::empty());
         }
     }
 }
 
-/// Deepest directory nesting walked (counting, copying, removing): keeps
-/// the walks' stack and open descriptors bounded.
-const MAX_DEPTH: usize = 256;
-
 fn too_deep() -> OpError {
     OpError::Conflict(format!("directories nested deeper than {MAX_DEPTH} levels"))
 }
 
-fn children(dir: &impl AsFd, name: &str) -> Result<Vec<String>, OpError> {
+/// How far a tree reaches below its top: its height in levels (1:
+/// entries only in the top directory) and its longest path in bytes
+/// (relative to the top).
+#[derive(Debug, Clone, Copy, Default)]
+struct Shape {
+    height: usize,
+    longest: usize,
+}
+
+/// Refuses to place at `to` (`parts`) a tree of `shape` if its deepest
+/// entries would lie beyond [`MAX_DEPTH`] components or its longest paths
+/// beyond [`path::MAX_PATH_BYTES`], where no path of the API could reach
+/// them.
+fn check_depth(to: &str, parts: &[&str], shape: Shape) -> Result<(), OpError> {
+    let depth = parts.len().saturating_add(shape.height);
+    if depth > MAX_DEPTH {
+        return Err(OpError::Conflict(format!(
+            "{to}: its deepest entries would be {depth} levels deep; paths have at most {MAX_DEPTH}"
+        )));
+    }
+    let longest = join(parts)
+        .len()
+        .saturating_add(1)
+        .saturating_add(shape.longest);
+    if shape.longest > 0 && longest > path::MAX_PATH_BYTES {
+        return Err(OpError::Conflict(format!(
+            "{to}: its longest paths would be {longest} bytes long; paths have at most {} bytes",
+            path::MAX_PATH_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// The names in `dir`, as the file system has them (a user's program may
+/// make names that are not UTF-8: they are counted, copied and deleted
+/// like any other).
+fn children(dir: &impl AsFd, name: &CStr) -> Result<Vec<CString>, OpError> {
     Ok(Dir::read_from(dir)
-        .map_err(|err| errno(err, name))?
+        .map_err(|err| errno(err, &name.to_string_lossy()))?
         .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|child| child != "." && child != "..")
+        .map(|e| e.file_name().to_owned())
+        .filter(|child| child.as_bytes() != b"." && child.as_bytes() != b"..")
         .collect())
 }
 
-fn open_dir(dir: &impl AsFd, name: &str) -> Result<OwnedFd, OpError> {
+/// `name` (a checked path component: no NUL) for the `*at` calls.
+fn c_name(name: &str) -> Result<CString, OpError> {
+    CString::new(name).map_err(|_| OpError::BadPath(format!("{name:?}: NUL in a name")))
+}
+
+fn open_dir(dir: &impl AsFd, name: &CStr) -> Result<OwnedFd, OpError> {
     rustix::fs::openat(
         dir,
         name,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|err| errno(err, name))
+    .map_err(|err| errno(err, &name.to_string_lossy()))
 }
 
-/// What the regular files below `dir` take. Entries that vanish meanwhile
-/// are skipped; any other failure is an error (never an undercount).
-fn count_tree(dir: &impl AsFd, depth: usize) -> Result<Usage, OpError> {
-    if depth > MAX_DEPTH {
-        return Err(too_deep());
-    }
-    let mut usage = Usage::default();
-    for child in children(dir, "workspace")? {
-        let stat = match rustix::fs::statat(dir, child.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+/// One directory of a [`walk`] on the way down: who it is and the
+/// entries of it still to visit.
+struct Level {
+    name: CString,
+    /// Bytes of this directory's path relative to the top (0 for the top).
+    path_len: usize,
+    id: (u64, u64),
+    left: Vec<CString>,
+}
+
+fn id_of(fd: &impl AsFd) -> Result<(u64, u64), OpError> {
+    let stat = rustix::fs::fstat(fd).map_err(|err| errno(err, "walk"))?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// Visits every entry below the directory `root`, depth first, however
+/// deep the tree: `visit(dir, name, stat)` for each entry (a directory is
+/// entered if it returns true), `leave(dir, name)` after everything below a
+/// directory entered was visited. Holds one directory descriptor at a time
+/// (going back up through `..`, checked to be the directory it came from),
+/// so neither the stack nor the open files grow with the depth; the names
+/// still to visit are kept in memory. Entries that vanish meanwhile are
+/// skipped. Returns the shape of the tree.
+fn walk(
+    root: OwnedFd,
+    visit: &mut dyn FnMut(&OwnedFd, &CStr, &rustix::fs::Stat) -> Result<bool, OpError>,
+    leave: &mut dyn FnMut(&OwnedFd, &CStr) -> Result<(), OpError>,
+) -> Result<Shape, OpError> {
+    let mut shape = Shape::default();
+    let mut stack = vec![Level {
+        name: CString::default(),
+        path_len: 0,
+        id: id_of(&root)?,
+        left: children(&root, c"workspace")?,
+    }];
+    let mut current = root;
+    loop {
+        let depth = stack.len();
+        let Some(level) = stack.last_mut() else {
+            return Ok(shape);
+        };
+        let parent_len = level.path_len;
+        let Some(child) = level.left.pop() else {
+            let Some(done) = stack.pop() else {
+                return Ok(shape);
+            };
+            let Some(parent) = stack.last() else {
+                return Ok(shape);
+            };
+            let up = rustix::fs::openat(
+                &current,
+                "..",
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|err| errno(err, &done.name.to_string_lossy()))?;
+            if id_of(&up)? != parent.id {
+                return Err(OpError::Conflict(format!(
+                    "{}: moved while it was being walked",
+                    done.name.to_string_lossy()
+                )));
+            }
+            current = up;
+            leave(&current, &done.name)?;
+            continue;
+        };
+        let stat = match rustix::fs::statat(&current, child.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
             Err(Errno::NOENT) => continue,
-            Err(err) => return Err(errno(err, &child)),
+            Err(err) => return Err(errno(err, &child.to_string_lossy())),
         };
-        match FileType::from_raw_mode(stat.st_mode) {
-            FileType::RegularFile => usage.add(Usage {
-                bytes: stat.st_size as u64,
-                files: 1,
-                reserved: 0,
-            }),
-            FileType::Directory => match open_dir(dir, &child) {
-                Ok(sub) => usage.add(count_tree(&sub, depth + 1)?),
-                Err(OpError::NotFound(_)) => continue,
-                Err(err) => return Err(err),
-            },
-            _ => {}
+        let path_len = if parent_len == 0 {
+            child.as_bytes().len()
+        } else {
+            parent_len + 1 + child.as_bytes().len()
+        };
+        shape.height = shape.height.max(depth);
+        shape.longest = shape.longest.max(path_len);
+        let enter = visit(&current, &child, &stat)?;
+        if !enter || FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+            continue;
         }
+        let below = match open_dir(&current, &child) {
+            Ok(fd) => fd,
+            Err(OpError::NotFound(_)) => continue,
+            Err(err) => return Err(err),
+        };
+        let left = children(&below, &child)?;
+        stack.push(Level {
+            name: child,
+            path_len,
+            id: id_of(&below)?,
+            left,
+        });
+        current = below;
     }
-    Ok(usage)
 }
 
-/// What copying `name` in `dir` would take.
-fn size_of(dir: &impl AsFd, name: &str) -> Result<Usage, OpError> {
+/// What every entry below `dir` takes. Entries that vanish meanwhile are
+/// skipped; any other failure is an error (never an undercount).
+fn count_tree(dir: &impl AsFd) -> Result<Usage, OpError> {
+    Ok(count_below(dir)?.0)
+}
+
+/// What every entry below `dir` takes, and the shape of its tree.
+fn count_below(dir: &impl AsFd) -> Result<(Usage, Shape), OpError> {
+    let mut usage = Usage::default();
+    let shape = walk(
+        open_dir(dir, c".")?,
+        &mut |_, _, stat| {
+            usage.add(Usage::of(stat));
+            Ok(true)
+        },
+        &mut |_, _| Ok(()),
+    )?;
+    Ok((usage, shape))
+}
+
+/// The shape of the tree below `dir`.
+fn walk_shape(dir: &impl AsFd) -> Result<Shape, OpError> {
+    walk(
+        open_dir(dir, c".")?,
+        &mut |_, _, stat| Ok(FileType::from_raw_mode(stat.st_mode) == FileType::Directory),
+        &mut |_, _| Ok(()),
+    )
+}
+
+/// What copying `name` in `dir` would take (a file as if written whole:
+/// a copy does not keep holes), and the shape of its tree (empty for a
+/// file).
+/// Only files and directories are copied.
+fn size_of(dir: &impl AsFd, name: &str) -> Result<(Usage, Shape), OpError> {
     let stat =
         rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| errno(err, name))?;
-    match FileType::from_raw_mode(stat.st_mode) {
-        FileType::RegularFile => Ok(Usage {
-            bytes: stat.st_size as u64,
-            files: 1,
-            reserved: 0,
-        }),
-        FileType::Directory => count_tree(&open_dir(dir, name)?, 1),
-        _ => Ok(Usage::default()),
+    let as_copied = |stat: &rustix::fs::Stat| {
+        let mut usage = Usage::of(stat);
+        if usage.files == 1 {
+            usage.bytes = usage.bytes.max(charge_of_len(stat.st_size as u64));
+        }
+        usage
+    };
+    match kind_of(&stat) {
+        EntryKind::File => Ok((as_copied(&stat), Shape::default())),
+        EntryKind::Dir => {
+            let mut usage = Usage::of(&stat);
+            let shape = walk(
+                open_dir(dir, &c_name(name)?)?,
+                &mut |_, _, stat| {
+                    // Links and special files inside are left out.
+                    if matches!(kind_of(stat), EntryKind::File | EntryKind::Dir) {
+                        usage.add(as_copied(stat));
+                    }
+                    Ok(true)
+                },
+                &mut |_, _| Ok(()),
+            )?;
+            Ok((usage, shape))
+        }
+        kind => Err(OpError::Conflict(format!(
+            "{name} is {}: only files and directories are copied",
+            kind_name(kind)
+        ))),
     }
 }
 
-/// Removes `name` in `dir` and, if it is a directory, everything below it,
-/// never following a symlink. Adds what the removed files took to
-/// `removed`, also when it fails part-way.
-fn remove_tree(
-    dir: &impl AsFd,
-    name: &str,
-    depth: usize,
-    removed: &mut Usage,
-) -> Result<(), OpError> {
-    if depth > MAX_DEPTH {
-        return Err(too_deep());
-    }
+/// Removes `name` in `dir` and, if it is a directory, everything below it
+/// at any depth, never following a symlink. Adds what the removed entries
+/// took to `removed`, also when it fails part-way.
+fn remove_tree(dir: &impl AsFd, name: &CStr, removed: &mut Usage) -> Result<(), OpError> {
+    let shown = name.to_string_lossy();
     let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) => stat,
         // Gone already (a concurrent delete): nothing to do.
         Err(Errno::NOENT) => return Ok(()),
-        Err(err) => return Err(errno(err, name)),
+        Err(err) => return Err(errno(err, &shown)),
     };
-    match FileType::from_raw_mode(stat.st_mode) {
-        FileType::Directory => {}
-        kind => {
-            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-                Ok(()) => {}
-                Err(Errno::NOENT) => return Ok(()),
-                Err(err) => return Err(errno(err, name)),
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+        return match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) => {
+                removed.add(Usage::of(&stat));
+                Ok(())
             }
-            if kind == FileType::RegularFile {
-                removed.add(Usage {
-                    bytes: stat.st_size as u64,
-                    files: 1,
-                    reserved: 0,
-                });
+            Err(Errno::NOENT) => Ok(()),
+            Err(err) => Err(errno(err, &shown)),
+        };
+    }
+    // Both callbacks count what goes.
+    let removed = std::cell::RefCell::new(removed);
+    walk(
+        open_dir(dir, name)?,
+        &mut |at, child, stat| {
+            if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                return Ok(true);
             }
-            return Ok(());
-        }
-    }
-    let sub = open_dir(dir, name)?;
-    for child in children(&sub, name)? {
-        remove_tree(&sub, &child, depth + 1, removed)?;
-    }
+            match rustix::fs::unlinkat(at, child, AtFlags::empty()) {
+                Ok(()) => removed.borrow_mut().add(Usage::of(stat)),
+                Err(Errno::NOENT) => {}
+                Err(err) => return Err(errno(err, &child.to_string_lossy())),
+            }
+            Ok(false)
+        },
+        &mut |at, child| remove_empty_dir(at, child, &mut removed.borrow_mut()),
+    )?;
+    let removed = removed.into_inner();
+    remove_empty_dir(dir, name, removed)
+}
+
+/// Removes the directory `name` in `dir`, emptied, and counts it.
+fn remove_empty_dir(dir: &impl AsFd, name: &CStr, removed: &mut Usage) -> Result<(), OpError> {
+    let shown = name.to_string_lossy();
+    let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => stat,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(err) => return Err(errno(err, &shown)),
+    };
     match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Ok(()) => {
+            removed.add(Usage::of(&stat));
+            Ok(())
+        }
+        Err(Errno::NOENT) => Ok(()),
         Err(Errno::NOTEMPTY) => Err(OpError::Conflict(format!(
-            "{name}: new entries appeared while it was being deleted"
+            "{shown}: new entries appeared while it was being deleted"
         ))),
-        Err(err) => Err(errno(err, name)),
+        Err(err) => Err(errno(err, &shown)),
     }
 }
 
 /// Copies `name` in `from` to `to_name` in `to`: files with their bytes,
-/// directories recursively; symlinks and special files are left out (never
-/// followed, never opened). Adds what the copied files take to `copied`.
+/// directories recursively (at most [`MAX_DEPTH`] levels: callers check the
+/// height first); symlinks and special files are left out (never
+/// followed, never opened). Adds what the copies take to `copied`, and
+/// stops once that outgrows `budget` (the source grew meanwhile).
 fn copy_tree(
     from: &impl AsFd,
-    name: &str,
+    name: &CStr,
     to: &impl AsFd,
-    to_name: &str,
+    to_name: &CStr,
     depth: usize,
+    budget: &Usage,
     copied: &mut Usage,
 ) -> Result<(), OpError> {
     if depth > MAX_DEPTH {
         return Err(too_deep());
     }
+    let (shown, to_shown) = (name.to_string_lossy(), to_name.to_string_lossy());
+    let (name_text, to_name_text): (&str, &str) = (&shown, &to_shown);
+    let outgrown = || {
+        OpError::Conflict(format!(
+            "{name_text}: grew while it was being copied; try again"
+        ))
+    };
     let stat = rustix::fs::statat(from, name, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|err| errno(err, name))?;
+        .map_err(|err| errno(err, name_text))?;
     match FileType::from_raw_mode(stat.st_mode) {
         FileType::Directory => {
-            rustix::fs::mkdirat(to, to_name, PRIVATE).map_err(|err| errno(err, to_name))?;
+            if copied.entries >= budget.entries {
+                return Err(outgrown());
+            }
+            rustix::fs::mkdirat(to, to_name, PRIVATE).map_err(|err| errno(err, to_name_text))?;
             let source = open_dir(from, name)?;
             let target = open_dir(to, to_name)?;
             for child in children(&source, name)? {
-                copy_tree(&source, &child, &target, &child, depth + 1, copied)?;
+                copy_tree(&source, &child, &target, &child, depth + 1, budget, copied)?;
             }
             let _ = rustix::fs::fsync(&target);
+            let made = rustix::fs::fstat(&target).map_err(|err| errno(err, to_name_text))?;
+            copied.add(Usage::of(&made));
             Ok(())
         }
         FileType::RegularFile => {
+            if copied.entries >= budget.entries {
+                return Err(outgrown());
+            }
             // O_NONBLOCK: should the entry have become a FIFO meanwhile,
             // opening it must not hang.
             let source = rustix::fs::openat(
                 from,
                 name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                OFlags::RDONLY
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK
+                    | OFlags::NOCTTY
+                    | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|err| errno(err, name))?;
-            let source_stat = rustix::fs::fstat(&source).map_err(|err| errno(err, name))?;
+            .map_err(|err| errno(err, name_text))?;
+            let source_stat = rustix::fs::fstat(&source).map_err(|err| errno(err, name_text))?;
             if FileType::from_raw_mode(source_stat.st_mode) != FileType::RegularFile {
                 return Ok(());
             }
@@ -1290,17 +1825,25 @@ fn copy_tree(
                 OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
                 Mode::RUSR | Mode::WUSR,
             )
-            .map_err(|err| errno(err, to_name))?;
-            let mut source = std::fs::File::from(source);
+            .map_err(|err| errno(err, to_name_text))?;
             let mut target = std::fs::File::from(target);
+            // No more than the budget left (and a block): a file that grows
+            // while copied is not copied without end.
+            let room = budget
+                .bytes
+                .saturating_sub(copied.bytes)
+                .saturating_add(MIN_ENTRY_CHARGE);
+            let mut source = std::fs::File::from(source).take(room);
             let bytes =
-                std::io::copy(&mut source, &mut target).map_err(|err| io_error(err, name))?;
-            target.sync_all().map_err(|err| io_error(err, to_name))?;
-            copied.add(Usage {
-                bytes,
-                files: 1,
-                reserved: 0,
-            });
+                std::io::copy(&mut source, &mut target).map_err(|err| io_error(err, name_text))?;
+            if bytes >= room {
+                return Err(outgrown());
+            }
+            target
+                .sync_all()
+                .map_err(|err| io_error(err, to_name_text))?;
+            let made = rustix::fs::fstat(&target).map_err(|err| errno(err, to_name_text))?;
+            copied.add(Usage::of(&made));
             Ok(())
         }
         _ => Ok(()),
@@ -1329,7 +1872,10 @@ pub fn read_chunk(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, OpE
 mod tests {
     use super::*;
 
-    const QUOTA: u64 = 1 << 20;
+    const QUOTA: Quota = Quota {
+        bytes: 1 << 20,
+        entries: 1000,
+    };
 
     fn setup() -> (tempfile::TempDir, Arc<Workspaces>, Arc<UserDirs>) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1388,7 +1934,7 @@ mod tests {
             }
         }
         let usage = workspaces.usage(&dirs).expect("usage");
-        assert_eq!((usage.bytes, usage.files), (16, 2));
+        assert_eq!((usage.bytes, usage.files, usage.entries), (8192, 2, 2));
     }
 
     /// A purge takes everything of the user, finishes an earlier purge
@@ -1398,7 +1944,8 @@ mod tests {
         let (root, workspaces, dirs) = setup();
         let user = UserId([7; 16]);
         write(&workspaces, &dirs, "file", b"bytes").expect("write");
-        dirs.mkdir("deep", false).expect("mkdir");
+        dirs.mkdir(&workspaces, QUOTA, "deep", false)
+            .expect("mkdir");
         let users = root.path().join("users");
         let leftover = users.join(format!(".purge-{user}"));
         std::fs::create_dir_all(leftover.join("workspace/old")).expect("leftover");
@@ -1409,7 +1956,7 @@ mod tests {
         assert!(workspaces.opened(user).is_none());
         workspaces.purge(user).expect("nothing to purge is fine");
         let usage = workspaces.usage_of(user).expect("usage");
-        assert_eq!((usage.bytes, usage.files), (0, 0));
+        assert_eq!(usage, Usage::default());
         // A request of theirs arriving late recreates nothing.
         assert!(matches!(workspaces.open(user), Err(OpError::NotFound(_))));
         assert!(std::fs::read_dir(&users).expect("users").next().is_none());
@@ -1441,7 +1988,7 @@ mod tests {
         write(&workspaces, &dirs, "small", &at_limit).expect("write");
         write(&workspaces, &dirs, "large", &over_limit).expect("write");
         write(&workspaces, &dirs, "empty", b"").expect("write");
-        dirs.mkdir("dir", false).expect("mkdir");
+        dirs.mkdir(&workspaces, QUOTA, "dir", false).expect("mkdir");
         let read = |path| match dirs.read_small(path, limit) {
             Ok(Reply::File { entry, content }) => (entry, content),
             other => panic!("read_small({path}): {other:?}"),
@@ -1488,8 +2035,9 @@ mod tests {
         ));
         assert!(matches!(dirs.open_read("loop"), Err(OpError::NotFound(_))));
         // Writing through the link replaces the link, never the target.
+        // A file where there was a link: a new file (finding 12).
         let (written, created) = write(&workspaces, &dirs, "link", b"mine").expect("write");
-        assert!(!created);
+        assert!(created);
         assert_eq!(written.kind, EntryKind::File);
         assert_eq!(
             std::fs::read_to_string(&outside).expect("read"),
@@ -1551,7 +2099,8 @@ mod tests {
             Usage {
                 bytes: 600 * 1024,
                 files: 1,
-                reserved: 0
+                entries: 1,
+                ..Usage::default()
             }
         );
         // Replacing a.bin with 900 KiB fits (the old 600 KiB go).
@@ -1561,7 +2110,7 @@ mod tests {
         // A new 200 KiB file does not fit beside it.
         let err = write(&workspaces, &dirs, "b.bin", &vec![3u8; 200 * 1024]).expect_err("over");
         assert!(
-            matches!(err, OpError::QuotaExceeded { used, limit } if used == 900 * 1024 && limit == QUOTA),
+            matches!(err, OpError::QuotaExceeded { used, limit } if used == 900 * 1024 && limit == QUOTA.bytes),
             "{err:?}"
         );
         assert!(matches!(dirs.open_read("b.bin"), Err(OpError::NotFound(_))));
@@ -1574,17 +2123,18 @@ mod tests {
             Usage {
                 bytes: 900 * 1024,
                 files: 1,
-                reserved: 0
+                entries: 1,
+                ..Usage::default()
             }
         );
         dirs.delete(&workspaces, "a.bin", false).expect("delete");
         assert_eq!(workspaces.usage(&dirs).expect("usage"), Usage::default());
         // A fresh count agrees with the tracked one.
         write(&workspaces, &dirs, "d/e.bin", b"12345").expect_err("no parent");
-        dirs.mkdir("d", false).expect("mkdir");
+        dirs.mkdir(&workspaces, QUOTA, "d", false).expect("mkdir");
         write(&workspaces, &dirs, "d/e.bin", b"12345").expect("write");
         assert_eq!(
-            count_tree(&dirs.workspace, 0).expect("count"),
+            count_tree(&dirs.workspace).expect("count"),
             workspaces.usage(&dirs).expect("usage")
         );
     }
@@ -1606,7 +2156,8 @@ mod tests {
             Usage {
                 bytes: 700 * 1024,
                 files: 1,
-                reserved: 0
+                entries: 1,
+                ..Usage::default()
             }
         );
         assert_eq!(
@@ -1625,7 +2176,8 @@ mod tests {
     #[test]
     fn directories_list_move_copy_and_delete() {
         let (_root, workspaces, dirs) = setup();
-        dirs.mkdir("d/e", true).expect("mkdir -p");
+        dirs.mkdir(&workspaces, QUOTA, "d/e", true)
+            .expect("mkdir -p");
         for name in ["c", "a", "b"] {
             write(&workspaces, &dirs, &format!("d/{name}"), name.as_bytes()).expect("write");
         }
@@ -1672,5 +2224,333 @@ mod tests {
             dirs.delete(&workspaces, "", true),
             Err(OpError::BadPath(_))
         ));
+    }
+
+    /// The workspace directory of the test user, on disk.
+    fn workspace_path(root: &tempfile::TempDir) -> PathBuf {
+        root.path()
+            .join("users")
+            .join(UserId([7; 16]).to_string())
+            .join("workspace")
+    }
+
+    /// Builds `levels` nested directories `d/d/d/...` below `dir` with
+    /// mkdirat / openat (no path ever gets long) and a file at the bottom.
+    fn deep_tree(dir: &std::path::Path, levels: usize) {
+        let mut fd =
+            rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).expect("open");
+        for _ in 0..levels {
+            rustix::fs::mkdirat(&fd, "d", PRIVATE).expect("mkdirat");
+            fd = open_dir(&fd, c"d").expect("openat");
+        }
+        let file = rustix::fs::openat(
+            &fd,
+            "bottom",
+            OFlags::CREATE | OFlags::WRONLY,
+            Mode::RUSR | Mode::WUSR,
+        )
+        .expect("create");
+        rustix::io::write(&file, b"x").expect("write");
+    }
+
+    /// A tree deeper than any path of the API, made on disk by a user's
+    /// program: counted and deleted all the same (finding 5), with a
+    /// bounded number of descriptors; the API refuses to make one.
+    #[test]
+    fn trees_of_any_depth_are_counted_and_deleted() {
+        const BIG: Quota = Quota {
+            bytes: u64::MAX,
+            entries: u64::MAX,
+        };
+        let (root, workspaces, dirs) = setup();
+        drop(dirs);
+        deep_tree(&workspace_path(&root), 1000);
+        // A name that is not UTF-8 (programs may make them) is counted
+        // and deleted like any other.
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let odd = workspace_path(&root).join("odd");
+            std::fs::create_dir(&odd).expect("mkdir");
+            let name = std::ffi::OsStr::from_bytes(b"not-utf8-\xff\xfe");
+            std::fs::write(odd.join(name), b"x").expect("write");
+        }
+        // A fresh process: the usage is counted from the disk.
+        let workspaces2 = Arc::new(Workspaces::new(root.path().join("users")));
+        drop(workspaces);
+        let dirs = workspaces2.open(UserId([7; 16])).expect("open");
+        let usage = workspaces2.usage(&dirs).expect("usage of a deep tree");
+        assert_eq!((usage.files, usage.entries), (2, 1003));
+        assert!(usage.bytes >= 1003 * MIN_ENTRY_CHARGE);
+        // Copying or moving it (or into it) would go beyond the API's depth.
+        let err = dirs
+            .copy(&workspaces2, BIG, "d", "copy")
+            .expect_err("too deep");
+        assert!(
+            matches!(&err, OpError::Conflict(m) if m.contains("levels deep")),
+            "{err:?}"
+        );
+        dirs.mkdir(&workspaces2, BIG, "x", false).expect("mkdir");
+        let err = dirs.rename(&workspaces2, "d", "x/d").expect_err("too deep");
+        assert!(
+            matches!(&err, OpError::Conflict(m) if m.contains("levels deep")),
+            "{err:?}"
+        );
+        let deepest = vec!["a"; MAX_DEPTH + 1].join("/");
+        assert!(matches!(
+            dirs.mkdir(&workspaces2, BIG, &deepest, true),
+            Err(OpError::BadPath(_))
+        ));
+        let fine = vec!["a"; MAX_DEPTH].join("/");
+        dirs.mkdir(&workspaces2, BIG, &fine, true)
+            .expect("MAX_DEPTH levels");
+        let err = dirs
+            .rename(&workspaces2, "a", "x/a")
+            .expect_err("one too many");
+        assert!(matches!(err, OpError::Conflict(_)), "{err:?}");
+        dirs.rename(&workspaces2, "x", "a/x")
+            .expect("a shallow tree may go deeper");
+        // Deleted whatever the depth, and the usage follows.
+        dirs.delete(&workspaces2, "d", true)
+            .expect("delete a deep tree");
+        dirs.delete(&workspaces2, "odd", true)
+            .expect("delete a name that is not UTF-8");
+        dirs.delete(&workspaces2, "a", true).expect("delete");
+        assert!(std::fs::read_dir(workspace_path(&root))
+            .expect("ls")
+            .next()
+            .is_none());
+        assert_eq!(
+            workspaces2.usage(&dirs).expect("usage").counted(),
+            Usage::default()
+        );
+    }
+
+    /// Directories and empty files are charged, and entries are counted
+    /// against their own quota: mkdir, write and copy all refuse what
+    /// would exceed either, before making anything (finding 3).
+    #[test]
+    fn every_entry_is_charged_and_counted() {
+        let (root, workspaces, dirs) = setup();
+        let tiny = Quota {
+            bytes: 1,
+            entries: 1000,
+        };
+        let err = dirs
+            .mkdir(&workspaces, tiny, "d", false)
+            .expect_err("1 byte");
+        assert!(matches!(err, OpError::QuotaExceeded { .. }), "{err:?}");
+        let err = dirs
+            .clone()
+            .begin_write(
+                workspaces.clone(),
+                "empty",
+                false,
+                tiny,
+                &Precondition::None,
+            )
+            .map(|_| ())
+            .expect_err("1 byte");
+        assert!(matches!(err, OpError::QuotaExceeded { .. }), "{err:?}");
+        assert!(std::fs::read_dir(workspace_path(&root))
+            .expect("ls")
+            .next()
+            .is_none());
+
+        let few = Quota {
+            bytes: 1 << 30,
+            entries: 5,
+        };
+        dirs.mkdir(&workspaces, few, "t/u", true)
+            .expect("2 entries");
+        write(&workspaces, &dirs, "t/u/f", b"").expect("3 entries");
+        let usage = workspaces.usage(&dirs).expect("usage");
+        assert_eq!((usage.files, usage.entries), (1, 3));
+        assert_eq!(
+            usage.bytes,
+            3 * MIN_ENTRY_CHARGE,
+            "empty entries cost a block"
+        );
+        let err = dirs.copy(&workspaces, few, "t", "t2").expect_err("3 more");
+        assert!(
+            matches!(err, OpError::EntryQuotaExceeded { used: 3, limit: 5 }),
+            "{err:?}"
+        );
+        dirs.mkdir(&workspaces, few, "v/w", true)
+            .expect("5 entries");
+        let err = dirs
+            .mkdir(&workspaces, few, "v/w/x", true)
+            .expect_err("6th");
+        assert!(matches!(err, OpError::EntryQuotaExceeded { .. }), "{err:?}");
+        let err = dirs
+            .clone()
+            .begin_write(workspaces.clone(), "g", false, few, &Precondition::None)
+            .map(|_| ())
+            .expect_err("6th");
+        assert!(matches!(err, OpError::EntryQuotaExceeded { .. }), "{err:?}");
+        // Replacing a file adds no entry.
+        let mut pending = dirs
+            .clone()
+            .begin_write(workspaces.clone(), "t/u/f", false, few, &Precondition::None)
+            .expect("replace");
+        pending.write(b"bytes").expect("write");
+        pending.commit(&Precondition::None).expect("commit");
+        let usage = workspaces.usage(&dirs).expect("usage");
+        assert_eq!(usage.entries, 5);
+        assert_eq!(count_tree(&dirs.workspace).expect("count"), usage);
+        // Nothing was left in tmp/ by the refused copy.
+        let tmp = root
+            .path()
+            .join("users")
+            .join(UserId([7; 16]).to_string())
+            .join("tmp");
+        assert_eq!(std::fs::read_dir(tmp).expect("tmp").count(), 0);
+    }
+
+    /// FIFOs and sockets made by a user's program are listed as what they
+    /// are, never read (nothing blocks), not copied (409 naming what they
+    /// are), and a write over one makes a new, counted file (findings 7,
+    /// 9, 12).
+    #[test]
+    fn special_files_are_named_never_read_and_replaced_as_new() {
+        let (root, workspaces, dirs) = setup();
+        let ws = workspace_path(&root);
+        let fd =
+            rustix::fs::open(&ws, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).expect("open");
+        rustix::fs::mknodat(&fd, "pipe", FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)
+            .expect("mkfifo");
+        let _socket = std::os::unix::net::UnixListener::bind(ws.join("sock")).expect("bind");
+        std::os::unix::fs::symlink("pipe", ws.join("to-pipe")).expect("symlink");
+        std::os::unix::fs::symlink("nowhere", ws.join("dangling")).expect("symlink");
+        let Reply::Listing { entries, .. } = dirs.list("", None, 10).expect("list") else {
+            panic!()
+        };
+        let kinds: Vec<_> = entries.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("dangling", EntryKind::Symlink),
+                ("pipe", EntryKind::Fifo),
+                ("sock", EntryKind::Socket),
+                ("to-pipe", EntryKind::Symlink)
+            ]
+        );
+        for path in ["pipe", "sock", "to-pipe"] {
+            for cached in [false, true] {
+                let err = dirs.read_small_with(path, 64, cached).expect_err(path);
+                assert!(
+                    matches!(err, OpError::NotARegularFile(_)),
+                    "{path}: {err:?}"
+                );
+            }
+            let err = dirs.open_read(path).map(|_| ()).expect_err(path);
+            assert!(
+                matches!(err, OpError::NotARegularFile(_)),
+                "{path}: {err:?}"
+            );
+        }
+        for (path, says) in [
+            ("pipe", "named pipe"),
+            ("sock", "socket"),
+            ("to-pipe", "symbolic link"),
+            ("dangling", "symbolic link"),
+        ] {
+            let err = dirs.copy(&workspaces, QUOTA, path, "copy").expect_err(path);
+            assert!(
+                matches!(&err, OpError::Conflict(m) if m.contains(says) && m.contains(path)),
+                "{path}: {err:?}"
+            );
+        }
+        let before = workspaces.usage(&dirs).expect("usage");
+        assert_eq!((before.files, before.entries), (0, 4));
+        let (entry, created) = write(&workspaces, &dirs, "pipe", b"now a file").expect("write");
+        assert!(created, "a file where there was none is created");
+        assert_eq!(entry.kind, EntryKind::File);
+        let after = workspaces.usage(&dirs).expect("usage");
+        assert_eq!((after.files, after.entries), (1, 4));
+        assert_eq!(count_tree(&dirs.workspace).expect("count"), after);
+    }
+
+    /// Staged writes appear only when committed, keep their reservation
+    /// meanwhile, and leave nothing when dropped (finding 10).
+    #[test]
+    fn staged_writes_appear_only_when_committed() {
+        let (root, workspaces, dirs) = setup();
+        let user = UserId([7; 16]);
+        let mut stages = Vec::new();
+        for name in ["one", "two"] {
+            let mut pending = begin(&workspaces, &dirs, name).expect("begin");
+            pending.write(&vec![1u8; 300 * 1024]).expect("write");
+            stages.push(workspaces.stage(user, pending).expect("stage"));
+        }
+        assert!(std::fs::read_dir(workspace_path(&root))
+            .expect("ls")
+            .next()
+            .is_none());
+        // The staged bytes count: a third does not fit beside them.
+        let mut third = begin(&workspaces, &dirs, "three").expect("begin");
+        let err = third.write(&vec![1u8; 500 * 1024]).expect_err("over");
+        assert!(matches!(err, OpError::QuotaExceeded { .. }), "{err:?}");
+        drop(third);
+        let Reply::Written(written) = workspaces.commit_staged(user, &stages).expect("commit")
+        else {
+            panic!("not Written")
+        };
+        let names: Vec<_> = written
+            .iter()
+            .map(|w| (w.entry.name.as_str(), w.created))
+            .collect();
+        assert_eq!(names, [("one", true), ("two", true)]);
+        assert!(matches!(
+            workspaces.commit_staged(user, &stages),
+            Err(OpError::NotFound(_))
+        ));
+        let mut dropped = begin(&workspaces, &dirs, "dropped").expect("begin");
+        dropped.write(b"x").expect("write");
+        let stage = workspaces.stage(user, dropped).expect("stage");
+        workspaces.drop_staged(user, &[stage]);
+        let tmp = root.path().join("users").join(user.to_string()).join("tmp");
+        assert_eq!(std::fs::read_dir(tmp).expect("tmp").count(), 0);
+        let usage = workspaces.lock_usage()[&user];
+        assert_eq!(
+            (usage.reserved, usage.reserved_entries, usage.files),
+            (0, 0, 2)
+        );
+    }
+
+    /// A move or copy that would make paths longer than any the API takes
+    /// is refused, like one that would nest too deep (finding 5).
+    #[test]
+    fn moves_and_copies_keep_paths_within_the_byte_limit() {
+        let (root, workspaces, dirs) = setup();
+        let long = "n".repeat(250);
+        let chain = std::iter::once("t")
+            .chain(std::iter::repeat_n(long.as_str(), 15))
+            .collect::<Vec<_>>()
+            .join("/");
+        std::fs::create_dir_all(workspace_path(&root).join(&chain)).expect("mkdir -p");
+        let big = Quota {
+            bytes: u64::MAX,
+            entries: u64::MAX,
+        };
+        dirs.copy(&workspaces, big, "t", "t2").expect("fits");
+        let far = format!("{}/{}", "x".repeat(250), "y".repeat(250));
+        dirs.mkdir(&workspaces, big, &far, true).expect("mkdir");
+        let into = format!("{far}/t");
+        let err = dirs
+            .copy(&workspaces, big, "t", &into)
+            .expect_err("too long");
+        assert!(
+            matches!(&err, OpError::Conflict(m) if m.contains("bytes")),
+            "{err:?}"
+        );
+        let err = dirs.rename(&workspaces, "t", &into).expect_err("too long");
+        assert!(
+            matches!(&err, OpError::Conflict(m) if m.contains("bytes")),
+            "{err:?}"
+        );
+        assert!(
+            matches!(dirs.open_read(&chain), Ok((None, _))),
+            "the source stays"
+        );
     }
 }

@@ -61,6 +61,8 @@ pub struct AuthConfig {
     /// Audit events caused by requests stored per minute (also the burst)
     /// per client address and per user; more are counted and dropped.
     pub audit_rate_per_minute: u32,
+    /// Entry quota (files, directories...) of every user.
+    pub default_quota_files: u64,
 }
 
 impl Default for AuthConfig {
@@ -78,6 +80,7 @@ impl Default for AuthConfig {
             default_quota_bytes: 1 << 30,
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             audit_rate_per_minute: 60,
+            default_quota_files: 100_000,
         }
     }
 }
@@ -160,7 +163,7 @@ impl Principal {
         token_hash: String,
         expires_at: i64,
         last_seen: i64,
-        default_quota: u64,
+        default_quota: (u64, u64),
     ) -> Self {
         Principal {
             user_id: user.id,
@@ -187,7 +190,8 @@ impl Principal {
     }
 }
 
-fn ctx_of(user: &User, default_quota: u64) -> UserCtx {
+/// `default_quota`: bytes and entries of users without their own.
+fn ctx_of(user: &User, default_quota: (u64, u64)) -> UserCtx {
     UserCtx {
         id: UserId(*user.id.as_bytes()),
         name: user.username.clone(),
@@ -197,7 +201,10 @@ fn ctx_of(user: &User, default_quota: u64) -> UserCtx {
         },
         quota_bytes: user
             .storage_quota_bytes
-            .map_or(default_quota, |quota| quota.max(0) as u64),
+            .map_or(default_quota.0, |quota| quota.max(0) as u64),
+        quota_files: user
+            .file_quota
+            .map_or(default_quota.1, |quota| quota.max(0) as u64),
     }
 }
 
@@ -293,7 +300,13 @@ impl Auth {
     /// What a worker is told about `user` (for work not done on behalf of
     /// a caller holding their credentials, such as an admin's usage report).
     pub fn ctx_of(&self, user: &User) -> UserCtx {
-        ctx_of(user, self.config.default_quota_bytes)
+        ctx_of(
+            user,
+            (
+                self.config.default_quota_bytes,
+                self.config.default_quota_files,
+            ),
+        )
     }
 
     pub fn store(&self) -> &Store {
@@ -511,7 +524,10 @@ impl Auth {
                     hash.clone(),
                     session.expires_at,
                     session.last_seen_at,
-                    self.config.default_quota_bytes,
+                    (
+                        self.config.default_quota_bytes,
+                        self.config.default_quota_files,
+                    ),
                 )
             }
             Some(store::Credential::Token(token, user)) => {
@@ -530,7 +546,10 @@ impl Auth {
                     hash.clone(),
                     token.expires_at.unwrap_or(i64::MAX),
                     token.last_used_at.unwrap_or(token.created_at),
-                    self.config.default_quota_bytes,
+                    (
+                        self.config.default_quota_bytes,
+                        self.config.default_quota_files,
+                    ),
                 )
             }
         };

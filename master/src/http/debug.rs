@@ -28,6 +28,7 @@ fn user(id: &str) -> Result<UserCtx, ApiError> {
         name: format!("debug-{id}"),
         role: Role::User,
         quota_bytes: u64::MAX,
+        quota_files: u64::MAX,
     })
 }
 

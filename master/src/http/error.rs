@@ -81,6 +81,14 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
+    /// The code and message this error is answered with.
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.status_and_code().1,
+            message: self.to_string(),
+        }
+    }
+
     /// The machine-readable code of this error.
     pub fn code(&self) -> &'static str {
         self.status_and_code().1
@@ -132,9 +140,10 @@ impl ApiError {
                 OpError::PreconditionFailed(_) => {
                     (StatusCode::PRECONDITION_FAILED, "precondition_failed")
                 }
-                OpError::QuotaExceeded { .. } => {
+                OpError::QuotaExceeded { .. } | OpError::EntryQuotaExceeded { .. } => {
                     (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded")
                 }
+                OpError::NotARegularFile(_) => (StatusCode::CONFLICT, "not_a_regular_file"),
                 OpError::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "cancelled"),
                 OpError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                 OpError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),

@@ -45,6 +45,7 @@ pub struct User {
     pub last_login_at: Option<i64>,
     pub max_sessions: Option<i64>,
     pub storage_quota_bytes: Option<i64>,
+    pub file_quota: Option<i64>,
 }
 
 pub struct NewUser<'a> {
@@ -62,12 +63,13 @@ pub struct UserPatch {
     pub password_hash: Option<String>,
     pub max_sessions: Option<Option<i64>>,
     pub storage_quota_bytes: Option<Option<i64>>,
+    pub file_quota: Option<Option<i64>>,
 }
 
 macro_rules! user_columns {
     () => {
         "id, username, role, disabled, created_at, last_login_at, \
-                            max_sessions, storage_quota_bytes"
+                            max_sessions, storage_quota_bytes, file_quota"
     };
 }
 
@@ -86,6 +88,7 @@ pub(super) fn user_at(row: &AnyRow, at: usize) -> Result<User> {
         last_login_at: row.try_get(at + 5)?,
         max_sessions: row.try_get(at + 6)?,
         storage_quota_bytes: row.try_get(at + 7)?,
+        file_quota: row.try_get(at + 8)?,
     })
 }
 
@@ -109,6 +112,7 @@ impl Store {
             last_login_at: None,
             max_sessions: None,
             storage_quota_bytes: None,
+            file_quota: None,
         };
         sqlx::query(
             "INSERT INTO users (id, username, password_hash, role, disabled, created_at) \
@@ -136,7 +140,7 @@ impl Store {
         .bind(username)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| Ok((user_of(&row)?, row.try_get(8)?)))
+        row.map(|row| Ok((user_of(&row)?, row.try_get(9)?)))
             .transpose()
     }
 
@@ -204,7 +208,7 @@ impl Store {
             statements += 1;
             Self::keep_an_admin_in(&mut tx).await?;
         }
-        let changes: [(&'static str, Option<Option<i64>>); 3] = [
+        let changes: [(&'static str, Option<Option<i64>>); 4] = [
             (
                 "UPDATE users SET disabled = $1 WHERE id = $2",
                 (disables || enables).then(|| patch.disabled.map(i64::from)),
@@ -216,6 +220,10 @@ impl Store {
             (
                 "UPDATE users SET storage_quota_bytes = $1 WHERE id = $2",
                 patch.storage_quota_bytes,
+            ),
+            (
+                "UPDATE users SET file_quota = $1 WHERE id = $2",
+                patch.file_quota,
             ),
         ];
         for (query, value) in changes {
@@ -253,7 +261,9 @@ impl Store {
         }
         // Limits travel with cached credentials (the quota goes to the
         // worker with every request): a change reloads them too.
-        let limits_change = patch.max_sessions.is_some() || patch.storage_quota_bytes.is_some();
+        let limits_change = patch.max_sessions.is_some()
+            || patch.storage_quota_bytes.is_some()
+            || patch.file_quota.is_some();
         if role_changes || disables || enables || limits_change || patch.password_hash.is_some() {
             statements += 1;
             Self::push_event(&mut tx, "user", &id.to_string()).await?;

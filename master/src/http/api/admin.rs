@@ -144,6 +144,11 @@ pub struct PatchUser {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<i64>)]
     pub storage_quota_bytes: Option<Option<i64>>,
+    /// Entries (files, directories...) the user may have; `null` resets
+    /// to the server default.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub file_quota: Option<Option<i64>>,
 }
 
 /// Change a user's role, standing, password or limits. A password reset
@@ -183,6 +188,13 @@ async fn patch_user(
             ));
         }
     }
+    if let Some(Some(n)) = patch.file_quota {
+        if n < 0 {
+            return Err(ApiError::Unprocessable(
+                "file_quota must not be negative".into(),
+            ));
+        }
+    }
     let password_hash = match &patch.password {
         Some(password) => {
             password::check_policy(password)?;
@@ -196,6 +208,7 @@ async fn patch_user(
         password_hash,
         max_sessions: patch.max_sessions,
         storage_quota_bytes: patch.storage_quota_bytes,
+        file_quota: patch.file_quota,
     };
     let (before, user) = state
         .auth
@@ -225,11 +238,13 @@ async fn patch_user(
         ),
         (patch.password.is_some(), "password_reset", None),
         (
-            patch.max_sessions.is_some() || patch.storage_quota_bytes.is_some(),
+            patch.max_sessions.is_some()
+                || patch.storage_quota_bytes.is_some()
+                || patch.file_quota.is_some(),
             "limits_changed",
             Some(format!(
-                "max_sessions {:?}, storage_quota_bytes {:?}",
-                user.max_sessions, user.storage_quota_bytes
+                "max_sessions {:?}, storage_quota_bytes {:?}, file_quota {:?}",
+                user.max_sessions, user.storage_quota_bytes, user.file_quota
             )),
         ),
     ];

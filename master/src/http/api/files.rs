@@ -167,7 +167,8 @@ impl Drop for Transfer {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EntryView {
     pub name: String,
-    /// `file`, `dir` or `symlink`.
+    /// `file`, `dir`, `symlink`, `fifo`, `socket` or `device` (the last
+    /// four made by users' own programs; never read).
     pub kind: &'static str,
     pub size: u64,
     /// RFC 3339.
@@ -183,6 +184,9 @@ impl From<&Entry> for EntryView {
                 EntryKind::File => "file",
                 EntryKind::Dir => "dir",
                 EntryKind::Symlink => "symlink",
+                EntryKind::Fifo => "fifo",
+                EntryKind::Socket => "socket",
+                EntryKind::Device => "device",
             },
             size: entry.size,
             modified: super::rfc3339(entry.modified_ms),
@@ -285,6 +289,7 @@ async fn list(
         (status = 304, description = "Unchanged (If-None-Match)"),
         (status = 400, description = "Bad path", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "Not a regular file (a FIFO, socket or device: `not_a_regular_file`); never read", body = ErrorBody),
         (status = 412, description = "If-Match failed", body = ErrorBody),
         (status = 416, description = "Range not satisfiable", body = ErrorBody),
         (status = 429, description = "Too many transfers of this user at once (files over 64 KiB); see `Retry-After`", body = ErrorBody),
@@ -437,6 +442,11 @@ fn plan_read(path: &str, entry: &Entry, headers: &HeaderMap) -> Result<Read, Api
             return Err(ApiError::Pool(PoolError::Op(OpError::NotFound(format!(
                 "{path} is a symbolic link; links are not served"
             )))))
+        }
+        EntryKind::Fifo | EntryKind::Socket | EntryKind::Device => {
+            return Err(ApiError::Pool(PoolError::Op(OpError::NotARegularFile(
+                format!("{path} is not a regular file: it is not read"),
+            ))))
         }
         EntryKind::File => {}
     }
@@ -604,10 +614,11 @@ pub struct PutQuery {
     params(("path" = String, Path), PutQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
-        (status = 201, description = "Created", body = EntryView),
-        (status = 200, description = "Replaced", body = EntryView),
+        (status = 201, description = "Created (also where a link, FIFO... was)", body = EntryView),
+        (status = 200, description = "A file replaced", body = EntryView),
         (status = 404, description = "The parent directory does not exist", body = ErrorBody),
         (status = 409, description = "The path is a directory", body = ErrorBody),
+        (status = 400, description = "Bad path", body = ErrorBody),
         (status = 408, description = "The client sent nothing for `--upload-idle-timeout`", body = ErrorBody),
         (status = 412, description = "Precondition failed", body = ErrorBody),
         (status = 429, description = "Too many transfers of this user at once; see `Retry-After`", body = ErrorBody),
@@ -652,15 +663,13 @@ pub(super) async fn put_file(
         (None, Some(_)) => Precondition::Absent,
         (None, None) => Precondition::None,
     };
-    let outcome = write_stream(
-        &state,
-        &principal.ctx,
+    let kind = StreamKind::WriteFile {
         path,
         precondition,
-        query.parents,
-        body.into_data_stream(),
-    )
-    .await?;
+        parents: query.parents,
+        staged: false,
+    };
+    let outcome = write_stream(&state, &principal.ctx, kind, body.into_data_stream()).await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
@@ -674,16 +683,9 @@ pub(super) async fn put_file(
 async fn write_stream<E>(
     state: &AppState,
     user: &UserCtx,
-    path: String,
-    precondition: Precondition,
-    parents: bool,
+    kind: StreamKind,
     mut chunks: impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
 ) -> Result<warren_protocol::WriteOutcome, ApiError> {
-    let kind = StreamKind::WriteFile {
-        path,
-        precondition,
-        parents,
-    };
     let _transfer = Transfer::begin(state, user.id)?;
     let stream = state.pool.open_stream(user, kind).await?;
     let (mut sender, mut receiver) = stream.split();
@@ -780,14 +782,17 @@ fn outcome_of(
 /// Upload files from a browser form (`multipart/form-data`) into the
 /// directory `dir`: each file part becomes `dir/<its file name>`, written
 /// like a PUT (atomic, within the quota, replacing a file of that name).
+/// Every part is received and checked before any file is put in place: a
+/// bad part name (or any failure while receiving) writes nothing.
 #[utoipa::path(
     post, path = "/api/v1/upload/{dir}", tag = "files",
     params(("dir" = String, Path, description = "An existing directory, relative to the workspace")),
     request_body(content_type = "multipart/form-data", description = "File parts, each with a file name"),
     responses(
         (status = 201, description = "The files written", body = Vec<EntryView>),
-        (status = 400, description = "No file parts, or a bad file name", body = ErrorBody),
+        (status = 400, description = "No file parts, or a bad file name (nothing is written)", body = ErrorBody),
         (status = 404, description = "No such directory", body = ErrorBody),
+        (status = 409, description = "A part's name is a directory there", body = ErrorBody),
         (status = 408, description = "The client sent nothing for `--upload-idle-timeout`", body = ErrorBody),
         (status = 429, description = "Too many transfers of this user at once; see `Retry-After`", body = ErrorBody),
         (status = 503, description = "The worker is restarting or out of resources; see `Retry-After`", body = ErrorBody),
@@ -805,7 +810,11 @@ pub(super) async fn upload(
         Some(Path(dir)) => checked(&dir)?,
         None => String::new(),
     };
-    let mut written = Vec::new();
+    let mut staged = Staged {
+        state: state.clone(),
+        user: principal.ctx.clone(),
+        stages: Vec::new(),
+    };
     let idle = state.upload_idle_timeout;
     loop {
         let field = tokio::time::timeout(idle, form.next_field())
@@ -818,7 +827,8 @@ pub(super) async fn upload(
         };
         let parts = warren_protocol::path::check(&name)
             .map_err(|err| ApiError::BadRequest(format!("file name {name:?}: {err}")))?;
-        if parts.len() != 1 {
+        // `a/` is not the file `a` (the check drops empty components).
+        if parts.len() != 1 || name.contains('/') {
             return Err(ApiError::BadRequest(format!(
                 "file name {name:?}: one name, not a path"
             )));
@@ -828,23 +838,57 @@ pub(super) async fn upload(
         } else {
             format!("{dir}/{name}")
         };
-        let outcome = write_stream(
-            &state,
-            &principal.ctx,
+        let kind = StreamKind::WriteFile {
             path,
-            Precondition::None,
-            false,
-            &mut field,
-        )
-        .await?;
-        written.push(EntryView::from(&outcome.entry));
+            precondition: Precondition::None,
+            parents: false,
+            staged: true,
+        };
+        let outcome = write_stream(&state, &principal.ctx, kind, &mut field).await?;
+        let stage = outcome
+            .stage
+            .ok_or_else(|| ApiError::Internal("the worker did not stage an upload part".into()))?;
+        staged.stages.push(stage);
     }
-    if written.is_empty() {
+    if staged.stages.is_empty() {
         return Err(ApiError::BadRequest(
             "no file parts (parts with a file name) in the form".into(),
         ));
     }
+    // Every part arrived and was good: now they are put in place.
+    let stages = std::mem::take(&mut staged.stages);
+    let op = FileOp::CommitStaged { stages };
+    let written = match call(&state, &principal.ctx, op).await? {
+        Reply::Written(written) => written,
+        other => return Err(unexpected(other)),
+    };
+    let written: Vec<EntryView> = written.iter().map(|w| EntryView::from(&w.entry)).collect();
     Ok((StatusCode::CREATED, Json(written)).into_response())
+}
+
+/// The staged parts of an upload: abandoned (temp files removed, quota
+/// released) unless committed, whatever ends the request.
+struct Staged {
+    state: AppState,
+    user: UserCtx,
+    stages: Vec<u64>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.stages.is_empty() {
+            return;
+        }
+        let stages = std::mem::take(&mut self.stages);
+        let (state, user) = (self.state.clone(), self.user.clone());
+        tokio::spawn(async move {
+            let op = FileOp::DropStaged { stages };
+            if let Err(err) = state.pool.call(&user, Op::Files(op)).await {
+                // The worker drops them itself after a while.
+                tracing::debug!(%err, "could not drop an upload's staged parts");
+            }
+        });
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -906,9 +950,11 @@ pub struct Destination {
     request_body(content = Option<Destination>, description = "`{\"to\"}` for move and copy"),
     responses(
         (status = 201, body = EntryView),
-        (status = 400, body = ErrorBody),
+        (status = 400, description = "Bad path (including more than 256 components)", body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "The destination exists", body = ErrorBody),
+        (status = 409, description = "The destination exists; the source is neither a file nor a directory (copy); the result would nest deeper than 256 levels", body = ErrorBody),
+        (status = 503, description = "The worker is restarting or out of resources; see `Retry-After`", body = ErrorBody),
+        (status = 507, description = "Over the byte or entry quota (`quota_exceeded`) or the disk is full (`disk_full`)", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
 )]

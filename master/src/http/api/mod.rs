@@ -106,6 +106,8 @@ pub struct UserView {
 pub struct Limits {
     pub max_sessions: Option<i64>,
     pub storage_quota_bytes: Option<i64>,
+    /// Entries (files, directories...) in the workspace.
+    pub file_quota: Option<i64>,
 }
 
 impl From<&User> for UserView {
@@ -120,6 +122,7 @@ impl From<&User> for UserView {
             limits: Limits {
                 max_sessions: user.max_sessions,
                 storage_quota_bytes: user.storage_quota_bytes,
+                file_quota: user.file_quota,
             },
         }
     }

@@ -35,17 +35,29 @@ const MAX_SETTINGS: usize = 64 * 1024;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsageView {
+    /// Disk space charged against `quota_bytes`: what the entries
+    /// allocate, at least 4 KiB each (directories and empty files too).
     pub bytes_used: u64,
+    /// Regular files.
     pub files: u64,
+    /// Every entry (files, directories, links...), against `quota_files`.
+    pub entries: u64,
     pub quota_bytes: u64,
+    pub quota_files: u64,
 }
 
 async fn usage(state: &AppState, user: &UserCtx) -> Result<UsageView, ApiError> {
     match state.pool.call(user, Op::Files(FileOp::Usage)).await? {
-        Reply::Usage { bytes, files } => Ok(UsageView {
+        Reply::Usage {
+            bytes,
+            files,
+            entries,
+        } => Ok(UsageView {
             bytes_used: bytes,
             files,
+            entries,
             quota_bytes: user.quota_bytes,
+            quota_files: user.quota_files,
         }),
         other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
     }
@@ -68,11 +80,16 @@ async fn my_usage(
 pub struct UserUsage {
     pub user_id: Uuid,
     pub username: String,
+    /// Absent when this user's usage could not be counted (see `error`).
     #[serde(flatten)]
-    pub usage: UsageView,
+    pub usage: Option<UsageView>,
+    /// Why this user's usage is missing; the other users are still listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::http::error::ErrorDetail>,
 }
 
-/// Every user's storage use, by name.
+/// Every user's storage use, by name. A user whose usage cannot be counted
+/// is listed with an `error` instead of failing the whole listing.
 #[utoipa::path(
     get, path = "/admin/usage", tag = "admin",
     responses((status = 200, body = Vec<UserUsage>), (status = 403, body = ErrorBody)),
@@ -87,18 +104,25 @@ async fn all_usage(
         let state = state.clone();
         async move {
             let ctx = state.auth.ctx_of(&user);
-            let usage = usage(&state, &ctx).await?;
-            Ok::<_, ApiError>(UserUsage {
+            let (usage, error) = match usage(&state, &ctx).await {
+                Ok(usage) => (Some(usage), None),
+                Err(err) => {
+                    tracing::warn!(user = %user.id, %err, "cannot count a user's usage");
+                    (None, Some(err.detail()))
+                }
+            };
+            UserUsage {
                 user_id: user.id,
                 username: user.username,
                 usage,
-            })
+                error,
+            }
         }
     }))
     .buffered(16)
     .collect::<Vec<_>>()
     .await;
-    Ok(Json(asked.into_iter().collect::<Result<_, _>>()?))
+    Ok(Json(asked))
 }
 
 /// The caller's settings: one JSON object, `{}` until set.
@@ -184,13 +208,7 @@ async fn templates(
             .filter_map(|entry| entry.file_name().into_string().ok())
             .filter(|name| !name.starts_with('.') && warren_protocol::path::check(name).is_ok())
             .map(|name| {
-                let description = std::fs::read_to_string(dir.join(&name).join(".description"))
-                    .ok()
-                    .and_then(|text| {
-                        text.lines()
-                            .next()
-                            .map(|line| line.chars().take(500).collect())
-                    });
+                let description = description(&dir.join(&name).join(".description"));
                 TemplateView { name, description }
             })
             .collect();
@@ -200,6 +218,34 @@ async fn templates(
     .await
     .map_err(|err| ApiError::Internal(err.to_string()))?;
     Ok(Json(listed))
+}
+
+/// The first line (at most 500 characters) of a template's
+/// `.description`, read only if it is a regular file (opened without
+/// blocking, so a FIFO there cannot hang the thread) and only its first
+/// 4 KiB.
+fn description(path: &std::path::Path) -> Option<String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let stat = rustix::fs::fstat(&fd).ok()?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::from(fd)
+        .take(4096)
+        .read_to_end(&mut head)
+        .ok()?;
+    let text = String::from_utf8_lossy(&head);
+    text.lines()
+        .next()
+        .map(|line| line.chars().take(500).collect())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -217,8 +263,8 @@ pub struct CloneRequest {
     responses(
         (status = 201, body = EntryView),
         (status = 404, description = "No such template", body = ErrorBody),
-        (status = 409, description = "The destination exists", body = ErrorBody),
-        (status = 507, description = "Over quota", body = ErrorBody),
+        (status = 409, description = "The destination exists, or the result would nest deeper than 256 levels", body = ErrorBody),
+        (status = 507, description = "Over the byte or entry quota (`quota_exceeded`) or the disk is full (`disk_full`)", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
 )]
