@@ -171,6 +171,14 @@ pub struct ServeArgs {
     /// one user from using up the file system's inodes.
     #[arg(long, env = "WARREN_DEFAULT_FILE_QUOTA", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub default_file_quota: u64,
+    /// Space users' writes always leave free on the file system of
+    /// DATA_DIR/users, for the database, sockets and logs (at most a tenth
+    /// of that file system); a write that would take it fails with 507.
+    #[arg(long, env = "WARREN_DISK_RESERVE", default_value = "1GiB", value_parser = parse_size)]
+    pub disk_reserve: u64,
+    /// Inodes users' writes always leave free there (at most a tenth).
+    #[arg(long, env = "WARREN_INODE_RESERVE", default_value_t = 10_000)]
+    pub inode_reserve: u64,
     /// An upload whose client sends nothing for this long is abandoned
     /// (408); its temp file goes and its quota reservation is released.
     /// Any other request body that stalls this long also ends with 408.
@@ -244,6 +252,12 @@ pub struct WorkerArgs {
     /// Where users' directories live; without it, no file operations.
     #[arg(long)]
     pub users_dir: Option<PathBuf>,
+    /// Bytes users' writes leave free on the users' file system.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub disk_reserve_bytes: u64,
+    /// Inodes users' writes leave free on the users' file system.
+    #[arg(long, default_value_t = 10_000)]
+    pub disk_reserve_inodes: u64,
 }
 
 /// Parses a byte size: `1048576`, `512KiB`, `500MiB`, `1GiB`, `2TiB`, or

@@ -75,6 +75,10 @@ pub fn run_worker(args: cli::WorkerArgs) -> ExitCode {
         socket: args.socket,
         heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_interval_ms.max(1)),
         users_dir: args.users_dir,
+        disk_reserve: warren_worker::workspace::DiskReserve {
+            bytes: args.disk_reserve_bytes,
+            inodes: args.disk_reserve_inodes,
+        },
     };
     match warren_worker::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,6 +65,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         WorkerCommand::current_exe().context("cannot find this executable to start workers")?;
     command.args.push("--users-dir".into());
     command.args.push(data_dir.join("users").into());
+    command.args.push("--disk-reserve-bytes".into());
+    command.args.push(args.disk_reserve.to_string().into());
+    command.args.push("--disk-reserve-inodes".into());
+    command.args.push(args.inode_reserve.to_string().into());
     let mut pool_config = PoolConfig::new(workers, data_dir.join("run"), command);
     pool_config.heartbeat_timeout = args.heartbeat_timeout;
     pool_config.unavailable_wait = args.unavailable_wait;

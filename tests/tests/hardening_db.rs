@@ -1,5 +1,6 @@
 //! The accounts database under failure: a disk that fills up (SQLite on a
-//! small tmpfs) and connections that die mid-transaction (PostgreSQL). A
+//! small tmpfs; users cannot fill it past warren's reserve, so something
+//! else does) and connections that die mid-transaction (PostgreSQL). A
 //! failed write must be answered as failed (`507` / `503`, JSON, never
 //! `500`), must not change anything, and must not poison the connection it
 //! ran on: everything works again as soon as the cause is gone.
@@ -88,8 +89,9 @@ async fn a_full_disk_fails_writes_cleanly_and_everything_recovers_when_space_ret
     assert_eq!(status, 201, "{body}");
     let token_id = body["id"].as_str().expect("token id").to_string();
 
-    // Fill the disk through the files API: big files, then small ones to
-    // take the last blocks.
+    // Users fill the disk through the files API (big files, then small ones
+    // for the last blocks) until warren refuses: it keeps a reserve (a
+    // tenth of this small file system) that users' writes never take.
     let mut files = Vec::new();
     for size in [1 << 20, 4096] {
         for n in 0.. {
@@ -110,6 +112,29 @@ async fn a_full_disk_fails_writes_cleanly_and_everything_recovers_when_space_ret
             files.push(path);
             assert!(n < 1000, "the disk never filled");
         }
+    }
+    let room = rustix::fs::statvfs(fs.path()).expect("statvfs");
+    let free = room.f_bavail * room.f_frsize;
+    assert!(
+        free >= 2 << 20,
+        "users took the server's reserve: {free} bytes left"
+    );
+    // So the accounts database still has room.
+    for n in 0..20 {
+        let (status, body) = new_token(&alice, &format!("kept{n}")).await;
+        assert_eq!(status, 201, "the reserve did not keep room: {body}");
+    }
+
+    // Something else (another program, a log) takes the rest of the disk.
+    let filler = fs.path().join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let small = [0u8; 512];
+        while file.write_all(&small).is_ok() {}
+        let _ = file.sync_all();
     }
 
     // The database now runs out of room: writes fail as failures, never
@@ -163,6 +188,7 @@ async fn a_full_disk_fails_writes_cleanly_and_everything_recovers_when_space_ret
 
     // Free the space: every kind of write works again at once, on every
     // pooled connection (a poisoned one would fail some of several rounds).
+    std::fs::remove_file(&filler).expect("remove the filler");
     for path in &files {
         let (status, body) = alice.delete(&format!("/api/v1/files/{path}")).await;
         assert_eq!(status, 204, "delete {path}: {body}");

@@ -82,7 +82,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         workspaces: config
             .users_dir
             .clone()
-            .map(|dir| Arc::new(Workspaces::new(dir))),
+            .map(|dir| Arc::new(Workspaces::new(dir).reserving(config.disk_reserve))),
         #[cfg(debug_assertions)]
         garbage,
     });

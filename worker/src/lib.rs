@@ -26,6 +26,8 @@ pub struct WorkerConfig {
     /// Where users' directories live (`<data-dir>/users`); without it, file
     /// operations are refused as unsupported.
     pub users_dir: Option<PathBuf>,
+    /// What users' writes leave free on the users' file system.
+    pub disk_reserve: workspace::DiskReserve,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,9 @@ const PRIVATE: Mode = Mode::RWXU;
 #[derive(Debug)]
 pub struct Workspaces {
     users_dir: PathBuf,
+    /// Room on the file system that users' writes never take (for the
+    /// database, sockets and logs beside them).
+    disk_reserve: DiskReserve,
     /// Users whose `tmp/` this process has already emptied.
     swept: Mutex<HashSet<UserId>>,
     /// Deleted users whose files this process removed: never reopened.
@@ -323,10 +326,17 @@ impl Workspaces {
         Workspaces::keeping_open(users_dir, open_users_limit())
     }
 
+    /// Leaves `reserve` free on the file system of the users' directories.
+    pub fn reserving(mut self, reserve: DiskReserve) -> Workspaces {
+        self.disk_reserve = reserve;
+        self
+    }
+
     /// Keeps at most `open_users` users' directories open at once.
     pub fn keeping_open(users_dir: PathBuf, open_users: u64) -> Workspaces {
         Workspaces {
             users_dir,
+            disk_reserve: DiskReserve::default(),
             swept: Mutex::new(HashSet::new()),
             purged: Mutex::new(HashSet::new()),
             locks: Mutex::new(HashMap::new()),
@@ -632,6 +642,8 @@ impl Workspaces {
             ));
         };
         fits(usage, bytes, entries, credit, quota)?;
+        self.disk_reserve
+            .admit(&self.users_dir, bytes.saturating_sub(credit), entries)?;
         usage.reserved += bytes;
         usage.reserved_entries += entries;
         Ok(())
@@ -643,6 +655,78 @@ impl Workspaces {
             usage.reserved_entries = usage.reserved_entries.saturating_sub(entries);
         }
     }
+}
+
+/// Free space and inodes that users' writes leave on the file system of
+/// `<data-dir>/users`, so that a user who fills the disk within their
+/// quota (or many users together) never takes the last blocks or inodes
+/// that the accounts database, the worker sockets and the logs need. Each
+/// is at most a tenth of the file system, so a small one stays usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskReserve {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+impl Default for DiskReserve {
+    fn default() -> Self {
+        DiskReserve {
+            bytes: 1 << 30,
+            inodes: 10_000,
+        }
+    }
+}
+
+impl DiskReserve {
+    /// `507 disk_full` if writing `bytes` and making `entries` would eat
+    /// into the reserve. A file system that cannot be asked is not refused
+    /// (the write itself then fails with `ENOSPC` if the disk is full).
+    fn admit(&self, dir: &std::path::Path, bytes: u64, entries: u64) -> Result<(), OpError> {
+        if bytes == 0 && entries == 0 {
+            return Ok(());
+        }
+        let Ok(fs) = rustix::fs::statvfs(dir) else {
+            return Ok(());
+        };
+        let block = fs.f_frsize.max(1);
+        let room = Room {
+            total_bytes: fs.f_blocks.saturating_mul(block),
+            free_bytes: fs.f_bavail.saturating_mul(block),
+            total_inodes: fs.f_files,
+            free_inodes: fs.f_favail,
+        };
+        match self.refuses(room, bytes, entries) {
+            Some(what) => Err(OpError::DiskFull(format!(
+                "the server's disk is nearly full (the last {what} are kept for the server itself)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn refuses(&self, room: Room, bytes: u64, entries: u64) -> Option<&'static str> {
+        let reserve = self.bytes.min(room.total_bytes / 10);
+        if bytes > 0 && room.free_bytes.saturating_sub(bytes) < reserve {
+            return Some("blocks");
+        }
+        // File systems without an inode limit report none at all.
+        let reserve = self.inodes.min(room.total_inodes / 10);
+        if entries > 0
+            && room.total_inodes > 0
+            && room.free_inodes.saturating_sub(entries) < reserve
+        {
+            return Some("inodes");
+        }
+        None
+    }
+}
+
+/// What a file system holds and has free.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    total_bytes: u64,
+    free_bytes: u64,
+    total_inodes: u64,
+    free_inodes: u64,
 }
 
 /// Whether `bytes` and `entries` more (less `credit` bytes freed) fit beside
@@ -1871,6 +1955,40 @@ pub fn read_chunk(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, OpE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_reserve_is_kept_and_at_most_a_tenth() {
+        let reserve = DiskReserve {
+            bytes: 1 << 30,
+            inodes: 10_000,
+        };
+        let gib = 1u64 << 30;
+        let big = Room {
+            total_bytes: 100 * gib,
+            free_bytes: 2 * gib,
+            total_inodes: 1_000_000,
+            free_inodes: 20_000,
+        };
+        assert_eq!(reserve.refuses(big, gib / 2, 1), None);
+        assert_eq!(reserve.refuses(big, gib + 1, 0), Some("blocks"));
+        assert_eq!(reserve.refuses(big, 0, 10_001), Some("inodes"));
+        // Freeing space or writing nothing is never refused.
+        let full = Room {
+            free_bytes: 0,
+            free_inodes: 0,
+            ..big
+        };
+        assert_eq!(reserve.refuses(full, 0, 0), None);
+        // On a 20 MiB file system the reserve is 2 MiB, not 1 GiB.
+        let small = Room {
+            total_bytes: 20 << 20,
+            free_bytes: 3 << 20,
+            total_inodes: 0,
+            free_inodes: 0,
+        };
+        assert_eq!(reserve.refuses(small, 512 << 10, 100), None);
+        assert_eq!(reserve.refuses(small, 2 << 20, 0), Some("blocks"));
+    }
 
     const QUOTA: Quota = Quota {
         bytes: 1 << 20,
