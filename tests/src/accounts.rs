@@ -320,3 +320,32 @@ impl Caller {
         body["id"].as_str().expect("id").to_string()
     }
 }
+
+/// Runs each async `fn scenario(db: Database)` named as two tests: on
+/// SQLite (`sqlite::scenario`) and on a fresh PostgreSQL database
+/// (`postgres::scenario`, skipped loudly when PostgreSQL is unreachable).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(warren_tests::accounts::Database::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    if let Some(db) =
+                        warren_tests::accounts::Database::postgres(stringify!($scenario)).await
+                    {
+                        super::$scenario(db).await
+                    }
+                }
+            )*
+        }
+    };
+}

@@ -9,32 +9,7 @@ use std::time::{Duration, Instant};
 use warren_tests::accounts::{login_response, session_cookie, Caller, Database};
 use warren_tests::{eventually, metric_value, Server, ServerOptions, ADMIN_PASSWORD};
 
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(warren_tests::accounts::Database::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    if let Some(db) =
-                        warren_tests::accounts::Database::postgres(stringify!($scenario)).await
-                    {
-                        super::$scenario(db).await
-                    }
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+warren_tests::on_both_backends!(
     login_me_logout_and_cookie_flags,
     unknown_user_and_wrong_password_are_indistinguishable,
     lockout_and_rate_limit_answer_429_with_retry_after,

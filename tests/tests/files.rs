@@ -6,9 +6,10 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use warren_tests::accounts::Caller;
+use warren_tests::files::{put, workspace_of};
 use warren_tests::{eventually, metric_value, Server, ServerOptions};
 
 async fn server_with(users: &[&str]) -> (Server, Vec<Caller>) {
@@ -25,29 +26,6 @@ async fn server_from(options: ServerOptions, users: &[&str]) -> (Server, Vec<Cal
         callers.push(Caller::login(&server, user, &password).await.bearer());
     }
     (server, callers)
-}
-
-fn workspace_of(server: &Server, caller: &Caller) -> PathBuf {
-    server
-        .data_dir
-        .join("users")
-        .join(caller.user_id())
-        .join("workspace")
-}
-
-async fn put(
-    caller: &Caller,
-    path: &str,
-    body: impl Into<reqwest::Body>,
-) -> (u16, serde_json::Value) {
-    let response = caller
-        .request(Method::PUT, &format!("/api/v1/files/{path}"))
-        .body(body)
-        .send()
-        .await
-        .expect("PUT");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
 }
 
 async fn get_bytes(caller: &Caller, path: &str) -> (u16, Vec<u8>) {

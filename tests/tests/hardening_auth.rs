@@ -11,32 +11,7 @@ use std::time::{Duration, Instant};
 use warren_tests::accounts::{Caller, Database};
 use warren_tests::{eventually, metric_value, Server, ServerOptions, ADMIN_PASSWORD};
 
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(warren_tests::accounts::Database::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    if let Some(db) =
-                        warren_tests::accounts::Database::postgres(stringify!($scenario)).await
-                    {
-                        super::$scenario(db).await
-                    }
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+warren_tests::on_both_backends!(
     a_flood_of_denials_and_cross_site_logins_leaves_the_audit_log_bounded,
     audit_events_older_than_the_retention_are_deleted,
     a_lockout_cannot_be_aimed_at_someone_else_and_unlock_ends_it,

@@ -6,10 +6,11 @@
 
 use reqwest::Method;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use warren_tests::accounts::Caller;
-use warren_tests::{eventually, Server, ServerOptions};
+use warren_tests::files::{put, workspace_of};
+use warren_tests::{eventually, Server, ServerOptions, SmallFs};
 
 async fn server_from(options: ServerOptions, users: &[&str]) -> (Server, Vec<Caller>) {
     let server = Server::ready(&options).await;
@@ -26,29 +27,6 @@ async fn users_on(server: &Server, users: &[&str]) -> Vec<Caller> {
         callers.push(Caller::login(server, user, &password).await.bearer());
     }
     callers
-}
-
-fn workspace_of(server: &Server, caller: &Caller) -> PathBuf {
-    server
-        .data_dir
-        .join("users")
-        .join(caller.user_id())
-        .join("workspace")
-}
-
-async fn put(
-    caller: &Caller,
-    path: &str,
-    body: impl Into<reqwest::Body>,
-) -> (u16, serde_json::Value) {
-    let response = caller
-        .request(Method::PUT, &format!("/api/v1/files/{path}"))
-        .body(body)
-        .send()
-        .await
-        .expect("PUT");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
 }
 
 async fn op(caller: &Caller, path: &str, op: &str, to: Option<&str>) -> (u16, serde_json::Value) {
@@ -70,35 +48,6 @@ fn count_entries(dir: &Path) -> u64 {
     count
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Mounts a tmpfs with `options` on `dir`; `None` (loudly) where this
-/// machine does not allow it, a failure where CI requires it.
-fn mount_tmpfs(dir: &Path, options: &str) -> Option<Mount> {
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-        .arg(dir)
-        .status();
-    if status.as_ref().is_ok_and(|s| s.success()) {
-        return Some(Mount(dir.to_path_buf()));
-    }
-    if std::env::var("WARREN_REQUIRE_MOUNT").as_deref() == Ok("1") {
-        panic!("cannot mount a tmpfs ({status:?}) and WARREN_REQUIRE_MOUNT=1");
-    }
-    eprintln!("*** SKIPPED: cannot mount a tmpfs here ({status:?}); set WARREN_REQUIRE_MOUNT=1 to fail instead");
-    None
-}
-
 fn free_inodes(dir: &Path) -> u64 {
     rustix::fs::statvfs(dir).expect("statvfs").f_ffree
 }
@@ -109,11 +58,11 @@ fn free_inodes(dir: &Path) -> u64 {
 /// of inodes: other users keep working and warren restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_quota_lets_a_user_exhaust_a_small_file_system() {
-    let mount_dir = tempfile::tempdir().expect("tempdir");
-    let Some(_mount) = mount_tmpfs(mount_dir.path(), "size=64m,nr_inodes=3000,mode=0700") else {
+    let test = "no_quota_lets_a_user_exhaust_a_small_file_system";
+    let Some(mount) = SmallFs::mount(test, "size=64m,nr_inodes=3000,mode=0700") else {
         return;
     };
-    let data_dir = mount_dir.path().join("data");
+    let data_dir = mount.path().join("data");
     std::fs::create_dir(&data_dir).expect("data dir");
     let options = ServerOptions::workers(1)
         .arg("--default-file-quota")
@@ -149,7 +98,7 @@ async fn no_quota_lets_a_user_exhaust_a_small_file_system() {
     assert_eq!(count_entries(&workspace_of(&server, tiny)), 0);
 
     // Doubling a tree: each round copies it and moves the copy into it.
-    let inodes_before = free_inodes(mount_dir.path());
+    let inodes_before = free_inodes(mount.path());
     assert_eq!(op(doubler, "t", "mkdir", None).await.0, 201);
     assert_eq!(put(doubler, "t/f", "x").await.0, 201);
     let mut refused = None;
@@ -187,9 +136,9 @@ async fn no_quota_lets_a_user_exhaust_a_small_file_system() {
         0,
         "refused copy undone"
     );
-    let used_inodes = inodes_before.saturating_sub(free_inodes(mount_dir.path()));
+    let used_inodes = inodes_before.saturating_sub(free_inodes(mount.path()));
     assert!(used_inodes <= 420, "{used_inodes} inodes used");
-    assert!(free_inodes(mount_dir.path()) > 1000);
+    assert!(free_inodes(mount.path()) > 1000);
 
     // Everybody else is unaffected, and warren restarts on this disk.
     assert_eq!(put(other, "notes.txt", "still fine").await.0, 201);
