@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(frame) = decode_body(data) {
         let mut encoded = BytesMut::new();
         encode_frame(&frame, &mut encoded).expect("a decoded frame encodes");
-        assert!(encoded.len() <= data.len() + 4, "the canonical form is the shortest");
+        assert!(
+            encoded.len() <= data.len() + 4,
+            "the canonical form is the shortest"
+        );
         assert_eq!(decode_body(&encoded[4..]).expect("decodes"), frame);
     }
     if let Ok(entry) = decode_message::<Entry>(data) {
@@ -51,10 +54,16 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(outcome) = decode_message::<WriteOutcome>(data) {
         let encoded = encode_message(&outcome).expect("encodes");
-        assert_eq!(decode_message::<WriteOutcome>(&encoded).expect("decodes"), outcome);
+        assert_eq!(
+            decode_message::<WriteOutcome>(&encoded).expect("decodes"),
+            outcome
+        );
     }
     if let Ok(range) = decode_message::<ReadRange>(data) {
         let encoded = encode_message(&range).expect("encodes");
-        assert_eq!(decode_message::<ReadRange>(&encoded).expect("decodes"), range);
+        assert_eq!(
+            decode_message::<ReadRange>(&encoded).expect("decodes"),
+            range
+        );
     }
 });

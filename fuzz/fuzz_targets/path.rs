@@ -22,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(*part != "." && *part != "..");
         assert!(part.len() <= MAX_NAME_BYTES);
         assert!(!part.contains('/'));
-        assert!(!part.chars().any(|c| c == '\0' || c == '\\' || c.is_control()));
+        assert!(!part
+            .chars()
+            .any(|c| c == '\0' || c == '\\' || c.is_control()));
     }
     // The parts are the path without its empty components: joining them
     // and checking again gives the same parts.

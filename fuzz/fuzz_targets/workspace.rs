@@ -68,7 +68,10 @@ fn outside_state(fixture: &Fixture) -> Vec<(PathBuf, Vec<u8>)> {
     let mut state = Vec::new();
     snapshot(&fixture.base.join("outside"), &mut state);
     snapshot(&fixture.base.join("data/shared"), &mut state);
-    snapshot(&fixture.base.join("data/users").join(OTHER.to_string()), &mut state);
+    snapshot(
+        &fixture.base.join("data/users").join(OTHER.to_string()),
+        &mut state,
+    );
     state
 }
 
@@ -138,18 +141,29 @@ fuzz_target!(|data: &[u8]| {
         }
         if reply.is_ok() && op != 't' {
             // Whatever succeeded named a path the API accepts.
-            assert!(warren_protocol::path::check(a).is_ok(), "{op} {a:?} succeeded");
+            assert!(
+                warren_protocol::path::check(a).is_ok(),
+                "{op} {a:?} succeeded"
+            );
         }
     }
 
-    assert_eq!(outside_state(fixture), before, "changed outside the workspace");
+    assert_eq!(
+        outside_state(fixture),
+        before,
+        "changed outside the workspace"
+    );
     let mut level: Vec<String> = std::fs::read_dir(users.join(USER.to_string()))
         .expect("user dir")
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     level.sort();
-    assert_eq!(level, ["state", "tmp", "workspace"], "made beside the workspace");
+    assert_eq!(
+        level,
+        ["state", "tmp", "workspace"],
+        "made beside the workspace"
+    );
     let mut top: Vec<String> = std::fs::read_dir(&fixture.base)
         .expect("base")
         .filter_map(Result::ok)

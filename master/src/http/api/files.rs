@@ -204,6 +204,7 @@ pub struct ListQuery {
     /// From a previous page's `next_cursor`.
     cursor: Option<String>,
     /// Entries per page, 1-1000 (default 200).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -799,8 +800,10 @@ pub(super) async fn upload(
     State(state): State<AppState>,
     Authed(principal): Authed,
     dir: Option<Path<String>>,
-    mut form: axum::extract::Multipart,
+    form: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    // A missing or bad boundary: our JSON error, not axum's text/plain.
+    let mut form = form.map_err(|err| ApiError::BadRequest(err.body_text()))?;
     let dir = match dir {
         Some(Path(dir)) => checked(&dir)?,
         None => String::new(),
@@ -885,6 +888,7 @@ pub(super) async fn delete_file(
 #[into_params(parameter_in = Query)]
 pub struct PostQuery {
     /// `mkdir`, `move` or `copy`.
+    #[param(pattern = "^(mkdir|move|copy)$")]
     op: String,
     /// `mkdir`: create missing parents too.
     #[serde(default)]
