@@ -980,4 +980,32 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), Whole);
         assert_eq!(parse_range("bytes=x-1", 100), Whole);
     }
+
+    proptest::proptest! {
+        /// `Range` is untrusted input: whatever it says, the part served
+        /// lies inside the file, and nothing panics (issue 9, "any parser
+        /// of untrusted input").
+        #[test]
+        fn any_range_header_serves_bytes_inside_the_file(
+            value in "(bytes=)?[ 0-9,-]{0,24}|\\PC{0,24}",
+            size in proptest::prop_oneof![0u64..300, proptest::num::u64::ANY],
+        ) {
+            if let RangeAnswer::Part(start, end) = parse_range(&value, size) {
+                proptest::prop_assert!(start <= end && end < size, "{value:?} {size}: {start}-{end}");
+            }
+        }
+
+        /// `If-Match` / `If-None-Match` lists: every tag found is trimmed
+        /// and non-empty.
+        #[test]
+        fn entity_tag_lists_split_cleanly(value in "[ -~]{0,40}") {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(header::IF_MATCH, value);
+            }
+            for tag in header_tags(&headers, header::IF_MATCH).unwrap_or_default() {
+                proptest::prop_assert!(!tag.is_empty() && tag.trim() == tag && !tag.contains(','));
+            }
+        }
+    }
 }
