@@ -19,9 +19,14 @@ fn path_rules() -> String {
 }
 
 /// The characters `path::check` refuses (NUL, backslash, Unicode control
-/// characters), and no leading `/`, as a pattern for workspace paths.
-/// (`.`/`..` components are refused too; a pattern cannot say so simply.)
-const PATH_PATTERN: &str = r"^([^/\u0000-\u001F\u007F-\u009F\\][^\u0000-\u001F\u007F-\u009F\\]*)?$";
+/// characters; bidi controls and zero-width characters, which issue 9's
+/// finding 16 refuses), and no leading `/`, as a pattern for workspace
+/// paths. (`.`/`..` components are refused too; a pattern cannot say so
+/// simply.) Keep in step with `warren_protocol::path::check`.
+const PATH_PATTERN: &str = concat!(
+    r"^([^/\u0000-\u001F\u007F-\u009F\\\u061C\u200B-\u200F\u202A-\u202E\u2060\u2066-\u2069\uFEFF]",
+    r"[^\u0000-\u001F\u007F-\u009F\\\u061C\u200B-\u200F\u202A-\u202E\u2060\u2066-\u2069\uFEFF]*)?$"
+);
 
 fn error(description: &str) -> RefOr<Response> {
     let mut response = Response::new(description);
