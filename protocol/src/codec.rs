@@ -334,6 +334,17 @@ mod tests {
         assert!(matches!(decode_body(&body), Err(FrameError::Decode(_))));
     }
 
+    #[test]
+    fn overlong_varints_decode_to_their_value_and_encode_canonically() {
+        // Found by the `frame` fuzz target: bincode's varints accept
+        // overlong forms ([251, 0, 0] is a u16 marker and 0). Harmless,
+        // since nothing hashes or signs frames, but pinned: the value is
+        // the same and it re-encodes in the shortest form.
+        let range: ReadRange = decode_message(&[4, 251, 0, 0]).expect("decodes");
+        assert_eq!(range, ReadRange { offset: 4, len: 0 });
+        assert_eq!(encode_message(&range).expect("encodes"), vec![4, 0]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
 

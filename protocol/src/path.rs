@@ -29,6 +29,19 @@ pub enum PathError {
     DotComponent,
     #[error("paths are relative to your workspace: no leading `/`")]
     Absolute,
+    #[error("one name is wanted here, not a path")]
+    NotAName,
+}
+
+/// One entry's name on its own (such as an upload part's file name): what
+/// [`check`] accepts as exactly one component, written without any `/`
+/// (`a/` is not the name `a`).
+pub fn check_name(name: &str) -> Result<&str, PathError> {
+    let parts = check(name)?;
+    match parts.as_slice() {
+        [one] if !name.contains('/') => Ok(one),
+        _ => Err(PathError::NotAName),
+    }
 }
 
 /// The components of `path` (empty for the workspace root: `""` or `/`
@@ -87,6 +100,14 @@ fn invisible(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_is_one_component_without_slashes() {
+        assert_eq!(check_name("a.txt"), Ok("a.txt"));
+        for bad in ["a/", "/a", "a/b", "", "..", ".", "a\\b"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn good_paths_split_into_names() {

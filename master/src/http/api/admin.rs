@@ -1,7 +1,7 @@
 //! `/admin…`: user administration, everyone's sessions, the audit log.
 //! Administrators only (others get 403); absent in single-user mode.
 
-use super::{check_username, double_option, SessionView, UserView};
+use super::{check_username, SessionView, UserView};
 use crate::auth::password;
 use crate::http::error::ErrorBody;
 use crate::http::extract::{Admin, ApiJson, ApiPath, ApiQuery, ClientInfo};
@@ -61,7 +61,15 @@ async fn list_users(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// 1-64 ASCII letters, digits, `.`, `_` or `-`, starting with a letter or digit.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )]
     pub username: String,
+    /// 10-1024 bytes.
+    #[schema(min_length = 10, max_length = 1024)]
     pub password: String,
     /// Default `user`.
     #[serde(default)]
@@ -134,20 +142,22 @@ async fn get_user(
 pub struct PatchUser {
     pub role: Option<Role>,
     pub disabled: Option<bool>,
-    /// A new password (a reset: ends the user's sessions and tokens).
+    /// A new password, 10-1024 bytes (a reset: ends the user's sessions
+    /// and tokens).
+    #[schema(min_length = 10, max_length = 1024)]
     pub password: Option<String>,
-    /// `null` resets to the server default.
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    /// 1-1000; `null` resets to the server default.
+    #[serde(default, deserialize_with = "super::double_option_integer")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub max_sessions: Option<Option<i64>>,
     /// `null` resets to the server default.
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[serde(default, deserialize_with = "super::double_option_integer")]
+    #[schema(value_type = Option<i64>, minimum = 0)]
     pub storage_quota_bytes: Option<Option<i64>>,
     /// Entries (files, directories...) the user may have; `null` resets
     /// to the server default.
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[serde(default, deserialize_with = "super::double_option_integer")]
+    #[schema(value_type = Option<i64>, minimum = 0)]
     pub file_quota: Option<Option<i64>>,
 }
 
@@ -385,9 +395,13 @@ pub struct AuditQuery {
     user: Option<String>,
     /// An event name such as `login_failed`.
     event: Option<String>,
-    /// RFC 3339 time, or milliseconds since the epoch.
+    /// RFC 3339 time (UTC), or milliseconds since the epoch.
+    #[param(
+        pattern = r"^([0-9]{1,15}|(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z)$"
+    )]
     since: Option<String>,
     /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

@@ -148,7 +148,15 @@ async fn logout(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupRequest {
+    /// 1-64 ASCII letters, digits, `.`, `_` or `-`, starting with a letter or digit.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )]
     pub username: String,
+    /// 10-1024 bytes.
+    #[schema(min_length = 10, max_length = 1024)]
     pub password: String,
 }
 

@@ -104,6 +104,8 @@ async fn end_my_session(
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     pub current_password: String,
+    /// 10-1024 bytes.
+    #[schema(min_length = 10, max_length = 1024)]
     pub new_password: String,
 }
 
@@ -202,12 +204,19 @@ async fn my_tokens(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
-    /// 1–100 characters, to tell tokens apart; no control, format (bidi,
-    /// zero-width) or other invisible characters.
+    /// 1–100 characters (not only spaces), to tell tokens apart; no
+    /// control, format (bidi, zero-width) or other invisible characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     pub scope: Scope,
-    /// Lifetime in seconds; none means the token lasts until revoked.
-    #[serde(default)]
+    /// Lifetime in seconds (at most ten years); none means the token lasts
+    /// until revoked.
+    #[serde(default, deserialize_with = "super::integer")]
+    #[schema(minimum = 1, maximum = 315_360_000)]
     pub expires_in_seconds: Option<u64>,
 }
 

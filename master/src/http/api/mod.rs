@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod conformance;
 pub mod files;
 mod me;
 mod workspace;
@@ -73,6 +74,7 @@ pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) 
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc.info.license = None;
     doc.info.contact = None;
+    conformance::complete(&mut doc, mode);
     doc.paths.paths.insert(
         "/api/v1/openapi.json".to_string(),
         utoipa::openapi::path::PathItem::new(
@@ -226,16 +228,88 @@ fn invisible(c: char) -> bool {
         || matches!(c, '\u{180B}'..='\u{180F}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
 }
 
-/// For PATCH fields where `null` (reset) differs from absent (unchanged).
-fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
+/// An integer field of a JSON body that also takes integral numbers
+/// written with a fraction (`846.0`): JSON Schema's `integer`, which the
+/// OpenAPI document promises, includes them; serde's integers do not.
+/// Absent or `null`: `None`.
+fn integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let out_of_range = || D::Error::custom(format!("{number} is out of range"));
+    if let Some(n) = number.as_u64() {
+        return T::try_from(n).map(Some).map_err(|_| out_of_range());
+    }
+    if let Some(n) = number.as_i64() {
+        return T::try_from(n).map(Some).map_err(|_| out_of_range());
+    }
+    match number.as_f64() {
+        // Within ±2^53 every integral f64 is exact.
+        Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => {
+            T::try_from(f as i64).map(Some).map_err(|_| out_of_range())
+        }
+        _ => Err(D::Error::custom(format!("{number} is not an integer"))),
+    }
+}
+
+/// [`integer`] for PATCH fields, where `null` (reset) differs from absent
+/// (unchanged).
+fn double_option_integer<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    integer(deserializer).map(Some)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Numbers {
+        #[serde(default, deserialize_with = "integer")]
+        n: Option<u64>,
+        #[serde(default, deserialize_with = "double_option_integer")]
+        m: Option<Option<i64>>,
+    }
+
+    #[test]
+    fn integers_in_json_bodies_follow_json_schema() {
+        let parse = |json: &str| serde_json::from_str::<Numbers>(json).map(|v| (v.n, v.m));
+        assert_eq!(parse("{}").ok(), Some((None, None)));
+        assert_eq!(
+            parse(r#"{"n":null,"m":null}"#).ok(),
+            Some((None, Some(None)))
+        );
+        assert_eq!(
+            parse(r#"{"n":846,"m":-3}"#).ok(),
+            Some((Some(846), Some(Some(-3))))
+        );
+        // What schemathesis sent: an integer in JSON Schema's sense.
+        assert_eq!(
+            parse(r#"{"n":846.0,"m":-3.0}"#).ok(),
+            Some((Some(846), Some(Some(-3))))
+        );
+        assert_eq!(
+            parse(r#"{"n":18446744073709551615}"#).ok(),
+            Some((Some(u64::MAX), None))
+        );
+        for bad in [
+            r#"{"n":1.5}"#,
+            r#"{"n":-1}"#,
+            r#"{"n":1e300}"#,
+            r#"{"n":"1"}"#,
+            r#"{"m":9.3e18}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn usernames() {
