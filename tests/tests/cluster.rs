@@ -526,3 +526,34 @@ async fn workers_restart_from_the_running_image_even_if_the_binary_is_gone() {
         String::from_utf8_lossy(argv0)
     );
 }
+
+/// A connection left in a slot's socket by a process that died before the
+/// master accepted it (a worker killed at a start-up timeout, or anyone
+/// else's) is skipped by the peer's pid, not handshaken with: the
+/// replacement worker comes up on its first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_connection_in_the_socket_does_not_cost_the_replacement_its_start() {
+    let server = Server::ready(&ServerOptions::workers(1)).await;
+    let user = user_id(1);
+    let (_, first) = server.ping(&user).await.expect("ping");
+    // Queued while the worker is up (the master accepts only at a start),
+    // then closed: what a worker that died in the backlog leaves.
+    let socket = server.data_dir.join("run").join("worker-0.sock");
+    let stale = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    drop(stale);
+    warren_tests::send_signal(first, Signal::KILL);
+    let replaced = eventually(Duration::from_secs(10), || async {
+        matches!(server.ping(&user).await, Ok((_, pid)) if pid != first)
+    })
+    .await;
+    assert!(replaced, "no replacement; log:\n{}", server.log());
+    let (_, ready) = server.get_json("/readyz").await;
+    assert_eq!(
+        ready["workers"][0]["restarts"],
+        1,
+        "{ready}\n{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(!log.contains("handshake failed"), "{log}");
+}

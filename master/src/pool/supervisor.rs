@@ -298,10 +298,26 @@ async fn accept_and_handshake(
     slot: u32,
     pid: u32,
 ) -> Result<(ReadHalf, SharedConnection<LocalStream>), String> {
-    let stream = listener
-        .accept()
-        .await
-        .map_err(|err| format!("accepting the worker's connection failed: {err}"))?;
+    let stream = loop {
+        let stream = listener
+            .accept()
+            .await
+            .map_err(|err| format!("accepting the worker's connection failed: {err}"))?;
+        // The backlog may hold a connection from a process that is not the
+        // worker just spawned: one killed at a start-up timeout after it
+        // connected but before it was accepted. Handshaking with it fails
+        // ("Broken pipe") and costs the real worker its start; the kernel
+        // says who connected, so such a connection is dropped unread.
+        match stream.peer_creds().ok().and_then(|creds| creds.pid()) {
+            Some(peer) if u32::try_from(peer).ok() != Some(pid) => {
+                info!(
+                    peer,
+                    pid, "dropping a connection to the worker socket from another process"
+                );
+            }
+            _ => break stream,
+        }
+    };
     let (read_half, mut write_half) = SharedConnection::pair(stream);
     let mut reader = FramedRead::with_capacity(read_half, FrameCodec::new(), READ_BUFFER);
     let ours = Hello {
