@@ -14,11 +14,15 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use warren_protocol::{Reply, UserId};
-use warren_worker::workspace::Workspaces;
+use warren_worker::workspace::{Quota, Workspaces};
 
 const SECRET: &[u8] = b"warren-fuzz: outside the workspace";
 const USER: UserId = UserId([7; 16]);
 const OTHER: UserId = UserId([9; 16]);
+const QUOTA: Quota = Quota {
+    bytes: 1 << 20,
+    entries: 1000,
+};
 
 struct Fixture {
     // Kept for its Drop.
@@ -123,13 +127,13 @@ fuzz_target!(|data: &[u8]| {
                 Ok((None, entry)) => Ok(Reply::Entry(entry)),
                 Err(err) => Err(err),
             },
-            'm' => dirs.mkdir(a, false),
-            'p' => dirs.mkdir(a, true),
+            'm' => dirs.mkdir(&workspaces, QUOTA, a, false),
+            'p' => dirs.mkdir(&workspaces, QUOTA, a, true),
             'd' => dirs.delete(&workspaces, a, true),
             'D' => dirs.delete(&workspaces, a, false),
             'v' => dirs.rename(&workspaces, a, b),
-            'c' => dirs.copy(&workspaces, 1 << 20, a, b),
-            't' => dirs.clone_template(&workspaces, 1 << 20, a, b),
+            'c' => dirs.copy(&workspaces, QUOTA, a, b),
+            't' => dirs.clone_template(&workspaces, QUOTA, a, b),
             _ => continue,
         };
         if let Ok(Reply::File {
