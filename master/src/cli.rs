@@ -210,6 +210,10 @@ pub struct ServeArgs {
     /// and per user; more are dropped and counted in warren_audit_dropped_total.
     #[arg(long, env = "WARREN_AUDIT_RATE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub audit_rate: u32,
+    /// The most audit events kept (the oldest beyond are deleted with the
+    /// retention's pruning, at least every 10 minutes).
+    #[arg(long, env = "WARREN_AUDIT_MAX_ROWS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_max_rows: u64,
     /// A connection must deliver a request's complete headers within this
     /// long, from connecting or from the end of its previous response (so
     /// it is also the keep-alive idle timeout); then it is closed.

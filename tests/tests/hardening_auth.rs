@@ -14,6 +14,8 @@ use warren_tests::{eventually, metric_value, Server, ServerOptions, ADMIN_PASSWO
 warren_tests::on_both_backends!(
     a_flood_of_denials_and_cross_site_logins_leaves_the_audit_log_bounded,
     audit_events_older_than_the_retention_are_deleted,
+    the_audit_log_keeps_at_most_its_row_cap,
+    api_tokens_per_user_are_capped,
     a_lockout_cannot_be_aimed_at_someone_else_and_unlock_ends_it,
     the_account_brake_spares_addresses_that_logged_in_before,
     logout_with_an_api_token_is_refused_not_faked,
@@ -193,6 +195,74 @@ async fn audit_events_older_than_the_retention_are_deleted(db: Database) {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+async fn the_audit_log_keeps_at_most_its_row_cap(db: Database) {
+    // Pruning runs every quarter of the retention (here every 5 s, long
+    // before any of these events is 20 s old: only the cap removes them).
+    let options = options()
+        .arg("--audit-max-rows")
+        .arg("4")
+        .arg("--audit-retention")
+        .arg("20s");
+    let server = start(&db, options).await;
+    let admin = Caller::admin(&server).await;
+    for n in 0..10 {
+        admin
+            .create_user(&format!("user{n}"), "a-password-of-users")
+            .await;
+    }
+    let capped = eventually(Duration::from_secs(12), || async {
+        let (status, rows) = admin.get("/api/v1/admin/audit?limit=1000").await;
+        status == 200 && rows.as_array().is_some_and(|rows| rows.len() <= 4)
+    })
+    .await;
+    let (_, rows) = admin.get("/api/v1/admin/audit?limit=1000").await;
+    assert!(capped, "more rows than --audit-max-rows: {rows}");
+    // The newest are the ones kept.
+    assert!(rows.to_string().contains("user9"), "{rows}");
+}
+
+async fn api_tokens_per_user_are_capped(db: Database) {
+    let server = start(&db, options()).await;
+    let admin = Caller::admin(&server).await;
+    admin.create_user("tess", "tess-password").await;
+    let tess = Caller::login(&server, "tess", "tess-password").await;
+    let mut last = String::new();
+    for n in 0..100 {
+        let (status, body) = tess
+            .post(
+                "/api/v1/me/tokens",
+                json!({ "name": format!("t{n}"), "scope": "read" }),
+            )
+            .await;
+        assert_eq!(status, 201, "token {n}: {body}");
+        last = body["id"].as_str().expect("id").to_string();
+    }
+    let (status, body) = tess
+        .post(
+            "/api/v1/me/tokens",
+            json!({ "name": "one too many", "scope": "read" }),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("revoke one")),
+        "{body}"
+    );
+    assert_eq!(
+        tess.delete(&format!("/api/v1/me/tokens/{last}")).await.0,
+        204
+    );
+    let (status, body) = tess
+        .post(
+            "/api/v1/me/tokens",
+            json!({ "name": "room again", "scope": "read" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
 }
 
 /// One login attempt; `forwarded` is sent as X-Forwarded-For (the tests'

@@ -137,6 +137,17 @@ async fn a_full_disk_fails_writes_cleanly_and_everything_recovers_when_space_ret
         let _ = file.sync_all();
     }
 
+    // Readiness tells: the database answers reads but stores nothing.
+    let not_ready = eventually(Duration::from_secs(5), || async {
+        let (status, body) = server.get_json("/readyz").await;
+        status == 503
+            && body["database"]
+                .as_str()
+                .is_some_and(|d| d.contains("full"))
+    })
+    .await;
+    assert!(not_ready, "/readyz: {:?}", server.get_json("/readyz").await);
+
     // The database now runs out of room: writes fail as failures, never
     // as 500, whatever they are.
     let mut refused = 0;
@@ -203,6 +214,11 @@ async fn a_full_disk_fails_writes_cleanly_and_everything_recovers_when_space_ret
     })
     .await;
     assert!(recovered, "login never recovered; log:\n{}", server.log());
+    let ready = eventually(Duration::from_secs(5), || async {
+        server.get_json("/readyz").await.0 == 200
+    })
+    .await;
+    assert!(ready, "/readyz: {:?}", server.get_json("/readyz").await);
     for _ in 0..3 {
         all_writes_work(&server, &admin, &user_id).await;
     }

@@ -61,6 +61,8 @@ pub struct AuthConfig {
     /// Audit events caused by requests stored per minute (also the burst)
     /// per client address and per user; more are counted and dropped.
     pub audit_rate_per_minute: u32,
+    /// The most audit events kept; the oldest beyond it are deleted.
+    pub audit_max_rows: u64,
     /// Entry quota (files, directories...) of every user.
     pub default_quota_files: u64,
 }
@@ -80,6 +82,7 @@ impl Default for AuthConfig {
             default_quota_bytes: 1 << 30,
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             audit_rate_per_minute: 60,
+            audit_max_rows: 1_000_000,
             default_quota_files: 100_000,
         }
     }
@@ -949,9 +952,13 @@ impl Auth {
 
     async fn prune_audit(&self) {
         let before = store::now_ms() - self.config.audit_retention.as_millis() as i64;
-        match self.background_store.prune_audit(before).await {
+        let max_rows = i64::try_from(self.config.audit_max_rows).unwrap_or(i64::MAX);
+        match self.background_store.prune_audit(before, max_rows).await {
             Ok(0) => {}
-            Ok(n) => debug!(events = n, "removed audit events past the retention"),
+            Ok(n) => debug!(
+                events = n,
+                "removed audit events past the retention or the row cap"
+            ),
             Err(err) => warn!(error = %err, "cannot remove old audit events"),
         }
     }

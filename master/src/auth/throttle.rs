@@ -13,7 +13,7 @@
 //! `warren user unlock` reaches every master through the revocation feed.
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -209,6 +209,10 @@ impl Throttle {
 pub struct AuditLimiter {
     by_address: DefaultKeyedRateLimiter<IpAddr>,
     by_user: DefaultKeyedRateLimiter<String>,
+    /// All request-caused events together: ten times the per-key rate, so
+    /// many addresses (an IPv6 block has billions) cannot add up to an
+    /// unbounded write rate.
+    overall: DefaultDirectRateLimiter,
     /// When a drop was last logged, and drops since then.
     reported: Mutex<(Option<Instant>, u64)>,
     report_interval: Duration,
@@ -219,6 +223,7 @@ impl AuditLimiter {
         AuditLimiter {
             by_address: RateLimiter::keyed(quota(per_minute)),
             by_user: RateLimiter::keyed(quota(per_minute)),
+            overall: RateLimiter::direct(quota(per_minute.saturating_mul(10))),
             reported: Mutex::new((None, 0)),
             report_interval: Duration::from_secs(60),
         }
@@ -237,7 +242,7 @@ impl AuditLimiter {
                 return false;
             }
         }
-        true
+        self.overall.check().is_ok()
     }
 
     /// Counts a dropped event; returns the number dropped since the last
@@ -407,6 +412,19 @@ mod tests {
         assert_eq!(limiter.dropped(), Some(1));
         assert_eq!(limiter.dropped(), None);
         assert_eq!(limiter.dropped(), None);
+    }
+
+    #[test]
+    fn the_audit_limit_has_a_ceiling_over_all_addresses() {
+        let limiter = AuditLimiter::new(2);
+        let admitted = (0..100u8)
+            .filter(|n| {
+                let address = IpAddr::from([10, 0, 0, *n]);
+                limiter.admit(None, Some(address))
+            })
+            .count();
+        // Ten times the per-key rate (the burst), not two per address.
+        assert_eq!(admitted, 20);
     }
 
     #[test]

@@ -213,6 +213,7 @@ impl From<StoreError> for ApiError {
             StoreError::LastAdmin => ApiError::Conflict(StoreError::LastAdmin.to_string()),
             // The credential in use was revoked while the request ran.
             StoreError::Stale => ApiError::Unauthenticated,
+            StoreError::Limit(why) => ApiError::Conflict(why),
             other => match other.outage() {
                 // Nothing was stored: the client must know the change did
                 // not happen (a logout that failed leaves its session valid).

@@ -336,7 +336,11 @@ async fn readyz(State(state): State<AppState>, request: Request) -> Response {
     let workers_ready = slots
         .iter()
         .all(|slot| slot.state == crate::pool::supervisor::SlotState::Up);
-    let database = state.auth.store().ping().await;
+    let store = state.auth.store();
+    let database = match store.ping().await {
+        Ok(()) => store.check_writable().await,
+        Err(err) => Err(err.to_string()),
+    };
     let ready = workers_ready && database.is_ok();
     let status = if ready {
         StatusCode::OK
@@ -351,7 +355,7 @@ async fn readyz(State(state): State<AppState>, request: Request) -> Response {
         "status": summary,
         "database": match &database {
             Ok(()) => "ok".to_string(),
-            Err(err) => err.to_string(),
+            Err(err) => err.clone(),
         },
         "workers": slots,
     });

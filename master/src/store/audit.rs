@@ -74,6 +74,10 @@ impl AuditEntry {
     }
 }
 
+/// Rows one pruning statement deletes, so a large backlog never holds the
+/// database's write lock for long.
+const PRUNE_BATCH: i64 = 5000;
+
 impl Store {
     /// Stores an event (its fields capped, see [`AuditEntry::capped`]).
     pub async fn insert_audit(&self, entry: &AuditEntry) -> Result<()> {
@@ -98,22 +102,29 @@ impl Store {
     /// Retention: deletes events older than `before` (ms since the epoch),
     /// in batches so a large backlog never holds the write lock for long;
     /// returns how many went.
-    pub async fn prune_audit(&self, before: i64) -> Result<u64> {
-        const BATCH: i64 = 5000;
+    pub async fn prune_audit(&self, before: i64, max_rows: i64) -> Result<u64> {
+        // The oldest event that the row cap keeps, if the log is over it.
+        self.count(1);
+        let keep_from: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM audit_log ORDER BY id DESC LIMIT 1 OFFSET $1")
+                .bind(max_rows.max(1) - 1)
+                .fetch_optional(&self.pool)
+                .await?;
         let mut total = 0;
         loop {
             self.count(1);
             let done = sqlx::query(
                 "DELETE FROM audit_log WHERE id IN \
-                 (SELECT id FROM audit_log WHERE at < $1 ORDER BY id LIMIT $2)",
+                 (SELECT id FROM audit_log WHERE at < $1 OR id < $2 ORDER BY id LIMIT $3)",
             )
             .bind(before)
-            .bind(BATCH)
+            .bind(keep_from.unwrap_or(i64::MIN))
+            .bind(PRUNE_BATCH)
             .execute(&self.pool)
             .await?
             .rows_affected();
             total += done;
-            if done < BATCH as u64 {
+            if done < PRUNE_BATCH as u64 {
                 return Ok(total);
             }
         }
@@ -246,9 +257,34 @@ mod tests {
             })
             .await
             .expect("insert");
-        assert_eq!(store.prune_audit(now_ms() - 1000).await.expect("prune"), 1);
+        assert_eq!(
+            store
+                .prune_audit(now_ms() - 1000, 1000)
+                .await
+                .expect("prune"),
+            1
+        );
         let rows = store.query_audit(&all).await.expect("query");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].event, "login");
+        // The row cap keeps the newest events, whatever their age.
+        for n in 0..12 {
+            store
+                .insert_audit(&AuditEntry {
+                    event: "login",
+                    subject: Some(format!("event {n}")),
+                    ..Default::default()
+                })
+                .await
+                .expect("insert");
+        }
+        assert_eq!(store.prune_audit(0, 5).await.expect("prune"), 8);
+        let rows = store.query_audit(&all).await.expect("query");
+        let subjects: Vec<_> = rows.iter().filter_map(|r| r.subject.clone()).collect();
+        assert_eq!(
+            subjects,
+            ["event 11", "event 10", "event 9", "event 8", "event 7"]
+        );
+        assert_eq!(store.prune_audit(0, 5).await.expect("prune"), 0);
     }
 }

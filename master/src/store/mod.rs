@@ -50,6 +50,9 @@ pub enum StoreError {
     /// password reset, disable or delete raced a login or token creation).
     #[error("the account changed meanwhile")]
     Stale,
+    /// A per-user limit on rows of the accounts database.
+    #[error("{0}")]
+    Limit(String),
 }
 
 impl StoreError {
@@ -151,12 +154,18 @@ impl Backend {
     }
 }
 
+/// When the database was last probed for writing, and what was found.
+type WriteProbe = (std::time::Instant, std::result::Result<(), String>);
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
     queries: Counter,
+    /// The last write probe: when, and what it found (see
+    /// [`Store::check_writable`]).
+    write_probe: std::sync::Arc<tokio::sync::Mutex<Option<WriteProbe>>>,
 }
 
 /// The default database: `<data-dir>/warren.db`.
@@ -221,6 +230,7 @@ impl Store {
             pool,
             backend,
             queries,
+            write_probe: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -274,6 +284,31 @@ impl Store {
         self.count(1);
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Whether the database can store anything: a database that answers
+    /// reads while every write fails (a full disk) is not ready. Rewrites
+    /// one row at most once a second, however often it is asked (readiness
+    /// is public), and answers from that probe meanwhile.
+    pub async fn check_writable(&self) -> std::result::Result<(), String> {
+        let mut last = self.write_probe.lock().await;
+        if let Some((at, found)) = last.as_ref() {
+            if at.elapsed() < Duration::from_secs(1) {
+                return found.clone();
+            }
+        }
+        self.count(1);
+        let found = sqlx::query(
+            "INSERT INTO health (id, checked_at) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(|err| StoreError::from(err).to_string());
+        *last = Some((std::time::Instant::now(), found.clone()));
+        found
     }
 
     /// A write transaction that keeps the revocation feed in order. SQLite:

@@ -7,6 +7,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
+/// API tokens one user may hold at once.
+pub const MAX_TOKENS_PER_USER: i64 = 100;
+
 pub struct NewSession<'a> {
     pub token_hash: &'a str,
     pub user_id: Uuid,
@@ -349,7 +352,19 @@ impl Store {
     }
 
     pub async fn create_token(&self, new: NewApiToken<'_>) -> Result<ApiTokenRow> {
-        self.count(1);
+        self.count(2);
+        // Each token is a row in the accounts database, which users' file
+        // quotas and the disk reserve do not bound: a cap per user does.
+        let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE user_id = $1")
+            .bind(new.user_id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        if held >= MAX_TOKENS_PER_USER {
+            return Err(StoreError::Limit(format!(
+                "you have {held} API tokens, the most allowed; revoke one first \
+                 (DELETE /api/v1/me/tokens/{{id}})"
+            )));
+        }
         let token = ApiTokenRow {
             id: Uuid::new_v4(),
             token_hash: new.token_hash.to_string(),
@@ -363,7 +378,8 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO api_tokens (id, token_hash, user_id, name, scope, created_at, expires_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS \
-             (SELECT 1 FROM sessions WHERE token_hash = $8 AND user_id = $3)",
+             (SELECT 1 FROM sessions WHERE token_hash = $8 AND user_id = $3) \
+             AND (SELECT COUNT(*) FROM api_tokens WHERE user_id = $3) < $9",
         )
         .bind(token.id.to_string())
         .bind(&token.token_hash)
@@ -373,6 +389,7 @@ impl Store {
         .bind(token.created_at)
         .bind(token.expires_at)
         .bind(new.creator_hash)
+        .bind(MAX_TOKENS_PER_USER)
         .execute(&self.pool)
         .await
         .map_err(|err| StoreError::conflict_or(err, "a token with this secret"))?;
