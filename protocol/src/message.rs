@@ -222,7 +222,14 @@ pub enum EntryKind {
 /// One file or directory as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Entry {
+    /// The name; one that is not UTF-8 (made on disk by a user's own
+    /// programs) is shown lossily (U+FFFD for each bad sequence) and
+    /// `name_valid` is false.
     pub name: String,
+    /// False when `name` is a lossy rendering that no path can name: such
+    /// an entry is listed (it counts against the quota) and removed by
+    /// deleting its directory recursively.
+    pub name_valid: bool,
     pub kind: EntryKind,
     pub size: u64,
     /// Milliseconds since the Unix epoch.

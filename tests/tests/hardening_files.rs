@@ -831,3 +831,31 @@ async fn staged_replacements_never_take_the_inode_reserve() {
     );
     assert_eq!(server.stop().code(), Some(0));
 }
+
+/// Hardening round 2, finding 4: a name that is not UTF-8 (made on disk
+/// by a user's own program) is listed, lossily and flagged, instead of
+/// hidden while it counts against the quota; deleting its directory
+/// recursively removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_are_not_utf8_are_listed_and_deleted_with_their_directory() {
+    use std::os::unix::ffi::OsStrExt;
+    let (server, callers) = server_from(ServerOptions::workers(1), &["bytes"]).await;
+    let user = &callers[0];
+    assert_eq!(op(user, "odd", "mkdir", None).await.0, 201);
+    assert_eq!(put(user, "odd/fine.txt", "x").await.0, 201);
+    let odd = workspace_of(&server, user).join("odd");
+    let name = std::ffi::OsStr::from_bytes(b"bad-\xff\xfe.bin");
+    std::fs::write(odd.join(name), b"hidden").expect("write");
+    let (status, body) = user.get("/api/v1/files/odd").await;
+    assert_eq!(status, 200, "{body}");
+    let entries = body["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 2, "{body}");
+    let bad = &entries[0];
+    assert_eq!(bad["name"], "bad-\u{FFFD}\u{FFFD}.bin", "{body}");
+    assert_eq!(bad["name_valid"], false, "{body}");
+    assert_eq!((&bad["kind"], &bad["size"]), (&json!("file"), &json!(6)));
+    assert_eq!(entries[1]["name"], "fine.txt", "{body}");
+    assert!(entries[1].get("name_valid").is_none(), "{body}");
+    assert_eq!(user.delete("/api/v1/files/odd?recursive=true").await.0, 204);
+    assert!(!odd.exists(), "the directory and its odd entry are gone");
+}

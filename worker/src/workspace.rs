@@ -272,6 +272,7 @@ fn entry(name: &str, stat: &rustix::fs::Stat) -> Entry {
     let kind = kind_of(stat);
     Entry {
         name: name.to_string(),
+        name_valid: true,
         kind,
         size: if kind == EntryKind::File {
             stat.st_size as u64
@@ -838,21 +839,29 @@ impl UserDirs {
     pub fn list(&self, path_text: &str, after: Option<&str>, limit: u32) -> Result<Reply, OpError> {
         let parts = parts(path_text)?;
         let fd = self.resolve(&parts, OFlags::DIRECTORY | OFlags::RDONLY)?;
-        let mut names: Vec<String> = Dir::read_from(&fd)
+        // Names that are not UTF-8 (made by a user's own programs) are
+        // listed lossily, flagged, and looked at by their real bytes: they
+        // count against the quota, so the user must see them.
+        let mut names: Vec<(String, CString)> = Dir::read_from(&fd)
             .map_err(|err| errno(err, path_text))?
             .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
-            .filter(|name| name != "." && name != "..")
-            .filter(|name| after.is_none_or(|after| name.as_str() > after))
+            .map(|e| {
+                let raw = e.file_name().to_owned();
+                (raw.to_string_lossy().into_owned(), raw)
+            })
+            .filter(|(name, _)| name != "." && name != "..")
+            .filter(|(name, _)| after.is_none_or(|after| name.as_str() > after))
             .collect();
         names.sort_unstable();
         let more = names.len() > limit as usize;
         names.truncate(limit as usize);
         let mut entries = Vec::with_capacity(names.len());
-        for name in names {
+        for (name, raw) in names {
             // Gone meanwhile: skip it.
-            if let Ok(stat) = rustix::fs::statat(&fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                entries.push(entry(&name, &stat));
+            if let Ok(stat) = rustix::fs::statat(&fd, raw.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                let mut found = entry(&name, &stat);
+                found.name_valid = raw.to_str().is_ok();
+                entries.push(found);
             }
         }
         Ok(Reply::Listing { entries, more })
