@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
