@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
@@ -222,7 +222,14 @@ pub enum EntryKind {
 /// One file or directory as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Entry {
+    /// The name; one that is not UTF-8 (made on disk by a user's own
+    /// programs) is shown lossily (U+FFFD for each bad sequence) and
+    /// `name_valid` is false.
     pub name: String,
+    /// False when `name` is a lossy rendering that no path can name: such
+    /// an entry is listed (it counts against the quota) and removed by
+    /// deleting its directory recursively.
+    pub name_valid: bool,
     pub kind: EntryKind,
     pub size: u64,
     /// Milliseconds since the Unix epoch.

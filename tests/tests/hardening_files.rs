@@ -647,3 +647,215 @@ async fn an_admin_sets_a_users_file_quota_postgres() {
         an_admin_sets_a_users_file_quota(db).await;
     }
 }
+
+/// Free bytes and inodes that unprivileged writers still have.
+fn room(dir: &Path) -> (u64, u64) {
+    let fs = rustix::fs::statvfs(dir).expect("statvfs");
+    (fs.f_bavail * fs.f_frsize, fs.f_favail)
+}
+
+/// A request that sends `head` (request line and headers, with the
+/// caller's token) and `body`, then stalls with the connection open.
+async fn stalled(server: &Server, head: &str, body: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = server.base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    // Refused half-way: the rest is not read, which is the point.
+    let _ = stream.write_all(body).await;
+    stream
+}
+
+/// After an attack on the reserve: the server's own writes still work.
+async fn the_server_still_writes(server: &Server) {
+    let admin = Caller::admin(server).await.bearer();
+    let (status, body) = admin.send(Method::POST, "/api/v1/auth/logout", None).await;
+    assert_eq!(status, 204, "logout: {body}");
+    let again = Caller::admin(server).await.bearer();
+    assert_eq!(
+        again.get("/api/v1/me").await.0,
+        200,
+        "login after the attack"
+    );
+}
+
+/// Hardening round 2, finding 1: replacing a file takes new blocks until
+/// the commit (the old file keeps its own), so its writes are checked
+/// against the disk reserve in full. Two stalled replacements of a 2 MiB
+/// file on a full disk no longer eat the reserve: the database keeps room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_file_never_takes_the_disk_reserve() {
+    let test = "replacing_a_file_never_takes_the_disk_reserve";
+    let Some(mount) = SmallFs::mount(test, "size=24m,mode=0700") else {
+        return;
+    };
+    let data_dir = mount.path().join("data");
+    std::fs::create_dir(&data_dir).expect("data dir");
+    let mut server = Server::start(&data_dir, &ServerOptions::workers(1));
+    server.wait_ready().await;
+    let callers = users_on(&server, &["filler"]).await;
+    let filler = &callers[0];
+    assert_eq!(put(filler, "big.bin", vec![1u8; 2 << 20]).await.0, 201);
+    for n in 0.. {
+        let (status, body) = put(filler, &format!("fill-{n}"), vec![2u8; 512 << 10]).await;
+        if status == 507 {
+            assert_eq!(body["error"]["code"], "disk_full", "{body}");
+            break;
+        }
+        assert_eq!(status, 201, "{body}");
+        assert!(n < 100, "the disk never filled");
+    }
+    // The reserve: a tenth of this file system.
+    let reserve = rustix::fs::statvfs(mount.path()).expect("statvfs").f_blocks * 4096 / 10;
+    let head = format!(
+        "PUT /api/v1/files/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {}\r\n\r\n",
+        filler.token,
+        2 << 20
+    );
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(stalled(&server, &head, &vec![3u8; 1_700_000]).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (free, _) = room(mount.path());
+    // What one write in flight may take before its check (a chunk).
+    assert!(
+        free + (256 << 10) >= reserve,
+        "replacements took the reserve: {free} bytes free of {reserve} reserved"
+    );
+    the_server_still_writes(&server).await;
+    drop(held);
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+/// Hardening round 2, finding 2: directories take inodes too. mkdir and
+/// mkdir -p stop at the inode reserve (507 disk_full) even for users whose
+/// entry quota would allow more; the server's own writes keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_never_take_the_inode_reserve() {
+    let test = "directories_never_take_the_inode_reserve";
+    let Some(mount) = SmallFs::mount(test, "size=64m,nr_inodes=3000,mode=0700") else {
+        return;
+    };
+    let data_dir = mount.path().join("data");
+    std::fs::create_dir(&data_dir).expect("data dir");
+    let options = ServerOptions::workers(1)
+        .arg("--default-file-quota")
+        .arg("5000");
+    let mut server = Server::start(&data_dir, &options);
+    server.wait_ready().await;
+    let callers = users_on(&server, &["dirs", "deep"]).await;
+    let (dirs, deep) = (&callers[0], &callers[1]);
+    let mut refused = None;
+    for n in 0..3000 {
+        let (status, body) = op(dirs, &format!("d{n}"), "mkdir", None).await;
+        if status != 201 {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("mkdir was never refused");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (507, &json!("disk_full")),
+        "{body}"
+    );
+    let (_, inodes) = room(mount.path());
+    assert!(inodes >= 290, "mkdir took the inode reserve: {inodes} left");
+    for (status, body) in [
+        deep.post("/api/v1/files/a/b/c?op=mkdir&parents=true", json!({}))
+            .await,
+        put(deep, "x/y/z?parents=true", "x").await,
+    ] {
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (507, &json!("disk_full")),
+            "{body}"
+        );
+    }
+    the_server_still_writes(&server).await;
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+/// Hardening round 2, finding 3: staged parts of unfinished uploads that
+/// all overwrite one existing file hold a temp file (an inode) each: they
+/// count against the entry quota and the inode reserve, so several users
+/// together cannot take every inode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_replacements_never_take_the_inode_reserve() {
+    let test = "staged_replacements_never_take_the_inode_reserve";
+    let Some(mount) = SmallFs::mount(test, "size=64m,nr_inodes=2000,mode=0700") else {
+        return;
+    };
+    let data_dir = mount.path().join("data");
+    std::fs::create_dir(&data_dir).expect("data dir");
+    let options = ServerOptions::workers(1)
+        .arg("--default-file-quota")
+        .arg("1000");
+    let mut server = Server::start(&data_dir, &options);
+    server.wait_ready().await;
+    let callers = users_on(&server, &["s1", "s2"]).await;
+    let part = "--BND\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\n\r\n";
+    let mut held = Vec::new();
+    for caller in &callers {
+        assert_eq!(put(caller, "a", "").await.0, 201);
+        // As many parts as leave 30 inodes (the quota allows 999 each).
+        let parts = room(mount.path()).1.saturating_sub(30).min(999);
+        let body = part.repeat(usize::try_from(parts).expect("parts"));
+        let head = format!(
+            "POST /api/v1/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: multipart/form-data; boundary=BND\r\nContent-Length: {}\r\n\r\n",
+            caller.token,
+            body.len() + 100
+        );
+        held.push(stalled(&server, &head, body.as_bytes()).await);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let (_, inodes) = room(mount.path());
+    assert!(
+        inodes >= 190,
+        "staged parts took the inode reserve: {inodes} left"
+    );
+    the_server_still_writes(&server).await;
+    drop(held);
+    // Their temp files go with the uploads.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            room(mount.path()).1 > 1500
+        })
+        .await,
+        "staged temp files left behind"
+    );
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+/// Hardening round 2, finding 4: a name that is not UTF-8 (made on disk
+/// by a user's own program) is listed, lossily and flagged, instead of
+/// hidden while it counts against the quota; deleting its directory
+/// recursively removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_are_not_utf8_are_listed_and_deleted_with_their_directory() {
+    use std::os::unix::ffi::OsStrExt;
+    let (server, callers) = server_from(ServerOptions::workers(1), &["bytes"]).await;
+    let user = &callers[0];
+    assert_eq!(op(user, "odd", "mkdir", None).await.0, 201);
+    assert_eq!(put(user, "odd/fine.txt", "x").await.0, 201);
+    let odd = workspace_of(&server, user).join("odd");
+    let name = std::ffi::OsStr::from_bytes(b"bad-\xff\xfe.bin");
+    std::fs::write(odd.join(name), b"hidden").expect("write");
+    let (status, body) = user.get("/api/v1/files/odd").await;
+    assert_eq!(status, 200, "{body}");
+    let entries = body["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 2, "{body}");
+    let bad = &entries[0];
+    assert_eq!(bad["name"], "bad-\u{FFFD}\u{FFFD}.bin", "{body}");
+    assert_eq!(bad["name_valid"], false, "{body}");
+    assert_eq!((&bad["kind"], &bad["size"]), (&json!("file"), &json!(6)));
+    assert_eq!(entries[1]["name"], "fine.txt", "{body}");
+    assert!(entries[1].get("name_valid").is_none(), "{body}");
+    assert_eq!(user.delete("/api/v1/files/odd?recursive=true").await.0, 204);
+    assert!(!odd.exists(), "the directory and its odd entry are gone");
+}

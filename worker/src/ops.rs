@@ -62,7 +62,7 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
         FileOp::Copy { from, to } => dirs.copy(workspaces, quota, &from, &to),
         FileOp::CloneTemplate { name, to } => dirs.clone_template(workspaces, quota, &name, &to),
         FileOp::GetSettings => dirs.settings(),
-        FileOp::PutSettings { json } => dirs.put_settings(&json),
+        FileOp::PutSettings { json } => dirs.put_settings(workspaces, &json),
         FileOp::Usage | FileOp::Purge | FileOp::CommitStaged { .. } | FileOp::DropStaged { .. } => {
             Err(OpError::Internal("handled above".into()))
         }

@@ -272,6 +272,7 @@ fn entry(name: &str, stat: &rustix::fs::Stat) -> Entry {
     let kind = kind_of(stat);
     Entry {
         name: name.to_string(),
+        name_valid: true,
         kind,
         size: if kind == EntryKind::File {
             stat.st_size as u64
@@ -624,14 +625,18 @@ impl Workspaces {
     }
 
     /// Reserves `bytes` and `entries` more for a write, copy or mkdir in
-    /// progress, if they fit beside what is used and reserved (`credit`:
-    /// bytes the operation will free, such as the file a write replaces).
+    /// progress, if they fit beside what is used and reserved, both in the
+    /// user's quota and in what the file system has beyond the disk
+    /// reserve. `credit` is what the operation will free at its end (the
+    /// file a write replaces): the quota counts it as freed already, the
+    /// disk does not (the old file keeps its blocks and inode until the
+    /// commit, so the new bytes and the temp file's inode are all taken).
     fn reserve(
         &self,
         user: UserId,
         bytes: u64,
         entries: u64,
-        credit: u64,
+        credit: Usage,
         quota: Quota,
     ) -> Result<(), OpError> {
         let mut known = self.lock_usage();
@@ -641,12 +646,20 @@ impl Workspaces {
                 "usage reserved before it was counted".into(),
             ));
         };
-        fits(usage, bytes, entries, credit, quota)?;
-        self.disk_reserve
-            .admit(&self.users_dir, bytes.saturating_sub(credit), entries)?;
+        let mut counted = *usage;
+        counted.entries = counted.entries.saturating_sub(credit.entries);
+        fits(&counted, bytes, entries, credit.bytes, quota)?;
+        self.disk_reserve.admit(&self.users_dir, bytes, entries)?;
         usage.reserved += bytes;
         usage.reserved_entries += entries;
         Ok(())
+    }
+
+    /// `507 disk_full` unless `bytes` and `inodes` more leave the disk
+    /// reserve free (for what is not counted in a quota, such as a mkdir's
+    /// directory or the settings' temp file).
+    fn admit(&self, bytes: u64, inodes: u64) -> Result<(), OpError> {
+        self.disk_reserve.admit(&self.users_dir, bytes, inodes)
     }
 
     fn release(&self, user: UserId, bytes: u64, entries: u64) {
@@ -826,21 +839,29 @@ impl UserDirs {
     pub fn list(&self, path_text: &str, after: Option<&str>, limit: u32) -> Result<Reply, OpError> {
         let parts = parts(path_text)?;
         let fd = self.resolve(&parts, OFlags::DIRECTORY | OFlags::RDONLY)?;
-        let mut names: Vec<String> = Dir::read_from(&fd)
+        // Names that are not UTF-8 (made by a user's own programs) are
+        // listed lossily, flagged, and looked at by their real bytes: they
+        // count against the quota, so the user must see them.
+        let mut names: Vec<(String, CString)> = Dir::read_from(&fd)
             .map_err(|err| errno(err, path_text))?
             .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
-            .filter(|name| name != "." && name != "..")
-            .filter(|name| after.is_none_or(|after| name.as_str() > after))
+            .map(|e| {
+                let raw = e.file_name().to_owned();
+                (raw.to_string_lossy().into_owned(), raw)
+            })
+            .filter(|(name, _)| name != "." && name != "..")
+            .filter(|(name, _)| after.is_none_or(|after| name.as_str() > after))
             .collect();
         names.sort_unstable();
         let more = names.len() > limit as usize;
         names.truncate(limit as usize);
         let mut entries = Vec::with_capacity(names.len());
-        for name in names {
+        for (name, raw) in names {
             // Gone meanwhile: skip it.
-            if let Ok(stat) = rustix::fs::statat(&fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                entries.push(entry(&name, &stat));
+            if let Ok(stat) = rustix::fs::statat(&fd, raw.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                let mut found = entry(&name, &stat);
+                found.name_valid = raw.to_str().is_ok();
+                entries.push(found);
             }
         }
         Ok(Reply::Listing { entries, more })
@@ -1019,6 +1040,10 @@ impl UserDirs {
             let usage = known.get(&self.user).copied().unwrap_or_default();
             fits(&usage, MIN_ENTRY_CHARGE, 1, 0, quota).map_err(Made::Refused)?;
         }
+        // A directory is an inode and a block: never out of the reserve.
+        workspaces
+            .admit(MIN_ENTRY_CHARGE, 1)
+            .map_err(Made::Refused)?;
         rustix::fs::mkdirat(dir, name, PRIVATE).map_err(Made::Failed)?;
         let stat =
             rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(Made::Failed)?;
@@ -1148,7 +1173,13 @@ impl UserDirs {
         workspaces.usage(self)?;
         let (needed, shape) = size_of(from_dir, from_name)?;
         check_depth(to, &to_parts, shape)?;
-        workspaces.reserve(self.user, needed.bytes, needed.entries, 0, quota)?;
+        workspaces.reserve(
+            self.user,
+            needed.bytes,
+            needed.entries,
+            Usage::default(),
+            quota,
+        )?;
         let temp = temp_name("copy");
         let placed = (|| {
             let mut copied = Usage::default();
@@ -1249,7 +1280,11 @@ impl UserDirs {
     }
 
     /// Replaces the user's settings atomically (temp file, fsync, rename).
-    pub fn put_settings(&self, json: &[u8]) -> Result<Reply, OpError> {
+    pub fn put_settings(&self, workspaces: &Workspaces, json: &[u8]) -> Result<Reply, OpError> {
+        // A new inode and its blocks beside the old settings until the
+        // rename: out of the disk reserve like any write (not counted in
+        // the quota: the master bounds settings to 64 KiB).
+        workspaces.admit(charge_of_len(json.len() as u64), 1)?;
         let (temp, fd) = self.create_temp("settings")?;
         let mut file = std::fs::File::from(fd);
         let written = file
@@ -1296,11 +1331,19 @@ impl UserDirs {
         };
         // Fail early, before the body is sent.
         check_current(path_text, current.as_ref(), precondition)?;
-        // Whatever is replaced (a file, a link, a FIFO...) frees its space.
+        // Whatever is replaced (a file, a link, a FIFO...) frees its space
+        // and its entry at the commit: the quota counts them as freed now.
         let replaced = current.as_ref().map_or(0, charge);
+        let credit = Usage {
+            bytes: replaced,
+            entries: u64::from(current.is_some()),
+            ..Usage::default()
+        };
         // Even an empty file is charged: refused before the body is sent.
-        let new_entries = u64::from(current.is_none());
-        workspaces.reserve(self.user, MIN_ENTRY_CHARGE, new_entries, replaced, quota)?;
+        // The temp file is a new inode until the commit, replacing or not:
+        // one entry of the quota and one inode of the disk while it lasts,
+        // so staged uploads over existing files cannot pile up unbounded.
+        workspaces.reserve(self.user, MIN_ENTRY_CHARGE, 1, credit, quota)?;
         let mut pending = PendingWrite {
             dirs: self,
             workspaces,
@@ -1311,7 +1354,7 @@ impl UserDirs {
             file: None,
             written: 0,
             reserved: MIN_ENTRY_CHARGE,
-            reserved_entries: new_entries,
+            reserved_entries: 1,
             replaced,
             quota,
         };
@@ -1366,9 +1409,12 @@ pub struct PendingWrite {
     /// Bytes reserved against the quota so far: what `written` bytes will
     /// be charged (whole blocks, at least one).
     reserved: u64,
-    /// Entries reserved: 1 for a new file.
+    /// Entries reserved: 1, the temp file (the quota credits the file it
+    /// replaces, if any).
     reserved_entries: u64,
-    /// What the entry this write replaces is charged, as seen when it began.
+    /// What the entry this write replaces is charged, as seen when it
+    /// began: credited against the quota, never against the disk reserve
+    /// (its blocks stay taken until the commit).
     replaced: u64,
     quota: Quota,
 }
@@ -1406,7 +1452,10 @@ impl PendingWrite {
                 self.dirs.user,
                 needed - self.reserved,
                 0,
-                self.replaced,
+                Usage {
+                    bytes: self.replaced,
+                    ..Usage::default()
+                },
                 self.quota,
             )?;
             self.reserved = needed;
@@ -2633,6 +2682,48 @@ mod tests {
             (usage.reserved, usage.reserved_entries, usage.files),
             (0, 0, 2)
         );
+    }
+
+    /// Staged writes over an existing file each hold a temp file (an
+    /// inode) until committed: they count against the entry quota, so no
+    /// user piles up more of them than their quota allows (hardening round
+    /// 2, finding 3); one replacement at a time fits even at the quota.
+    #[test]
+    fn staged_replacements_count_against_the_entry_quota() {
+        let (_root, workspaces, dirs) = setup();
+        let user = UserId([7; 16]);
+        let quota = Quota {
+            bytes: 1 << 20,
+            entries: 3,
+        };
+        let begin = |path: &str| {
+            dirs.clone()
+                .begin_write(workspaces.clone(), path, false, quota, &Precondition::None)
+        };
+        for name in ["a", "b"] {
+            let mut pending = begin(name).expect("begin");
+            pending.write(b"old").expect("write");
+            pending.commit(&Precondition::None).expect("commit");
+        }
+        // 2 entries of 3: two more temp files fit, the third does not.
+        let mut stages = Vec::new();
+        for _ in 0..2 {
+            let mut pending = begin("a").expect("begin");
+            pending.write(b"new").expect("write");
+            stages.push(workspaces.stage(user, pending).expect("stage"));
+        }
+        let err = begin("a").err().expect("a third temp file is refused");
+        assert!(matches!(err, OpError::EntryQuotaExceeded { .. }), "{err:?}");
+        workspaces.drop_staged(user, &stages);
+        // At the quota, a file is still replaced (its entry is credited).
+        let mut pending = begin("c").expect("begin");
+        pending.write(b"third").expect("write");
+        pending.commit(&Precondition::None).expect("commit");
+        let mut pending = begin("a").expect("replacing at the quota");
+        pending.write(b"newer").expect("write");
+        pending.commit(&Precondition::None).expect("commit");
+        let usage = workspaces.lock_usage()[&user];
+        assert_eq!((usage.entries, usage.reserved_entries), (3, 0));
     }
 
     /// A move or copy that would make paths longer than any the API takes

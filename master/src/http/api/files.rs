@@ -166,7 +166,15 @@ impl Drop for Transfer {
 /// A file or directory as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EntryView {
+    /// The name. One that is not UTF-8 (made on disk by a user's own
+    /// programs) is shown lossily, with U+FFFD for each bad sequence, and
+    /// comes with `"name_valid": false`.
     pub name: String,
+    /// Only there, and false, for a name that is not UTF-8: `name` then is
+    /// no path the API can reach; the entry still counts against the quota
+    /// and goes when its directory is deleted recursively.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_valid: Option<bool>,
     /// `file`, `dir`, `symlink`, `fifo`, `socket` or `device` (the last
     /// four made by users' own programs; never read).
     pub kind: &'static str,
@@ -180,6 +188,7 @@ impl From<&Entry> for EntryView {
     fn from(entry: &Entry) -> Self {
         EntryView {
             name: entry.name.clone(),
+            name_valid: (!entry.name_valid).then_some(false),
             kind: match entry.kind {
                 EntryKind::File => "file",
                 EntryKind::Dir => "dir",
