@@ -660,6 +660,7 @@ async fn clients_that_pipeline_requests_and_never_read_are_cut_by_the_send_timeo
     // Issue 9, review 2: a client that reads nothing held its connections
     // forever, so three addresses could hold the whole connection cap.
     let options = ServerOptions::workers(1)
+        .env("WARREN_LOG", "info,warren_master::http::listener=debug")
         .arg("--send-timeout")
         .arg("1s")
         .arg("--max-connections")
@@ -725,6 +726,13 @@ async fn clients_that_pipeline_requests_and_never_read_are_cut_by_the_send_timeo
         all_cut,
         "not all {held} stalled readers were cut:\n{}",
         server.metrics().await
+    );
+    assert!(
+        server
+            .log()
+            .contains("the client read nothing for the send timeout"),
+        "{}",
+        server.log()
     );
     for mut stream in attackers {
         // Closed by the server: what it had sent, then the end (or a reset).

@@ -358,6 +358,9 @@ pub async fn serve(
                 if err.is_timeout() {
                     metrics.timed_out("header_read");
                     debug!(%peer, "connection closed: no complete request headers in time");
+                } else if send_timed_out(&err) {
+                    // Counted where the timer ran out.
+                    debug!(%peer, "connection closed: the client read nothing for the send timeout");
                 } else {
                     debug!(%peer, error = %err, "connection ended with an error");
                 }
@@ -368,6 +371,21 @@ pub async fn serve(
     drop(drain);
     // Every guard holds a sender: this returns once all connections closed.
     let _ = drained.recv().await;
+}
+
+/// Whether hyper ended a connection because a write hit the send timeout.
+fn send_timed_out(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// After a failed `accept`: errors of one connection are skipped; others
