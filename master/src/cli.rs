@@ -219,6 +219,15 @@ pub struct ServeArgs {
     /// it is also the keep-alive idle timeout); then it is closed.
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT", default_value = "15s", value_parser = parse_timeout)]
     pub header_read_timeout: Duration,
+    /// A connection whose client accepts no byte of a response for this
+    /// long (it stopped reading) is closed, like nginx's send_timeout.
+    #[arg(long, env = "WARREN_SEND_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub send_timeout: Duration,
+    /// A request body that is not a file upload (JSON, at most 64 KiB) must
+    /// arrive completely within this long, else 408 and the connection
+    /// closes (uploads have --upload-idle-timeout instead).
+    #[arg(long, env = "WARREN_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub body_timeout: Duration,
     /// HTTP connections open at once; more are answered 503 and closed
     /// [default: half the open-file limit].
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]

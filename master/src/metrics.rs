@@ -256,7 +256,7 @@ impl ConnectionMetrics {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    /// `kind`: header_read.
+    /// `kind`: header_read, send or body.
     pub(crate) fn timed_out(&self, kind: &'static str) {
         self.timeouts.get_or_create(&KindLabels { kind }).inc();
     }
@@ -393,9 +393,9 @@ impl Metrics {
         for reason in ["max_connections", "max_connections_per_address"] {
             let _ = connections.rejected.get_or_create(&ReasonLabels { reason });
         }
-        let _ = connections.timeouts.get_or_create(&KindLabels {
-            kind: "header_read",
-        });
+        for kind in ["header_read", "send", "body"] {
+            let _ = connections.timeouts.get_or_create(&KindLabels { kind });
+        }
         registry.register(
             "warren_http_connections_open",
             "HTTP connections open now",
@@ -413,7 +413,7 @@ impl Metrics {
         );
         registry.register(
             "warren_http_connection_timeouts",
-            "HTTP connections closed by a timeout, by kind (header_read: no complete request headers in time, idle keep-alive included)",
+            "HTTP connections closed by a timeout, by kind (header_read: no complete request headers in time, idle keep-alive included; send: the client accepted no byte of a response for --send-timeout; body: a JSON request body not complete within --body-timeout)",
             connections.timeouts.clone(),
         );
         Metrics {

@@ -131,12 +131,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         templates_dir: data_dir.join("shared").join("templates"),
         upload_idle_timeout: args.upload_idle_timeout,
+        body_timeout: args.body_timeout,
         transfers: http::Transfers::new(args.max_transfers_per_user),
         metrics_access,
     });
     let app = http::router(state.clone());
     info!(
         header_read_timeout = ?limits.header_read_timeout,
+        send_timeout = ?limits.send_timeout,
+        body_timeout = ?args.body_timeout,
         max_connections = limits.max_connections,
         max_connections_per_address = limits.max_per_address,
         "connection limits"
@@ -198,6 +201,7 @@ fn connection_limits(args: &ServeArgs, open_files: Option<u64>) -> ConnectionLim
     };
     ConnectionLimits {
         header_read_timeout: args.header_read_timeout,
+        send_timeout: args.send_timeout,
         max_connections,
         max_per_address,
         exempt: args.trusted_proxies.clone(),

@@ -632,3 +632,248 @@ async fn a_trusted_proxy_without_a_public_url_is_warned_about_at_start() {
     let server = Server::ready(&options).await;
     assert!(!server.log().contains(WARNING), "{}", server.log());
 }
+
+/// A connection from `from` whose receive buffer is as small as the kernel
+/// allows, so that the server's writes to it fill up quickly.
+async fn connect_small_window(server: &Server, from: [u8; 4]) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .bind(SocketAddr::new(IpAddr::from(from), 0))
+        .expect("bind a loopback client address");
+    socket.connect(address_of(server)).await.expect("connect")
+}
+
+/// The status of `GET /healthz` on a fresh connection from `from` (a
+/// refused connection answers 503 unasked); `None` if nothing came.
+async fn healthz_from(server: &Server, from: [u8; 4]) -> Option<u16> {
+    let mut stream = connect_from(server, from).await;
+    let _ = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: warren\r\nconnection: close\r\n\r\n")
+        .await;
+    let answer = read_until_closed(&mut stream, Duration::from_secs(3)).await?;
+    answer.get(9..12)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_pipeline_requests_and_never_read_are_cut_by_the_send_timeout() {
+    // Issue 9, review 2: a client that reads nothing held its connections
+    // forever, so three addresses could hold the whole connection cap.
+    let options = ServerOptions::workers(1)
+        .env("WARREN_LOG", "info,warren_master::http::listener=debug")
+        .arg("--send-timeout")
+        .arg("1s")
+        .arg("--max-connections")
+        .arg("8")
+        .arg("--max-connections-per-address")
+        .arg("4");
+    let server = Server::ready(&options).await;
+    let pipelined = b"GET /api/v1/openapi.json HTTP/1.1\r\nhost: warren\r\n\r\n".repeat(300);
+    let mut opened = Vec::new();
+    for from in [[127, 0, 0, 2], [127, 0, 0, 3], [127, 0, 0, 4]] {
+        for _ in 0..4 {
+            opened.push(connect_small_window(&server, from).await);
+        }
+    }
+    // One over a cap is answered 503 at once, unasked: keep the others.
+    let probes = opened.into_iter().map(|mut stream| async move {
+        let mut buf = [0u8; 1024];
+        let refused = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf))
+            .await
+            .is_ok();
+        (!refused).then_some(stream)
+    });
+    let mut attackers: Vec<TcpStream> = futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    for stream in &mut attackers {
+        stream
+            .write_all(&pipelined)
+            .await
+            .expect("pipelined requests");
+    }
+    let held = attackers.len();
+    assert!(held >= 4, "only {held} connections held");
+    // Every slot is held (the harness's client may hold some too) by a
+    // client that reads nothing...
+    assert_eq!(healthz_from(&server, [127, 0, 0, 1]).await, Some(503));
+    let started = Instant::now();
+    // ...until their writes have made no progress for the send timeout
+    // (the idle harness connections would free some only after 15 s).
+    let freed = eventually(Duration::from_secs(6), || async {
+        healthz_from(&server, [127, 0, 0, 5]).await == Some(200)
+    })
+    .await;
+    assert!(
+        freed,
+        "the stalled readers still hold the connection cap after {:?}",
+        started.elapsed()
+    );
+    // All of them, each counted.
+    let all_cut = eventually(Duration::from_secs(6), || async {
+        let metrics = server.metrics().await;
+        metric_value(
+            &metrics,
+            "warren_http_connection_timeouts_total",
+            "kind=\"send\"",
+        )
+        .is_some_and(|cut| cut >= held as f64)
+    })
+    .await;
+    assert!(
+        all_cut,
+        "not all {held} stalled readers were cut:\n{}",
+        server.metrics().await
+    );
+    assert!(
+        server
+            .log()
+            .contains("the client read nothing for the send timeout"),
+        "{}",
+        server.log()
+    );
+    for mut stream in attackers {
+        // Closed by the server: what it had sent, then the end (or a reset).
+        assert!(read_until_closed(&mut stream, Duration::from_secs(5))
+            .await
+            .is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_timeout_does_not_cut_a_slow_but_steady_reader() {
+    let options = ServerOptions::workers(1).arg("--send-timeout").arg("1s");
+    let server = Server::ready(&options).await;
+    let admin = Caller::admin(&server).await;
+    let size = 8 * 1024 * 1024;
+    let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let (status, body) = warren_tests::files::put(&admin, "big.bin", content).await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let login = warren_tests::accounts::login_response(
+        &server,
+        serde_json::json!({ "username": "admin", "password": warren_tests::ADMIN_PASSWORD }),
+    )
+    .await;
+    let (token, _) = warren_tests::accounts::session_cookie(&login).expect("a session");
+
+    // About 2 MiB/s: pauses of 250 ms (each shorter than the send timeout)
+    // with the socket full, for about 4 s in all (longer than it). A
+    // receive buffer of 128 KiB: smaller than the 8 MiB, so the server's
+    // writes wait on the reader, but not so small that the kernel stops
+    // sending window updates (a window under one loopback segment, 64 KiB,
+    // is only reopened by the sender's zero-window probes, whose backoff
+    // soon exceeds a second: no progress, as far as the socket can tell).
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(128 * 1024).expect("SO_RCVBUF");
+    socket
+        .bind(SocketAddr::new(IpAddr::from([127, 0, 0, 3]), 0))
+        .expect("bind");
+    let mut stream = socket.connect(address_of(&server)).await.expect("connect");
+    let request = format!(
+        "GET /api/v1/files/big.bin HTTP/1.1\r\nhost: warren\r\n\
+         authorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut received = 0usize;
+    let mut since_pause = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("data in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        received += n;
+        since_pause += n;
+        if since_pause >= 512 * 1024 {
+            since_pause = 0;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    assert!(
+        received > size,
+        "the download was cut after {received} bytes ({:?})\n{}\n{}",
+        started.elapsed(),
+        server.metrics().await,
+        server.log()
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "not a slow read: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_dribbled_byte_by_byte_gets_408_at_the_body_deadline() {
+    // Issue 9, review 2: the idle rule restarts with every byte, so a login
+    // body dribbled slower than that held its connection for good.
+    let options = ServerOptions::workers(1).arg("--body-timeout").arg("2s");
+    let server = Server::ready(&options).await;
+    let stream = connect_from(&server, [127, 0, 0, 3]).await;
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(
+            b"POST /api/v1/auth/login HTTP/1.1\r\nhost: warren\r\n\
+              content-type: application/json\r\ncontent-length: 60000\r\n\r\n{\"username\":\"",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let dribble = tokio::spawn(async move {
+        // Each gap (300 ms) far shorter than the idle timeout (60 s).
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if writer.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+        writer
+    });
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(7);
+    loop {
+        match tokio::time::timeout_at(deadline, reader.read(&mut buf)).await {
+            Err(_) => panic!("still open after {:?}", started.elapsed()),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    let elapsed = started.elapsed();
+    let answer = String::from_utf8_lossy(&received);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        answer.contains("\"code\":\"request_timeout\""),
+        "{answer:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+    dribble.abort();
+    let metrics = server.metrics().await;
+    let counted = metric_value(
+        &metrics,
+        "warren_http_connection_timeouts_total",
+        "kind=\"body\"",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        counted >= 1.0,
+        "body timeouts counted: {counted}\n{metrics}"
+    );
+    // A login that comes in time is read as before.
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/auth/login"))
+        .json(&serde_json::json!({ "username": "admin", "password": "wrong-password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}

@@ -8,6 +8,8 @@
 //!   response, so the same limit is the keep-alive idle timeout. It does
 //!   not run while a request is being handled or its body streamed (uploads
 //!   have `--upload-idle-timeout`), nor on an upgraded connection.
+//! - **Send timeout**: a connection whose client accepts no byte of a
+//!   response for `send_timeout` is closed (see [`CountedStream`]).
 //! - **Connection caps**: at most `max_connections` open at once, and at most
 //!   `max_per_address` from one peer address (IPv6: one /64; the direct peer: behind a
 //!   reverse proxy every connection comes from the proxy, so trusted proxies
@@ -25,6 +27,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::IpNet;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -47,6 +50,9 @@ const HYPER_MAX_HEADERS: usize = 2 * super::MAX_HEADERS;
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
+    /// How long a write to the client may make no progress (see
+    /// [`CountedStream`]).
+    pub send_timeout: Duration,
     pub max_connections: usize,
     pub max_per_address: usize,
     /// Peers not subject to `max_per_address` (the trusted proxies).
@@ -170,10 +176,61 @@ impl Drop for ConnectionGuard {
 }
 
 /// A socket that carries its guard, so the connection stays counted for as
-/// long as the socket lives, also after an upgrade hands it to a handler.
+/// long as the socket lives, also after an upgrade hands it to a handler;
+/// and that bounds how long a write may wait on the client (the send
+/// timeout).
+///
+/// **Send timeout** (nginx's `send_timeout`): when a write finds the socket
+/// full, a timer starts; any write that the socket accepts (one byte is
+/// enough) stops it; if it runs out first, the write fails with
+/// `TimedOut`, hyper drops the connection, and its slot is free. So a
+/// client that stops reading is cut after `send_timeout`, while one that
+/// reads slowly but steadily is not. This is also what bounds pipelining:
+/// hyper serves a connection's requests one at a time, and only reads the
+/// next once the previous response is written, so a client that pipelines
+/// requests without reading the answers holds at most one response in
+/// flight — until the send buffers fill and this timer runs.
+///
+/// Upgraded connections keep the same stream, so the rule applies to them
+/// too: a peer that reads nothing for `send_timeout` while the server has
+/// something to send is gone, whatever the protocol (a future WebSocket
+/// keep-alive ping needs the peer to read as well). No route upgrades today.
 struct CountedStream {
     stream: TcpStream,
-    _guard: ConnectionGuard,
+    send_timeout: Duration,
+    /// Armed while a write waits for room in the socket.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    guard: ConnectionGuard,
+}
+
+impl CountedStream {
+    /// After a write attempt: stops the timer on progress, starts it when
+    /// the socket is full, and turns a timer run out into `TimedOut`.
+    fn after_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.stalled = None;
+            return result;
+        }
+        let timeout = self.send_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                self.stalled = None;
+                self.guard.tracker.metrics.timed_out("send");
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client read nothing for the send timeout",
+                )))
+            }
+        }
+    }
 }
 
 impl AsyncRead for CountedStream {
@@ -192,7 +249,9 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.after_write(cx, result)
     }
 
     fn poll_write_vectored(
@@ -200,15 +259,21 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.after_write(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
 
+    /// A socket's flush never waits; hyper flushes only once its buffer has
+    /// gone out, which is progress like a write.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.stream).poll_flush(cx);
+        this.after_write(cx, result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -267,7 +332,9 @@ pub async fn serve(
         }
         let io = TokioIo::new(CountedStream {
             stream,
-            _guard: guard,
+            send_timeout: tracker.limits.send_timeout,
+            stalled: None,
+            guard,
         });
         let router = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -291,6 +358,9 @@ pub async fn serve(
                 if err.is_timeout() {
                     metrics.timed_out("header_read");
                     debug!(%peer, "connection closed: no complete request headers in time");
+                } else if send_timed_out(&err) {
+                    // Counted where the timer ran out.
+                    debug!(%peer, "connection closed: the client read nothing for the send timeout");
                 } else {
                     debug!(%peer, error = %err, "connection ended with an error");
                 }
@@ -301,6 +371,21 @@ pub async fn serve(
     drop(drain);
     // Every guard holds a sender: this returns once all connections closed.
     let _ = drained.recv().await;
+}
+
+/// Whether hyper ended a connection because a write hit the send timeout.
+fn send_timed_out(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// After a failed `accept`: errors of one connection are skipped; others

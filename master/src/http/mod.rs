@@ -24,7 +24,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,8 @@ pub struct Shared {
     pub templates_dir: std::path::PathBuf,
     /// How long an upload may send nothing before it is abandoned.
     pub upload_idle_timeout: std::time::Duration,
+    /// How long a JSON (non-file) request body may take to arrive in full.
+    pub body_timeout: std::time::Duration,
     /// Streamed transfers in progress, per user.
     pub transfers: Transfers,
     /// Who may read `/metrics` on the main listener.
@@ -211,29 +213,48 @@ fn oversized(request: &Request) -> Option<ApiError> {
     None
 }
 
+/// Why a JSON request body was cut short (see [`time_limited`]).
+const BODY_IN_TIME: u8 = 0;
+const BODY_STALLED: u8 = 1;
+const BODY_TOO_SLOW: u8 = 2;
+
 /// The body of a request that is not a file transfer (those have their own
-/// idle rule), failing once its client sends nothing for `idle`, so that a
-/// request whose body never comes does not hold its connection forever;
-/// `stalled` tells the middleware to answer `408`.
-fn idle_limited(request: Request, idle: Duration, stalled: Arc<AtomicBool>) -> Request {
+/// idle rule), failing once its client sends nothing for `idle` or once
+/// `deadline` has passed since the request started, whichever comes first:
+/// the idle rule alone restarts with every byte, so a client dribbling one
+/// byte a second would hold its connection for the whole 64 KiB. `cut`
+/// tells the middleware which limit ended it, to answer `408`.
+fn time_limited(
+    request: Request,
+    idle: Duration,
+    deadline: Duration,
+    cut: Arc<AtomicU8>,
+) -> Request {
     use futures_util::StreamExt;
     if axum::body::HttpBody::is_end_stream(request.body()) {
         return request;
     }
+    let deadline = tokio::time::Instant::now() + deadline;
     request.map(|body| {
         let chunks = body.into_data_stream();
         let timed = futures_util::stream::unfold(Some(chunks), move |chunks| {
-            let stalled = stalled.clone();
+            let cut = cut.clone();
             async move {
                 let mut chunks = chunks?;
-                match tokio::time::timeout(idle, chunks.next()).await {
+                let idle_until = tokio::time::Instant::now() + idle;
+                let (until, why) = if idle_until < deadline {
+                    (idle_until, BODY_STALLED)
+                } else {
+                    (deadline, BODY_TOO_SLOW)
+                };
+                match tokio::time::timeout_at(until, chunks.next()).await {
                     Ok(Some(chunk)) => Some((chunk, Some(chunks))),
                     Ok(None) => None,
                     Err(_) => {
-                        stalled.store(true, Ordering::Relaxed);
+                        cut.store(why, Ordering::Relaxed);
                         let err = std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
-                            "the request body stalled",
+                            "the request body did not arrive in time",
                         );
                         Some((Err(axum::Error::new(err)), None))
                     }
@@ -272,20 +293,42 @@ async fn around(State(state): State<AppState>, request: Request, next: Next) -> 
     let mut response = match refusal {
         Some(refusal) => refusal.into_response(),
         None => {
-            let stalled = Arc::new(AtomicBool::new(false));
+            let cut = Arc::new(AtomicU8::new(BODY_IN_TIME));
             let request = match file_op {
                 Some(_) => api::files::count_inbound(&state, request),
-                None => idle_limited(request, state.upload_idle_timeout, stalled.clone()),
+                None => time_limited(
+                    request,
+                    state.upload_idle_timeout,
+                    state.body_timeout,
+                    cut.clone(),
+                ),
             };
             let response = next.run(request).await;
-            if stalled.load(Ordering::Relaxed) {
-                ApiError::RequestTimeout(format!(
+            let why = match cut.load(Ordering::Relaxed) {
+                BODY_STALLED => Some(format!(
                     "the request body stalled: nothing received for {} s",
                     state.upload_idle_timeout.as_secs()
-                ))
-                .into_response()
-            } else {
-                response
+                )),
+                BODY_TOO_SLOW => {
+                    state.metrics.connections().timed_out("body");
+                    Some(format!(
+                        "the request body did not arrive within {} s",
+                        state.body_timeout.as_secs()
+                    ))
+                }
+                _ => None,
+            };
+            match why {
+                // The rest of the body may still be on its way: the
+                // connection closes after this answer.
+                Some(why) => {
+                    let mut response = ApiError::RequestTimeout(why).into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    response
+                }
+                None => response,
             }
         }
     };
