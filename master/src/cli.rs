@@ -214,6 +214,10 @@ pub struct ServeArgs {
     /// retention's pruning, at least every 10 minutes).
     #[arg(long, env = "WARREN_AUDIT_MAX_ROWS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub audit_max_rows: u64,
+    /// API tokens one user may create per minute (each is a database row,
+    /// each revocation another): more are answered 429.
+    #[arg(long, env = "WARREN_TOKEN_RATE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_rate: u32,
     /// A connection must deliver a request's complete headers within this
     /// long, from connecting or from the end of its previous response (so
     /// it is also the keep-alive idle timeout); then it is closed.

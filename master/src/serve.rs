@@ -50,6 +50,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         audit_retention: args.audit_retention,
         audit_rate_per_minute: args.audit_rate,
         audit_max_rows: args.audit_max_rows,
+        token_rate_per_minute: args.token_rate,
         ..AuthConfig::default()
     };
     match args.mode {

@@ -224,7 +224,7 @@ async fn the_audit_log_keeps_at_most_its_row_cap(db: Database) {
 }
 
 async fn api_tokens_per_user_are_capped(db: Database) {
-    let server = start(&db, options()).await;
+    let server = start(&db, options().arg("--token-rate").arg("1000")).await;
     let admin = Caller::admin(&server).await;
     admin.create_user("tess", "tess-password").await;
     let tess = Caller::login(&server, "tess", "tess-password").await;
@@ -263,6 +263,39 @@ async fn api_tokens_per_user_are_capped(db: Database) {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+
+    // Creating and revoking in a loop (each revocation a row of the
+    // revocation feed) is limited by --token-rate (default 30 a minute).
+    let db = db_again(&db).await;
+    let server = start(&db, options()).await;
+    let admin = Caller::admin(&server).await;
+    admin.create_user("tess", "tess-password").await;
+    let tess = Caller::login(&server, "tess", "tess-password").await;
+    let mut statuses = Vec::new();
+    for n in 0..31 {
+        let (status, body) = tess
+            .post(
+                "/api/v1/me/tokens",
+                json!({ "name": format!("c{n}"), "scope": "read" }),
+            )
+            .await;
+        if let Some(id) = body["id"].as_str() {
+            assert_eq!(tess.delete(&format!("/api/v1/me/tokens/{id}")).await.0, 204);
+        }
+        statuses.push(status);
+    }
+    assert!(statuses[..30].iter().all(|&s| s == 201), "{statuses:?}");
+    assert_eq!(statuses[30], 429, "{statuses:?}");
+}
+
+/// A second, fresh database of the same backend.
+async fn db_again(db: &Database) -> Database {
+    match db {
+        Database::Sqlite => Database::Sqlite,
+        Database::Postgres { .. } => Database::postgres("a second server")
+            .await
+            .expect("PostgreSQL was reachable a moment ago"),
+    }
 }
 
 /// One login attempt; `forwarded` is sent as X-Forwarded-For (the tests'

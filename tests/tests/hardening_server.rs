@@ -815,15 +815,40 @@ async fn a_json_body_dribbled_byte_by_byte_gets_408_at_the_body_deadline() {
     // body dribbled slower than that held its connection for good.
     let options = ServerOptions::workers(1).arg("--body-timeout").arg("2s");
     let server = Server::ready(&options).await;
-    let stream = connect_from(&server, [127, 0, 0, 3]).await;
-    let (mut reader, mut writer) = stream.into_split();
-    writer
-        .write_all(
-            b"POST /api/v1/auth/login HTTP/1.1\r\nhost: warren\r\n\
-              content-type: application/json\r\ncontent-length: 60000\r\n\r\n{\"username\":\"",
-        )
+    dribble_is_cut_at_the_body_deadline(
+        &server,
+        "POST /api/v1/auth/login HTTP/1.1\r\nhost: warren\r\n\
+         content-type: application/json\r\ncontent-length: 60000\r\n\r\n{\"username\":\"",
+    )
+    .await;
+    let metrics = server.metrics().await;
+    let counted = metric_value(
+        &metrics,
+        "warren_http_connection_timeouts_total",
+        "kind=\"body\"",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        counted >= 1.0,
+        "body timeouts counted: {counted}\n{metrics}"
+    );
+    // A login that comes in time is read as before.
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/auth/login"))
+        .json(&serde_json::json!({ "username": "admin", "password": "wrong-password" }))
+        .send()
         .await
         .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+/// Sends `head` (a request line, headers promising a long body, and the
+/// body's first bytes), then one more byte every 300 ms: the server must
+/// answer `408` and close at its 2 s body deadline.
+async fn dribble_is_cut_at_the_body_deadline(server: &Server, head: &str) {
+    let stream = connect_from(&server, [127, 0, 0, 3]).await;
+    let (mut reader, mut writer) = stream.into_split();
+    writer.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
     let dribble = tokio::spawn(async move {
         // Each gap (300 ms) far shorter than the idle timeout (60 s).
@@ -857,23 +882,31 @@ async fn a_json_body_dribbled_byte_by_byte_gets_408_at_the_body_deadline() {
         "{elapsed:?}"
     );
     dribble.abort();
-    let metrics = server.metrics().await;
-    let counted = metric_value(
-        &metrics,
-        "warren_http_connection_timeouts_total",
-        "kind=\"body\"",
-    )
-    .unwrap_or(0.0);
-    assert!(
-        counted >= 1.0,
-        "body timeouts counted: {counted}\n{metrics}"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_operations_json_body_has_the_body_deadline_and_json_errors() {
+    // Review 3: POST /files/{path}?op=... bodies were treated as uploads
+    // (no deadline) and their 413 was axum's plain text.
+    let options = ServerOptions::workers(1).arg("--body-timeout").arg("2s");
+    let server = Server::ready(&options).await;
+    let admin = warren_tests::accounts::Caller::admin(&server)
+        .await
+        .bearer();
+    let head = format!(
+        "POST /api/v1/files/a?op=move HTTP/1.1\r\nhost: warren\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100000\r\n\r\n{{\"to\":",
+        admin.token
     );
-    // A login that comes in time is read as before.
+    dribble_is_cut_at_the_body_deadline(&server, &head).await;
     let response = reqwest::Client::new()
-        .post(server.url("/api/v1/auth/login"))
-        .json(&serde_json::json!({ "username": "admin", "password": "wrong-password" }))
+        .post(server.url("/api/v1/files/a?op=copy"))
+        .bearer_auth(&admin.token)
+        .body(vec![b' '; 100_000])
         .send()
         .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
+        .expect("POST");
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
 }

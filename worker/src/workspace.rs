@@ -1189,7 +1189,10 @@ impl UserDirs {
                 &self.tmp,
                 &c_name(&temp)?,
                 0,
-                &needed,
+                &CopyLimits {
+                    budget: &needed,
+                    admit: &|bytes, inodes| workspaces.admit(bytes, inodes),
+                },
                 &mut copied,
             )?;
             if template {
@@ -1889,6 +1892,13 @@ fn remove_empty_dir(dir: &impl AsFd, name: &CStr, removed: &mut Usage) -> Result
     }
 }
 
+/// What a copy may take: at most `budget` (counted before it began), and
+/// each entry only if `admit(bytes, inodes)` says the disk reserve allows.
+struct CopyLimits<'a> {
+    budget: &'a Usage,
+    admit: &'a dyn Fn(u64, u64) -> Result<(), OpError>,
+}
+
 /// Copies `name` in `from` to `to_name` in `to`: files with their bytes,
 /// directories recursively (at most [`MAX_DEPTH`] levels: callers check the
 /// height first); symlinks and special files are left out (never
@@ -1900,9 +1910,10 @@ fn copy_tree(
     to: &impl AsFd,
     to_name: &CStr,
     depth: usize,
-    budget: &Usage,
+    limits: &CopyLimits<'_>,
     copied: &mut Usage,
 ) -> Result<(), OpError> {
+    let (budget, admit) = (limits.budget, limits.admit);
     if depth > MAX_DEPTH {
         return Err(too_deep());
     }
@@ -1920,11 +1931,15 @@ fn copy_tree(
             if copied.entries >= budget.entries {
                 return Err(outgrown());
             }
+            // The disk reserve again, entry by entry: the check before the
+            // copy began saw the free space of that moment, which copies
+            // running beside this one are taking too.
+            admit(MIN_ENTRY_CHARGE, 1)?;
             rustix::fs::mkdirat(to, to_name, PRIVATE).map_err(|err| errno(err, to_name_text))?;
             let source = open_dir(from, name)?;
             let target = open_dir(to, to_name)?;
             for child in children(&source, name)? {
-                copy_tree(&source, &child, &target, &child, depth + 1, budget, copied)?;
+                copy_tree(&source, &child, &target, &child, depth + 1, limits, copied)?;
             }
             let _ = rustix::fs::fsync(&target);
             let made = rustix::fs::fstat(&target).map_err(|err| errno(err, to_name_text))?;
@@ -1952,6 +1967,7 @@ fn copy_tree(
             if FileType::from_raw_mode(source_stat.st_mode) != FileType::RegularFile {
                 return Ok(());
             }
+            admit(charge(&source_stat), 1)?;
             let target = rustix::fs::openat(
                 to,
                 to_name,
@@ -2423,6 +2439,44 @@ mod tests {
     /// A tree deeper than any path of the API, made on disk by a user's
     /// program: counted and deleted all the same (finding 5), with a
     /// bounded number of descriptors; the API refuses to make one.
+    #[test]
+    fn a_copy_asks_the_disk_reserve_before_every_entry() {
+        // Copies running side by side all passed the reserve checked at
+        // their start; each must check again as it writes.
+        let source = tempfile::tempdir().expect("tempdir");
+        let target = tempfile::tempdir().expect("tempdir");
+        let tree = source.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+        for n in 0..4 {
+            std::fs::write(tree.join("sub").join(format!("f{n}")), b"data").expect("write");
+        }
+        let from = rustix::fs::open(source.path(), OFlags::DIRECTORY, Mode::empty()).expect("open");
+        let to = rustix::fs::open(target.path(), OFlags::DIRECTORY, Mode::empty()).expect("open");
+        let asked = std::cell::Cell::new(0);
+        let admit = |_bytes: u64, inodes: u64| {
+            asked.set(asked.get() + inodes);
+            if asked.get() > 3 {
+                Err(OpError::DiskFull("the reserve".into()))
+            } else {
+                Ok(())
+            }
+        };
+        let budget = Usage {
+            bytes: 1 << 20,
+            entries: 100,
+            ..Usage::default()
+        };
+        let limits = CopyLimits {
+            budget: &budget,
+            admit: &admit,
+        };
+        let mut copied = Usage::default();
+        let err = copy_tree(&from, c"tree", &to, c"copy", 0, &limits, &mut copied)
+            .expect_err("refused part-way");
+        assert!(matches!(err, OpError::DiskFull(_)), "{err:?}");
+        assert_eq!(asked.get(), 4, "asked once per entry until refused");
+    }
+
     #[test]
     fn trees_of_any_depth_are_counted_and_deleted() {
         const BIG: Quota = Quota {

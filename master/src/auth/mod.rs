@@ -63,6 +63,8 @@ pub struct AuthConfig {
     pub audit_rate_per_minute: u32,
     /// The most audit events kept; the oldest beyond it are deleted.
     pub audit_max_rows: u64,
+    /// API tokens one user may create per minute (also the burst).
+    pub token_rate_per_minute: u32,
     /// Entry quota (files, directories...) of every user.
     pub default_quota_files: u64,
 }
@@ -83,6 +85,7 @@ impl Default for AuthConfig {
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             audit_rate_per_minute: 60,
             audit_max_rows: 1_000_000,
+            token_rate_per_minute: 30,
             default_quota_files: 100_000,
         }
     }
@@ -101,6 +104,9 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("too many login attempts; retry in {} s", throttle::retry_after_secs(*retry_after))]
     Throttled { retry_after: Duration, locked: bool },
+    /// A change a user makes too often (creating API tokens).
+    #[error("too many changes; retry in {} s", throttle::retry_after_secs(*.0))]
+    TooFast(Duration),
     #[error(transparent)]
     Password(#[from] PasswordError),
     #[error(transparent)]
@@ -256,6 +262,8 @@ pub struct Auth {
     hasher: Hasher,
     throttle: Throttle,
     audit_limiter: AuditLimiter,
+    /// API token creations per user (`--token-rate`).
+    token_creations: throttle::UserChangeLimiter,
     cache: moka::sync::Cache<String, Arc<Principal>>,
     /// Hashes recently found to be no credential at all, so a flood of
     /// made-up tokens does not become a flood of queries. Safe to keep: a
@@ -281,6 +289,7 @@ impl Auth {
             hasher: Hasher::new(config.hash_concurrency, config.hash_queue_timeout)?,
             throttle: Throttle::new(config.throttle.clone()),
             audit_limiter: AuditLimiter::new(config.audit_rate_per_minute),
+            token_creations: throttle::UserChangeLimiter::new(config.token_rate_per_minute),
             cache: moka::sync::Cache::builder()
                 .max_capacity(200_000)
                 // A backstop only: revocations invalidate entries at once.
@@ -740,6 +749,9 @@ impl Auth {
         expires_at: Option<i64>,
         client: &Client,
     ) -> Result<(store::ApiTokenRow, String), AuthError> {
+        self.token_creations
+            .admit(&principal.user_id.to_string())
+            .map_err(AuthError::TooFast)?;
         let secret = token::new_api_token()?;
         let row = self
             .store
@@ -966,6 +978,7 @@ impl Auth {
     async fn tidy(&self) {
         self.throttle.shrink();
         self.audit_limiter.shrink();
+        self.token_creations.shrink();
         match self
             .background_store
             .prune(Duration::from_secs(3600), self.config.idle_timeout)

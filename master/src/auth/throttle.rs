@@ -203,6 +203,34 @@ impl Throttle {
     }
 }
 
+/// How often one user may change what they hold in the accounts database
+/// (API tokens created): a user under the token cap could otherwise create
+/// and revoke in a loop, each revocation a row of the revocation feed.
+#[derive(Debug)]
+pub struct UserChangeLimiter {
+    by_user: DefaultKeyedRateLimiter<String>,
+}
+
+impl UserChangeLimiter {
+    pub fn new(per_minute: u32) -> UserChangeLimiter {
+        UserChangeLimiter {
+            by_user: RateLimiter::keyed(quota(per_minute)),
+        }
+    }
+
+    /// `Err(wait)` when `user` is over the limit.
+    pub fn admit(&self, user: &str) -> Result<(), Duration> {
+        self.by_user
+            .check_key(&user.to_string())
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    pub fn shrink(&self) {
+        self.by_user.retain_recent();
+        self.by_user.shrink_to_fit();
+    }
+}
+
 /// The audit log's rate limit: events caused by requests are stored at most
 /// `per_minute` a minute (also the burst) per client address and per
 /// authenticated user, so no one can fill the disk with audit rows.
@@ -412,6 +440,18 @@ mod tests {
         assert_eq!(limiter.dropped(), Some(1));
         assert_eq!(limiter.dropped(), None);
         assert_eq!(limiter.dropped(), None);
+    }
+
+    #[test]
+    fn changes_per_user_are_limited_one_user_at_a_time() {
+        let limiter = UserChangeLimiter::new(3);
+        assert!((0..3).all(|_| limiter.admit("alice").is_ok()));
+        let wait = limiter.admit("alice").expect_err("over the limit");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert!(limiter.admit("bob").is_ok());
     }
 
     #[test]

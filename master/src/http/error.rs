@@ -6,7 +6,7 @@ use crate::auth::throttle::retry_after_secs;
 use crate::auth::AuthError;
 use crate::pool::PoolError;
 use crate::store::{Outage, StoreError};
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -186,7 +186,9 @@ impl From<AuthError> for ApiError {
         match err {
             AuthError::Unauthenticated => ApiError::Unauthenticated,
             AuthError::InvalidCredentials => ApiError::InvalidCredentials,
-            AuthError::Throttled { retry_after, .. } => ApiError::TooManyRequests(retry_after),
+            AuthError::Throttled { retry_after, .. } | AuthError::TooFast(retry_after) => {
+                ApiError::TooManyRequests(retry_after)
+            }
             AuthError::Password(err) => err.into(),
             AuthError::Store(err) => err.into(),
             AuthError::Random(err) => ApiError::Internal(err.to_string()),
@@ -249,6 +251,12 @@ fn from_rejection(status: StatusCode, text: String) -> ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        from_rejection(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
         from_rejection(rejection.status(), rejection.body_text())
     }
 }

@@ -295,7 +295,17 @@ async fn around(State(state): State<AppState>, request: Request, next: Next) -> 
         None => {
             let cut = Arc::new(AtomicU8::new(BODY_IN_TIME));
             let request = match file_op {
-                Some(_) => api::files::count_inbound(&state, request),
+                // Uploads are long by nature: they have their own idle rule
+                // (and a cap per user on how many run at once).
+                Some("write" | "upload") => api::files::count_inbound(&state, request),
+                // A file operation's JSON body ({"to": PATH}) is bounded
+                // like any other JSON body.
+                Some(_) => time_limited(
+                    api::files::count_inbound(&state, request),
+                    state.upload_idle_timeout,
+                    state.body_timeout,
+                    cut.clone(),
+                ),
                 None => time_limited(
                     request,
                     state.upload_idle_timeout,

@@ -130,7 +130,12 @@ fn postgres_outage(code: Option<&str>) -> Option<Outage> {
     match code {
         "53100" => Some(Outage::DiskFull),
         "40001" | "40P01" | "55P03" | "57014" => Some(Outage::Unavailable),
-        _ if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
+        // 3D000: the database itself is gone (dropped, or not yet restored).
+        _ if code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P")
+            || code == "3D000" =>
+        {
             Some(Outage::Unavailable)
         }
         _ => None,

@@ -10,6 +10,13 @@ use uuid::Uuid;
 /// API tokens one user may hold at once.
 pub const MAX_TOKENS_PER_USER: i64 = 100;
 
+fn too_many_tokens(held: i64) -> StoreError {
+    StoreError::Limit(format!(
+        "you have {held} API tokens, the most allowed; revoke one first \
+         (DELETE /api/v1/me/tokens/{{id}})"
+    ))
+}
+
 pub struct NewSession<'a> {
     pub token_hash: &'a str,
     pub user_id: Uuid,
@@ -360,10 +367,7 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         if held >= MAX_TOKENS_PER_USER {
-            return Err(StoreError::Limit(format!(
-                "you have {held} API tokens, the most allowed; revoke one first \
-                 (DELETE /api/v1/me/tokens/{{id}})"
-            )));
+            return Err(too_many_tokens(held));
         }
         let token = ApiTokenRow {
             id: Uuid::new_v4(),
@@ -394,6 +398,17 @@ impl Store {
         .await
         .map_err(|err| StoreError::conflict_or(err, "a token with this secret"))?;
         if inserted.rows_affected() == 0 {
+            // The session is gone (a revocation won the race), or tokens
+            // created meanwhile reached the cap: say which.
+            self.count(1);
+            let held: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE user_id = $1")
+                    .bind(new.user_id.to_string())
+                    .fetch_one(&self.pool)
+                    .await?;
+            if held >= MAX_TOKENS_PER_USER {
+                return Err(too_many_tokens(held));
+            }
             return Err(StoreError::Stale);
         }
         Ok(token)

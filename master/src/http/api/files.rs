@@ -970,9 +970,10 @@ pub(super) async fn post_file(
     Authed(principal): Authed,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     ApiQuery(query): ApiQuery<PostQuery>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let path = checked(&path?.0)?;
+    let body = body?;
     let destination = || {
         if body.is_empty() {
             return Err(ApiError::BadRequest(format!(
