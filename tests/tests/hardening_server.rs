@@ -846,7 +846,7 @@ async fn a_json_body_dribbled_byte_by_byte_gets_408_at_the_body_deadline() {
 /// body's first bytes), then one more byte every 300 ms: the server must
 /// answer `408` and close at its 2 s body deadline.
 async fn dribble_is_cut_at_the_body_deadline(server: &Server, head: &str) {
-    let stream = connect_from(&server, [127, 0, 0, 3]).await;
+    let stream = connect_from(server, [127, 0, 0, 3]).await;
     let (mut reader, mut writer) = stream.into_split();
     writer.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
