@@ -418,6 +418,14 @@ impl SmallFs {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// A fresh `data` directory on this file system, for a server's
+    /// `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        let dir = self.dir.path().join("data");
+        std::fs::create_dir(&dir).expect("data dir on the small file system");
+        dir
+    }
 }
 
 impl Drop for SmallFs {

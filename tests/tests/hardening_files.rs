@@ -62,8 +62,7 @@ async fn no_quota_lets_a_user_exhaust_a_small_file_system() {
     let Some(mount) = SmallFs::mount(test, "size=64m,nr_inodes=3000,mode=0700") else {
         return;
     };
-    let data_dir = mount.path().join("data");
-    std::fs::create_dir(&data_dir).expect("data dir");
+    let data_dir = mount.data_dir();
     let options = ServerOptions::workers(1)
         .arg("--default-file-quota")
         .arg("400")
@@ -691,8 +690,7 @@ async fn replacing_a_file_never_takes_the_disk_reserve() {
     let Some(mount) = SmallFs::mount(test, "size=24m,mode=0700") else {
         return;
     };
-    let data_dir = mount.path().join("data");
-    std::fs::create_dir(&data_dir).expect("data dir");
+    let data_dir = mount.data_dir();
     let mut server = Server::start(&data_dir, &ServerOptions::workers(1));
     server.wait_ready().await;
     let callers = users_on(&server, &["filler"]).await;
@@ -740,8 +738,7 @@ async fn directories_never_take_the_inode_reserve() {
     let Some(mount) = SmallFs::mount(test, "size=64m,nr_inodes=3000,mode=0700") else {
         return;
     };
-    let data_dir = mount.path().join("data");
-    std::fs::create_dir(&data_dir).expect("data dir");
+    let data_dir = mount.data_dir();
     let options = ServerOptions::workers(1)
         .arg("--default-file-quota")
         .arg("5000");
@@ -790,8 +787,7 @@ async fn staged_replacements_never_take_the_inode_reserve() {
     let Some(mount) = SmallFs::mount(test, "size=64m,nr_inodes=2000,mode=0700") else {
         return;
     };
-    let data_dir = mount.path().join("data");
-    std::fs::create_dir(&data_dir).expect("data dir");
+    let data_dir = mount.data_dir();
     let options = ServerOptions::workers(1)
         .arg("--default-file-quota")
         .arg("1000");
