@@ -38,7 +38,8 @@ admin_password="schemathesis-admin-$RANDOM$RANDOM"
 user_password="schemathesis-user-$RANDOM$RANDOM"
 printf '%s\n' "$admin_password" >"$work/admin-password"
 mkdir "$work/data"
-# Generous login throttles: schemathesis itself calls /auth/login many times.
+# Generous login throttles (schemathesis itself calls /auth/login many times)
+# and token rate (so creating tokens is exercised, not only its 429).
 WARREN_LOG=info "$BINARY" serve \
     --listen 127.0.0.1:0 \
     --data-dir "$work/data" \
@@ -47,6 +48,7 @@ WARREN_LOG=info "$BINARY" serve \
     --login-rate-per-address 100000 \
     --login-rate-per-account 100000 \
     --lockout-failures 100000 \
+    --token-rate 100000 \
     2>"$work/server.log" &
 server_pid=$!
 

@@ -236,6 +236,7 @@ pub struct CreatedToken {
         (status = 201, body = CreatedToken),
         (status = 403, description = "API tokens cannot create tokens", body = ErrorBody),
         (status = 409, description = "The user already holds 100 API tokens, the most allowed", body = ErrorBody),
+        (status = 429, description = "More API tokens created this minute than `--token-rate` allows", body = ErrorBody),
         (status = 422, description = "A bad name (empty, over 100 characters, or with control, bidi or invisible characters) or lifetime", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
