@@ -309,6 +309,15 @@ impl Caller {
     }
 
     /// Creates a user as this (admin) caller; returns the new user's id.
+    /// POST /api/v1/me/tokens for a read-scoped token named `name`.
+    pub async fn new_token(&self, name: &str) -> (u16, Value) {
+        self.post(
+            "/api/v1/me/tokens",
+            serde_json::json!({ "name": name, "scope": "read" }),
+        )
+        .await
+    }
+
     pub async fn create_user(&self, username: &str, password: &str) -> String {
         let (status, body) = self
             .post(

@@ -230,21 +230,11 @@ async fn api_tokens_per_user_are_capped(db: Database) {
     let tess = Caller::login(&server, "tess", "tess-password").await;
     let mut last = String::new();
     for n in 0..100 {
-        let (status, body) = tess
-            .post(
-                "/api/v1/me/tokens",
-                json!({ "name": format!("t{n}"), "scope": "read" }),
-            )
-            .await;
+        let (status, body) = tess.new_token(&format!("t{n}")).await;
         assert_eq!(status, 201, "token {n}: {body}");
         last = body["id"].as_str().expect("id").to_string();
     }
-    let (status, body) = tess
-        .post(
-            "/api/v1/me/tokens",
-            json!({ "name": "one too many", "scope": "read" }),
-        )
-        .await;
+    let (status, body) = tess.new_token("one too many").await;
     assert_eq!(status, 409, "{body}");
     assert!(
         body["error"]["message"]
@@ -256,12 +246,7 @@ async fn api_tokens_per_user_are_capped(db: Database) {
         tess.delete(&format!("/api/v1/me/tokens/{last}")).await.0,
         204
     );
-    let (status, body) = tess
-        .post(
-            "/api/v1/me/tokens",
-            json!({ "name": "room again", "scope": "read" }),
-        )
-        .await;
+    let (status, body) = tess.new_token("room again").await;
     assert_eq!(status, 201, "{body}");
 
     // Creating and revoking in a loop (each revocation a row of the
@@ -273,12 +258,7 @@ async fn api_tokens_per_user_are_capped(db: Database) {
     let tess = Caller::login(&server, "tess", "tess-password").await;
     let mut statuses = Vec::new();
     for n in 0..31 {
-        let (status, body) = tess
-            .post(
-                "/api/v1/me/tokens",
-                json!({ "name": format!("c{n}"), "scope": "read" }),
-            )
-            .await;
+        let (status, body) = tess.new_token(&format!("c{n}")).await;
         if let Some(id) = body["id"].as_str() {
             assert_eq!(tess.delete(&format!("/api/v1/me/tokens/{id}")).await.0, 204);
         }

@@ -19,15 +19,6 @@ fn is_outage(status: u16, body: &Value) -> bool {
     )
 }
 
-async fn new_token(caller: &Caller, name: &str) -> (u16, Value) {
-    caller
-        .post(
-            "/api/v1/me/tokens",
-            json!({ "name": name, "scope": "read" }),
-        )
-        .await
-}
-
 /// Everything that writes to the accounts database works: login, logout
 /// (which really ends the session), token revocation, disabling a user and
 /// ending their sessions.
@@ -35,7 +26,7 @@ async fn all_writes_work(server: &Server, admin: &Caller, user_id: &str) {
     let user = Caller::login(server, "alice", "alice-password")
         .await
         .bearer();
-    let (status, body) = new_token(&user, "after").await;
+    let (status, body) = user.new_token("after").await;
     assert_eq!(status, 201, "{body}");
     let token_id = body["id"].as_str().expect("token id").to_string();
     let (status, body) = user.delete(&format!("/api/v1/me/tokens/{token_id}")).await;
@@ -85,7 +76,7 @@ async fn a_full_disk_fails_writes_cleanly_and_everything_recovers_when_space_ret
     let doomed = Caller::login(&server, "alice", "alice-password")
         .await
         .bearer();
-    let (status, body) = new_token(&alice, "before").await;
+    let (status, body) = alice.new_token("before").await;
     assert_eq!(status, 201, "{body}");
     let token_id = body["id"].as_str().expect("token id").to_string();
 
@@ -121,7 +112,7 @@ async fn a_full_disk_fails_writes_cleanly_and_everything_recovers_when_space_ret
     );
     // So the accounts database still has room.
     for n in 0..20 {
-        let (status, body) = new_token(&alice, &format!("kept{n}")).await;
+        let (status, body) = alice.new_token(&format!("kept{n}")).await;
         assert_eq!(status, 201, "the reserve did not keep room: {body}");
     }
 
@@ -152,7 +143,7 @@ async fn a_full_disk_fails_writes_cleanly_and_everything_recovers_when_space_ret
     // as 500, whatever they are.
     let mut refused = 0;
     for n in 0..2000 {
-        let (status, body) = new_token(&alice, &format!("t{n}")).await;
+        let (status, body) = alice.new_token(&format!("t{n}")).await;
         if status == 201 {
             continue;
         }
@@ -267,7 +258,7 @@ async fn postgres_connections_lost_mid_transaction_heal_by_themselves() {
         let writers: Vec<_> = (0..8)
             .map(|n| {
                 let alice = alice.clone();
-                tokio::spawn(async move { new_token(&alice, &format!("r{round}-{n}")).await })
+                tokio::spawn(async move { alice.new_token(&format!("r{round}-{n}")).await })
             })
             .collect();
         sqlx::query(
@@ -286,7 +277,7 @@ async fn postgres_connections_lost_mid_transaction_heal_by_themselves() {
             );
         }
         let healed = eventually(Duration::from_secs(15), || async {
-            new_token(&alice, "probe").await.0 == 201
+            alice.new_token("probe").await.0 == 201
         })
         .await;
         assert!(healed, "the pool never healed; log:\n{}", server.log());

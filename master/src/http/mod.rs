@@ -26,7 +26,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The largest JSON request body accepted (413 beyond).
 pub const MAX_JSON_BODY: usize = 64 * 1024;
@@ -219,23 +219,23 @@ const BODY_STALLED: u8 = 1;
 const BODY_TOO_SLOW: u8 = 2;
 
 /// The body of a request that is not a file transfer (those have their own
-/// idle rule), failing once its client sends nothing for `idle` or once
-/// `deadline` has passed since the request started, whichever comes first:
-/// the idle rule alone restarts with every byte, so a client dribbling one
-/// byte a second would hold its connection for the whole 64 KiB. `cut`
-/// tells the middleware which limit ended it, to answer `408`.
-fn time_limited(
-    request: Request,
-    idle: Duration,
-    deadline: Duration,
-    cut: Arc<AtomicU8>,
-) -> Request {
+/// idle rule), failing once its client sends nothing for
+/// `--upload-idle-timeout` or once `--body-timeout` has passed since the
+/// request started, whichever comes first: the idle rule alone restarts
+/// with every byte, so a client dribbling one byte a second would hold its
+/// connection for the whole 64 KiB. The flag returned (none for a request
+/// without a body) tells the middleware which limit ended it, to answer
+/// `408`.
+fn time_limited(request: Request, state: &AppState) -> (Request, Option<Arc<AtomicU8>>) {
     use futures_util::StreamExt;
     if axum::body::HttpBody::is_end_stream(request.body()) {
-        return request;
+        return (request, None);
     }
+    let (idle, deadline) = (state.upload_idle_timeout, state.body_timeout);
+    let cut = Arc::new(AtomicU8::new(BODY_IN_TIME));
+    let flag = cut.clone();
     let deadline = tokio::time::Instant::now() + deadline;
-    request.map(|body| {
+    let request = request.map(|body| {
         let chunks = body.into_data_stream();
         let timed = futures_util::stream::unfold(Some(chunks), move |chunks| {
             let cut = cut.clone();
@@ -262,7 +262,8 @@ fn time_limited(
             }
         });
         axum::body::Body::from_stream(timed)
-    })
+    });
+    (request, Some(flag))
 }
 
 const CSP: &str = "default-src 'self'; base-uri 'none'; object-src 'none'; \
@@ -293,28 +294,17 @@ async fn around(State(state): State<AppState>, request: Request, next: Next) -> 
     let mut response = match refusal {
         Some(refusal) => refusal.into_response(),
         None => {
-            let cut = Arc::new(AtomicU8::new(BODY_IN_TIME));
-            let request = match file_op {
+            let (request, cut) = match file_op {
                 // Uploads are long by nature: they have their own idle rule
                 // (and a cap per user on how many run at once).
-                Some("write" | "upload") => api::files::count_inbound(&state, request),
-                // A file operation's JSON body ({"to": PATH}) is bounded
-                // like any other JSON body.
-                Some(_) => time_limited(
-                    api::files::count_inbound(&state, request),
-                    state.upload_idle_timeout,
-                    state.body_timeout,
-                    cut.clone(),
-                ),
-                None => time_limited(
-                    request,
-                    state.upload_idle_timeout,
-                    state.body_timeout,
-                    cut.clone(),
-                ),
+                Some("write" | "upload") => (api::files::count_inbound(&state, request), None),
+                // Any other body, a file operation's ({"to": PATH}) too, is
+                // bounded like a JSON body.
+                Some(_) => time_limited(api::files::count_inbound(&state, request), &state),
+                None => time_limited(request, &state),
             };
             let response = next.run(request).await;
-            let why = match cut.load(Ordering::Relaxed) {
+            let why = match cut.map_or(BODY_IN_TIME, |cut| cut.load(Ordering::Relaxed)) {
                 BODY_STALLED => Some(format!(
                     "the request body stalled: nothing received for {} s",
                     state.upload_idle_timeout.as_secs()

@@ -10,13 +10,6 @@ use uuid::Uuid;
 /// API tokens one user may hold at once.
 pub const MAX_TOKENS_PER_USER: i64 = 100;
 
-fn too_many_tokens(held: i64) -> StoreError {
-    StoreError::Limit(format!(
-        "you have {held} API tokens, the most allowed; revoke one first \
-         (DELETE /api/v1/me/tokens/{{id}})"
-    ))
-}
-
 pub struct NewSession<'a> {
     pub token_hash: &'a str,
     pub user_id: Uuid,
@@ -359,16 +352,7 @@ impl Store {
     }
 
     pub async fn create_token(&self, new: NewApiToken<'_>) -> Result<ApiTokenRow> {
-        self.count(2);
-        // Each token is a row in the accounts database, which users' file
-        // quotas and the disk reserve do not bound: a cap per user does.
-        let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE user_id = $1")
-            .bind(new.user_id.to_string())
-            .fetch_one(&self.pool)
-            .await?;
-        if held >= MAX_TOKENS_PER_USER {
-            return Err(too_many_tokens(held));
-        }
+        self.count(1);
         let token = ApiTokenRow {
             id: Uuid::new_v4(),
             token_hash: new.token_hash.to_string(),
@@ -379,6 +363,9 @@ impl Store {
             expires_at: new.expires_at,
             last_used_at: None,
         };
+        // Only while the creating session exists, and below the cap: each
+        // token is a row of the accounts database, which users' file quotas
+        // and the disk reserve do not bound.
         let inserted = sqlx::query(
             "INSERT INTO api_tokens (id, token_hash, user_id, name, scope, created_at, expires_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS \
@@ -407,7 +394,10 @@ impl Store {
                     .fetch_one(&self.pool)
                     .await?;
             if held >= MAX_TOKENS_PER_USER {
-                return Err(too_many_tokens(held));
+                return Err(StoreError::Limit(format!(
+                    "you have {held} API tokens, the most allowed; revoke one first \
+                     (DELETE /api/v1/me/tokens/{{id}})"
+                )));
             }
             return Err(StoreError::Stale);
         }
