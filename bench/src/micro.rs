@@ -448,6 +448,8 @@ fn user_ctx(index: usize, id: UserId) -> UserCtx {
         role: Role::User,
         quota_bytes: u64::MAX,
         quota_files: u64::MAX,
+        uid: None,
+        limits: Default::default(),
     }
 }
 

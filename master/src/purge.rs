@@ -91,6 +91,8 @@ impl Purger {
             role: Role::User,
             quota_bytes: 0,
             quota_files: 0,
+            uid: None,
+            limits: Default::default(),
         };
         match self.pool.call(&ctx, Op::Files(FileOp::Purge)).await {
             Ok(_) => info!(%user, "removed the files of a deleted user"),

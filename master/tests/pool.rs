@@ -14,6 +14,8 @@ fn user(n: u128) -> UserCtx {
         role: Role::User,
         quota_bytes: u64::MAX,
         quota_files: u64::MAX,
+        uid: None,
+        limits: Default::default(),
     }
 }
 

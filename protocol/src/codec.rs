@@ -213,6 +213,8 @@ mod tests {
             role: Role::User,
             quota_bytes: 1 << 30,
             quota_files: u64::MAX,
+            uid: None,
+            limits: Default::default(),
         }
     }
 
@@ -244,6 +246,7 @@ mod tests {
                 inflight_requests: 5,
                 open_streams: 1,
                 users_seen: 9,
+                tasks_running: 2,
             }),
             Body::Open(Open {
                 user: user(),

@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
@@ -51,6 +51,9 @@ pub enum Body {
     Close(Result<(), OpError>),
     /// The receiver consumed this many bytes: the sender may send that many more.
     Credit(u32),
+    /// Worker -> master, unsolicited (frame id 0): something happened to a
+    /// user's live state that the master records (a task ended).
+    Event(Event),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -114,6 +117,54 @@ pub struct UserCtx {
     pub quota_bytes: u64,
     /// The most entries (files, directories, links...) the user may have.
     pub quota_files: u64,
+    /// The unprivileged uid (and gid: the same number) the user's processes
+    /// run as and their workspace belongs to; `None` when warren does not
+    /// run as root (then nothing changes owner).
+    pub uid: Option<u32>,
+    /// What the user's processes may use: the server's defaults with the
+    /// admin's overrides for this user already applied.
+    pub limits: ProcessLimits,
+}
+
+/// Limits on a user's processes. `0` means "no limit" for every field but
+/// `cpu_weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ProcessLimits {
+    /// `RLIMIT_AS` of each process, bytes.
+    pub address_space: u64,
+    /// `RLIMIT_CPU` of each process, seconds.
+    pub cpu_seconds: u64,
+    /// `RLIMIT_NPROC`: processes (and threads) of the user's uid at once.
+    pub processes: u64,
+    /// `RLIMIT_FSIZE`: the largest file a process may write, bytes.
+    pub file_size: u64,
+    /// `RLIMIT_NOFILE`: open descriptors per process.
+    pub open_files: u64,
+    /// The user's cgroup `memory.max`, bytes, all processes together.
+    pub memory: u64,
+    /// The user's cgroup `pids.max`, all processes together.
+    pub pids: u64,
+    /// The user's cgroup `cpu.weight` (1-10000; 100 is the kernel's default).
+    pub cpu_weight: u32,
+    /// Tasks running at once.
+    pub tasks: u32,
+}
+
+impl Default for ProcessLimits {
+    fn default() -> Self {
+        const GIB: u64 = 1024 * 1024 * 1024;
+        ProcessLimits {
+            address_space: 16 * GIB,
+            cpu_seconds: 0,
+            processes: 512,
+            file_size: 4 * GIB,
+            open_files: 4096,
+            memory: 2 * GIB,
+            pids: 512,
+            cpu_weight: 100,
+            tasks: 8,
+        }
+    }
 }
 
 /// The least an entry of a workspace is charged against the quota, whatever
@@ -134,6 +185,8 @@ pub enum Op {
     Ping,
     /// An operation on the user's workspace files.
     Files(FileOp),
+    /// Starting, stopping and forgetting the user's tasks.
+    Tasks(TaskOp),
     /// Test builds only: answer after sleeping this long.
     #[cfg(debug_assertions)]
     DebugSleep { millis: u64 },
@@ -202,6 +255,135 @@ pub enum FileOp {
     DropStaged {
         stages: Vec<u64>,
     },
+}
+
+/// A task's id: a UUID chosen by the master, carried as its 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
+pub struct TaskId(pub [u8; 16]);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        uuid::Uuid::from_bytes(self.0).hyphenated().fmt(f)
+    }
+}
+
+impl From<uuid::Uuid> for TaskId {
+    fn from(u: uuid::Uuid) -> Self {
+        TaskId(u.into_bytes())
+    }
+}
+
+/// Operations on a user's tasks (commands run in their workspace, in
+/// their sandbox). The master keeps the records; the worker runs them and
+/// reports each end as an [`Event::TaskEnded`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum TaskOp {
+    /// Starts a task ([`Reply::TaskStarted`] once the command was exec'd;
+    /// `TooManyTasks`, `SandboxUnavailable`, or `Invalid` for a command that
+    /// cannot be run, such as one not found).
+    Start(TaskStart),
+    /// SIGTERM to every process of the task, SIGKILL after `grace_ms`
+    /// ([`Reply::Done`] at once; the end comes as an event). `NotFound`
+    /// when the task is not running on this worker.
+    Cancel { task: TaskId, grace_ms: u64 },
+    /// Removes a finished task's output ([`Reply::Done`]; `Conflict` while
+    /// it runs; done when there was nothing).
+    Delete { task: TaskId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TaskStart {
+    pub task: TaskId,
+    /// The program and its arguments (a shell string arrives as
+    /// `["/bin/sh", "-c", string]`).
+    pub argv: Vec<String>,
+    /// Working directory, relative to the workspace (`""`: its root).
+    pub cwd: String,
+    /// Added to the sandbox's clean environment.
+    pub env: Vec<(String, String)>,
+    /// Milliseconds until the task is stopped as `TimedOut`; 0: never.
+    pub timeout_ms: u64,
+    /// Bytes fed to the task's standard input, which then closes.
+    pub stdin: Vec<u8>,
+    /// Most bytes of output kept; beyond it the oldest are dropped.
+    pub output_limit: u64,
+}
+
+/// How a task is or ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum TaskState {
+    Running,
+    /// The command exited by itself (any exit code).
+    Exited,
+    /// The command could not be run at all (see `TaskEnd::error`).
+    Failed,
+    /// Ended by a signal: a cancel, or the kernel (a limit, the OOM killer).
+    Killed,
+    /// Stopped because it ran past its timeout.
+    TimedOut,
+    /// Its worker died while it ran; what became of it is unknown.
+    Lost,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Running => "running",
+            TaskState::Exited => "exited",
+            TaskState::Failed => "failed",
+            TaskState::Killed => "killed",
+            TaskState::TimedOut => "timed_out",
+            TaskState::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        [
+            TaskState::Running,
+            TaskState::Exited,
+            TaskState::Failed,
+            TaskState::Killed,
+            TaskState::TimedOut,
+            TaskState::Lost,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TaskEnd {
+    pub state: TaskState,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Milliseconds since the Unix epoch.
+    pub ended_ms: i64,
+    /// Bytes the task wrote to stdout and stderr in all (kept or dropped).
+    pub output_bytes: u64,
+    /// Why it failed or was killed, in words, when warren knows.
+    pub error: Option<String>,
+}
+
+/// Worker -> master events ([`Body::Event`]).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Event {
+    TaskEnded {
+        user: UserId,
+        task: TaskId,
+        end: TaskEnd,
+    },
+}
+
+/// What a [`StreamKind::TaskOutput`] stream sends first (bincode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct TaskOutputInfo {
+    /// Output bytes dropped from the start to keep within the limit.
+    pub dropped: u64,
+    /// Output bytes written so far (offsets run from 0 to this).
+    pub written: u64,
+    /// Whether the task is still running (more output may come).
+    pub running: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -302,6 +484,14 @@ pub enum Reply {
     Settings(Vec<u8>),
     /// The answer to [`FileOp::CommitStaged`]: each file as put in place.
     Written(Vec<WriteOutcome>),
+    /// The answer to [`TaskOp::Start`]: the command runs.
+    TaskStarted {
+        pid: u32,
+        /// Milliseconds since the Unix epoch.
+        started_ms: i64,
+        /// From the request to the command's `execve`, microseconds.
+        spawn_micros: u64,
+    },
 }
 
 /// What kind of byte stream an [`Open`] asks for.
@@ -331,6 +521,17 @@ pub enum StreamKind {
         parents: bool,
         staged: bool,
     },
+    /// A task's output (stdout and stderr as they interleaved). The worker
+    /// sends a bincode [`TaskOutputInfo`] first, then the bytes at offsets
+    /// `from..to` that are still kept (from `max(from, dropped)`), then
+    /// closes; with `follow`, it keeps sending new output until the task
+    /// ends (or `to`). `NotFound` when the task has no output here.
+    TaskOutput {
+        task: TaskId,
+        from: u64,
+        to: Option<u64>,
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -345,6 +546,7 @@ pub struct Heartbeat {
     pub inflight_requests: u32,
     pub open_streams: u32,
     pub users_seen: u32,
+    pub tasks_running: u32,
 }
 
 /// A typed failure of an operation, as the worker reports it.
@@ -388,4 +590,11 @@ pub enum OpError {
     /// memory): the same request may succeed shortly.
     #[error("{0}")]
     Busy(String),
+    /// The user already runs as many tasks as their limit allows.
+    #[error("too many tasks running: the limit is {limit}")]
+    TooManyTasks { limit: u32 },
+    /// The sandbox this server requires is not available, so no user
+    /// process may start (the reason says what is missing).
+    #[error("{0}")]
+    SandboxUnavailable(String),
 }

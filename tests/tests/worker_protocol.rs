@@ -146,6 +146,8 @@ async fn a_worker_answers_pings_and_heartbeats_then_exits_cleanly_on_eof() {
         role: Role::User,
         quota_bytes: u64::MAX,
         quota_files: u64::MAX,
+        uid: None,
+        limits: Default::default(),
     };
     harness
         .connection
@@ -256,6 +258,8 @@ async fn a_worker_serves_more_users_than_its_open_file_limit_allows_at_once() {
         role: Role::User,
         quota_bytes: 1 << 20,
         quota_files: u64::MAX,
+        uid: None,
+        limits: Default::default(),
     };
     let users = 200;
     for n in 0..users {
@@ -300,6 +304,8 @@ async fn a_worker_out_of_descriptors_answers_busy_and_carries_on() {
         role: Role::User,
         quota_bytes: 1 << 20,
         quota_files: u64::MAX,
+        uid: None,
+        limits: Default::default(),
     };
     for id in 1..=2 {
         let mkdir = FileOp::Mkdir {

@@ -221,6 +221,7 @@ impl Worker {
                     ops::blocking(move || ops::files(&workspaces, &user, op)).await
                 });
             }
+            Op::Tasks(_) => self.respond(id, Err(OpError::Unsupported("tasks".into()))),
             #[cfg(debug_assertions)]
             Op::DebugSleep { millis } => self.spawn_tracked(id, async move {
                 tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
@@ -282,6 +283,7 @@ impl Worker {
             inflight_requests: self.lock_inflight().len() as u32,
             open_streams: self.streams.len() as u32,
             users_seen: users_seen as u32,
+            tasks_running: 0,
         }
     }
 

@@ -120,6 +120,10 @@ pub async fn serve_stream(
             };
             write_file(workspaces, user, write, stream).await
         }
+        StreamKind::TaskOutput { .. } => {
+            let (mut sender, _receiver) = stream.split();
+            sender.abort(OpError::Unsupported("task output".into()));
+        }
     }
 }
 

@@ -214,6 +214,8 @@ fn ctx_of(user: &User, default_quota: (u64, u64)) -> UserCtx {
         quota_files: user
             .file_quota
             .map_or(default_quota.1, |quota| quota.max(0) as u64),
+        uid: None,
+        limits: Default::default(),
     }
 }
 

@@ -29,6 +29,8 @@ fn user(id: &str) -> Result<UserCtx, ApiError> {
         role: Role::User,
         quota_bytes: u64::MAX,
         quota_files: u64::MAX,
+        uid: None,
+        limits: Default::default(),
     })
 }
 

@@ -148,6 +148,10 @@ impl ApiError {
                 OpError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                 OpError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
                 OpError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+                OpError::TooManyTasks { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_tasks"),
+                OpError::SandboxUnavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "sandbox_unavailable")
+                }
             },
         }
     }

@@ -201,6 +201,7 @@ impl WorkerConnection {
                 *self.load.lock().unwrap_or_else(PoisonError::into_inner) = load;
                 Ok(())
             }
+            Body::Event(_) => Ok(()),
             body @ (Body::Data(_) | Body::Close(_) | Body::Credit(_) | Body::Cancel) => self
                 .streams
                 .route(frame.id, body)
