@@ -2,7 +2,7 @@
 //! handshake, watch it (exit, EOF, heartbeats), and restart it with back-off.
 
 use super::connection::WorkerConnection;
-use super::{PoolConfig, Slot};
+use super::{EventSender, PoolConfig, PoolEvent, Slot};
 use crate::metrics::PoolMetrics;
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream as LocalStream};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
@@ -146,6 +146,7 @@ pub(crate) async fn supervise(
     config: PoolConfig,
     metrics: PoolMetrics,
     stopping: CancellationToken,
+    events: EventSender,
 ) {
     let span = info_span!("slot", slot = slot.index);
     async move {
@@ -153,7 +154,7 @@ pub(crate) async fn supervise(
         metrics.touch_slot(slot.index);
         loop {
             let started = Instant::now();
-            let reason = match run_once(&slot, &listener, &socket, &config, &stopping).await {
+            let reason = match run_once(&slot, &listener, &socket, &config, &stopping, &events).await {
                 End::Stopped => break,
                 End::Failed(reason) => reason,
             };
@@ -194,6 +195,7 @@ async fn run_once(
     socket: &Path,
     config: &PoolConfig,
     stopping: &CancellationToken,
+    events: &EventSender,
 ) -> End {
     slot.set_status(|status| {
         if status.state != SlotState::Degraded {
@@ -227,7 +229,12 @@ async fn run_once(
     };
 
     let (frames, outgoing) = mpsc::unbounded_channel();
-    let connection = Arc::new(WorkerConnection::new(slot.index, pid, frames));
+    let connection = Arc::new(WorkerConnection::new(
+        slot.index,
+        pid,
+        frames,
+        events.clone(),
+    ));
     let writer = tokio::spawn(write_frames(outgoing, writer_half));
     let mut reader_task = tokio::spawn({
         let connection = connection.clone();
@@ -242,6 +249,10 @@ async fn run_once(
         }
     });
     info!(pid, "worker up");
+    let _ = events.send(PoolEvent::WorkerUp {
+        slot: slot.index,
+        worker_pid: pid,
+    });
 
     let stable_timer = tokio::time::sleep(config.backoff.stable_after);
     tokio::pin!(stable_timer);
@@ -288,6 +299,14 @@ async fn run_once(
         End::Failed(_) => Duration::ZERO,
     };
     stop_child(&mut child, grace).await;
+    let _ = events.send(PoolEvent::WorkerDown {
+        slot: slot.index,
+        worker_pid: pid,
+        reason: match &end {
+            End::Stopped => "stopped".to_string(),
+            End::Failed(reason) => reason.clone(),
+        },
+    });
     end
 }
 
