@@ -28,7 +28,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let url = args.store.url();
     let store = Store::open(&url, metrics.auth().request_queries())
         .await
-        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
+        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?
+        .with_uid_range(args.store.uid_range);
     let config = AuthConfig {
         mode: args.mode,
         session_ttl: args.session_ttl,
@@ -51,11 +52,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         audit_rate_per_minute: args.audit_rate,
         audit_max_rows: args.audit_max_rows,
         token_rate_per_minute: args.token_rate,
+        default_limits: args.process_limits(),
         ..AuthConfig::default()
     };
     match args.mode {
         Mode::Multi => first_admin(&store, args.admin_password_file.as_deref()).await?,
         Mode::Single => single_user(&store, args.password_file.as_deref()).await?,
+    }
+    // Users from before uids existed (or created while the range was
+    // full) get theirs now, before anyone can start a process.
+    match store.assign_missing_uids().await {
+        Ok(0) => {}
+        Ok(n) => info!(users = n, "gave users without a uid one from --uid-range"),
+        Err(err) => warn!(error = %err, "cannot give every user a uid (--uid-range)"),
     }
     let auth = Auth::new(store.clone(), config, metrics.auth())?;
 

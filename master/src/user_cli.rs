@@ -154,9 +154,10 @@ async fn open(args: &StoreArgs) -> anyhow::Result<Store> {
             args.data_dir.join("warren.db").display()
         );
     }
-    Store::open(&url, Counter::default())
+    Ok(Store::open(&url, Counter::default())
         .await
-        .with_context(|| format!("cannot open the database {}", redact_url(&url)))
+        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?
+        .with_uid_range(args.uid_range))
 }
 
 async fn find(store: &Store, name: &str) -> anyhow::Result<User> {

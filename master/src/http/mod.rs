@@ -11,7 +11,7 @@ pub mod extract;
 pub mod listener;
 
 pub use api::files::Transfers;
-pub use api::{check_username, rfc3339};
+pub use api::{check_username, json_integer, rfc3339};
 pub use error::ApiError;
 pub use extract::WebConfig;
 

@@ -100,6 +100,9 @@ pub struct UserView {
     /// RFC 3339.
     pub created_at: String,
     pub last_login_at: Option<String>,
+    /// The uid (and gid) of the user's processes and files when the
+    /// server runs as root.
+    pub uid: Option<i64>,
     pub limits: Limits,
 }
 
@@ -110,6 +113,9 @@ pub struct Limits {
     pub storage_quota_bytes: Option<i64>,
     /// Entries (files, directories...) in the workspace.
     pub file_quota: Option<i64>,
+    /// The administrator's overrides of the server's process limits
+    /// (`null`: none; absent fields: the server's default).
+    pub process: Option<store::LimitOverrides>,
 }
 
 impl From<&User> for UserView {
@@ -121,10 +127,12 @@ impl From<&User> for UserView {
             disabled: user.disabled,
             created_at: rfc3339(user.created_at),
             last_login_at: user.last_login_at.map(rfc3339),
+            uid: user.uid,
             limits: Limits {
                 max_sessions: user.max_sessions,
                 storage_quota_bytes: user.storage_quota_bytes,
                 file_quota: user.file_quota,
+                process: user.limits,
             },
         }
     }
@@ -255,6 +263,24 @@ where
         }
         _ => Err(D::Error::custom(format!("{number} is not an integer"))),
     }
+}
+
+/// A PATCH field where `null` (reset) differs from absent (unchanged).
+fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// [`integer`] for fields of other modules' JSON bodies.
+pub fn json_integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    integer(deserializer)
 }
 
 /// [`integer`] for PATCH fields, where `null` (reset) differs from absent
