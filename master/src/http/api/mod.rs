@@ -2,11 +2,13 @@
 //! generated from the handlers themselves (utoipa), so the document cannot
 //! leave a route out.
 
+mod activity;
 mod admin;
 mod auth;
 mod conformance;
 pub mod files;
 mod me;
+pub mod tasks;
 mod workspace;
 
 use super::error::ErrorBody;
@@ -27,7 +29,11 @@ use uuid::Uuid;
                        cookie (set by `POST /auth/login`) or `Authorization: Bearer` with a \
                        session or API token. Every error is `{\"error\":{\"code\",\"message\"}}`."
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(
+        ErrorBody,
+        crate::activity::Activity,
+        crate::activity::ActivitySummary
+    )),
     paths(
         files::list_root,
         files::get_file,
@@ -64,9 +70,14 @@ pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) 
     let mut api = OpenApiRouter::new()
         .merge(auth::routes())
         .merge(me::routes())
-        .merge(workspace::routes());
+        .merge(workspace::routes())
+        .merge(tasks::routes())
+        .merge(activity::routes());
     if mode == Mode::Multi {
-        api = api.merge(admin::routes()).merge(workspace::admin_routes());
+        api = api
+            .merge(admin::routes())
+            .merge(workspace::admin_routes())
+            .merge(activity::admin_routes());
     }
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api)
