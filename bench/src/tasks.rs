@@ -172,8 +172,8 @@ async fn measure(args: &TasksArgs, server: SocketAddr, admin_password: &str) -> 
 
     eprintln!("(b) observers during {} tasks/s ...", args.rate);
     let task_spec = |token: &str| -> Result<RequestSpec> {
-        Ok(bearer(server, Method::POST, "/api/v1/tasks", token)?
-            .json(&serde_json::json!({ "command": ["true"] }))?)
+        bearer(server, Method::POST, "/api/v1/tasks", token)?
+            .json(&serde_json::json!({ "command": ["true"] }))
     };
     let taskers_clients: Vec<Client> = taskers
         .iter()
