@@ -12,6 +12,7 @@
 
 pub mod connection;
 pub mod ops;
+pub mod tasks;
 pub mod workspace;
 
 use std::path::PathBuf;
