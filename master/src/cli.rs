@@ -250,9 +250,10 @@ pub struct ServeArgs {
     /// user); more are answered 429.
     #[arg(long, env = "WARREN_TASK_LIMIT", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub task_limit: u32,
-    /// Output a task keeps (stdout and stderr together); beyond it the
-    /// oldest bytes are dropped, with a marker where they were.
-    #[arg(long, env = "WARREN_TASK_OUTPUT_LIMIT", default_value = "16MiB", value_parser = parse_size)]
+    /// Output a task keeps (stdout and stderr together, at least 4KiB);
+    /// beyond it the oldest bytes are dropped (half the limit at a time),
+    /// with a marker where they were.
+    #[arg(long, env = "WARREN_TASK_OUTPUT_LIMIT", default_value = "16MiB", value_parser = parse_output_limit)]
     pub task_output_limit: u64,
     /// How long a cancelled task has between SIGTERM and SIGKILL.
     #[arg(long, env = "WARREN_TASK_CANCEL_GRACE", default_value = "5s", value_parser = parse_duration)]
@@ -368,6 +369,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     value
         .checked_mul(factor)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A task output limit: a size of at least what the worker keeps anyway.
+fn parse_output_limit(text: &str) -> Result<u64, String> {
+    let limit = parse_size(text)?;
+    let least = warren_worker::tasks::output::MIN_OUTPUT_LIMIT;
+    if limit < least {
+        return Err(format!("{text:?} is less than the least output kept ({least} bytes)"));
+    }
+    Ok(limit)
 }
 
 /// Parses `250ms`, `5s`, `2m`, `24h` or a bare number of seconds.

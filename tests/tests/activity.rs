@@ -127,6 +127,11 @@ async fn own_events_in_full_and_only_counts_of_others() {
         .send(Method::POST, "/api/v1/files/bobs-hidden-dir?op=mkdir", None)
         .await;
     assert_eq!(status, 201);
+    let (status, bobs_task) = bob
+        .post("/api/v1/tasks", json!({"command": "sleep 30 # bobs-secret-command"}))
+        .await;
+    assert_eq!(status, 201, "{bobs_task}");
+    let bobs_task = bobs_task["id"].as_str().expect("id").to_string();
     // Alice's own.
     assert_eq!(put(alice, "alices-notes.txt", "hello").await.0, 201);
     let (status, _) = alice
@@ -138,27 +143,51 @@ async fn own_events_in_full_and_only_counts_of_others() {
         .await;
     assert_eq!(status, 201);
     assert_eq!(alice.delete("/api/v1/files/alices-renamed.txt").await.0, 204);
+    let (status, task) = alice
+        .post("/api/v1/tasks", json!({"command": ["sh", "-c", "exit 7"]}))
+        .await;
+    assert_eq!(status, 201, "{task}");
 
     let mut seen = Vec::new();
+    let mut exit_code = None;
     let mut others_counted = false;
     let complete = feed
         .until(Duration::from_secs(10), |name, data| {
             match name {
-                "activity" => seen.push(data["type"].as_str().unwrap_or("").to_string()),
-                "summary" => others_counted |= data["users_active"] == 1,
+                "activity" => {
+                    seen.push(data["type"].as_str().unwrap_or("").to_string());
+                    if data["type"] == "task_finished" {
+                        exit_code = data["exit_code"].as_i64();
+                    }
+                }
+                "summary" => {
+                    others_counted |= *data == json!({"users_active": 1, "tasks_running": 1})
+                }
                 _ => {}
             }
-            seen.len() >= 3 && others_counted
+            seen.len() >= 5 && others_counted
         })
         .await;
     assert!(
         complete,
-        "alice's three events and a count of one other user: saw {seen:?}, counted {others_counted}\n{}",
+        "alice's five events and a count of one other user with one task: saw {seen:?}, counted {others_counted}\n{}",
         feed.raw
     );
-    assert_eq!(seen, ["file_written", "file_moved", "file_deleted"]);
+    assert_eq!(
+        seen,
+        ["file_written", "file_moved", "file_deleted", "task_started", "task_finished"]
+    );
+    assert_eq!(exit_code, Some(7));
     assert!(feed.raw.contains("alices-notes.txt"), "{}", feed.raw);
-    for secret in ["bob", &bob.user_id(), "bobs-secret-plan", "bobs-hidden-dir"] {
+    assert!(feed.raw.contains("exit 7"), "{}", feed.raw);
+    for secret in [
+        "bob",
+        &bob.user_id(),
+        "bobs-secret-plan",
+        "bobs-hidden-dir",
+        "bobs-secret-command",
+        &bobs_task,
+    ] {
         assert!(
             !feed.raw.contains(secret),
             "{secret:?} reached alice's feed:\n{}",
@@ -170,21 +199,26 @@ async fn own_events_in_full_and_only_counts_of_others() {
 
     // The admin sees everyone's events, with names.
     let mut names = std::collections::HashSet::new();
+    let mut bobs_command = false;
     let all = everything
         .until(Duration::from_secs(10), |name, data| {
             if name == "activity" {
                 if let Some(user) = data["user"]["name"].as_str() {
                     names.insert(user.to_string());
                 }
+                bobs_command |= data["command"].to_string().contains("bobs-secret-command");
             }
-            names.contains("alice") && names.contains("bob")
+            names.contains("alice") && names.contains("bob") && bobs_command
         })
         .await;
     assert!(all, "the admin sees both users' events: {}", everything.raw);
     assert!(everything.raw.contains("bobs-secret-plan.txt"));
 
+
     // Not for users.
     assert_eq!(alice.get("/api/v1/admin/activity").await.0, 403);
+    let cancel = format!("/api/v1/tasks/{bobs_task}/cancel");
+    assert_eq!(bob.post(&cancel, json!({})).await.0, 202);
     drop(server);
 }
 

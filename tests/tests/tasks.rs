@@ -207,7 +207,7 @@ async fn timeout_cancel_failure_and_limits() {
 async fn output_ranges_follow_and_the_bound() {
     let options = ServerOptions::workers(1)
         .arg("--task-output-limit")
-        .arg("1KiB");
+        .arg("4KiB");
     let (_server, callers) = server_with(options, &["alice"]).await;
     let alice = &callers[0];
     let digits = started(alice, json!({"command": ["printf", "0123456789"]})).await;
@@ -221,21 +221,30 @@ async fn output_ranges_follow_and_the_bound() {
     // More output than the bound: the oldest goes, with a marker.
     let chatty = started(
         alice,
-        json!({"command": "head -c 5000 /dev/zero | tr '\\0' a"}),
+        json!({"command": "head -c 10000 /dev/zero | tr '\\0' a"}),
     )
     .await;
     let task = ended(alice, &chatty, Duration::from_secs(10)).await;
-    assert_eq!(task["output_bytes"], 5000, "{task}");
+    assert_eq!(task["output_bytes"], 10000, "{task}");
     let (status, headers, body) = output(alice, &chatty, None).await;
     assert_eq!(status, 200);
-    assert_eq!(header(&headers, "x-warren-output-written"), "5000");
-    assert_eq!(header(&headers, "x-warren-output-dropped"), "3976");
-    let marker = b"[warren: 3976 earlier bytes of output dropped]\n";
-    assert!(body.starts_with(marker), "{:?}", String::from_utf8_lossy(&body[..60.min(body.len())]));
-    assert_eq!(&body[marker.len()..], vec![b'a'; 1024].as_slice());
+    assert_eq!(header(&headers, "x-warren-output-written"), "10000");
+    let dropped: usize = header(&headers, "x-warren-output-dropped")
+        .parse()
+        .expect("dropped");
+    let kept = 10000 - dropped;
+    assert!(dropped > 0 && kept <= 4096, "dropped {dropped}");
+    let marker = format!("[warren: {dropped} earlier bytes of output dropped]\n");
+    assert!(
+        body.starts_with(marker.as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(&body[..60.min(body.len())])
+    );
+    assert_eq!(&body[marker.len()..], vec![b'a'; kept].as_slice());
     assert_eq!(output(alice, &chatty, Some("bytes=0-10")).await.0, 416);
-    let (status, _, body) = output(alice, &chatty, Some("bytes=4990-")).await;
+    let (status, headers, body) = output(alice, &chatty, Some("bytes=9990-")).await;
     assert_eq!((status, body.len()), (206, 10));
+    assert_eq!(header(&headers, "content-range"), "bytes 9990-9999/10000");
     // Follow: output as it comes, the response ends with the task.
     let slow = started(
         alice,
