@@ -72,7 +72,10 @@ pub enum ActivityKind {
         reason: String,
     },
     /// A worker process came up (admins only).
-    WorkerUp { slot: u32, worker_pid: u32 },
+    WorkerUp {
+        slot: u32,
+        worker_pid: u32,
+    },
 }
 
 /// Who an event is about.

@@ -376,7 +376,9 @@ fn parse_output_limit(text: &str) -> Result<u64, String> {
     let limit = parse_size(text)?;
     let least = warren_worker::tasks::output::MIN_OUTPUT_LIMIT;
     if limit < least {
-        return Err(format!("{text:?} is less than the least output kept ({least} bytes)"));
+        return Err(format!(
+            "{text:?} is less than the least output kept ({least} bytes)"
+        ));
     }
     Ok(limit)
 }

@@ -109,7 +109,9 @@ impl Recorder {
                 let id = Uuid::from_bytes(task.0);
                 let update = TaskUpdate::Ended(end);
                 let recorded = self
-                    .retry("record a task's end", || self.store.update_task(id, &update))
+                    .retry("record a task's end", || {
+                        self.store.update_task(id, &update)
+                    })
                     .await
                     .flatten();
                 match recorded {
@@ -138,7 +140,12 @@ impl Recorder {
                     .await
                     .unwrap_or_default();
                 if !lost.is_empty() {
-                    warn!(slot, worker_pid, tasks = lost.len(), "a worker died: its running tasks are lost");
+                    warn!(
+                        slot,
+                        worker_pid,
+                        tasks = lost.len(),
+                        "a worker died: its running tasks are lost"
+                    );
                 }
                 for record in &lost {
                     self.finished(record);
@@ -175,7 +182,11 @@ impl Recorder {
             match self.store.lose_tasks(&self.master_id, which, error).await {
                 Ok(lost) => {
                     if !lost.is_empty() {
-                        warn!(slot, tasks = lost.len(), "running tasks of a worker that is gone are lost");
+                        warn!(
+                            slot,
+                            tasks = lost.len(),
+                            "running tasks of a worker that is gone are lost"
+                        );
                     }
                     for record in &lost {
                         self.finished(record);
@@ -245,5 +256,8 @@ pub fn finished_event(record: &TaskRecord) -> ActivityKind {
 /// then, the worker's `PR_SET_PDEATHSIG` and process groups are all that
 /// stop a dead worker's tasks.
 fn clean_up_slot(slot: u32) {
-    debug!(slot, "no sandbox clean-up wired for a dead worker's slot yet");
+    debug!(
+        slot,
+        "no sandbox clean-up wired for a dead worker's slot yet"
+    );
 }

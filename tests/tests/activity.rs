@@ -62,7 +62,10 @@ impl Events {
                 if data.is_empty() {
                     continue; // a heartbeat comment
                 }
-                return Some((name, serde_json::from_str(&data).unwrap_or(Value::String(data))));
+                return Some((
+                    name,
+                    serde_json::from_str(&data).unwrap_or(Value::String(data)),
+                ));
             }
             let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
                 .await
@@ -128,7 +131,10 @@ async fn own_events_in_full_and_only_counts_of_others() {
         .await;
     assert_eq!(status, 201);
     let (status, bobs_task) = bob
-        .post("/api/v1/tasks", json!({"command": "sleep 30 # bobs-secret-command"}))
+        .post(
+            "/api/v1/tasks",
+            json!({"command": "sleep 30 # bobs-secret-command"}),
+        )
         .await;
     assert_eq!(status, 201, "{bobs_task}");
     let bobs_task = bobs_task["id"].as_str().expect("id").to_string();
@@ -142,7 +148,10 @@ async fn own_events_in_full_and_only_counts_of_others() {
         )
         .await;
     assert_eq!(status, 201);
-    assert_eq!(alice.delete("/api/v1/files/alices-renamed.txt").await.0, 204);
+    assert_eq!(
+        alice.delete("/api/v1/files/alices-renamed.txt").await.0,
+        204
+    );
     let (status, task) = alice
         .post("/api/v1/tasks", json!({"command": ["sh", "-c", "exit 7"]}))
         .await;
@@ -175,7 +184,13 @@ async fn own_events_in_full_and_only_counts_of_others() {
     );
     assert_eq!(
         seen,
-        ["file_written", "file_moved", "file_deleted", "task_started", "task_finished"]
+        [
+            "file_written",
+            "file_moved",
+            "file_deleted",
+            "task_started",
+            "task_finished"
+        ]
     );
     assert_eq!(exit_code, Some(7));
     assert!(feed.raw.contains("alices-notes.txt"), "{}", feed.raw);
@@ -214,7 +229,6 @@ async fn own_events_in_full_and_only_counts_of_others() {
     assert!(all, "the admin sees both users' events: {}", everything.raw);
     assert!(everything.raw.contains("bobs-secret-plan.txt"));
 
-
     // Not for users.
     assert_eq!(alice.get("/api/v1/admin/activity").await.0, 403);
     let cancel = format!("/api/v1/tasks/{bobs_task}/cancel");
@@ -228,7 +242,13 @@ fn rss_bytes(pid: u32) -> u64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map(|kb| kb * 1024)
         .expect("VmRSS")
 }
@@ -261,7 +281,11 @@ async fn a_client_that_stops_reading_is_dropped_and_memory_stays_flat() {
         async move {
             let mut moves = Vec::new();
             for chain in 0..CHAINS {
-                let (from, to) = if round % 2 == 0 { ("a", "b") } else { ("b", "a") };
+                let (from, to) = if round % 2 == 0 {
+                    ("a", "b")
+                } else {
+                    ("b", "a")
+                };
                 let carol = carol.clone();
                 let dir = dir.clone();
                 moves.push(tokio::spawn(async move {
@@ -334,8 +358,11 @@ async fn a_client_that_stops_reading_is_dropped_and_memory_stays_flat() {
     let mut feed = Events::open(carol, "/api/v1/activity").await;
     assert!(feed.next(Duration::from_secs(5)).await.is_some());
     let metrics = server.metrics().await;
-    let timeouts =
-        metric_value(&metrics, "warren_http_connection_timeouts_total", "kind=\"send\"");
+    let timeouts = metric_value(
+        &metrics,
+        "warren_http_connection_timeouts_total",
+        "kind=\"send\"",
+    );
     assert!(
         timeouts.is_some_and(|n| n >= 1.0),
         "the send timeout closed the stalled client: {timeouts:?}"

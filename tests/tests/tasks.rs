@@ -9,7 +9,10 @@ use std::time::Duration;
 use warren_tests::accounts::{Caller, Database};
 use warren_tests::{metric_value, Server, ServerOptions};
 
-warren_tests::on_both_backends!(a_task_runs_ends_and_is_deleted, a_restart_marks_running_tasks_lost);
+warren_tests::on_both_backends!(
+    a_task_runs_ends_and_is_deleted,
+    a_restart_marks_running_tasks_lost
+);
 
 async fn server_with(options: ServerOptions, users: &[&str]) -> (Server, Vec<Caller>) {
     let server = Server::ready(&options).await;
@@ -53,7 +56,11 @@ async fn ended(caller: &Caller, id: &str, patience: Duration) -> Value {
     }
 }
 
-async fn output(caller: &Caller, id: &str, range: Option<&str>) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+async fn output(
+    caller: &Caller,
+    id: &str,
+    range: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     let mut request = caller.request(Method::GET, &format!("/api/v1/tasks/{id}/output"));
     if let Some(range) = range {
         request = request.header("range", range);
@@ -61,7 +68,11 @@ async fn output(caller: &Caller, id: &str, range: Option<&str>) -> (u16, reqwest
     let response = request.send().await.expect("GET output");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    (status, headers, response.bytes().await.expect("body").to_vec())
+    (
+        status,
+        headers,
+        response.bytes().await.expect("body").to_vec(),
+    )
 }
 
 fn header(headers: &reqwest::header::HeaderMap, name: &str) -> String {
@@ -75,7 +86,11 @@ fn header(headers: &reqwest::header::HeaderMap, name: &str) -> String {
 async fn a_task_runs_ends_and_is_deleted(db: Database) {
     let (server, callers) = server_with(ServerOptions::workers(2).database(&db), &["alice"]).await;
     let alice = &callers[0];
-    let id = started(alice, json!({"command": ["echo", "hello"], "env": {"SECRET_TOKEN": "hunter2"}})).await;
+    let id = started(
+        alice,
+        json!({"command": ["echo", "hello"], "env": {"SECRET_TOKEN": "hunter2"}}),
+    )
+    .await;
     let task = ended(alice, &id, Duration::from_secs(10)).await;
     assert_eq!(task["state"], "exited", "{task}");
     assert_eq!(task["exit_code"], 0);
@@ -88,7 +103,10 @@ async fn a_task_runs_ends_and_is_deleted(db: Database) {
     // Listed, newest first.
     let second = started(alice, json!({"command": "exit 3"})).await;
     let task = ended(alice, &second, Duration::from_secs(10)).await;
-    assert_eq!((task["state"].clone(), task["exit_code"].clone()), (json!("exited"), json!(3)));
+    assert_eq!(
+        (task["state"].clone(), task["exit_code"].clone()),
+        (json!("exited"), json!(3))
+    );
     let (status, list) = alice.get("/api/v1/tasks?limit=1").await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["tasks"][0]["id"], second.as_str());
@@ -108,14 +126,18 @@ async fn a_task_runs_ends_and_is_deleted(db: Database) {
     assert_eq!(output(alice, &id, None).await.0, 404);
     // The secret value was never stored.
     let dump = db.dump(&server).await;
-    assert!(!dump.contains("hunter2"), "an env value reached the database");
+    assert!(
+        !dump.contains("hunter2"),
+        "an env value reached the database"
+    );
     let metrics = server.metrics().await;
     assert!(
         metric_value(&metrics, "warren_tasks_total", "result=\"exited\"").is_some_and(|n| n >= 2.0),
         "{metrics}"
     );
     assert!(
-        metric_value(&metrics, "warren_task_spawn_duration_seconds_count", "").is_some_and(|n| n >= 2.0),
+        metric_value(&metrics, "warren_task_spawn_duration_seconds_count", "")
+            .is_some_and(|n| n >= 2.0),
         "{metrics}"
     );
 }
@@ -183,12 +205,19 @@ async fn timeout_cancel_failure_and_limits() {
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "too_many_tasks", "{body}");
     let (_, running) = alice.get("/api/v1/tasks?state=running").await;
-    assert_eq!(running["tasks"].as_array().map(Vec::len), Some(2), "{running}");
+    assert_eq!(
+        running["tasks"].as_array().map(Vec::len),
+        Some(2),
+        "{running}"
+    );
     // A running task cannot be deleted.
     assert_eq!(alice.delete(&format!("/api/v1/tasks/{one}")).await.0, 409);
     for id in [&one, &two] {
         assert_eq!(
-            alice.post(&format!("/api/v1/tasks/{id}/cancel"), json!({})).await.0,
+            alice
+                .post(&format!("/api/v1/tasks/{id}/cancel"), json!({}))
+                .await
+                .0,
             202
         );
     }
@@ -246,13 +275,12 @@ async fn output_ranges_follow_and_the_bound() {
     assert_eq!((status, body.len()), (206, 10));
     assert_eq!(header(&headers, "content-range"), "bytes 9990-9999/10000");
     // Follow: output as it comes, the response ends with the task.
-    let slow = started(
-        alice,
-        json!({"command": "echo one; sleep 1; echo two"}),
-    )
-    .await;
+    let slow = started(alice, json!({"command": "echo one; sleep 1; echo two"})).await;
     let response = alice
-        .request(Method::GET, &format!("/api/v1/tasks/{slow}/output?follow=true"))
+        .request(
+            Method::GET,
+            &format!("/api/v1/tasks/{slow}/output?follow=true"),
+        )
         .send()
         .await
         .expect("follow");
@@ -271,14 +299,24 @@ async fn another_users_tasks_are_404_everywhere() {
     let id = started(alice, json!({"command": ["sleep", "30"]})).await;
     let missing = uuid::Uuid::new_v4().to_string();
     for target in [id.as_str(), missing.as_str(), "not-a-uuid"] {
-        assert_eq!(bob.get(&format!("/api/v1/tasks/{target}")).await.0, 404, "{target}");
-        assert_eq!(output(bob, target, None).await.0, 404, "{target}");
         assert_eq!(
-            bob.post(&format!("/api/v1/tasks/{target}/cancel"), json!({})).await.0,
+            bob.get(&format!("/api/v1/tasks/{target}")).await.0,
             404,
             "{target}"
         );
-        assert_eq!(bob.delete(&format!("/api/v1/tasks/{target}")).await.0, 404, "{target}");
+        assert_eq!(output(bob, target, None).await.0, 404, "{target}");
+        assert_eq!(
+            bob.post(&format!("/api/v1/tasks/{target}/cancel"), json!({}))
+                .await
+                .0,
+            404,
+            "{target}"
+        );
+        assert_eq!(
+            bob.delete(&format!("/api/v1/tasks/{target}")).await.0,
+            404,
+            "{target}"
+        );
     }
     let (_, list) = bob.get("/api/v1/tasks").await;
     assert_eq!(list["tasks"], json!([]));
@@ -286,7 +324,10 @@ async fn another_users_tasks_are_404_everywhere() {
     let (_, task) = alice.get(&format!("/api/v1/tasks/{id}")).await;
     assert_eq!(task["state"], "running");
     assert_eq!(
-        alice.post(&format!("/api/v1/tasks/{id}/cancel"), json!({})).await.0,
+        alice
+            .post(&format!("/api/v1/tasks/{id}/cancel"), json!({}))
+            .await
+            .0,
         202
     );
 }
@@ -301,7 +342,10 @@ async fn a_dead_workers_tasks_are_lost() {
     }
     let task = ended(alice, &id, Duration::from_secs(5)).await;
     assert_eq!(task["state"], "lost", "{task}");
-    assert!(task["error"].as_str().is_some_and(|e| e.contains("worker")), "{task}");
+    assert!(
+        task["error"].as_str().is_some_and(|e| e.contains("worker")),
+        "{task}"
+    );
     // The slot serves again.
     let again = started(alice, json!({"command": ["true"]})).await;
     let task = ended(alice, &again, Duration::from_secs(10)).await;
@@ -323,7 +367,10 @@ async fn bad_task_requests_are_400_or_422() {
         (json!({"command": "x", "env": {"BAD-NAME": "1"}}), 422),
         (json!({"command": "x", "timeout": 0}), 422),
         (json!({"command": "x", "timeout": 700000}), 422),
-        (json!({"command": "x", "stdin": "a".repeat(1024 * 1024 + 1)}), 422),
+        (
+            json!({"command": "x", "stdin": "a".repeat(1024 * 1024 + 1)}),
+            422,
+        ),
         (json!({"command": "x", "unknown": true}), 422),
         (json!({"command": 5}), 422),
         (json!({"command": "x", "cwd": "../elsewhere"}), 400),
@@ -364,7 +411,10 @@ async fn admins_set_per_user_process_limits() {
         )
         .await;
     assert_eq!(status, 200, "{user}");
-    assert_eq!(user["limits"]["process"], json!({"memory": 1073741824, "tasks": 3}));
+    assert_eq!(
+        user["limits"]["process"],
+        json!({"memory": 1073741824, "tasks": 3})
+    );
     for bad in [
         json!({"limits": {"tasks": 0}}),
         json!({"limits": {"cpu_weight": 20000}}),

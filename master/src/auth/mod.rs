@@ -229,9 +229,9 @@ fn ctx_of(user: &User, config: &AuthConfig) -> UserCtx {
         } else {
             None
         },
-        limits: user
-            .limits
-            .map_or(config.default_limits, |own| own.apply(config.default_limits)),
+        limits: user.limits.map_or(config.default_limits, |own| {
+            own.apply(config.default_limits)
+        }),
     }
 }
 

@@ -492,7 +492,10 @@ pub(crate) mod tests {
         let admin = match connected {
             Ok(Ok(pool)) => pool,
             _ => {
-                assert!(!required, "PostgreSQL at {admin_url} is required but unreachable");
+                assert!(
+                    !required,
+                    "PostgreSQL at {admin_url} is required but unreachable"
+                );
                 eprintln!("\n*** SKIPPED {test} on PostgreSQL: cannot reach {admin_url}\n");
                 return None;
             }

@@ -292,13 +292,12 @@ impl Store {
     /// task or it is still running.
     pub async fn delete_task(&self, user: Uuid, id: Uuid) -> Result<bool> {
         self.count(1);
-        let done = sqlx::query(
-            "DELETE FROM tasks WHERE id = $1 AND user_id = $2 AND state <> 'running'",
-        )
-        .bind(id.to_string())
-        .bind(user.to_string())
-        .execute(&self.pool)
-        .await?;
+        let done =
+            sqlx::query("DELETE FROM tasks WHERE id = $1 AND user_id = $2 AND state <> 'running'")
+                .bind(id.to_string())
+                .bind(user.to_string())
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -348,9 +347,9 @@ impl Store {
         .bind(master_id.to_string());
         let query = match which {
             LostTasks::All => query,
-            LostTasks::OfWorker { slot, worker_pid } => query
-                .bind(i64::from(slot))
-                .bind(i64::from(worker_pid)),
+            LostTasks::OfWorker { slot, worker_pid } => {
+                query.bind(i64::from(slot)).bind(i64::from(worker_pid))
+            }
             LostTasks::Stale {
                 slot,
                 live_pid,

@@ -59,9 +59,7 @@ pub struct User {
 /// user (`null` or absent fields: the server's default). Stored as JSON
 /// in `users.limits`; sizes in bytes, `0` means "no limit" except for
 /// `cpu_weight` (1-10000) and `tasks` (at least 1).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     /// `RLIMIT_AS` of each process, bytes.
@@ -260,10 +258,12 @@ pub(super) fn user_at(row: &AnyRow, at: usize) -> Result<User> {
         uid: row.try_get(at + 9)?,
         limits: match row.try_get::<Option<String>, _>(at + 10)? {
             None => None,
-            Some(json) => Some(serde_json::from_str(&json).map_err(|err| StoreError::Corrupt {
-                table: "users",
-                detail: format!("bad limits {json:?}: {err}"),
-            })?),
+            Some(json) => Some(
+                serde_json::from_str(&json).map_err(|err| StoreError::Corrupt {
+                    table: "users",
+                    detail: format!("bad limits {json:?}: {err}"),
+                })?,
+            ),
         },
     })
 }
@@ -399,11 +399,12 @@ impl Store {
             for _ in 0..UID_ATTEMPTS {
                 let uid = self.free_uid().await?;
                 self.count(1);
-                let updated = sqlx::query("UPDATE users SET uid = $1 WHERE id = $2 AND uid IS NULL")
-                    .bind(uid)
-                    .bind(&id)
-                    .execute(&self.pool)
-                    .await;
+                let updated =
+                    sqlx::query("UPDATE users SET uid = $1 WHERE id = $2 AND uid IS NULL")
+                        .bind(uid)
+                        .bind(&id)
+                        .execute(&self.pool)
+                        .await;
                 match updated {
                     Ok(result) => {
                         assigned += result.rows_affected();
@@ -778,7 +779,11 @@ mod tests {
         let (first, second) = (first.with_uid_range(range), second.with_uid_range(range));
         let mut creations = Vec::new();
         for n in 0..40 {
-            let store = if n % 2 == 0 { first.clone() } else { second.clone() };
+            let store = if n % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
             creations.push(tokio::spawn(async move {
                 store
                     .create_user(NewUser {
@@ -879,10 +884,7 @@ mod tests {
 
     #[test]
     fn uid_ranges_parse() {
-        assert_eq!(
-            "200000-265535".parse::<UidRange>(),
-            Ok(UidRange::default())
-        );
+        assert_eq!("200000-265535".parse::<UidRange>(), Ok(UidRange::default()));
         for bad in ["0-10", "10-5", "5", "a-b", "1-4294967295", ""] {
             assert!(bad.parse::<UidRange>().is_err(), "{bad:?}");
         }

@@ -79,11 +79,7 @@ async fn admin_activity(State(state): State<AppState>, _: Admin) -> Response {
 }
 
 fn stream(state: &AppState, audience: Audience) -> Response {
-    let events = feed(
-        state.activity.subscribe(),
-        state.activity.clone(),
-        audience,
-    );
+    let events = feed(state.activity.subscribe(), state.activity.clone(), audience);
     let mut response = Sse::new(events)
         .keep_alive(
             KeepAlive::new()

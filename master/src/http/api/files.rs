@@ -873,7 +873,11 @@ pub(super) async fn upload(
         other => return Err(unexpected(other)),
     };
     for path in &paths {
-        announce(&state, &principal, ActivityKind::FileWritten { path: path.clone() });
+        announce(
+            &state,
+            &principal,
+            ActivityKind::FileWritten { path: path.clone() },
+        );
     }
     let written: Vec<EntryView> = written.iter().map(|w| EntryView::from(&w.entry)).collect();
     Ok((StatusCode::CREATED, Json(written)).into_response())

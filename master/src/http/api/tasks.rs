@@ -14,9 +14,7 @@ use crate::http::error::ErrorBody;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, Authed, ClientInfo};
 use crate::http::{ApiError, AppState};
 use crate::pool::PoolError;
-use crate::store::{
-    AuditEntry, NewTask, TaskCursor, TaskFilter, TaskRecord, TaskUpdate,
-};
+use crate::store::{AuditEntry, NewTask, TaskCursor, TaskFilter, TaskRecord, TaskUpdate};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -235,7 +233,10 @@ fn check(request: StartTask) -> Result<Checked, ApiError> {
         }
     }
     let size: usize = argv.iter().map(|a| a.len() + 1).sum::<usize>()
-        + env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+        + env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
     if size > MAX_COMMAND_BYTES {
         return Err(invalid(format!(
             "command and env take {size} bytes; at most {MAX_COMMAND_BYTES}"
@@ -296,7 +297,11 @@ fn audit_entry(
         actor_name: Some(principal.username.clone()),
         subject: Some(task.id.to_string()),
         address: Some(info.client.address.to_string()),
-        detail: Some(format!("{} -> {}", shell_words(&task.command), task.state.as_str())),
+        detail: Some(format!(
+            "{} -> {}",
+            shell_words(&task.command),
+            task.state.as_str()
+        )),
     }
 }
 
@@ -659,7 +664,12 @@ async fn delete_task(
         Ok(_) | Err(PoolError::Op(OpError::NotFound(_))) => {}
         Err(err) => return Err(err.into()),
     }
-    if !state.auth.store().delete_task(principal.user_id, id).await? {
+    if !state
+        .auth
+        .store()
+        .delete_task(principal.user_id, id)
+        .await?
+    {
         return Err(ApiError::Missing("task"));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -884,9 +894,9 @@ impl Output {
                 Some((chunk, (sender, receiver, transfer, remaining)))
             },
         );
-        let mut response = Response::new(Body::from_stream(
-            futures_util::StreamExt::chain(first, bytes),
-        ));
+        let mut response = Response::new(Body::from_stream(futures_util::StreamExt::chain(
+            first, bytes,
+        )));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(
@@ -911,7 +921,8 @@ mod tests {
     use super::*;
 
     fn start(json: serde_json::Value) -> Result<Checked, ApiError> {
-        let request: StartTask = serde_json::from_value(json).map_err(|err| invalid(err.to_string()))?;
+        let request: StartTask =
+            serde_json::from_value(json).map_err(|err| invalid(err.to_string()))?;
         check(request)
     }
 
