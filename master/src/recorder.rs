@@ -197,11 +197,16 @@ impl Recorder {
         }
     }
 
-    /// Counts an ended task and tells the feed.
+    /// Counts an ended task and tells the feed. A task whose start the
+    /// handler has not recorded yet (a command that ended at once) is told
+    /// by that handler, after its start, so the feed never shows an end
+    /// before its start; a lost one is told here whatever came before.
     fn finished(&self, record: &TaskRecord) {
         self.metrics.finished(record.state);
-        self.activity
-            .publish(record.user_id, None, finished_event(record));
+        if record.worker_pid.is_some() || record.state == warren_protocol::TaskState::Lost {
+            self.activity
+                .publish(record.user_id, None, finished_event(record));
+        }
     }
 
     /// Runs `write` until it succeeds, waiting longer after each failure
