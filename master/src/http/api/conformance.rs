@@ -161,6 +161,19 @@ pub(super) fn complete(doc: &mut OpenApi, mode: Mode) {
         {
             complete_operation(path, op);
         }
+        // A task's output is bytes, whatever the task wrote.
+        if path == "/api/v1/tasks/{id}/output" {
+            if let Some(get) = &mut item.get {
+                for status in ["200", "206"] {
+                    if let Some(RefOr::T(response)) = get.responses.responses.get_mut(status) {
+                        response.content.clear();
+                        response
+                            .content
+                            .insert("application/octet-stream".into(), file_bytes());
+                    }
+                }
+            }
+        }
         if path == "/api/v1/files/{path}" {
             if let Some(get) = &mut item.get {
                 for status in ["200", "206"] {

@@ -698,8 +698,8 @@ pub struct OutputQuery {
     get, path = "/tasks/{id}/output", tag = "tasks",
     params(("id" = Uuid, Path), OutputQuery),
     responses(
-        (status = 200, description = "The output kept (and, with `follow`, what comes)", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The output kept (and, with `follow`, what comes)"),
+        (status = 206, description = "The requested range"),
         (status = 400, description = "A range other than `bytes=N-` with `follow`", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 416, description = "The range starts before the kept output or after its end", body = ErrorBody),
