@@ -164,9 +164,26 @@ pub struct PatchUser {
     /// Overrides of the server's process limits (each field replaces the
     /// server's default for this user; absent fields keep it); `null`
     /// clears every override. Applies to processes started from then on.
-    #[serde(default, deserialize_with = "super::nullable")]
+    #[serde(default, deserialize_with = "limit_overrides")]
     #[schema(value_type = Option<LimitOverrides>)]
     pub limits: Option<Option<LimitOverrides>>,
+}
+
+/// `limits` of a PATCH: an object (serde would also take a struct written
+/// as an array, which the document does not allow), or `null`.
+fn limit_overrides<'de, D>(deserializer: D) -> Result<Option<Option<LimitOverrides>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let Some(fields) =
+        Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+    else {
+        return Ok(Some(None));
+    };
+    serde_json::from_value(serde_json::Value::Object(fields))
+        .map(|limits| Some(Some(limits)))
+        .map_err(D::Error::custom)
 }
 
 /// Change a user's role, standing, password or limits. A password reset

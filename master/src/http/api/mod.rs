@@ -276,15 +276,6 @@ where
     }
 }
 
-/// A PATCH field where `null` (reset) differs from absent (unchanged).
-fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
 /// [`integer`] for fields of other modules' JSON bodies.
 pub fn json_integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where

@@ -82,7 +82,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 /// A command: an argument vector, or a string run by `/bin/sh -c`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
-pub enum Command {
+pub enum TaskCommand {
     /// The program (found on the sandbox's `PATH` unless it contains a
     /// `/`) and its arguments.
     Argv(Vec<String>),
@@ -94,7 +94,7 @@ pub enum Command {
 #[serde(deny_unknown_fields)]
 pub struct StartTask {
     /// Up to 1024 arguments, 256 KiB with the environment; no NUL bytes.
-    pub command: Command,
+    pub command: TaskCommand,
     /// The working directory, relative to the workspace (default: its root).
     #[serde(default)]
     pub cwd: Option<String>,
@@ -189,15 +189,15 @@ fn env_name_ok(name: &str) -> bool {
 /// working directory that breaks the path rules.
 fn check(request: StartTask) -> Result<Checked, ApiError> {
     let argv = match request.command {
-        Command::Argv(argv) => {
-            if argv.first().is_none_or(|program| program.is_empty()) {
-                return Err(invalid(
-                    "command must name a program: a non-empty first argument",
-                ));
+        // An empty program name is a command that cannot run: the worker
+        // says so, and the task is `failed`.
+        TaskCommand::Argv(argv) => {
+            if argv.is_empty() {
+                return Err(invalid("command must name a program"));
             }
             argv
         }
-        Command::Shell(line) => {
+        TaskCommand::Shell(line) => {
             if line.trim().is_empty() {
                 return Err(invalid("command must not be empty"));
             }
@@ -528,7 +528,8 @@ async fn list_tasks(
         })?),
     };
     let after = match query.cursor.as_deref() {
-        None => None,
+        // An empty cursor is the first page.
+        None | Some("") => None,
         Some(text) => Some(
             TaskCursor::parse(text)
                 .ok_or_else(|| ApiError::BadRequest(format!("bad cursor {text:?}")))?,
@@ -940,7 +941,6 @@ mod tests {
         let too_many: Vec<String> = (0..=MAX_ARGS).map(|n| n.to_string()).collect();
         let bad = [
             serde_json::json!({"command": []}),
-            serde_json::json!({"command": [""]}),
             serde_json::json!({"command": "  "}),
             serde_json::json!({"command": ["a\u{0}b"]}),
             serde_json::json!({"command": "x", "env": {"1A": "x"}}),
