@@ -490,7 +490,10 @@ pub struct TaskList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// From a previous page's `next_cursor`.
+    /// From a previous page's `next_cursor` (empty: the first page).
+    #[param(
+        pattern = "^([0-9]{1,18}\\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$"
+    )]
     cursor: Option<String>,
     /// Tasks per page, 1-1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
