@@ -255,6 +255,11 @@ pub struct ServeArgs {
     /// with a marker where they were.
     #[arg(long, env = "WARREN_TASK_OUTPUT_LIMIT", default_value = "16MiB", value_parser = parse_output_limit)]
     pub task_output_limit: u64,
+    /// Task records (with their output) kept per user: starting a task
+    /// removes the user's oldest finished ones beyond this, so what one
+    /// user adds to the database stays bounded.
+    #[arg(long, env = "WARREN_TASK_HISTORY", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub task_history: u64,
     /// How long a cancelled task has between SIGTERM and SIGKILL.
     #[arg(long, env = "WARREN_TASK_CANCEL_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub task_cancel_grace: Duration,

@@ -166,6 +166,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             master_id,
             output_limit: args.task_output_limit,
             cancel_grace: args.task_cancel_grace,
+            history: args.task_history,
         },
     });
     let app = http::router(state.clone());

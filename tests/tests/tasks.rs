@@ -440,3 +440,33 @@ async fn admins_set_per_user_process_limits() {
     let (_, erin) = admin.get(&format!("/api/v1/admin/users/{other}")).await;
     assert_ne!(erin["uid"], json!(uid));
 }
+
+/// What one user adds to the database is bounded: beyond `--task-history`
+/// records, starting a task removes the oldest finished ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_finished_tasks_are_removed_beyond_the_history() {
+    let options = ServerOptions::workers(1).arg("--task-history").arg("3");
+    let (_server, callers) = server_with(options, &["alice"]).await;
+    let alice = &callers[0];
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let id = started(alice, json!({"command": ["true"]})).await;
+        ended(alice, &id, Duration::from_secs(10)).await;
+        ids.push(id);
+    }
+    let kept = warren_tests::eventually(Duration::from_secs(5), || async {
+        let (_, list) = alice.get("/api/v1/tasks").await;
+        list["tasks"].as_array().map(Vec::len) == Some(3)
+    })
+    .await;
+    let (_, list) = alice.get("/api/v1/tasks").await;
+    assert!(kept, "{list}");
+    let listed: Vec<&str> = list["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(listed, [&ids[5], &ids[4], &ids[3]].map(String::as_str));
+    assert_eq!(alice.get(&format!("/api/v1/tasks/{}", ids[0])).await.0, 404);
+}

@@ -301,6 +301,29 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// The user's finished tasks beyond the newest `keep` records (of any
+    /// state), oldest last, at most `batch` of them: what the history
+    /// bound removes.
+    pub async fn tasks_beyond(&self, user: Uuid, keep: u64, batch: i64) -> Result<Vec<Uuid>> {
+        self.count(1);
+        let rows = sqlx::query(
+            "SELECT id, state FROM tasks WHERE user_id = $1 \
+             ORDER BY created_ms DESC, id DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(user.to_string())
+        .bind(batch)
+        .bind(bigint(keep))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ids = Vec::new();
+        for row in rows {
+            if row.try_get::<String, _>(1)? != "running" {
+                ids.push(uuid_of(&row, 0, "tasks")?);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Removes the record of a task that never started (its worker refused
     /// it: too many tasks, no sandbox).
     pub async fn forget_task(&self, id: Uuid) -> Result<()> {
@@ -577,6 +600,10 @@ mod tests {
             .delete_task(bob, of_other_master.id)
             .await
             .expect("delete"));
+        // The history bound: finished records beyond the newest two.
+        let beyond = store.tasks_beyond(alice, 2, 100).await.expect("beyond");
+        assert_eq!(beyond.len(), 2, "four records, the newest two kept");
+        assert!(beyond.iter().all(|id| page.iter().all(|p| p.id != *id)));
         assert!(store.delete_task(alice, first.id).await.expect("delete"));
         assert!(store.task(alice, first.id).await.expect("query").is_none());
     }

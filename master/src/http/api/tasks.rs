@@ -67,7 +67,13 @@ pub struct TaskSettings {
     pub output_limit: u64,
     /// SIGTERM to SIGKILL on a cancel (`--task-cancel-grace`).
     pub cancel_grace: Duration,
+    /// Task records kept per user (`--task-history`).
+    pub history: u64,
 }
+
+/// Finished tasks removed at most per start beyond the history bound (one
+/// start adds one record, so this keeps up with any pace).
+const HISTORY_BATCH: i64 = 16;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -442,7 +448,45 @@ async fn start_task(
         .auth
         .audit(audit_entry(&principal, &info, "task_started", &record))
         .await;
+    tokio::spawn(forget_old_tasks(
+        state.clone(),
+        principal.ctx.clone(),
+        principal.user_id,
+    ));
     Ok((StatusCode::CREATED, Json(TaskView::from(&record))))
+}
+
+/// Removes the user's oldest finished tasks beyond `--task-history`: their
+/// output (through the worker), then their records. A failure leaves them
+/// for the next start.
+async fn forget_old_tasks(state: AppState, user: UserCtx, user_id: Uuid) {
+    let store = state.auth.store();
+    let old = match store
+        .tasks_beyond(user_id, state.tasks.history, HISTORY_BATCH)
+        .await
+    {
+        Ok(old) => old,
+        Err(err) => {
+            warn!(error = %err, "cannot look for tasks beyond the history bound");
+            return;
+        }
+    };
+    for id in old {
+        let op = TaskOp::Delete {
+            task: TaskId(*id.as_bytes()),
+        };
+        match state.pool.call(&user, Op::Tasks(op)).await {
+            Ok(_) | Err(PoolError::Op(OpError::NotFound(_))) => {}
+            Err(err) => {
+                warn!(error = %err, task = %id, "cannot remove an old task's output");
+                return;
+            }
+        }
+        if let Err(err) = store.delete_task(user_id, id).await {
+            warn!(error = %err, task = %id, "cannot remove an old task's record");
+            return;
+        }
+    }
 }
 
 /// Ends a task the master knows the end of (it could not run, or was lost
