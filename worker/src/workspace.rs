@@ -168,6 +168,10 @@ impl Quota {
 #[derive(Debug)]
 pub struct UserDirs {
     user: UserId,
+    /// The uid (and gid) the user's processes run as: every entry the
+    /// API makes in the workspace is given to it before it appears there.
+    /// `None`: entries stay warren's.
+    owner: Option<u32>,
     workspace: OwnedFd,
     state: OwnedFd,
     tmp: OwnedFd,
@@ -431,10 +435,25 @@ impl Workspaces {
         if let Some(dirs) = self.opened(user) {
             return Ok(dirs);
         }
+        self.open_as(user, None)
+    }
+
+    /// [`Workspaces::open`] for a user whose processes run as `owner`
+    /// (`UserCtx::uid`): the workspace is handed over to that uid on this
+    /// process's first sight of it, and everything the API makes in it
+    /// belongs to that uid.
+    pub fn open_as(&self, user: UserId, owner: Option<u32>) -> Result<Arc<UserDirs>, OpError> {
+        if let Some(dirs) = self.opened(user) {
+            if dirs.owner == owner {
+                return Ok(dirs);
+            }
+            // Opened without the uid (a usage count) or before a change.
+            self.dirs.invalidate(&user);
+        }
         let dirs = self
             .dirs
             .entry(user)
-            .or_try_insert_with(|| self.open_fresh(user).map(Arc::new))
+            .or_try_insert_with(|| self.open_fresh(user, owner).map(Arc::new))
             .map_err(|err| OpError::clone(&err))?
             .into_value();
         // A purge between the opening and the insertion must not leave the
@@ -459,7 +478,7 @@ impl Workspaces {
     /// Creates (on first use) and opens the user's directories, under the
     /// user's lock: no request of theirs can create a temp file that the
     /// sweep would then remove, and none can recreate what a purge removed.
-    fn open_fresh(&self, user: UserId) -> Result<UserDirs, OpError> {
+    fn open_fresh(&self, user: UserId, owner: Option<u32>) -> Result<UserDirs, OpError> {
         let lock = self.user_lock(user);
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
         if self.was_purged(user) {
@@ -471,6 +490,10 @@ impl Workspaces {
                 Ok(()) => set_private(dir)?,
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(err) => return Err(io_error(err, "cannot create the user's directory")),
+            }
+            // The user's uid traverses (never lists) them to its workspace.
+            if owner.is_some() {
+                set_mode(dir, 0o711)?;
             }
         }
         let base_fd = rustix::fs::open(
@@ -503,8 +526,12 @@ impl Workspaces {
         let workspace = opened
             .pop()
             .ok_or_else(|| OpError::Internal("no workspace".into()))?;
+        if let Some(owner) = owner {
+            hand_over(&workspace, owner)?;
+        }
         let dirs = UserDirs {
             user,
+            owner,
             workspace,
             state,
             tmp,
@@ -767,6 +794,60 @@ fn fits(usage: &Usage, bytes: u64, entries: u64, credit: u64, quota: Quota) -> R
         });
     }
     Ok(())
+}
+
+/// Gives an entry the API just made to the user's uid (and gid).
+fn give(fd: &impl AsFd, owner: Option<u32>) -> Result<(), Errno> {
+    match owner {
+        Some(owner) => rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(owner)),
+            Some(rustix::fs::Gid::from_raw(owner)),
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Hands an existing workspace over to `owner`: every entry (symlinks
+/// themselves, never what they point to), the root last, so a hand-over
+/// cut short is done again on the next first sight.
+fn hand_over(workspace: &OwnedFd, owner: u32) -> Result<(), OpError> {
+    let stat = rustix::fs::fstat(workspace).map_err(|err| errno(err, "workspace"))?;
+    if stat.st_uid == owner && stat.st_gid == owner {
+        return Ok(());
+    }
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw(owner),
+        rustix::fs::Gid::from_raw(owner),
+    );
+    let root = rustix::fs::openat(
+        workspace,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|err| errno(err, "workspace"))?;
+    walk(
+        root,
+        &mut |dir, name, stat| {
+            if stat.st_uid != owner || stat.st_gid != owner {
+                match rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(err) => return Err(errno(err, &name.to_string_lossy())),
+                }
+            }
+            Ok(true)
+        },
+        &mut |_, _| Ok(()),
+    )?;
+    rustix::fs::fchown(workspace, Some(uid), Some(gid)).map_err(|err| errno(err, "workspace"))
+}
+
+fn set_mode(dir: &std::path::Path, mode: u32) -> Result<(), OpError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|err| io_error(err, "cannot set the mode of the user's directory"))
 }
 
 fn set_private(dir: &std::path::Path) -> Result<(), OpError> {
@@ -1045,6 +1126,19 @@ impl UserDirs {
             .admit(MIN_ENTRY_CHARGE, 1)
             .map_err(Made::Refused)?;
         rustix::fs::mkdirat(dir, name, PRIVATE).map_err(Made::Failed)?;
+        if let Some(owner) = self.owner {
+            // Mode 0700 until then: the user's processes cannot use it
+            // before it is theirs.
+            let id = rustix::fs::Uid::from_raw(owner);
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(id),
+                Some(rustix::fs::Gid::from_raw(owner)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(Made::Failed)?;
+        }
         let stat =
             rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(Made::Failed)?;
         workspaces.grow(self.user, Usage::of(&stat));
@@ -1192,6 +1286,7 @@ impl UserDirs {
                 &CopyLimits {
                     budget: &needed,
                     admit: &|bytes, inodes| workspaces.admit(bytes, inodes),
+                    owner: self.owner,
                 },
                 &mut copied,
             )?;
@@ -1243,8 +1338,10 @@ impl UserDirs {
         Ok(Reply::Entry(entry(to_name, &stat)))
     }
 
-    /// A new, empty temp file in `tmp/` (mode 0600), and its name.
-    fn create_temp(&self, what: &str) -> Result<(String, OwnedFd), OpError> {
+    /// A new, empty temp file in `tmp/` (mode 0600), and its name; one
+    /// `for_workspace` belongs to the user's uid (it will be renamed into
+    /// the workspace), others stay warren's (settings).
+    fn create_temp(&self, what: &str, for_workspace: bool) -> Result<(String, OwnedFd), OpError> {
         let temp = temp_name(what);
         let fd = rustix::fs::openat(
             &self.tmp,
@@ -1253,6 +1350,12 @@ impl UserDirs {
             Mode::RUSR | Mode::WUSR,
         )
         .map_err(|err| errno(err, "cannot create a temp file"))?;
+        if for_workspace {
+            if let Err(err) = give(&fd, self.owner) {
+                let _ = rustix::fs::unlinkat(&self.tmp, temp.as_str(), AtFlags::empty());
+                return Err(errno(err, "cannot give a temp file to the user"));
+            }
+        }
         Ok((temp, fd))
     }
 
@@ -1288,7 +1391,7 @@ impl UserDirs {
         // rename: out of the disk reserve like any write (not counted in
         // the quota: the master bounds settings to 64 KiB).
         workspaces.admit(charge_of_len(json.len() as u64), 1)?;
-        let (temp, fd) = self.create_temp("settings")?;
+        let (temp, fd) = self.create_temp("settings", false)?;
         let mut file = std::fs::File::from(fd);
         let written = file
             .write_all(json)
@@ -1362,7 +1465,7 @@ impl UserDirs {
             quota,
         };
         // Dropping `pending` on failure releases the reservation.
-        let (temp, fd) = pending.dirs.create_temp("upload")?;
+        let (temp, fd) = pending.dirs.create_temp("upload", true)?;
         pending.temp = temp;
         pending.file = Some(std::fs::File::from(fd));
         Ok(pending)
@@ -1897,6 +2000,8 @@ fn remove_empty_dir(dir: &impl AsFd, name: &CStr, removed: &mut Usage) -> Result
 struct CopyLimits<'a> {
     budget: &'a Usage,
     admit: &'a dyn Fn(u64, u64) -> Result<(), OpError>,
+    /// Who the copies belong to ([`UserDirs::owner`]).
+    owner: Option<u32>,
 }
 
 /// Copies `name` in `from` to `to_name` in `to`: files with their bytes,
@@ -1938,6 +2043,7 @@ fn copy_tree(
             rustix::fs::mkdirat(to, to_name, PRIVATE).map_err(|err| errno(err, to_name_text))?;
             let source = open_dir(from, name)?;
             let target = open_dir(to, to_name)?;
+            give(&target, limits.owner).map_err(|err| errno(err, to_name_text))?;
             for child in children(&source, name)? {
                 copy_tree(&source, &child, &target, &child, depth + 1, limits, copied)?;
             }
@@ -1975,6 +2081,7 @@ fn copy_tree(
                 Mode::RUSR | Mode::WUSR,
             )
             .map_err(|err| errno(err, to_name_text))?;
+            give(&target, limits.owner).map_err(|err| errno(err, to_name_text))?;
             let mut target = std::fs::File::from(target);
             // No more than the budget left (and a block): a file that grows
             // while copied is not copied without end.
@@ -2469,6 +2576,7 @@ mod tests {
         let limits = CopyLimits {
             budget: &budget,
             admit: &admit,
+            owner: None,
         };
         let mut copied = Usage::default();
         let err = copy_tree(&from, c"tree", &to, c"copy", 0, &limits, &mut copied)
