@@ -2196,6 +2196,69 @@ mod tests {
         pending.commit(&Precondition::None)
     }
 
+    /// With a uid, an existing workspace is handed over on first sight
+    /// (symlinks themselves, never their targets), and everything the API
+    /// makes there belongs to the uid before it appears; settings and the
+    /// user's own directory stay warren's. Needs root (chown).
+    #[test]
+    fn the_users_uid_owns_the_workspace_and_all_the_api_makes() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        const UID: u32 = 200_123;
+        let (dir, _, dirs) = setup();
+        let workspace = workspace_path(&dir);
+        std::fs::create_dir_all(workspace.join("old/deeper")).expect("mkdir");
+        std::fs::write(workspace.join("old/deeper/file"), b"x").expect("write");
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"root's").expect("write");
+        std::os::unix::fs::symlink(&outside, workspace.join("old/link")).expect("symlink");
+        drop(dirs);
+        let workspaces = Arc::new(Workspaces::new(dir.path().join("users")));
+        let user = UserId([7; 16]);
+        // A count first (no uid), then the first open with the uid.
+        workspaces.usage_of(user).expect("usage");
+        let dirs = workspaces.open_as(user, Some(UID)).expect("open as the uid");
+        let owner = |path: &std::path::Path| {
+            let meta = std::fs::symlink_metadata(path).expect("stat");
+            (meta.uid(), meta.gid())
+        };
+        for path in ["", "old", "old/deeper", "old/deeper/file", "old/link"] {
+            assert_eq!(owner(&workspace.join(path)), (UID, UID), "{path}");
+        }
+        assert_eq!(owner(&outside), (0, 0), "a symlink's target is never handed over");
+        let base = workspace.parent().expect("user dir");
+        assert_eq!(owner(base), (0, 0));
+        for kept in ["state", "tmp"] {
+            assert_eq!(owner(&base.join(kept)), (0, 0), "{kept}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &std::path::Path| {
+            std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+        };
+        assert_eq!(mode(base), 0o711);
+        assert_eq!(mode(base.parent().expect("users")), 0o711);
+        dirs.mkdir(&workspaces, QUOTA, "made/below", true).expect("mkdir -p");
+        write(&workspaces, &dirs, "made/below/new", b"data").expect("write");
+        write(&workspaces, &dirs, "old/deeper/file", b"replaced").expect("replace");
+        dirs.copy(&workspaces, QUOTA, "old", "copied").expect("copy");
+        dirs.put_settings(&workspaces, b"{}").expect("settings");
+        for path in [
+            "made",
+            "made/below",
+            "made/below/new",
+            "old/deeper/file",
+            "copied",
+            "copied/deeper",
+            "copied/deeper/file",
+        ] {
+            assert_eq!(owner(&workspace.join(path)), (UID, UID), "{path}");
+        }
+        assert_eq!(owner(&base.join("state/settings.json")), (0, 0));
+    }
+
     /// A user whose directories were closed to make room for others is
     /// served again as before: their upload in progress completes, and
     /// reopening does not sweep its temp file away.

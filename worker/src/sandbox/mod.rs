@@ -498,7 +498,9 @@ impl Sandbox {
                 .collect(),
             read_only,
             devices: DEVICES.iter().map(|d| d.as_bytes().to_vec()).collect(),
-            deny_tcp: self.config.network == Network::None,
+            // Only without a namespace of its own: inside one, TCP on
+            // loopback is the user's business.
+            deny_tcp: self.config.network == Network::None && !self.report.decision.netns,
             scope: true,
         }
     }

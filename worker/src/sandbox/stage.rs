@@ -211,24 +211,52 @@ fn isolate_network() -> Result<(), Failure> {
     Ok(())
 }
 
-/// Default dispositions and an empty mask: whatever the worker ignored
-/// or blocked (SIGTERM, SIGINT, SIGPIPE) must not be inherited.
+/// The kernel's `struct sigaction` (x86-64 and arm64 share it): glibc's
+/// `signal` refuses the real-time signals it reserves (32, 33), whose
+/// ignored disposition would otherwise survive the exec.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Default dispositions and an empty mask: whatever the worker (or its
+/// own parent) ignored or blocked must not be inherited.
 fn reset_signals() {
-    for signal in 1..=libc::SIGRTMAX() {
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signal in 1..=64 {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: setting SIG_DFL installs no handler; an invalid or
-        // reserved number just fails.
+        // SAFETY: rt_sigaction reads one kernel sigaction, alive across
+        // the call, of the size given; SIG_DFL installs no handler.
         unsafe {
-            libc::signal(signal, libc::SIG_DFL);
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            );
         }
     }
-    // SAFETY: an empty set, initialised by sigemptyset before use.
+    let empty: u64 = 0;
+    // SAFETY: as above, with an 8-byte signal set.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        );
     }
 }
 
@@ -294,10 +322,11 @@ fn exec(spec: &ExecSpec) -> Result<Infallible, Failure> {
             (OsString::from_vec(key.clone()), OsString::from_vec(value.clone()))
         }));
     let err = command.exec();
-    let reason = match err.raw_os_error() {
-        Some(code) => rustix::io::Errno::from_raw_os_error(code).to_string(),
-        None => err.to_string(),
-    };
+    // "No such file or directory", without std's " (os error 2)".
+    let text = err.to_string();
+    let reason = text
+        .rfind(" (os error ")
+        .map_or(text.as_str(), |end| &text[..end]);
     Err((
         StageFailure::Command,
         format!("could not run `{}`: {reason}", program.to_string_lossy()),
