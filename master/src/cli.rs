@@ -256,7 +256,11 @@ pub struct ServeArgs {
     pub sandbox_network: warren_worker::sandbox::Network,
     /// A path users' processes may read, beyond the system's programs,
     /// libraries and /etc (repeatable or comma-separated).
-    #[arg(long = "sandbox-read", env = "WARREN_SANDBOX_READ", value_delimiter = ',')]
+    #[arg(
+        long = "sandbox-read",
+        env = "WARREN_SANDBOX_READ",
+        value_delimiter = ','
+    )]
     pub sandbox_read: Vec<PathBuf>,
     /// KEY=VALUE added to every user process's environment (repeatable).
     #[arg(long = "sandbox-env", env = "WARREN_SANDBOX_ENV", value_parser = parse_env_pair)]

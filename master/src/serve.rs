@@ -9,13 +9,13 @@ use crate::http::listener::ConnectionLimits;
 use crate::http::{self, AppState, MetricsAccess, Shared, WebConfig};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolConfig, WorkerCommand};
-use warren_worker::sandbox::{Sandbox, SandboxConfig};
 use crate::store::{redact_url, NewUser, Role, Store, StoreError, UserPatch};
 use anyhow::{bail, Context};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use warren_worker::sandbox::{Sandbox, SandboxConfig};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let open_files = raise_open_file_limit();
@@ -25,7 +25,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let data_dir = &args.store.data_dir;
     create_private_dir(data_dir)?;
-    let sandbox = probe_sandbox(&args);
+    let sandbox = Arc::new(probe_sandbox(&args));
     let metrics = Arc::new(Metrics::new());
     metrics.set_sandbox_levels(&sandbox.report().levels());
     let url = args.store.url();
@@ -78,6 +78,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut pool_config = PoolConfig::new(workers, data_dir.join("run"), command);
     pool_config.heartbeat_timeout = args.heartbeat_timeout;
     pool_config.unavailable_wait = args.unavailable_wait;
+    pool_config.sandbox = Some(sandbox.clone());
     let pool = Pool::start(pool_config, metrics.pool())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -187,6 +188,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     stop.cancel();
     info!("stopping workers");
     pool.shutdown().await;
+    sandbox.remove_cgroup_bases();
     // Writes the last batched last-seen times.
     let _ = background.await;
     info!("stopped");

@@ -34,6 +34,8 @@ struct Lab {
     cgroup_base: PathBuf,
 }
 
+// The bases stay while any test runs; so do the v1 ones of the same name.
+
 fn root() -> bool {
     let root = rustix::process::geteuid().is_root();
     if !root {
@@ -134,10 +136,11 @@ impl Lab {
     /// Runs a command to its end: (exit code or -signal, stdout, stderr).
     async fn run(&self, user: &UserCtx, argv: &[&str]) -> (i32, String, String) {
         let spawned = self.spawn(user, argv, "").await.expect("spawn");
-        let output = tokio::time::timeout(Duration::from_secs(60), spawned.child.wait_with_output())
-            .await
-            .expect("the command ends")
-            .expect("wait");
+        let output =
+            tokio::time::timeout(Duration::from_secs(60), spawned.child.wait_with_output())
+                .await
+                .expect("the command ends")
+                .expect("wait");
         let _ = spawned.group.kill().await;
         use std::os::unix::process::ExitStatusExt;
         let code = output
@@ -155,11 +158,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = self.sandbox.kill_slot(self.slot);
-        let _ = std::fs::remove_dir(self.cgroup_base.join("master"));
-        // Only the last lab of this process succeeds; the others find
-        // slots of other tests there.
-        let _ = std::fs::remove_dir(&self.cgroup_base);
-        let _ = self.dir.path();
+        // Only the last lab of this process removes the bases; the others
+        // find slots of other tests there.
+        self.sandbox.remove_cgroup_bases();
     }
 }
 
@@ -219,14 +220,21 @@ async fn escapes_are_denied_by_the_kernel() {
         return;
     }
     let lab = Lab::new(|_| {});
-    assert!(lab.sandbox.report().decision.allowed.is_ok(), "{:?}", lab.sandbox.report());
+    assert!(
+        lab.sandbox.report().decision.allowed.is_ok(),
+        "{:?}",
+        lab.sandbox.report()
+    );
     let (me, other) = (lab.user(limits()), lab.user(limits()));
     let (mine, theirs) = (lab.workspace(&me), lab.workspace(&other));
     // Another user's file, readable by mode, and their workspace open to
     // all by mode: only the sandbox stands in the way.
     std::fs::write(theirs.join("secret"), b"theirs").expect("write");
-    std::fs::set_permissions(theirs.join("secret"), std::fs::Permissions::from_mode(0o644))
-        .expect("chmod");
+    std::fs::set_permissions(
+        theirs.join("secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
     std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::os::unix::fs::symlink(theirs.join("secret"), mine.join("link")).expect("symlink");
     // A readable accounts database (0644 on purpose: Landlock denies it).
@@ -240,25 +248,42 @@ async fn escapes_are_denied_by_the_kernel() {
     let socket = run.join("worker-0.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
     // A process of the other user, and one of warren's own uid.
-    let theirs_running = lab.spawn(&other, &["sleep", "60"], "").await.expect("spawn");
+    let theirs_running = lab
+        .spawn(&other, &["sleep", "60"], "")
+        .await
+        .expect("spawn");
     let their_pid = theirs_running.pid;
     let mut warren_own = std::process::Command::new("sleep")
         .arg("60")
         .spawn()
         .expect("sleep");
     let tmp_file = format!("/tmp/warren-escape-{}", me.uid.unwrap_or(0));
+    // What a run without the sandbox (a failed one) may have left.
+    let _ = std::fs::remove_file(&tmp_file);
     let scratch = lab.sandbox.user_paths(&me).1;
     let specs: Vec<(String, &str)> = vec![
         ("write:../../escape".into(), "EACCES"),
-        (format!("write:{}", lab.data.join("users/escape").display()), "EACCES"),
-        (format!("write:{}", lab.dir.path().join("escape").display()), "EACCES"),
+        (
+            format!("write:{}", lab.data.join("users/escape").display()),
+            "EACCES",
+        ),
+        (
+            format!("write:{}", lab.dir.path().join("escape").display()),
+            "EACCES",
+        ),
         (format!("write:{tmp_file}"), "EACCES"),
         ("write:/etc/passwd".into(), "EACCES"),
         ("write:/root/escape".into(), "EACCES"),
         (format!("read:{}", database.display()), "EACCES"),
         (format!("write:{}", database.display()), "EACCES"),
-        (format!("read:{}", theirs.join("secret").display()), "EACCES"),
-        (format!("write:{}", theirs.join("planted").display()), "EACCES"),
+        (
+            format!("read:{}", theirs.join("secret").display()),
+            "EACCES",
+        ),
+        (
+            format!("write:{}", theirs.join("planted").display()),
+            "EACCES",
+        ),
         ("read:link".into(), "EACCES"),
         (format!("kill:{their_pid}"), "EPERM"),
         (format!("ptrace:{their_pid}"), "EPERM"),
@@ -267,7 +292,10 @@ async fn escapes_are_denied_by_the_kernel() {
         ("read:/etc/shadow".into(), "EACCES"),
         // What the user may do, so the denials above are not blanket ones.
         ("write:mine".into(), "ALLOWED"),
-        (format!("write:{}", scratch.join("tmp-file").display()), "ALLOWED"),
+        (
+            format!("write:{}", scratch.join("tmp-file").display()),
+            "ALLOWED",
+        ),
         ("read:/etc/passwd".into(), "ALLOWED"),
     ];
     let mut argv = vec!["python3", "-c", PROBE];
@@ -278,7 +306,10 @@ async fn escapes_are_denied_by_the_kernel() {
     check_probe(&out, &specs);
     assert!(!Path::new(&tmp_file).exists());
     assert!(process_alive(their_pid) && process_alive(warren_own.id()));
-    assert_eq!(std::fs::read(theirs.join("secret")).expect("read"), b"theirs");
+    assert_eq!(
+        std::fs::read(theirs.join("secret")).expect("read"),
+        b"theirs"
+    );
     let _ = warren_own.kill();
     let _ = warren_own.wait();
     theirs_running.group.kill().await.expect("kill");
@@ -318,7 +349,11 @@ print(json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "fds": fds,
         .expect("spawn");
     let output = spawned.child.wait_with_output().await.expect("wait");
     drop(leaked);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let seen: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
     let uid = user.uid.expect("uid");
     let scratch = lab.sandbox.user_paths(&user).1;
@@ -341,7 +376,10 @@ print(json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "fds": fds,
         env["LC_CTYPE"] = "C.UTF-8".into();
     }
     assert_eq!(env, expected);
-    assert_eq!(seen["cwd"], workspace.join("sub/dir").to_str().expect("utf-8"));
+    assert_eq!(
+        seen["cwd"],
+        workspace.join("sub/dir").to_str().expect("utf-8")
+    );
     assert_eq!(seen["fds"], serde_json::json!([]));
     assert_eq!(seen["ids"], serde_json::json!([uid, uid, uid, uid]));
     assert_eq!(seen["groups"], serde_json::json!([]));
@@ -349,12 +387,27 @@ print(json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "fds": fds,
     // Signals the test process ignores or blocks (Rust ignores SIGPIPE)
     // are back to their defaults; no_new_privs is set.
     let (code, out, _) = lab
-        .run(&user, &["grep", "-E", "^(SigIgn|SigBlk|NoNewPrivs)", "/proc/self/status"])
+        .run(
+            &user,
+            &[
+                "grep",
+                "-E",
+                "^(SigIgn|SigBlk|NoNewPrivs)",
+                "/proc/self/status",
+            ],
+        )
         .await;
     assert_eq!(code, 0);
     assert_eq!(
         out.split_whitespace().collect::<Vec<_>>(),
-        ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000", "NoNewPrivs:", "1"]
+        [
+            "SigBlk:",
+            "0000000000000000",
+            "SigIgn:",
+            "0000000000000000",
+            "NoNewPrivs:",
+            "1"
+        ]
     );
 }
 
@@ -373,7 +426,10 @@ async fn commands_that_cannot_run_are_told_apart_from_running_ones() {
         other => panic!("expected a command error, got {other:?}"),
     };
     let text = command_error(lab.spawn(&user, &["no-such-command"], "").await);
-    assert_eq!(text, "could not run `no-such-command`: No such file or directory");
+    assert_eq!(
+        text,
+        "could not run `no-such-command`: No such file or directory"
+    );
     let text = command_error(lab.spawn(&user, &["./script"], "").await);
     assert_eq!(text, "could not run `./script`: Permission denied");
     let text = command_error(lab.spawn(&user, &["true"], "../..").await);
@@ -446,7 +502,14 @@ async fn a_memory_hog_is_stopped_by_its_limit() {
     assert_eq!(code, -9, "killed by the OOM killer, not {code}: {out}");
     // Within the limit, the same program runs.
     let (code, out, err) = lab
-        .run(&user, &["python3", "-c", "b = bytearray(b'x') * (8 << 20); print(len(b))"])
+        .run(
+            &user,
+            &[
+                "python3",
+                "-c",
+                "b = bytearray(b'x') * (8 << 20); print(len(b))",
+            ],
+        )
         .await;
     assert_eq!((code, out.trim()), (0, "8388608"), "{err}");
 }
@@ -469,7 +532,10 @@ async fn killing_a_group_kills_a_grandchild_in_its_own_session() {
     }
     let lab = Lab::new(|_| {});
     let user = lab.user(limits());
-    let mut spawned = lab.spawn(&user, SETSID_GRANDCHILD, "").await.expect("spawn");
+    let mut spawned = lab
+        .spawn(&user, SETSID_GRANDCHILD, "")
+        .await
+        .expect("spawn");
     assert!(spawned.group.is_cgroup());
     let grandchild = grandchild(&mut spawned).await;
     assert!(process_alive(grandchild));
@@ -485,7 +551,10 @@ async fn killing_a_group_kills_a_grandchild_in_its_own_session() {
     assert!(!status.success());
     assert!(!process_alive(grandchild), "the grandchild survived");
     // SIGTERM to a group reaches its processes too.
-    let spawned = lab.spawn(&user, &["sleep", "300"], "").await.expect("spawn");
+    let spawned = lab
+        .spawn(&user, &["sleep", "300"], "")
+        .await
+        .expect("spawn");
     spawned
         .group
         .signal(rustix::process::Signal::TERM)
@@ -519,7 +588,10 @@ async fn killing_the_slot_leaves_no_process_of_its_users() {
     let uid = user.uid.expect("uid");
     let mut children = Vec::new();
     for _ in 0..3 {
-        let mut spawned = lab.spawn(&user, SETSID_GRANDCHILD, "").await.expect("spawn");
+        let mut spawned = lab
+            .spawn(&user, SETSID_GRANDCHILD, "")
+            .await
+            .expect("spawn");
         grandchild(&mut spawned).await;
         children.push(spawned.child);
     }
@@ -565,8 +637,17 @@ async fn a_required_sandbox_refuses_users_without_a_uid() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     let levels = lab.sandbox.report().levels();
-    for feature in ["allowed", "uid", "cgroup", "cgroup_memory", "cgroup_pids", "rlimits"] {
+    for feature in [
+        "allowed",
+        "uid",
+        "cgroup",
+        "cgroup_memory",
+        "cgroup_pids",
+        "rlimits",
+    ] {
         assert!(levels.contains(&(feature, 1)), "{feature}: {levels:?}");
     }
-    assert!(levels.iter().any(|(f, level)| *f == "landlock" && *level >= 1));
+    assert!(levels
+        .iter()
+        .any(|(f, level)| *f == "landlock" && *level >= 1));
 }

@@ -831,8 +831,13 @@ fn hand_over(workspace: &OwnedFd, owner: u32) -> Result<(), OpError> {
         root,
         &mut |dir, name, stat| {
             if stat.st_uid != owner || stat.st_gid != owner {
-                match rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
-                {
+                match rustix::fs::chownat(
+                    dir,
+                    name,
+                    Some(uid),
+                    Some(gid),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ) {
                     Ok(()) | Err(Errno::NOENT) => {}
                     Err(err) => return Err(errno(err, &name.to_string_lossy())),
                 }
@@ -2220,7 +2225,9 @@ mod tests {
         let user = UserId([7; 16]);
         // A count first (no uid), then the first open with the uid.
         workspaces.usage_of(user).expect("usage");
-        let dirs = workspaces.open_as(user, Some(UID)).expect("open as the uid");
+        let dirs = workspaces
+            .open_as(user, Some(UID))
+            .expect("open as the uid");
         let owner = |path: &std::path::Path| {
             let meta = std::fs::symlink_metadata(path).expect("stat");
             (meta.uid(), meta.gid())
@@ -2228,7 +2235,11 @@ mod tests {
         for path in ["", "old", "old/deeper", "old/deeper/file", "old/link"] {
             assert_eq!(owner(&workspace.join(path)), (UID, UID), "{path}");
         }
-        assert_eq!(owner(&outside), (0, 0), "a symlink's target is never handed over");
+        assert_eq!(
+            owner(&outside),
+            (0, 0),
+            "a symlink's target is never handed over"
+        );
         let base = workspace.parent().expect("user dir");
         assert_eq!(owner(base), (0, 0));
         for kept in ["state", "tmp"] {
@@ -2240,10 +2251,12 @@ mod tests {
         };
         assert_eq!(mode(base), 0o711);
         assert_eq!(mode(base.parent().expect("users")), 0o711);
-        dirs.mkdir(&workspaces, QUOTA, "made/below", true).expect("mkdir -p");
+        dirs.mkdir(&workspaces, QUOTA, "made/below", true)
+            .expect("mkdir -p");
         write(&workspaces, &dirs, "made/below/new", b"data").expect("write");
         write(&workspaces, &dirs, "old/deeper/file", b"replaced").expect("replace");
-        dirs.copy(&workspaces, QUOTA, "old", "copied").expect("copy");
+        dirs.copy(&workspaces, QUOTA, "old", "copied")
+            .expect("copy");
         dirs.put_settings(&workspaces, b"{}").expect("settings");
         for path in [
             "made",

@@ -153,7 +153,9 @@ pub(crate) async fn supervise(
         metrics.touch_slot(slot.index);
         loop {
             let started = Instant::now();
-            let reason = match run_once(&slot, &listener, &socket, &config, &stopping).await {
+            let end = run_once(&slot, &listener, &socket, &config, &stopping).await;
+            kill_users_processes(&config, slot.index).await;
+            let reason = match end {
                 End::Stopped => break,
                 End::Failed(reason) => reason,
             };
@@ -185,6 +187,19 @@ pub(crate) async fn supervise(
     }
     .instrument(span)
     .await
+}
+
+/// Kills what the slot's users still run once its worker is gone (the
+/// master marks their tasks lost; nothing may keep running unseen).
+async fn kill_users_processes(config: &PoolConfig, slot: u32) {
+    let Some(sandbox) = config.sandbox.clone() else {
+        return;
+    };
+    match tokio::task::spawn_blocking(move || sandbox.kill_slot(slot)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(error = %err, "cannot kill the slot's user processes"),
+        Err(err) => warn!(error = %err, "cannot kill the slot's user processes"),
+    }
 }
 
 /// One worker's life: spawn, handshake, serve until it fails or the pool stops.

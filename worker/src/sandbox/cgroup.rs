@@ -121,7 +121,8 @@ impl Cgroups {
     /// not create it. Errors say why cgroups cannot be used.
     pub fn discover(root: &CgroupRoot, create: bool) -> Result<Cgroups, String> {
         let mounts = Mounts::read().map_err(|err| format!("cannot read mountinfo: {err}"))?;
-        let own = OwnCgroups::read().map_err(|err| format!("cannot read /proc/self/cgroup: {err}"))?;
+        let own =
+            OwnCgroups::read().map_err(|err| format!("cannot read /proc/self/cgroup: {err}"))?;
         let v2_base = match (root, &mounts.v2, &own.v2) {
             (CgroupRoot::Off, _, _) => return Err("cgroups are off (--cgroup-root off)".into()),
             (CgroupRoot::Path(path), _, _) => Some(path.clone()),
@@ -160,8 +161,15 @@ impl Cgroups {
                 continue;
             }
             let (Some(mount), Some(own_path)) = (
-                mounts.v1.iter().find(|(c, _)| *c == controller).map(|(_, m)| m),
-                own.v1.iter().find(|(c, _)| *c == controller).map(|(_, p)| p),
+                mounts
+                    .v1
+                    .iter()
+                    .find(|(c, _)| *c == controller)
+                    .map(|(_, m)| m),
+                own.v1
+                    .iter()
+                    .find(|(c, _)| *c == controller)
+                    .map(|(_, p)| p),
             ) else {
                 continue;
             };
@@ -183,7 +191,9 @@ impl Cgroups {
 
     /// The slot's v2 directory.
     fn v2_slot(&self, slot: u32) -> Option<PathBuf> {
-        self.v2_base.as_ref().map(|base| base.join(format!("slot-{slot}")))
+        self.v2_base
+            .as_ref()
+            .map(|base| base.join(format!("slot-{slot}")))
     }
 
     /// Creates the user's cgroups (and writes their limits), then the
@@ -241,6 +251,19 @@ impl Cgroups {
             }
         }
         Ok(())
+    }
+
+    /// Removes the base cgroups if no slot is left in them (a master
+    /// stopping, after [`Cgroups::kill_slot`] of each slot). Never a slot's
+    /// cgroup: another process may be creating one meanwhile.
+    pub fn remove_bases(&self) {
+        if let Some(base) = &self.v2_base {
+            let _ = std::fs::remove_dir(base.join("master"));
+            let _ = std::fs::remove_dir(base);
+        }
+        for (_, base) in &self.v1_bases {
+            let _ = std::fs::remove_dir(base);
+        }
     }
 
     /// Removes the slot's user cgroups (and launch groups) that hold no
@@ -312,9 +335,7 @@ pub fn kill_group(group: &Path, has_kill: bool, patience: Duration) -> Result<()
 /// Whether any process is left in the v2 tree at `dir`.
 pub fn populated(dir: &Path) -> Result<bool, Error> {
     let events = std::fs::read_to_string(dir.join("cgroup.events"))?;
-    Ok(events
-        .lines()
-        .any(|line| line.trim() == "populated 1"))
+    Ok(events.lines().any(|line| line.trim() == "populated 1"))
 }
 
 fn kill_tree(dir: &Path, has_kill: bool, patience: Duration) -> Result<(), Error> {
@@ -421,12 +442,19 @@ fn make_dir(dir: &Path) -> Result<(), Error> {
     }
 }
 
-fn write_limit(dir: &Path, controller: Controller, via: Via, limits: &ProcessLimits) -> Result<(), Error> {
+fn write_limit(
+    dir: &Path,
+    controller: Controller,
+    via: Via,
+    limits: &ProcessLimits,
+) -> Result<(), Error> {
     let (file, value) = match (controller, via) {
         (Controller::Memory, Via::V2) => ("memory.max", max_or(limits.memory, "max")),
         (Controller::Memory, Via::V1) => ("memory.limit_in_bytes", max_or(limits.memory, "-1")),
         (Controller::Pids, _) => ("pids.max", max_or(limits.pids, "max")),
-        (Controller::Cpu, Via::V2) => ("cpu.weight", limits.cpu_weight.clamp(1, 10_000).to_string()),
+        (Controller::Cpu, Via::V2) => {
+            ("cpu.weight", limits.cpu_weight.clamp(1, 10_000).to_string())
+        }
         (Controller::Cpu, Via::V1) => (
             "cpu.shares",
             (u64::from(limits.cpu_weight.clamp(1, 10_000)) * 1024 / 100)
@@ -435,7 +463,10 @@ fn write_limit(dir: &Path, controller: Controller, via: Via, limits: &ProcessLim
         ),
     };
     std::fs::write(dir.join(file), value).map_err(|err| {
-        Error::new(err.kind(), format!("cannot write {}: {err}", dir.join(file).display()))
+        Error::new(
+            err.kind(),
+            format!("cannot write {}: {err}", dir.join(file).display()),
+        )
     })?;
     if (controller, via) == (Controller::Memory, Via::V2) && limits.memory != 0 {
         // Swap would let a memory hog outlive its limit for a long time.
@@ -462,7 +493,10 @@ fn prepare_v2(base: &Path, create: bool) -> Result<Vec<Controller>, String> {
         return Err(format!("{} is not a cgroup v2 directory", base.display()));
     }
     if !writable(base) {
-        return Err(format!("{} is not writable (no delegation)", base.display()));
+        return Err(format!(
+            "{} is not writable (no delegation)",
+            base.display()
+        ));
     }
     let offered = controllers_in(base).map_err(|err| format!("{}: {err}", base.display()))?;
     let parent = base.parent().unwrap_or(base);
@@ -550,7 +584,9 @@ struct Mounts {
 
 impl Mounts {
     fn read() -> Result<Mounts, Error> {
-        Ok(Mounts::parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
+        Ok(Mounts::parse(&std::fs::read_to_string(
+            "/proc/self/mountinfo",
+        )?))
     }
 
     /// `/proc/self/mountinfo` lines: `... mount-point ... - fstype source super-options`.
@@ -616,7 +652,9 @@ struct OwnCgroups {
 
 impl OwnCgroups {
     fn read() -> Result<OwnCgroups, Error> {
-        Ok(OwnCgroups::parse(&std::fs::read_to_string("/proc/self/cgroup")?))
+        Ok(OwnCgroups::parse(&std::fs::read_to_string(
+            "/proc/self/cgroup",
+        )?))
     }
 
     /// Lines `hierarchy-id:controllers:path`; v2 is `0::path`.
@@ -678,7 +716,10 @@ mod tests {
             ]
         );
         assert_eq!(join_cgroup(Path::new("/m"), "/"), PathBuf::from("/m"));
-        assert_eq!(join_cgroup(Path::new("/m"), "/a/b"), PathBuf::from("/m/a/b"));
+        assert_eq!(
+            join_cgroup(Path::new("/m"), "/a/b"),
+            PathBuf::from("/m/a/b")
+        );
     }
 
     #[test]

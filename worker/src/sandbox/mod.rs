@@ -116,9 +116,18 @@ impl SandboxReport {
             ),
             ("uid", used(decision.uid_switch)),
             ("cgroup", used(decision.cgroups && caps.cgroup_grouping)),
-            ("cgroup_memory", used(decision.cgroups && caps.cgroup_memory.is_some())),
-            ("cgroup_pids", used(decision.cgroups && caps.cgroup_pids.is_some())),
-            ("cgroup_cpu", used(decision.cgroups && caps.cgroup_cpu.is_some())),
+            (
+                "cgroup_memory",
+                used(decision.cgroups && caps.cgroup_memory.is_some()),
+            ),
+            (
+                "cgroup_pids",
+                used(decision.cgroups && caps.cgroup_pids.is_some()),
+            ),
+            (
+                "cgroup_cpu",
+                used(decision.cgroups && caps.cgroup_cpu.is_some()),
+            ),
             ("rlimits", 1),
             ("netns", used(decision.netns)),
         ]
@@ -310,6 +319,14 @@ impl Sandbox {
         }
     }
 
+    /// Removes the base cgroups once no slot is left in them: for a master
+    /// that stops, after its workers (whose slots the pool empties).
+    pub fn remove_cgroup_bases(&self) {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove_bases();
+        }
+    }
+
     /// Removes the slot's cgroups that hold no process.
     pub fn remove_empty_cgroups(&self) {
         if let Some(cgroups) = &self.cgroups {
@@ -355,7 +372,12 @@ impl Sandbox {
         let joined = match &self.cgroups {
             Some(cgroups) => Some(
                 cgroups
-                    .enter_user(self.config.slot, &user.id.to_string(), &user.limits, &launch.group)
+                    .enter_user(
+                        self.config.slot,
+                        &user.id.to_string(),
+                        &user.limits,
+                        &launch.group,
+                    )
                     .map_err(|err| match err.kind() {
                         std::io::ErrorKind::InvalidInput => SpawnError::Command(err.to_string()),
                         _ => SpawnError::Internal(format!("cgroup: {err}")),
@@ -363,9 +385,8 @@ impl Sandbox {
             ),
             None => None,
         };
-        let (status_read, status_write) =
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                .map_err(|err| SpawnError::Internal(format!("pipe: {err}")))?;
+        let (status_read, status_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|err| SpawnError::Internal(format!("pipe: {err}")))?;
         let spec = ExecSpec {
             argv: launch.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
             env: self.environment(user, &workspace, &scratch, &launch.env),
@@ -379,12 +400,14 @@ impl Sandbox {
                 .map(|p| p.as_os_str().as_bytes().to_vec())
                 .collect(),
             network_none: decision.netns,
-            landlock: decision.landlock.then(|| self.landlock_rules(&workspace, &scratch)),
+            landlock: decision
+                .landlock
+                .then(|| self.landlock_rules(&workspace, &scratch)),
             parent_pid: std::process::id(),
             status_fd: status_write.as_raw_fd(),
         };
-        let encoded =
-            encode_spec(&spec).map_err(|err| SpawnError::Command(format!("launch too large: {err}")))?;
+        let encoded = encode_spec(&spec)
+            .map_err(|err| SpawnError::Command(format!("launch too large: {err}")))?;
         let mut command = tokio::process::Command::new(&self.config.stage_exe);
         command
             .arg0("warren-sandbox")
@@ -476,7 +499,11 @@ impl Sandbox {
     fn landlock_rules(&self, workspace: &Path, scratch: &Path) -> LandlockSpec {
         let bytes = |p: &Path| p.as_os_str().as_bytes().to_vec();
         let forbidden: Vec<&Path> = self.config.data_dir.iter().map(PathBuf::as_path).collect();
-        let allowed = |p: &Path| !forbidden.iter().any(|f| p.starts_with(f) || f.starts_with(p));
+        let allowed = |p: &Path| {
+            !forbidden
+                .iter()
+                .any(|f| p.starts_with(f) || f.starts_with(p))
+        };
         let read_only = etc_entries()
             .into_iter()
             .chain(
@@ -525,7 +552,14 @@ const DEVICES: &[&str] = &[
 
 /// `/etc` entries no user may read: secrets and warren's own settings.
 const ETC_SECRETS: &[&str] = &[
-    "shadow", "gshadow", "shadow-", "gshadow-", "sudoers", "sudoers.d", "ssh", "warren",
+    "shadow",
+    "gshadow",
+    "shadow-",
+    "gshadow-",
+    "sudoers",
+    "sudoers.d",
+    "ssh",
+    "warren",
     "ssl",
 ];
 
@@ -577,16 +611,18 @@ fn check_launch(launch: &Launch) -> Result<(), SpawnError> {
     if launch.argv.is_empty() || launch.argv[0].is_empty() {
         return Err(SpawnError::Command("the command is empty".into()));
     }
-    if launch
-        .argv
-        .iter()
-        .any(|arg| arg.as_bytes().contains(&0))
-    {
-        return Err(SpawnError::Command("an argument contains a NUL byte".into()));
+    if launch.argv.iter().any(|arg| arg.as_bytes().contains(&0)) {
+        return Err(SpawnError::Command(
+            "an argument contains a NUL byte".into(),
+        ));
     }
     for (key, value) in &launch.env {
         let key = key.as_bytes();
-        if key.is_empty() || key.contains(&b'=') || key.contains(&0) || value.as_bytes().contains(&0) {
+        if key.is_empty()
+            || key.contains(&b'=')
+            || key.contains(&0)
+            || value.as_bytes().contains(&0)
+        {
             return Err(SpawnError::Command(format!(
                 "{:?} is not a valid environment variable",
                 String::from_utf8_lossy(key)
@@ -606,7 +642,10 @@ async fn read_status(read: OwnedFd) -> std::io::Result<Option<(StageFailure, Str
     let mut receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
     let mut report = Vec::new();
     // A stage writes at most one short report.
-    (&mut receiver).take(64 * 1024).read_to_end(&mut report).await?;
+    (&mut receiver)
+        .take(64 * 1024)
+        .read_to_end(&mut report)
+        .await?;
     let Some((&first, message)) = report.split_first() else {
         return Ok(None);
     };

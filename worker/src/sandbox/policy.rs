@@ -122,7 +122,9 @@ pub fn decide(mode: Mode, caps: &Capabilities, network: Network) -> Decision {
         missing.push("a uid per user (warren does not run as root)");
     }
     if !caps.cgroup_grouping {
-        missing.push("a writable cgroup v2 subtree (a task's processes are killed by process group only)");
+        missing.push(
+            "a writable cgroup v2 subtree (a task's processes are killed by process group only)",
+        );
     }
     if caps.cgroup_memory.is_none() {
         missing.push("the cgroup memory controller (no per-user memory limit)");
@@ -212,13 +214,23 @@ mod tests {
         }
     }
 
-    fn check(mode: Mode, caps: Capabilities, network: Network, allowed: bool, warning: Option<&str>) {
+    fn check(
+        mode: Mode,
+        caps: Capabilities,
+        network: Network,
+        allowed: bool,
+        warning: Option<&str>,
+    ) {
         let decision = decide(mode, &caps, network);
         assert_eq!(decision.allowed.is_ok(), allowed, "{decision:?}");
         match warning {
             Some(text) => assert!(
                 decision.warnings.iter().any(|w| w.contains(text))
-                    || decision.allowed.as_ref().err().is_some_and(|e| e.contains(text)),
+                    || decision
+                        .allowed
+                        .as_ref()
+                        .err()
+                        .is_some_and(|e| e.contains(text)),
                 "{text:?} not in {decision:?}"
             ),
             None => assert!(decision.warnings.is_empty(), "{decision:?}"),
@@ -229,7 +241,13 @@ mod tests {
     fn the_full_sandbox_is_allowed_in_every_mode() {
         check(Mode::Required, full(), Network::Host, true, None);
         check(Mode::BestEffort, full(), Network::None, true, None);
-        check(Mode::Off, full(), Network::Host, true, Some("sandbox is off"));
+        check(
+            Mode::Off,
+            full(),
+            Network::Host,
+            true,
+            Some("sandbox is off"),
+        );
         let decision = decide(Mode::Required, &full(), Network::None);
         assert!(decision.landlock && decision.uid_switch && decision.cgroups && decision.netns);
         let off = decide(Mode::Off, &full(), Network::Host);
@@ -242,24 +260,66 @@ mod tests {
             landlock_abi: None,
             ..full()
         };
-        check(Mode::Required, no_landlock.clone(), Network::Host, false, Some("Landlock"));
-        check(Mode::BestEffort, no_landlock.clone(), Network::Host, true, Some("Landlock"));
+        check(
+            Mode::Required,
+            no_landlock.clone(),
+            Network::Host,
+            false,
+            Some("Landlock"),
+        );
+        check(
+            Mode::BestEffort,
+            no_landlock.clone(),
+            Network::Host,
+            true,
+            Some("Landlock"),
+        );
         assert!(!decide(Mode::BestEffort, &no_landlock, Network::Host).landlock);
         let not_root = Capabilities {
             uid_switch: false,
             netns: false,
             ..full()
         };
-        check(Mode::Required, not_root.clone(), Network::Host, false, Some("uid"));
-        check(Mode::BestEffort, not_root.clone(), Network::Host, true, Some("uid"));
+        check(
+            Mode::Required,
+            not_root.clone(),
+            Network::Host,
+            false,
+            Some("uid"),
+        );
+        check(
+            Mode::BestEffort,
+            not_root.clone(),
+            Network::Host,
+            true,
+            Some("uid"),
+        );
         // TCP can still be denied by Landlock ABI 4 without a namespace.
-        check(Mode::BestEffort, not_root, Network::None, true, Some("network none"));
+        check(
+            Mode::BestEffort,
+            not_root,
+            Network::None,
+            true,
+            Some("network none"),
+        );
         let no_memory = Capabilities {
             cgroup_memory: None,
             ..full()
         };
-        check(Mode::Required, no_memory.clone(), Network::Host, false, Some("memory"));
-        check(Mode::BestEffort, no_memory, Network::Host, true, Some("memory"));
+        check(
+            Mode::Required,
+            no_memory.clone(),
+            Network::Host,
+            false,
+            Some("memory"),
+        );
+        check(
+            Mode::BestEffort,
+            no_memory,
+            Network::Host,
+            true,
+            Some("memory"),
+        );
         let no_cgroups = Capabilities {
             cgroup_grouping: false,
             cgroup_memory: None,
@@ -267,10 +327,19 @@ mod tests {
             cgroup_cpu: None,
             ..full()
         };
-        check(Mode::Required, no_cgroups.clone(), Network::Host, false, Some("cgroup v2"));
+        check(
+            Mode::Required,
+            no_cgroups.clone(),
+            Network::Host,
+            false,
+            Some("cgroup v2"),
+        );
         let decision = decide(Mode::BestEffort, &no_cgroups, Network::Host);
         assert!(decision.allowed.is_ok() && !decision.cgroups);
-        assert!(decision.warnings.iter().any(|w| w.contains("process group")));
+        assert!(decision
+            .warnings
+            .iter()
+            .any(|w| w.contains("process group")));
     }
 
     #[test]

@@ -94,9 +94,10 @@ fn confine_and_exec(spec: &ExecSpec, status: &OwnedFd) -> Result<Infallible, Fai
         isolate_network()?;
     }
     let ruleset = match &spec.landlock {
-        Some(rules) => Some(super::landlock::build(rules).map_err(|err| {
-            (StageFailure::Setup, format!("sandbox: Landlock: {err}"))
-        })?),
+        Some(rules) => Some(
+            super::landlock::build(rules)
+                .map_err(|err| (StageFailure::Setup, format!("sandbox: Landlock: {err}")))?,
+        ),
         None => None,
     };
     if let Some(uid) = spec.uid {
@@ -133,7 +134,10 @@ fn confine_and_exec(spec: &ExecSpec, status: &OwnedFd) -> Result<Infallible, Fai
 /// command).
 fn close_other_descriptors(keep: i32) {
     let keep = u32::try_from(keep).unwrap_or(u32::MAX);
-    let ranges = [(3, keep.saturating_sub(1)), (keep.saturating_add(1), u32::MAX)];
+    let ranges = [
+        (3, keep.saturating_sub(1)),
+        (keep.saturating_add(1), u32::MAX),
+    ];
     for (first, last) in ranges {
         if first <= last {
             // SAFETY: close_range only closes descriptors; this process
@@ -206,7 +210,9 @@ fn isolate_network() -> Result<(), Failure> {
         )
     };
     if done != 0 {
-        return Err(setup("bringing up loopback")(std::io::Error::last_os_error()));
+        return Err(setup("bringing up loopback")(
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -319,7 +325,10 @@ fn exec(spec: &ExecSpec) -> Result<Infallible, Failure> {
         .args(args.iter().map(|arg| OsString::from_vec(arg.clone())))
         .env_clear()
         .envs(spec.env.iter().map(|(key, value)| {
-            (OsString::from_vec(key.clone()), OsString::from_vec(value.clone()))
+            (
+                OsString::from_vec(key.clone()),
+                OsString::from_vec(value.clone()),
+            )
         }));
     let err = command.exec();
     // "No such file or directory", without std's " (os error 2)".
