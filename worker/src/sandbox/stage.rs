@@ -120,9 +120,17 @@ fn confine_and_exec(spec: &ExecSpec, status: &OwnedFd) -> Result<Infallible, Fai
     }
     rustix::thread::set_no_new_privs(true).map_err(|e| setup("no_new_privs")(e.into()))?;
     if let Some(ruleset) = ruleset {
-        ruleset
+        let status = ruleset
             .restrict_self()
             .map_err(|err| (StageFailure::Setup, format!("sandbox: Landlock: {err}")))?;
+        // The worker asked for Landlock because the probe found it: a
+        // kernel that now enforces nothing must not run the command.
+        if status.ruleset == ::landlock::RulesetStatus::NotEnforced {
+            return Err((
+                StageFailure::Setup,
+                "sandbox: Landlock is not enforced by this kernel".into(),
+            ));
+        }
     }
     reset_signals();
     enter_cwd(spec)?;
@@ -168,6 +176,12 @@ fn set_rlimits(spec: &ExecSpec) -> Result<(), Failure> {
         if value == 0 {
             continue;
         }
+        // Never above warren's own hard limit: lower is all a limit is for,
+        // and without privileges raising it would fail.
+        let value = match rustix::process::getrlimit(resource).maximum {
+            Some(hard) => value.min(hard),
+            None => value,
+        };
         let limit = Rlimit {
             current: Some(value),
             maximum: Some(value),
