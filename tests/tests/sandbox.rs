@@ -23,6 +23,10 @@ use warren_worker::workspace::Workspaces;
 /// once never share an `RLIMIT_NPROC` count.
 static NEXT_UID: AtomicU32 = AtomicU32::new(200_001);
 static NEXT_SLOT: AtomicU32 = AtomicU32::new(0);
+/// Labs alive: the last one to go removes the base cgroups, which the
+/// others' slots need (taken while a lab probes, so no lab makes its
+/// slot in a base being removed).
+static LABS: std::sync::Mutex<u32> = std::sync::Mutex::new(0);
 
 /// One data directory, one slot and its sandbox.
 struct Lab {
@@ -33,8 +37,6 @@ struct Lab {
     slot: u32,
     cgroup_base: PathBuf,
 }
-
-// The bases stay while any test runs; so do the v1 ones of the same name.
 
 fn root() -> bool {
     let root = rustix::process::geteuid().is_root();
@@ -83,7 +85,11 @@ impl Lab {
         config.cgroup_root = CgroupRoot::Path(cgroup_base.clone());
         config.mode = Some(Mode::Required);
         configure(&mut config);
-        let sandbox = Sandbox::probe(config, true);
+        let sandbox = {
+            let mut labs = LABS.lock().unwrap_or_else(|e| e.into_inner());
+            *labs += 1;
+            Sandbox::probe(config, true)
+        };
         Lab {
             workspaces: Workspaces::new(users),
             data,
@@ -158,9 +164,11 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = self.sandbox.kill_slot(self.slot);
-        // Only the last lab of this process removes the bases; the others
-        // find slots of other tests there.
-        self.sandbox.remove_cgroup_bases();
+        let mut labs = LABS.lock().unwrap_or_else(|e| e.into_inner());
+        *labs -= 1;
+        if *labs == 0 {
+            self.sandbox.remove_cgroup_bases();
+        }
     }
 }
 
