@@ -397,6 +397,49 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn sandbox_flags_parse() {
+        assert_eq!(parse_env_pair("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(
+            parse_env_pair("EMPTY="),
+            Ok(("EMPTY".into(), String::new()))
+        );
+        for bad in ["=x", "novalue", "A=\0"] {
+            assert!(parse_env_pair(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "warren",
+            "serve",
+            "--sandbox",
+            "best-effort",
+            "--sandbox-network",
+            "none",
+            "--sandbox-read",
+            "/srv/a,/srv/b",
+            "--sandbox-env",
+            "PIP_INDEX_URL=http://mirror",
+            "--cgroup-root",
+            "off",
+        ])
+        .expect("parse");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        use warren_worker::sandbox::{CgroupRoot, Mode, Network};
+        assert_eq!(args.sandbox, Some(Mode::BestEffort));
+        assert_eq!(args.sandbox_network, Network::None);
+        assert_eq!(
+            args.sandbox_read,
+            [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]
+        );
+        assert_eq!(
+            args.sandbox_env,
+            [("PIP_INDEX_URL".into(), "http://mirror".into())]
+        );
+        assert_eq!(args.cgroup_root, CgroupRoot::Off);
+        assert!(Cli::try_parse_from(["warren", "serve", "--sandbox", "lax"]).is_err());
+    }
+
+    #[test]
     fn timeouts_are_at_least_a_second() {
         assert_eq!(parse_timeout("1s"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
