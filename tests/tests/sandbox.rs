@@ -46,26 +46,11 @@ fn root() -> bool {
     root
 }
 
-/// `<v2 mount><own cgroup>/<name>`: a base of this test process's own,
-/// apart from any server's (a starting worker kills its slot's cgroups).
+/// A base of this test process's own, apart from any server's (a
+/// starting worker kills its slot's cgroups).
 fn test_cgroup_base() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let mount = mountinfo
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let dash = fields.iter().position(|f| *f == "-")?;
-            (fields.get(dash + 1) == Some(&"cgroup2")).then(|| PathBuf::from(fields[4]))
-        })
-        .expect("a cgroup2 mount");
-    let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
-    let own = own
-        .lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .expect("a v2 cgroup");
-    mount
-        .join(own.trim_start_matches('/'))
-        .join(format!("warren-test-{}", std::process::id()))
+    warren_tests::own_cgroup_base(&format!("warren-test-{}", std::process::id()))
+        .expect("a cgroup v2 mount")
 }
 
 impl Lab {

@@ -266,14 +266,17 @@ impl Cgroups {
         }
     }
 
-    /// Removes the slot's user cgroups (and launch groups) that hold no
-    /// process; busy ones stay.
+    /// Removes the slot's cgroups (user cgroups, launch groups, the slot's
+    /// own) that hold no process; busy ones stay. Not concurrently with a
+    /// spawn in the same slot (which could find its new slot or user
+    /// cgroup removed under it and fail): call it from the worker's
+    /// runtime thread, where spawns run.
     pub fn remove_empty(&self, slot: u32) {
         if let Some(slot_dir) = self.v2_slot(slot) {
-            remove_tree(&slot_dir, true);
+            remove_tree(&slot_dir, false);
         }
         for (_, base) in &self.v1_bases {
-            remove_tree(&base.join(format!("slot-{slot}")), true);
+            remove_tree(&base.join(format!("slot-{slot}")), false);
         }
     }
 }
@@ -462,12 +465,23 @@ fn write_limit(
                 .to_string(),
         ),
     };
-    std::fs::write(dir.join(file), value).map_err(|err| {
+    // With swap, v1 counts memory and swap apart: both get the limit (the
+    // combined one may never be below the memory one, hence before and
+    // after, whichever way the limit moves).
+    let memsw = dir.join("memory.memsw.limit_in_bytes");
+    let v1_memory = (controller, via) == (Controller::Memory, Via::V1);
+    if v1_memory {
+        let _ = std::fs::write(&memsw, &value);
+    }
+    std::fs::write(dir.join(file), &value).map_err(|err| {
         Error::new(
             err.kind(),
             format!("cannot write {}: {err}", dir.join(file).display()),
         )
     })?;
+    if v1_memory {
+        let _ = std::fs::write(&memsw, &value);
+    }
     if (controller, via) == (Controller::Memory, Via::V2) && limits.memory != 0 {
         // Swap would let a memory hog outlive its limit for a long time.
         let _ = std::fs::write(dir.join("memory.swap.max"), "0");

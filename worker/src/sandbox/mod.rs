@@ -328,7 +328,8 @@ impl Sandbox {
         }
     }
 
-    /// Removes the slot's cgroups that hold no process.
+    /// Removes the slot's cgroups that hold no process (from the worker's
+    /// runtime thread: not concurrently with [`Sandbox::spawn`]).
     pub fn remove_empty_cgroups(&self) {
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_empty(self.config.slot);
