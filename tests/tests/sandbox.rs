@@ -644,3 +644,103 @@ async fn a_required_sandbox_refuses_users_without_a_uid() {
         .iter()
         .any(|(f, level)| *f == "landlock" && *level >= 1));
 }
+
+#[tokio::test]
+async fn the_server_reports_its_sandbox_and_empties_a_dead_workers_slot() {
+    use warren_tests::{eventually, metric_value, Server, ServerOptions};
+    if !root() {
+        return;
+    }
+    let base = warren_tests::own_cgroup_base(&format!("warren-test-server-{}", std::process::id()))
+        .expect("cgroup v2");
+    let options = ServerOptions::workers(1).arg(&format!("--cgroup-root={}", base.display()));
+    let server = Server::ready(&options).await;
+    let (status, ready) = server.get_json("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    let sandbox = &ready["sandbox"];
+    assert_eq!(sandbox["mode"], "required", "{ready}");
+    assert_eq!(sandbox["levels"]["allowed"], 1, "{ready}");
+    assert!(sandbox["levels"]["landlock"].as_i64() >= Some(1), "{ready}");
+    assert!(sandbox["refused"].is_null(), "{ready}");
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics");
+    for feature in [
+        "allowed",
+        "uid",
+        "cgroup",
+        "cgroup_memory",
+        "cgroup_processes",
+    ] {
+        let labels = format!("feature=\"{feature}\"");
+        assert_eq!(
+            metric_value(&metrics, "warren_sandbox_level", &labels),
+            Some(1.0),
+            "{feature}"
+        );
+    }
+    // The uids traverse the data directory; nothing else of it is theirs.
+    let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+    let data = &server.data_dir;
+    assert_eq!(mode(data), 0o711);
+    assert_eq!(mode(&data.join("users")), 0o711);
+    assert_eq!(mode(&data.join("run")), 0o700);
+    assert_eq!(mode(&data.join("warren.db")), 0o600);
+
+    // A user process in the worker's slot, with a grandchild in a session
+    // of its own; the worker is then killed.
+    let mut config = SandboxConfig::new(data.join("users"), 0);
+    config.stage_exe = warren_binary();
+    config.cgroup_root = CgroupRoot::Path(base.clone());
+    let sandbox = Sandbox::probe(config, false);
+    let workspaces = Workspaces::new(data.join("users"));
+    let user = UserCtx {
+        id: UserId(uuid::Uuid::new_v4().into_bytes()),
+        name: "victim".into(),
+        role: Role::User,
+        quota_bytes: 1 << 30,
+        quota_files: 1000,
+        uid: Some(NEXT_UID.fetch_add(1, Ordering::Relaxed)),
+        limits: limits(),
+    };
+    workspaces.open_as(user.id, user.uid).expect("workspace");
+    let mut spawned = sandbox
+        .spawn(
+            &user,
+            Launch {
+                argv: SETSID_GRANDCHILD.iter().map(OsString::from).collect(),
+                cwd: String::new(),
+                env: Vec::new(),
+                group: "task-victim".into(),
+                stdin: Stdio::null(),
+                stdout: Stdio::piped(),
+                stderr: Stdio::null(),
+            },
+        )
+        .await
+        .expect("spawn");
+    let grandchild = grandchild(&mut spawned).await;
+    let workers = server.worker_pids();
+    assert_eq!(workers.len(), 1);
+    warren_tests::send_signal(workers[0], rustix::process::Signal::KILL);
+    let gone = eventually(Duration::from_secs(5), || async {
+        !process_alive(grandchild)
+    })
+    .await;
+    assert!(gone, "the grandchild outlived its worker");
+    let _ = spawned.child.wait().await;
+    let back = eventually(Duration::from_secs(5), || async {
+        server.get_json("/readyz").await.0 == 200
+    })
+    .await;
+    assert!(back, "the slot did not come back");
+    drop(server);
+    let _ = sandbox.kill_slot(0);
+    sandbox.remove_cgroup_bases();
+}
