@@ -71,6 +71,8 @@ pub struct SandboxConfig {
 impl SandboxConfig {
     /// Defaults for a worker serving `users_dir` as `slot`.
     pub fn new(users_dir: PathBuf, slot: u32) -> SandboxConfig {
+        // Absolute: it becomes HOME and Landlock rules, read elsewhere.
+        let users_dir = std::path::absolute(&users_dir).unwrap_or(users_dir);
         SandboxConfig {
             mode: None,
             network: Network::Host,
@@ -166,6 +168,8 @@ pub struct Sandbox {
     config: SandboxConfig,
     report: SandboxReport,
     cgroups: Option<Cgroups>,
+    /// The Landlock rules but the user's own directories.
+    system_rules: LandlockSpec,
 }
 
 /// What to run.
@@ -280,8 +284,21 @@ impl Sandbox {
             cgroup_cpu: via(cgroup::Controller::Cpu),
             netns: root,
         };
-        let decision = policy::decide(mode, &capabilities, config.network);
+        let mut decision = policy::decide(mode, &capabilities, config.network);
         let cgroups = cgroups.filter(|_| decision.cgroups);
+        let (system_rules, left_out) = system_rules(&config, decision.netns);
+        if decision.uid_switch {
+            decision.warnings.extend(untraversable(&config.users_dir));
+        }
+        if decision.landlock {
+            for path in left_out {
+                decision.warnings.push(format!(
+                    "{} is not readable in the sandbox: the data directory lies beneath it \
+                     (put --data-dir elsewhere)",
+                    path.display()
+                ));
+            }
+        }
         let report = SandboxReport {
             mode,
             network: config.network,
@@ -293,6 +310,7 @@ impl Sandbox {
             config,
             report,
             cgroups,
+            system_rules,
         }
     }
 
@@ -498,41 +516,87 @@ impl Sandbox {
         env
     }
 
+    /// The launch's rules: the system's (made once at probe) and the
+    /// user's two read-write directories.
     fn landlock_rules(&self, workspace: &Path, scratch: &Path) -> LandlockSpec {
-        let bytes = |p: &Path| p.as_os_str().as_bytes().to_vec();
-        let forbidden: Vec<&Path> = self.config.data_dir.iter().map(PathBuf::as_path).collect();
-        let allowed = |p: &Path| {
-            !forbidden
-                .iter()
-                .any(|f| p.starts_with(f) || f.starts_with(p))
-        };
-        let read_only = etc_entries()
-            .into_iter()
-            .chain(
-                ["/proc", "/sys/devices/system/cpu"]
-                    .into_iter()
-                    .map(PathBuf::from),
-            )
-            .chain(self.config.extra_read.iter().cloned())
-            .filter(|p| allowed(p))
-            .map(|p| bytes(&p))
-            .collect();
-        LandlockSpec {
-            read_write: vec![bytes(workspace), bytes(scratch)],
-            read_execute: SYSTEM_PROGRAMS
-                .iter()
-                .map(Path::new)
-                .filter(|p| p.exists() && allowed(p))
-                .map(bytes)
-                .collect(),
-            read_only,
-            devices: DEVICES.iter().map(|d| d.as_bytes().to_vec()).collect(),
-            // Only without a namespace of its own: inside one, TCP on
-            // loopback is the user's business.
-            deny_tcp: self.config.network == Network::None && !self.report.decision.netns,
-            scope: true,
-        }
+        let mut rules = self.system_rules.clone();
+        rules.read_write = vec![
+            workspace.as_os_str().as_bytes().to_vec(),
+            scratch.as_os_str().as_bytes().to_vec(),
+        ];
+        rules
     }
+}
+
+/// The directories above `<data>/users` the users' uids cannot pass
+/// (no execute permission for others), as warnings: their processes
+/// could not reach their workspaces. The data directory itself and
+/// `users/` are made 0711 by warren.
+fn untraversable(users_dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(data_dir) = users_dir.parent() else {
+        return Vec::new();
+    };
+    data_dir
+        .ancestors()
+        .skip(1)
+        .filter(|dir| {
+            std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 == 0)
+        })
+        .map(|dir| {
+            format!(
+                "{} cannot be traversed by other users (mode o-x): users' processes cannot \
+                 reach their workspaces below it (chmod o+x it, or move --data-dir)",
+                dir.display()
+            )
+        })
+        .collect()
+}
+
+/// What every launch may read and execute, and the paths left out because
+/// the data directory lies beneath them (Landlock grants whole subtrees:
+/// it cannot grant `/opt` but `/opt/warren`).
+fn system_rules(config: &SandboxConfig, netns: bool) -> (LandlockSpec, Vec<PathBuf>) {
+    let bytes = |p: &Path| p.as_os_str().as_bytes().to_vec();
+    let mut left_out = Vec::new();
+    let mut allowed = |p: &Path| {
+        let overlaps = config
+            .data_dir
+            .as_deref()
+            .is_some_and(|data| p.starts_with(data) || data.starts_with(p));
+        if overlaps {
+            left_out.push(p.to_path_buf());
+        }
+        !overlaps
+    };
+    let read_execute = SYSTEM_PROGRAMS
+        .iter()
+        .map(Path::new)
+        .filter(|p| p.exists() && allowed(p))
+        .map(bytes)
+        .collect();
+    let read_only = etc_entries()
+        .into_iter()
+        .chain(
+            ["/proc", "/sys/devices/system/cpu"]
+                .into_iter()
+                .map(PathBuf::from),
+        )
+        .chain(config.extra_read.iter().cloned())
+        .filter(|p| allowed(p))
+        .map(|p| bytes(&p))
+        .collect();
+    let rules = LandlockSpec {
+        read_write: Vec::new(),
+        read_execute,
+        read_only,
+        devices: DEVICES.iter().map(|d| d.as_bytes().to_vec()).collect(),
+        // Only without a namespace of its own: inside one, TCP on
+        // loopback is the user's business.
+        deny_tcp: config.network == Network::None && !netns,
+        scope: true,
+    };
+    (rules, left_out)
 }
 
 /// Directories of programs and libraries: read and execute.
