@@ -30,6 +30,7 @@ mod files;
 mod http;
 mod micro;
 mod report;
+mod tasks;
 
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
@@ -51,6 +52,9 @@ enum Command {
     /// Workspace files: a 1 KiB GET beside a bare handler, a large file's
     /// upload and download beside a local copy, and the memory they take.
     Files(FilesArgs),
+    /// Users' tasks: spawn to first output beside a bare fork+exec, and
+    /// other users' latency while many short tasks run.
+    Tasks(TasksArgs),
     /// Run warren's server (started by `http`, not by hand): exactly
     /// `warren serve`, with its arguments.
     #[command(hide = true)]
@@ -143,6 +147,34 @@ pub struct FilesArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct TasksArgs {
+    /// Spawns measured one at a time in (a), of each kind.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub samples: u32,
+    /// Measuring time of each series of (b), in seconds.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub seconds: Duration,
+    /// Short tasks started per second in (b), in all.
+    #[arg(long, default_value = "100", value_parser = parse_rate)]
+    pub rate: f64,
+    /// Users the tasks of (b) are spread over.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub users: u32,
+    /// Other users, each sending pings on a schedule during (b).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub observers: u32,
+    /// Pings per second of each observer.
+    #[arg(long, default_value = "50", value_parser = parse_rate)]
+    pub observer_rate: f64,
+    /// Number of worker processes of the warren under test.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Write the results as JSON to stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A positive, finite number of seconds.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -179,6 +211,7 @@ fn main() -> ExitCode {
         Command::Micro(args) => report_failure(micro::run(&args)),
         Command::Http(args) => report_failure(run_http(&args)),
         Command::Files(args) => report_failure(run_files(&args)),
+        Command::Tasks(args) => report_failure(run_tasks(&args)),
         Command::Serve(args) => run_serve(*args),
         Command::BareServer(args) => report_failure(bare::serve(&args)),
     }
@@ -214,6 +247,17 @@ fn run_files(args: &FilesArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     let report = runtime.block_on(files::run(args))?;
+    report::print(report.table(), &report, args.json)
+}
+
+/// `tasks` on the same runtime as `http`.
+fn run_tasks(args: &TasksArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let report = runtime.block_on(tasks::run(args))?;
     report::print(report.table(), &report, args.json)
 }
 

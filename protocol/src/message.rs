@@ -486,6 +486,9 @@ pub enum Reply {
     Written(Vec<WriteOutcome>),
     /// The answer to [`TaskOp::Start`]: the command runs.
     TaskStarted {
+        /// The worker process running the task (the master records it, so a
+        /// worker's death marks exactly its tasks lost).
+        worker_pid: u32,
         pid: u32,
         /// Milliseconds since the Unix epoch.
         started_ms: i64,

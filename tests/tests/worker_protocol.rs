@@ -332,3 +332,174 @@ fn limit_leaving(pid: u32, free: u64) -> u64 {
         .find(|&limit| limit - open.iter().filter(|&&fd| fd < limit).count() as u64 == free)
         .expect("a limit")
 }
+
+fn task_user() -> UserCtx {
+    UserCtx {
+        id: UserId([42; 16]),
+        name: "tasker".into(),
+        role: Role::User,
+        quota_bytes: u64::MAX,
+        quota_files: u64::MAX,
+        uid: None,
+        limits: Default::default(),
+    }
+}
+
+impl Harness {
+    async fn task_op(&mut self, id: u64, user: UserCtx, op: TaskOp) -> Result<Reply, OpError> {
+        let body = Body::Request(Request {
+            user,
+            op: Op::Tasks(op),
+        });
+        self.connection.send(Frame { id, body }).await.unwrap();
+        loop {
+            match self.next().await {
+                Frame {
+                    id: got,
+                    body: Body::Response(response),
+                } if got == id => return response.result,
+                Frame {
+                    body: Body::Heartbeat(_) | Body::Cancel,
+                    ..
+                } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    async fn task_end(&mut self) -> (TaskId, TaskEnd) {
+        loop {
+            match self.next().await.body {
+                Body::Event(Event::TaskEnded { task, end, .. }) => return (task, end),
+                Body::Heartbeat(_) | Body::Cancel => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// The task's output info and bytes from `from`, as a TaskOutput stream sends them.
+    async fn task_output(
+        &mut self,
+        id: u64,
+        user: UserCtx,
+        task: TaskId,
+        from: u64,
+    ) -> (TaskOutputInfo, Vec<u8>) {
+        let open = Body::Open(Open {
+            user,
+            kind: StreamKind::TaskOutput {
+                task,
+                from,
+                to: None,
+                follow: false,
+            },
+        });
+        self.connection
+            .send(Frame { id, body: open })
+            .await
+            .unwrap();
+        let mut info = None;
+        let mut bytes = Vec::new();
+        loop {
+            let frame = self.next().await;
+            match frame.body {
+                Body::Data(data) if frame.id == id => match info {
+                    None => info = Some(codec::decode_message::<TaskOutputInfo>(&data).unwrap()),
+                    Some(_) => bytes.extend_from_slice(&data),
+                },
+                Body::Close(Ok(())) if frame.id == id => return (info.unwrap(), bytes),
+                Body::Close(Err(err)) if frame.id == id => panic!("stream failed: {err}"),
+                // An earlier stream's receiving end going away.
+                Body::Heartbeat(_) | Body::Cancel => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+fn start(task: TaskId, argv: &[&str]) -> TaskOp {
+    TaskOp::Start(TaskStart {
+        task,
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        cwd: String::new(),
+        env: vec![("GREETING".into(), "hi".into())],
+        timeout_ms: 0,
+        stdin: b"from stdin\n".to_vec(),
+        output_limit: 1 << 20,
+    })
+}
+
+#[tokio::test]
+async fn a_worker_runs_a_task_reports_its_end_and_serves_its_output() {
+    let mut harness = start_worker_with(true, |_| None).await;
+    harness.handshake().await;
+    let task = TaskId([1; 16]);
+    let script = "echo $GREETING; cat; echo oops >&2; exit 3";
+    let started = harness
+        .task_op(1, task_user(), start(task, &["/bin/sh", "-c", script]))
+        .await
+        .expect("the task starts");
+    assert!(
+        matches!(started, Reply::TaskStarted { pid, .. } if pid > 0),
+        "{started:?}"
+    );
+    let (ended, end) = harness.task_end().await;
+    assert_eq!(ended, task);
+    assert_eq!(
+        (end.state, end.exit_code),
+        (TaskState::Exited, Some(3)),
+        "{end:?}"
+    );
+    let (info, bytes) = harness.task_output(2, task_user(), task, 0).await;
+    assert_eq!(String::from_utf8_lossy(&bytes), "hi\nfrom stdin\noops\n");
+    assert_eq!((info.dropped, info.written, info.running), (0, 19, false));
+    assert_eq!(end.output_bytes, 19);
+    let (_, tail) = harness.task_output(3, task_user(), task, 3).await;
+    assert_eq!(tail, b"from stdin\noops\n");
+
+    // A missing command is refused as invalid, with the reason.
+    let missing = harness
+        .task_op(
+            4,
+            task_user(),
+            start(TaskId([2; 16]), &["no-such-command-here"]),
+        )
+        .await;
+    assert!(
+        matches!(&missing, Err(OpError::Invalid(why)) if why.contains("no-such-command-here")),
+        "{missing:?}"
+    );
+
+    // Cancel: the task and what it started in its own session go.
+    let long = TaskId([3; 16]);
+    harness
+        .task_op(
+            5,
+            task_user(),
+            start(long, &["/bin/sh", "-c", "setsid sleep 1000 & sleep 1000"]),
+        )
+        .await
+        .expect("the task starts");
+    harness
+        .task_op(
+            6,
+            task_user(),
+            TaskOp::Cancel {
+                task: long,
+                grace_ms: 100,
+            },
+        )
+        .await
+        .expect("cancel");
+    let (_, end) = harness.task_end().await;
+    assert_eq!(end.state, TaskState::Killed, "{end:?}");
+
+    // Delete removes the output.
+    harness
+        .task_op(7, task_user(), TaskOp::Delete { task })
+        .await
+        .expect("delete");
+    harness.connection.get_mut().shutdown().await.unwrap();
+    let (ok, stderr) = harness.exit();
+    assert!(ok, "{stderr}");
+}

@@ -6,6 +6,8 @@
 //! through one writer task that batches frames into few writes.
 
 use crate::ops::{self, WorkerIdentity};
+use crate::tasks::launch::Launcher;
+use crate::tasks::Tasks;
 use crate::workspace::Workspaces;
 use crate::{WorkerConfig, WorkerError};
 use futures_util::StreamExt;
@@ -21,7 +23,7 @@ use warren_protocol::io::{handshake, write_frames, SharedConnection};
 use warren_protocol::stream::{FrameSender, StreamRegistry};
 use warren_protocol::{
     Body, Frame, FrameCodec, Heartbeat, Hello, Op, OpError, PeerRole, Reply, Request, Response,
-    UserCtx, UserId, PROTOCOL_VERSION,
+    StreamKind, TaskOp, UserCtx, UserId, PROTOCOL_VERSION,
 };
 
 const READ_BUFFER: usize = 64 * 1024;
@@ -73,16 +75,26 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
     let (frames, outgoing) = mpsc::unbounded_channel();
     #[cfg(debug_assertions)]
     let (garbage, garbage_requests) = mpsc::unbounded_channel();
+    let workspaces = config
+        .users_dir
+        .clone()
+        .map(|dir| Arc::new(Workspaces::new(dir).reserving(config.disk_reserve)));
+    let tasks = config
+        .users_dir
+        .clone()
+        .zip(workspaces.clone())
+        .map(|(users_dir, workspaces)| {
+            let launcher = Arc::new(Launcher::new(users_dir.clone()));
+            Tasks::new(users_dir, workspaces, launcher, frames.clone())
+        });
     let worker = Arc::new(Worker {
         identity,
         frames,
         inflight: Mutex::new(HashMap::new()),
         streams: StreamRegistry::new(),
         users: Mutex::new(HashSet::new()),
-        workspaces: config
-            .users_dir
-            .clone()
-            .map(|dir| Arc::new(Workspaces::new(dir).reserving(config.disk_reserve))),
+        workspaces,
+        tasks,
         #[cfg(debug_assertions)]
         garbage,
     });
@@ -149,6 +161,7 @@ struct Worker {
     streams: Arc<StreamRegistry>,
     users: Mutex<HashSet<UserId>>,
     workspaces: Option<Arc<Workspaces>>,
+    tasks: Option<Arc<Tasks>>,
     /// Test builds only: asks the writer to send bytes that are not a frame.
     #[cfg(debug_assertions)]
     garbage: mpsc::UnboundedSender<bool>,
@@ -176,10 +189,26 @@ impl Worker {
             Body::Open(open) => {
                 self.saw_user(&open.user);
                 match self.streams.register(id, self.frames.clone()) {
-                    Ok(stream) => {
-                        let workspaces = self.workspaces.clone();
-                        tokio::spawn(ops::serve_stream(open.kind, open.user, stream, workspaces));
-                    }
+                    Ok(stream) => match (open.kind, &self.tasks) {
+                        (
+                            StreamKind::TaskOutput {
+                                task,
+                                from,
+                                to,
+                                follow,
+                            },
+                            Some(tasks),
+                        ) => {
+                            let serving = tasks
+                                .clone()
+                                .serve_output(open.user, task, from, to, follow, stream);
+                            tokio::spawn(serving);
+                        }
+                        (kind, _) => {
+                            let workspaces = self.workspaces.clone();
+                            tokio::spawn(ops::serve_stream(kind, open.user, stream, workspaces));
+                        }
+                    },
                     Err(err) => self.send(id, Body::Close(Err(err))),
                 }
                 Ok(())
@@ -221,7 +250,7 @@ impl Worker {
                     ops::blocking(move || ops::files(&workspaces, &user, op)).await
                 });
             }
-            Op::Tasks(_) => self.respond(id, Err(OpError::Unsupported("tasks".into()))),
+            Op::Tasks(op) => self.task_op(id, user, op),
             #[cfg(debug_assertions)]
             Op::DebugSleep { millis } => self.spawn_tracked(id, async move {
                 tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
@@ -231,6 +260,31 @@ impl Worker {
             Op::DebugSendGarbage { oversized } => {
                 tracing::warn!(oversized, "sending garbage to the master as a test asked");
                 let _ = self.garbage.send(oversized);
+            }
+        }
+    }
+
+    fn task_op(self: &Arc<Self>, id: u64, user: UserCtx, op: TaskOp) {
+        let Some(tasks) = self.tasks.clone() else {
+            return self.respond(id, Err(ops::no_workspaces()));
+        };
+        match op {
+            // Not cancellable: a start cut short after the fork would leave
+            // a process nobody watches. Spawned here, on the runtime's own
+            // thread, which forks (see `Tasks::start`).
+            TaskOp::Start(start) => {
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    let result = tasks.start(user, start).await;
+                    worker.respond(id, result);
+                });
+            }
+            TaskOp::Cancel { task, grace_ms } => {
+                let grace = std::time::Duration::from_millis(grace_ms);
+                self.respond(id, tasks.cancel(&user, task, grace))
+            }
+            TaskOp::Delete { task } => {
+                self.spawn_tracked(id, async move { tasks.delete(&user, task).await })
             }
         }
     }
@@ -283,11 +337,14 @@ impl Worker {
             inflight_requests: self.lock_inflight().len() as u32,
             open_streams: self.streams.len() as u32,
             users_seen: users_seen as u32,
-            tasks_running: 0,
+            tasks_running: self.tasks.as_ref().map_or(0, |t| t.running_count()) as u32,
         }
     }
 
     fn shut_down(&self) {
+        if let Some(tasks) = &self.tasks {
+            tasks.kill_all();
+        }
         for (_, task) in self.lock_inflight().drain() {
             task.abort();
         }

@@ -16,6 +16,7 @@
 pub mod connection;
 pub mod ops;
 pub mod sandbox;
+pub mod tasks;
 pub mod workspace;
 
 use std::path::PathBuf;

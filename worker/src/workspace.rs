@@ -56,6 +56,9 @@ pub struct Workspaces {
     /// Each user's usage: counted by walking the workspace the first time
     /// this process needs it, then kept up to date by every change.
     usage: Mutex<HashMap<UserId, Usage>>,
+    /// Users whose usage must be counted again before it is next used:
+    /// their own processes (tasks) may have changed the workspace.
+    stale: Mutex<HashSet<UserId>>,
     /// Writes received but not yet put in place (a multipart upload's
     /// parts until all are known good), by user and stage number, with
     /// when they were staged.
@@ -350,6 +353,7 @@ impl Workspaces {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
             usage: Mutex::new(HashMap::new()),
+            stale: Mutex::new(HashSet::new()),
             staged: Mutex::new(Staged::default()),
         }
     }
@@ -589,12 +593,41 @@ impl Workspaces {
         remove_all(&aside)
     }
 
-    /// The user's usage (counted on first need).
+    /// Makes the next need of the user's usage count it again (a task of
+    /// theirs ended: its processes may have written anywhere in the
+    /// workspace, and its output counts too).
+    pub fn forget_usage(&self, user: UserId) {
+        self.stale
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(user);
+    }
+
+    /// The user's usage (counted on first need, and again after
+    /// [`Self::forget_usage`]): the workspace, plus the output kept of
+    /// their tasks (`state/tasks/`).
     pub fn usage(&self, dirs: &UserDirs) -> Result<Usage, OpError> {
-        if let Some(usage) = self.lock_usage().get(&dirs.user) {
-            return Ok(usage.counted());
+        let stale = self
+            .stale
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&dirs.user);
+        if !stale {
+            if let Some(usage) = self.lock_usage().get(&dirs.user) {
+                return Ok(usage.counted());
+            }
         }
-        let counted = count_tree(&dirs.workspace)?;
+        let mut counted = count_tree(&dirs.workspace)?;
+        match rustix::fs::openat(
+            &dirs.state,
+            "tasks",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(tasks) => counted.add(count_tree(&tasks)?),
+            Err(Errno::NOENT) => {}
+            Err(err) => return Err(errno(err, "cannot count the tasks' output")),
+        }
         let mut known = self.lock_usage();
         let usage = known.entry(dirs.user).or_default();
         // A reservation made meanwhile stays; the count is the entries.

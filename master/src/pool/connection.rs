@@ -45,10 +45,11 @@ pub(crate) struct WorkerConnection {
     /// Milliseconds after `started` of the last heartbeat.
     last_heartbeat_ms: AtomicU64,
     load: Mutex<Heartbeat>,
+    events: super::EventSender,
 }
 
 impl WorkerConnection {
-    pub fn new(slot: u32, pid: u32, frames: FrameSender) -> Self {
+    pub fn new(slot: u32, pid: u32, frames: FrameSender, events: super::EventSender) -> Self {
         WorkerConnection {
             slot,
             pid,
@@ -60,6 +61,7 @@ impl WorkerConnection {
             started: Instant::now(),
             last_heartbeat_ms: AtomicU64::new(0),
             load: Mutex::new(Heartbeat::default()),
+            events,
         }
     }
 
@@ -201,7 +203,14 @@ impl WorkerConnection {
                 *self.load.lock().unwrap_or_else(PoisonError::into_inner) = load;
                 Ok(())
             }
-            Body::Event(_) => Ok(()),
+            Body::Event(event) => {
+                let _ = self.events.send(super::PoolEvent::Worker {
+                    slot: self.slot,
+                    worker_pid: self.pid,
+                    event,
+                });
+                Ok(())
+            }
             body @ (Body::Data(_) | Body::Close(_) | Body::Credit(_) | Body::Cancel) => self
                 .streams
                 .route(frame.id, body)

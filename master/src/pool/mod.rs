@@ -154,11 +154,41 @@ pub struct SlotReport {
     pub worker_tasks: u32,
     pub open_streams: u32,
     pub users_seen: u32,
+    /// Users' tasks the worker runs (last heartbeat).
+    pub tasks_running: u32,
     #[serde(skip)]
     pub pid: Option<u32>,
 }
 
+/// What the pool tells the rest of the master about its workers, in order,
+/// through [`Pool::take_events`].
+#[derive(Debug, Clone)]
+pub enum PoolEvent {
+    /// An event a worker sent (a task ended).
+    Worker {
+        slot: u32,
+        worker_pid: u32,
+        event: warren_protocol::Event,
+    },
+    /// A worker process is gone (it exited, crashed, hung, or the pool
+    /// stopped it), and with it its users' live state: their tasks are
+    /// lost. Sent after the process was reaped and after every event it
+    /// sent.
+    WorkerDown {
+        slot: u32,
+        worker_pid: u32,
+        reason: String,
+    },
+    /// A worker came up and serves its slot.
+    WorkerUp { slot: u32, worker_pid: u32 },
+}
+
+pub(crate) type EventSender = tokio::sync::mpsc::UnboundedSender<PoolEvent>;
+
 pub struct Pool {
+    /// Taken once by whoever records the pool's events; until then (or
+    /// without a taker) they queue (a few per task).
+    events: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PoolEvent>>>,
     slots: Arc<[Arc<Slot>]>,
     config: PoolConfig,
     metrics: PoolMetrics,
@@ -188,7 +218,9 @@ impl Pool {
                 })
             })
             .collect();
+        let (event_sender, events) = tokio::sync::mpsc::unbounded_channel();
         let pool = Arc::new(Pool {
+            events: Mutex::new(Some(events)),
             slots,
             config,
             metrics,
@@ -205,6 +237,7 @@ impl Pool {
                 pool.config.clone(),
                 pool.metrics.clone(),
                 pool.stopping.clone(),
+                event_sender.clone(),
             )));
         }
         *pool
@@ -216,6 +249,22 @@ impl Pool {
 
     pub fn size(&self) -> u32 {
         self.config.workers
+    }
+
+    /// The pool's events, in order; `None` after the first call.
+    pub fn take_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<PoolEvent>> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// The pid of each slot's live worker (`None` while it is down).
+    pub fn worker_pids(&self) -> Vec<Option<u32>> {
+        self.slots
+            .iter()
+            .map(|slot| slot.current.load().as_ref().map(|c| c.pid))
+            .collect()
     }
 
     pub fn slot_for(&self, user: &UserCtx) -> u32 {
@@ -309,6 +358,7 @@ impl Pool {
                     worker_tasks: load.inflight_requests,
                     open_streams: load.open_streams,
                     users_seen: load.users_seen,
+                    tasks_running: load.tasks_running,
                     pid: current.as_ref().map(|c| c.pid),
                 }
             })

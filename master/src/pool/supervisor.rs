@@ -2,7 +2,7 @@
 //! handshake, watch it (exit, EOF, heartbeats), and restart it with back-off.
 
 use super::connection::WorkerConnection;
-use super::{PoolConfig, Slot};
+use super::{EventSender, PoolConfig, PoolEvent, Slot};
 use crate::metrics::PoolMetrics;
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream as LocalStream};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
@@ -146,6 +146,7 @@ pub(crate) async fn supervise(
     config: PoolConfig,
     metrics: PoolMetrics,
     stopping: CancellationToken,
+    events: EventSender,
 ) {
     let span = info_span!("slot", slot = slot.index);
     async move {
@@ -153,9 +154,7 @@ pub(crate) async fn supervise(
         metrics.touch_slot(slot.index);
         loop {
             let started = Instant::now();
-            let end = run_once(&slot, &listener, &socket, &config, &stopping).await;
-            kill_users_processes(&config, slot.index).await;
-            let reason = match end {
+            let reason = match run_once(&slot, &listener, &socket, &config, &stopping, &events).await {
                 End::Stopped => break,
                 End::Failed(reason) => reason,
             };
@@ -209,6 +208,7 @@ async fn run_once(
     socket: &Path,
     config: &PoolConfig,
     stopping: &CancellationToken,
+    events: &EventSender,
 ) -> End {
     slot.set_status(|status| {
         if status.state != SlotState::Degraded {
@@ -242,7 +242,12 @@ async fn run_once(
     };
 
     let (frames, outgoing) = mpsc::unbounded_channel();
-    let connection = Arc::new(WorkerConnection::new(slot.index, pid, frames));
+    let connection = Arc::new(WorkerConnection::new(
+        slot.index,
+        pid,
+        frames,
+        events.clone(),
+    ));
     let writer = tokio::spawn(write_frames(outgoing, writer_half));
     let mut reader_task = tokio::spawn({
         let connection = connection.clone();
@@ -257,6 +262,10 @@ async fn run_once(
         }
     });
     info!(pid, "worker up");
+    let _ = events.send(PoolEvent::WorkerUp {
+        slot: slot.index,
+        worker_pid: pid,
+    });
 
     let stable_timer = tokio::time::sleep(config.backoff.stable_after);
     tokio::pin!(stable_timer);
@@ -303,6 +312,17 @@ async fn run_once(
         End::Failed(_) => Duration::ZERO,
     };
     stop_child(&mut child, grace).await;
+    // Before the worker is reported down: its tasks are lost only once
+    // nothing of theirs runs.
+    kill_users_processes(config, slot.index).await;
+    let _ = events.send(PoolEvent::WorkerDown {
+        slot: slot.index,
+        worker_pid: pid,
+        reason: match &end {
+            End::Stopped => "stopped".to_string(),
+            End::Failed(reason) => reason.clone(),
+        },
+    });
     end
 }
 

@@ -1,0 +1,322 @@
+//! `warren-bench tasks`: users' tasks, beside bare process spawns.
+//!
+//! The figures (issue #10):
+//! - (a) spawn to first output: a process that prints one line, from the
+//!   moment it is asked for to its first byte read, one at a time:
+//!   - bare: `fork+exec` of `/bin/echo` from this process (tokio's
+//!     `Command`, a pipe), and of `/bin/true` to its exit, for reference;
+//!   - sandboxed: the same `echo` through the worker's sandbox
+//!     (`warren_worker::tasks::launch::Launcher`, as a worker spawns: the
+//!     `sandbox-exec` stage, uid, Landlock, rlimits, cgroup), in this
+//!     process, interleaved with the bare one. The difference of the
+//!     medians is the sandbox's overhead (target ≤ 5 ms);
+//!   - through the API: `POST /api/v1/tasks` then `GET …/output?follow=true`
+//!     until the answer is complete, against a warren started by the bench.
+//! - (b) `--rate` short tasks a second (`true`, open model: each task is
+//!   sent on schedule whatever the server does) spread over `--users`
+//!   users, while `--observers` other users each send `--observer-rate`
+//!   `GET /api/v1/ping` a second; their p99 during the tasks beside their
+//!   p99 without (target ≤ 2×).
+
+use crate::http::api::{self, bearer};
+use crate::http::load::{
+    drive, histogram, Client, Connection, Outcome, Pace, Percentiles, Plan, RequestSpec,
+};
+use crate::http::{os_args, start_warren, stop};
+use crate::TasksArgs;
+use anyhow::{bail, Context, Result};
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Serialize)]
+pub struct TasksReport {
+    pub samples: u32,
+    pub bare_true: Percentiles,
+    pub bare_echo: Percentiles,
+    pub sandboxed_echo: Option<Percentiles>,
+    /// Median of sandboxed minus median of bare, in nanoseconds.
+    pub sandbox_overhead_p50_ns: Option<i64>,
+    pub api_echo: Percentiles,
+    pub rate: f64,
+    pub tasks: SeriesFigures,
+    pub calm: SeriesFigures,
+    pub loaded: SeriesFigures,
+    /// p99 of the observers during the tasks over p99 without.
+    pub p99_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SeriesFigures {
+    pub completed: u64,
+    pub errors: String,
+    pub per_second: f64,
+    pub latency: Percentiles,
+}
+
+impl SeriesFigures {
+    fn of(outcome: &Outcome) -> Self {
+        SeriesFigures {
+            completed: outcome.completed,
+            errors: if outcome.errors.total() == 0 {
+                "none".into()
+            } else {
+                outcome.errors.describe()
+            },
+            per_second: outcome.per_second(),
+            latency: Percentiles::of(&outcome.latency),
+        }
+    }
+}
+
+pub async fn run(args: &TasksArgs) -> Result<TasksReport> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    eprintln!("(a) bare and sandboxed spawns, {} each ...", args.samples);
+    let mut bare_true = histogram()?;
+    let mut bare_echo = histogram()?;
+    let mut sandboxed = histogram()?;
+    let launcher = sandbox::Local::new(dir.path())?;
+    for _ in 0..args.samples {
+        bare_true.saturating_record(spawn_true().await?.as_nanos() as u64);
+        bare_echo.saturating_record(spawn_echo().await?.as_nanos() as u64);
+        if let Some(launcher) = &launcher {
+            sandboxed.saturating_record(launcher.echo().await?.as_nanos() as u64);
+        }
+    }
+    let sandboxed_echo = launcher.as_ref().map(|_| Percentiles::of(&sandboxed));
+    let sandbox_overhead_p50_ns = sandboxed_echo
+        .as_ref()
+        .map(|figures| figures.p50_ns as i64 - Percentiles::of(&bare_echo).p50_ns as i64);
+
+    eprintln!("starting warren with {} workers ...", args.workers);
+    let warren = start_warren(
+        dir.path(),
+        args.workers,
+        os_args([
+            "--task-limit",
+            "64",
+            "--audit-rate",
+            "1000000",
+            "--token-rate",
+            "1000000",
+        ]),
+    )
+    .await?;
+    let outcome = measure(args, warren.process.address, &warren.admin_password).await;
+    stop(warren.process).await;
+    let (api_echo, tasks, calm, loaded) = outcome?;
+    let calm_p99 = calm.latency.p99_ns.max(1) as f64;
+    Ok(TasksReport {
+        samples: args.samples,
+        bare_true: Percentiles::of(&bare_true),
+        bare_echo: Percentiles::of(&bare_echo),
+        sandboxed_echo,
+        sandbox_overhead_p50_ns,
+        api_echo,
+        rate: args.rate,
+        p99_ratio: loaded.latency.p99_ns as f64 / calm_p99,
+        tasks,
+        calm,
+        loaded,
+    })
+}
+
+type Measured = (Percentiles, SeriesFigures, SeriesFigures, SeriesFigures);
+
+async fn measure(args: &TasksArgs, server: SocketAddr, admin_password: &str) -> Result<Measured> {
+    let admin = api::session(server, "admin", admin_password).await?;
+    let password = crate::http::random_hex(16)?;
+    let mut tokens = Vec::new();
+    let count = args.users + args.observers;
+    eprintln!("creating {count} accounts ...");
+    for k in 0..count {
+        let name = format!("bench-task-{k:04}");
+        api::create_user(server, &admin, &name, &password).await?;
+        tokens.push(api::session(server, &name, &password).await?);
+    }
+    let (taskers, observers) = tokens.split_at(args.users as usize);
+
+    eprintln!("(a) through the API, {} tasks ...", args.samples);
+    let mut through_api = histogram()?;
+    let mut connection = Connection::new(server);
+    for _ in 0..args.samples {
+        through_api.saturating_record(
+            api_echo(server, &mut connection, &taskers[0])
+                .await?
+                .as_nanos() as u64,
+        );
+    }
+
+    let observer_clients = |tokens: &[String]| -> Result<Vec<Client>> {
+        tokens
+            .iter()
+            .map(|token| {
+                let spec = bearer(server, Method::GET, "/api/v1/ping", token)?;
+                Client::new(server, spec)
+            })
+            .collect()
+    };
+    let observer_pace = Pace::Every(Duration::from_secs_f64(1.0 / args.observer_rate));
+    eprintln!("(b) observers alone for {:?} ...", args.seconds);
+    let plan = |pace| Plan {
+        until: Instant::now() + args.seconds,
+        pace,
+        cancel: None,
+        timeout: REQUEST_TIMEOUT,
+    };
+    let (_, calm) = drive(observer_clients(observers)?, plan(observer_pace)).await?;
+
+    eprintln!("(b) observers during {} tasks/s ...", args.rate);
+    let task_spec = |token: &str| -> Result<RequestSpec> {
+        bearer(server, Method::POST, "/api/v1/tasks", token)?
+            .json(&serde_json::json!({ "command": ["true"] }))
+    };
+    let taskers_clients: Vec<Client> = taskers
+        .iter()
+        .map(|token| Client::new(server, task_spec(token)?))
+        .collect::<Result<_>>()?;
+    let per_tasker = Duration::from_secs_f64(args.users as f64 / args.rate);
+    let tasks_run = tokio::spawn(drive(taskers_clients, plan(Pace::Every(per_tasker))));
+    let (_, loaded) = drive(observer_clients(observers)?, plan(observer_pace)).await?;
+    let (_, tasks) = tasks_run.await.context("the task load panicked")??;
+    Ok((
+        Percentiles::of(&through_api),
+        SeriesFigures::of(&tasks),
+        SeriesFigures::of(&calm),
+        SeriesFigures::of(&loaded),
+    ))
+}
+
+/// `POST /tasks` of `echo`, then its output followed to the end.
+async fn api_echo(
+    server: SocketAddr,
+    connection: &mut Connection,
+    token: &str,
+) -> Result<Duration> {
+    let start = bearer(server, Method::POST, "/api/v1/tasks", token)?
+        .json(&serde_json::json!({ "command": ["/bin/echo", "warren"] }))?;
+    let began = Instant::now();
+    let answer = connection.send(&start, REQUEST_TIMEOUT).await?;
+    if answer.status != StatusCode::CREATED {
+        bail!(
+            "POST /api/v1/tasks: {} {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    let record: serde_json::Value =
+        serde_json::from_slice(&answer.body).context("POST /api/v1/tasks: not JSON")?;
+    let id = record["id"].as_str().context("POST /api/v1/tasks: no id")?;
+    let mut output = bearer(server, Method::GET, "/", token)?;
+    output.uri = format!("/api/v1/tasks/{id}/output?follow=true")
+        .parse()
+        .context("a task's output path")?;
+    let answer = connection.send(&output, REQUEST_TIMEOUT).await?;
+    let took = began.elapsed();
+    if answer.status != StatusCode::OK || &answer.body[..] != b"warren\n" {
+        bail!(
+            "GET {}: {} {:?}",
+            output.uri,
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    Ok(took)
+}
+
+async fn spawn_true() -> Result<Duration> {
+    let began = Instant::now();
+    let status = tokio::process::Command::new("/bin/true")
+        .status()
+        .await
+        .context("cannot run /bin/true")?;
+    if !status.success() {
+        bail!("/bin/true failed: {status}");
+    }
+    Ok(began.elapsed())
+}
+
+/// Spawns `/bin/echo warren` and reads its first byte.
+async fn spawn_echo() -> Result<Duration> {
+    let began = Instant::now();
+    let mut child = tokio::process::Command::new("/bin/echo")
+        .arg("warren")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run /bin/echo")?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).await.context("no output")?;
+    let took = began.elapsed();
+    child.wait().await.context("cannot wait for /bin/echo")?;
+    Ok(took)
+}
+
+/// Spawning through the worker's own sandbox, in this process.
+mod sandbox {
+    use super::*;
+
+    pub struct Local {}
+
+    impl Local {
+        /// `None` until the sandbox can be driven from here.
+        pub fn new(_dir: &std::path::Path) -> Result<Option<Local>> {
+            Ok(None)
+        }
+
+        pub async fn echo(&self) -> Result<Duration> {
+            bail!("no sandbox")
+        }
+    }
+}
+
+impl TasksReport {
+    pub fn table(&self) -> String {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let row = |name: &str, p: &Percentiles| {
+            format!(
+                "{name:<34} p50 {:>8.2} ms  p99 {:>8.2} ms  ({} samples)\n",
+                ms(p.p50_ns),
+                ms(p.p99_ns),
+                p.samples
+            )
+        };
+        let mut out = String::from("(a) spawn to first output, one at a time\n");
+        out += &row("bare fork+exec /bin/true (exit)", &self.bare_true);
+        out += &row("bare fork+exec /bin/echo", &self.bare_echo);
+        match (&self.sandboxed_echo, self.sandbox_overhead_p50_ns) {
+            (Some(sandboxed), Some(overhead)) => {
+                out += &row("sandboxed /bin/echo", sandboxed);
+                out += &format!(
+                    "{:<34} {:>8.2} ms (target ≤ 5 ms)\n",
+                    "sandbox overhead, p50",
+                    overhead as f64 / 1e6
+                );
+            }
+            _ => out += "sandboxed /bin/echo                not measured\n",
+        }
+        out += &row("POST /tasks + GET output (echo)", &self.api_echo);
+        out += &format!("\n(b) {} short tasks/s over the API\n", self.rate);
+        let series = |name: &str, s: &SeriesFigures| {
+            format!(
+                "{name:<34} {:>8.1}/s  p50 {:>8.2} ms  p99 {:>8.2} ms  errors: {}\n",
+                s.per_second,
+                ms(s.latency.p50_ns),
+                ms(s.latency.p99_ns),
+                s.errors
+            )
+        };
+        out += &series("tasks started", &self.tasks);
+        out += &series("other users' ping, calm", &self.calm);
+        out += &series("other users' ping, during tasks", &self.loaded);
+        out += &format!(
+            "{:<34} {:>8.2}× (target ≤ 2×)\n",
+            "p99 during / calm", self.p99_ratio
+        );
+        out
+    }
+}
