@@ -451,18 +451,19 @@ fn write_limit(
     via: Via,
     limits: &ProcessLimits,
 ) -> Result<(), Error> {
+    // 0 (unset) is the kernel's default weight.
+    let weight = match limits.cpu_weight {
+        0 => 100,
+        weight => weight.min(10_000),
+    };
     let (file, value) = match (controller, via) {
         (Controller::Memory, Via::V2) => ("memory.max", max_or(limits.memory, "max")),
         (Controller::Memory, Via::V1) => ("memory.limit_in_bytes", max_or(limits.memory, "-1")),
         (Controller::Pids, _) => ("pids.max", max_or(limits.pids, "max")),
-        (Controller::Cpu, Via::V2) => {
-            ("cpu.weight", limits.cpu_weight.clamp(1, 10_000).to_string())
-        }
+        (Controller::Cpu, Via::V2) => ("cpu.weight", weight.to_string()),
         (Controller::Cpu, Via::V1) => (
             "cpu.shares",
-            (u64::from(limits.cpu_weight.clamp(1, 10_000)) * 1024 / 100)
-                .max(2)
-                .to_string(),
+            (u64::from(weight) * 1024 / 100).max(2).to_string(),
         ),
     };
     // With swap, v1 counts memory and swap apart: both get the limit (the

@@ -231,6 +231,28 @@ impl GroupHandle {
             .map_err(std::io::Error::other)?
     }
 
+    /// SIGKILL to every process of the launch without waiting (the worker
+    /// is exiting); the group's cgroup stays until [`GroupHandle::kill`]
+    /// or the slot's cleaning removes it.
+    pub fn kill_now(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            if self.has_kill && std::fs::write(cgroup.join("cgroup.kill"), "1").is_ok() {
+                return;
+            }
+            let _ = cgroup::signal_group(cgroup, rustix::process::Signal::KILL);
+        }
+        let _ =
+            rustix::process::kill_process_group(self.process_group, rustix::process::Signal::KILL);
+    }
+
+    /// Removes the launch's cgroup once its processes are gone (a busy
+    /// one stays: kill it first).
+    pub fn remove(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            let _ = std::fs::remove_dir(cgroup);
+        }
+    }
+
     /// Whether the launch is a cgroup (else only its process group).
     pub fn is_cgroup(&self) -> bool {
         self.cgroup.is_some()
