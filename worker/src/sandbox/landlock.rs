@@ -71,9 +71,13 @@ fn add(
     let Ok(fd) = PathFd::new(path) else {
         return Ok(created);
     };
-    let access = match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_dir() => access & AccessFs::from_file(NEWEST),
-        _ => access,
+    // The very inode the rule is for (no second lookup by path).
+    let is_dir = rustix::fs::fstat(std::os::fd::AsFd::as_fd(&fd))
+        .is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode).is_dir());
+    let access = if is_dir {
+        access
+    } else {
+        access & AccessFs::from_file(NEWEST)
     };
     created.add_rule(PathBeneath::new(fd, access))
 }
