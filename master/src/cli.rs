@@ -33,6 +33,12 @@ pub struct StoreArgs {
     /// `postgres://…` to use PostgreSQL [default: SQLite at DATA_DIR/warren.db].
     #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The uids (and gids) given to users, one each, for their processes
+    /// and files when warren runs as root (FIRST-LAST, inclusive): set it
+    /// alike for `serve` and `user`, outside any range used by real
+    /// accounts of this host.
+    #[arg(long, env = "WARREN_UID_RANGE", default_value = "200000-265535")]
+    pub uid_range: crate::store::UidRange,
 }
 
 impl StoreArgs {
@@ -240,6 +246,50 @@ pub struct ServeArgs {
     /// are exempt) [default: 256, or a quarter of --max-connections if less].
     #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_ADDRESS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_address: Option<u32>,
+    /// Tasks one user may run at once (admins may set another number per
+    /// user); more are answered 429.
+    #[arg(long, env = "WARREN_TASK_LIMIT", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub task_limit: u32,
+    /// Output a task keeps (stdout and stderr together, at least 4KiB);
+    /// beyond it the oldest bytes are dropped (half the limit at a time),
+    /// with a marker where they were.
+    #[arg(long, env = "WARREN_TASK_OUTPUT_LIMIT", default_value = "16MiB", value_parser = parse_output_limit)]
+    pub task_output_limit: u64,
+    /// Task records (with their output) kept per user: starting a task
+    /// removes the user's oldest finished ones beyond this, so what one
+    /// user adds to the database stays bounded.
+    #[arg(long, env = "WARREN_TASK_HISTORY", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub task_history: u64,
+    /// How long a cancelled task has between SIGTERM and SIGKILL.
+    #[arg(long, env = "WARREN_TASK_CANCEL_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub task_cancel_grace: Duration,
+    /// Memory of all of a user's processes together (cgroup memory.max; 0:
+    /// no limit).
+    #[arg(long, env = "WARREN_LIMIT_MEMORY", default_value = "2GiB", value_parser = parse_size)]
+    pub limit_memory: u64,
+    /// Processes (and threads) of a user's uid at once (RLIMIT_NPROC; 0: no
+    /// limit).
+    #[arg(long, env = "WARREN_LIMIT_PROCESSES", default_value_t = 512)]
+    pub limit_processes: u64,
+    /// Address space of each user process (RLIMIT_AS; 0: no limit).
+    #[arg(long, env = "WARREN_LIMIT_ADDRESS_SPACE", default_value = "16GiB", value_parser = parse_size)]
+    pub limit_address_space: u64,
+    /// The largest file a user process may write (RLIMIT_FSIZE; 0: no limit).
+    #[arg(long, env = "WARREN_LIMIT_FILE_SIZE", default_value = "4GiB", value_parser = parse_size)]
+    pub limit_file_size: u64,
+    /// Open descriptors of each user process (RLIMIT_NOFILE; 0: no limit).
+    #[arg(long, env = "WARREN_LIMIT_OPEN_FILES", default_value_t = 4096)]
+    pub limit_open_files: u64,
+    /// CPU seconds of each user process (RLIMIT_CPU; 0: no limit).
+    #[arg(long, env = "WARREN_LIMIT_CPU_SECONDS", default_value_t = 0)]
+    pub limit_cpu_seconds: u64,
+    /// Processes of a user's cgroup at once (pids.max; 0: no limit).
+    #[arg(long, env = "WARREN_LIMIT_PIDS", default_value_t = 512)]
+    pub limit_pids: u64,
+    /// A user's share of the CPU against others' (cgroup cpu.weight,
+    /// 1-10000; 100 is the kernel's default).
+    #[arg(long, env = "WARREN_LIMIT_CPU_WEIGHT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit_cpu_weight: u32,
     /// A second listener serving /metrics, /healthz and /readyz with its
     /// details to whoever reaches it (e.g. 127.0.0.1:9090).
     #[arg(long, env = "WARREN_METRICS_LISTEN")]
@@ -266,7 +316,7 @@ pub struct ServeArgs {
     #[arg(long = "sandbox-env", env = "WARREN_SANDBOX_ENV", value_parser = parse_env_pair)]
     pub sandbox_env: Vec<(String, String)>,
     /// The cgroup v2 directory under which users' cgroups go: `auto`
-    /// (OWN_CGROUP/warren), `off`, or a path.
+    /// (OWN_CGROUP/warren-HASH, HASH naming DATA_DIR), `off`, or a path.
     #[arg(long, env = "WARREN_CGROUP_ROOT", default_value = "auto")]
     pub cgroup_root: warren_worker::sandbox::CgroupRoot,
     /// /metrics (and /readyz's details) on the main listener for
@@ -281,6 +331,23 @@ fn parse_public_url(text: &str) -> Result<String, String> {
         .filter(|_| text.starts_with("http://") || text.starts_with("https://"))
         .ok_or_else(|| format!("{text:?} is not an http:// or https:// URL"))?;
     Ok(origin.to_ascii_lowercase())
+}
+
+impl ServeArgs {
+    /// The process limits of users without overrides of their own.
+    pub fn process_limits(&self) -> warren_protocol::ProcessLimits {
+        warren_protocol::ProcessLimits {
+            address_space: self.limit_address_space,
+            cpu_seconds: self.limit_cpu_seconds,
+            processes: self.limit_processes,
+            file_size: self.limit_file_size,
+            open_files: self.limit_open_files,
+            memory: self.limit_memory,
+            pids: self.limit_pids,
+            cpu_weight: self.limit_cpu_weight,
+            tasks: self.task_limit,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -354,6 +421,18 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     value
         .checked_mul(factor)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A task output limit: a size of at least what the worker keeps anyway.
+fn parse_output_limit(text: &str) -> Result<u64, String> {
+    let limit = parse_size(text)?;
+    let least = warren_worker::tasks::output::MIN_OUTPUT_LIMIT;
+    if limit < least {
+        return Err(format!(
+            "{text:?} is less than the least output kept ({least} bytes)"
+        ));
+    }
+    Ok(limit)
 }
 
 /// Parses `250ms`, `5s`, `2m`, `24h` or a bare number of seconds.
@@ -474,6 +553,20 @@ mod tests {
         assert!(parse_size("1.5GiB").is_err());
         assert!(parse_size("5 parsecs").is_err());
         assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn the_default_process_limits_are_the_protocol_defaults() {
+        let cli = Cli::try_parse_from(["warren", "serve"]).expect("parse");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            args.process_limits(),
+            warren_protocol::ProcessLimits::default()
+        );
+        assert_eq!(args.store.uid_range, crate::store::UidRange::default());
+        assert_eq!(args.task_output_limit, 16 << 20);
     }
 
     #[test]

@@ -8,14 +8,18 @@
 //! - [`store`]: the accounts database (SQLite or PostgreSQL, via sqlx).
 //! - [`user_cli`]: `warren user …`, the operator's user management.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`recorder`]: task records kept in step with the workers' reports.
+//! - [`activity`]: the live activity feed (SSE) and its aggregates.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod auth;
 pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod purge;
+pub mod recorder;
 pub mod serve;
 pub mod store;
 pub mod user_cli;

@@ -267,8 +267,34 @@ impl ConnectionMetrics {
     }
 }
 
+/// Users' tasks: how they end and how long they take to start.
+#[derive(Debug, Clone)]
+pub struct TaskMetrics {
+    finished: Family<ResultLabels, Counter>,
+    spawn_duration: Histogram,
+    running: Gauge,
+}
+
+impl TaskMetrics {
+    /// A task ended: `result` is its final state (exited, failed, killed,
+    /// timed_out, lost).
+    pub(crate) fn finished(&self, result: warren_protocol::TaskState) {
+        self.finished
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    /// From the worker's receipt of a start to the command's `execve`.
+    pub(crate) fn observe_spawn(&self, micros: u64) {
+        self.spawn_duration.observe(micros as f64 / 1e6);
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    tasks: TaskMetrics,
     connections: ConnectionMetrics,
     files: FileMetrics,
     workers: Family<StateLabels, Gauge>,
@@ -439,9 +465,42 @@ impl Metrics {
             "HTTP connections closed by a timeout, by kind (header_read: no complete request headers in time, idle keep-alive included; send: the client accepted no byte of a response for --send-timeout; body: a JSON request body not complete within --body-timeout)",
             connections.timeouts.clone(),
         );
+        let tasks = TaskMetrics {
+            finished: Family::default(),
+            // 100 us to ~6.5 s.
+            spawn_duration: Histogram::new(exponential_buckets(1e-4, 2.0, 17)),
+            running: Gauge::default(),
+        };
+        for state in [
+            warren_protocol::TaskState::Exited,
+            warren_protocol::TaskState::Failed,
+            warren_protocol::TaskState::Killed,
+            warren_protocol::TaskState::TimedOut,
+            warren_protocol::TaskState::Lost,
+        ] {
+            let _ = tasks.finished.get_or_create(&ResultLabels {
+                result: state.as_str(),
+            });
+        }
+        registry.register(
+            "warren_tasks",
+            "Users' tasks ended, by result (exited, failed, killed, timed_out, lost)",
+            tasks.finished.clone(),
+        );
+        registry.register(
+            "warren_task_spawn_duration_seconds",
+            "From a worker's receipt of a task to the command's execve (sandbox set-up included)",
+            tasks.spawn_duration.clone(),
+        );
+        registry.register(
+            "warren_tasks_running",
+            "Users' tasks running now (the workers' last heartbeats)",
+            tasks.running.clone(),
+        );
         Metrics {
             registry,
             sandbox,
+            tasks,
             connections,
             files,
             workers,
@@ -453,6 +512,10 @@ impl Metrics {
                 ipc_inflight,
             },
         }
+    }
+
+    pub fn tasks(&self) -> TaskMetrics {
+        self.tasks.clone()
     }
 
     pub fn pool(&self) -> PoolMetrics {
@@ -485,6 +548,9 @@ impl Metrics {
                 })
                 .set(count as i64);
         }
+        self.tasks
+            .running
+            .set(slots.iter().map(|slot| i64::from(slot.tasks_running)).sum());
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

@@ -31,7 +31,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let url = args.store.url();
     let store = Store::open(&url, metrics.auth().request_queries())
         .await
-        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
+        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?
+        .with_uid_range(args.store.uid_range);
     let config = AuthConfig {
         mode: args.mode,
         session_ttl: args.session_ttl,
@@ -54,11 +55,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         audit_rate_per_minute: args.audit_rate,
         audit_max_rows: args.audit_max_rows,
         token_rate_per_minute: args.token_rate,
+        default_limits: args.process_limits(),
         ..AuthConfig::default()
     };
     match args.mode {
         Mode::Multi => first_admin(&store, args.admin_password_file.as_deref()).await?,
         Mode::Single => single_user(&store, args.password_file.as_deref()).await?,
+    }
+    // Users from before uids existed (or created while the range was
+    // full) get theirs now, before anyone can start a process.
+    match store.assign_missing_uids().await {
+        Ok(0) => {}
+        Ok(n) => info!(users = n, "gave users without a uid one from --uid-range"),
+        Err(err) => warn!(error = %err, "cannot give every user a uid (--uid-range)"),
     }
     let auth = Auth::new(store.clone(), config, metrics.auth())?;
 
@@ -79,7 +88,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     pool_config.heartbeat_timeout = args.heartbeat_timeout;
     pool_config.unavailable_wait = args.unavailable_wait;
     pool_config.sandbox = Some(sandbox.clone());
+    // Before any worker runs: the last run's workers, and their users'
+    // processes, are gone, so none of its tasks still runs. (A killed
+    // master's workers died with it; what their users started, in every
+    // slot of the last run, is killed here.)
+    {
+        let sandbox = sandbox.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || sandbox.kill_every_slot()).await? {
+            warn!(error = %err, "cannot kill what the last run's users left running");
+        }
+    }
+    let master_id = master_id(data_dir)?;
+    crate::recorder::lose_all_at_start(&store, &master_id)
+        .await
+        .context("cannot mark the tasks of the last run lost")?;
     let pool = Pool::start(pool_config, metrics.pool())?;
+    let activity = crate::activity::ActivityHub::new();
+    let recorder = pool.take_events().map(|events| {
+        let recorder = crate::recorder::Recorder {
+            store: store.counting(metrics.auth().background_queries()),
+            pool: pool.clone(),
+            activity: activity.clone(),
+            metrics: metrics.tasks(),
+            master_id: master_id.clone(),
+        };
+        tokio::spawn(recorder.run(events))
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -142,6 +176,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         body_timeout: args.body_timeout,
         transfers: http::Transfers::new(args.max_transfers_per_user),
         metrics_access,
+        activity,
+        tasks: http::TaskSettings {
+            master_id,
+            output_limit: args.task_output_limit,
+            cancel_grace: args.task_cancel_grace,
+            history: args.task_history,
+        },
     });
     let app = http::router(state.clone());
     info!(
@@ -189,6 +230,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     info!("stopping workers");
     pool.shutdown().await;
     sandbox.remove_cgroup_bases();
+    // The workers' last ends and deaths are recorded (the recorder stops
+    // when the stopped pool's queue closes); a database that is down
+    // meanwhile does not hold the exit up for long.
+    if let Some(recorder) = recorder {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), recorder)
+            .await
+            .is_err()
+        {
+            warn!("the last task events could not be recorded in time");
+        }
+    }
     // Writes the last batched last-seen times.
     let _ = background.await;
     info!("stopped");
@@ -325,6 +377,34 @@ fn read_metrics_token(file: &Path) -> anyhow::Result<String> {
         );
     }
     Ok(token)
+}
+
+/// This master's identity in task records (`<data-dir>/master-id`, made
+/// on first start): the same across restarts, so a restart marks exactly
+/// its own earlier tasks lost, and distinct between masters sharing one
+/// PostgreSQL database, so none marks another's.
+fn master_id(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    let file = data_dir.join("master-id");
+    match std::fs::read_to_string(&file) {
+        Ok(text) if uuid::Uuid::parse_str(text.trim()).is_ok() => return Ok(text.trim().into()),
+        Ok(_) => bail!(
+            "{} does not hold a UUID: remove it (this master's running tasks are then not marked lost once)",
+            file.display()
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", file.display())),
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&file)
+        .with_context(|| format!("cannot create {}", file.display()))?;
+    out.write_all(format!("{id}\n").as_bytes())
+        .and_then(|()| out.sync_all())
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(id)
 }
 
 /// Creates `dir` (mode 0700 when new): it holds the database and users' files.

@@ -42,25 +42,29 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
             )
             .await;
             println!(
-                "created {} ({}, id {})",
+                "created {} ({}, id {}, uid {})",
                 user.username,
                 role.as_str(),
-                user.id
+                user.id,
+                user.uid
+                    .map_or_else(|| "none".to_string(), |uid| uid.to_string())
             );
         }
         UserCommand::List { store } => {
             let store = open(&store).await?;
             println!(
-                "{:<24} {:<6} {:<9} {:<36} LAST LOGIN",
-                "USERNAME", "ROLE", "STATE", "ID"
+                "{:<24} {:<6} {:<9} {:<36} {:<10} LAST LOGIN",
+                "USERNAME", "ROLE", "STATE", "ID", "UID"
             );
             for user in store.list_users().await? {
                 println!(
-                    "{:<24} {:<6} {:<9} {:<36} {}",
+                    "{:<24} {:<6} {:<9} {:<36} {:<10} {}",
                     user.username,
                     user.role.as_str(),
                     if user.disabled { "disabled" } else { "active" },
                     user.id,
+                    user.uid
+                        .map_or_else(|| "-".to_string(), |uid| uid.to_string()),
                     user.last_login_at
                         .map_or_else(|| "never".to_string(), crate::http::rfc3339),
                 );
@@ -154,9 +158,10 @@ async fn open(args: &StoreArgs) -> anyhow::Result<Store> {
             args.data_dir.join("warren.db").display()
         );
     }
-    Store::open(&url, Counter::default())
+    Ok(Store::open(&url, Counter::default())
         .await
-        .with_context(|| format!("cannot open the database {}", redact_url(&url)))
+        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?
+        .with_uid_range(args.uid_range))
 }
 
 async fn find(store: &Store, name: &str) -> anyhow::Result<User> {

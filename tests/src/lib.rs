@@ -343,7 +343,7 @@ impl Drop for Server {
         }
         if let Some(base) = &self.cgroup_base {
             use warren_worker::sandbox::{CgroupRoot, Cgroups};
-            if let Ok(cgroups) = Cgroups::discover(&CgroupRoot::Path(base.clone()), false) {
+            if let Ok(cgroups) = Cgroups::discover(&CgroupRoot::Path(base.clone()), "", false) {
                 for slot in 0..self.workers {
                     cgroups.remove_empty(slot);
                 }

@@ -598,6 +598,8 @@ async fn the_cli_manages_users_while_the_server_runs(db: Database) {
 
     let (ok, out, _) = cli(&["list"], None);
     assert!(ok && out.contains("dave") && out.contains("admin"), "{out}");
+    // Users made by the CLI get a uid from the range too.
+    assert!(out.contains("UID") && out.contains(" 2000"), "{out}");
 
     let (ok, out, err) = cli(&["set-role", "dave", "admin"], None);
     assert!(ok, "{out}{err}");

@@ -67,6 +67,11 @@ pub struct AuthConfig {
     pub token_rate_per_minute: u32,
     /// Entry quota (files, directories...) of every user.
     pub default_quota_files: u64,
+    /// Users' process limits unless an admin set others for them.
+    pub default_limits: warren_protocol::ProcessLimits,
+    /// Whether users' processes run as their own uids: only when warren
+    /// runs as root (nothing else can change a process's owner).
+    pub per_user_uids: bool,
 }
 
 impl Default for AuthConfig {
@@ -87,6 +92,8 @@ impl Default for AuthConfig {
             audit_max_rows: 1_000_000,
             token_rate_per_minute: 30,
             default_quota_files: 100_000,
+            default_limits: warren_protocol::ProcessLimits::default(),
+            per_user_uids: rustix::process::geteuid().is_root(),
         }
     }
 }
@@ -172,7 +179,7 @@ impl Principal {
         token_hash: String,
         expires_at: i64,
         last_seen: i64,
-        default_quota: (u64, u64),
+        config: &AuthConfig,
     ) -> Self {
         Principal {
             user_id: user.id,
@@ -180,7 +187,7 @@ impl Principal {
             role: user.role,
             kind,
             token_hash,
-            ctx: ctx_of(user, default_quota),
+            ctx: ctx_of(user, config),
             expires_at,
             last_seen: AtomicI64::new(last_seen),
             flushed: AtomicI64::new(last_seen),
@@ -199,8 +206,11 @@ impl Principal {
     }
 }
 
-/// `default_quota`: bytes and entries of users without their own.
-fn ctx_of(user: &User, default_quota: (u64, u64)) -> UserCtx {
+/// What the workers are told about `user`: the server's defaults (quotas,
+/// process limits) with the user's own values applied, and the user's uid
+/// only when warren runs as root.
+fn ctx_of(user: &User, config: &AuthConfig) -> UserCtx {
+    let default_quota = (config.default_quota_bytes, config.default_quota_files);
     UserCtx {
         id: UserId(*user.id.as_bytes()),
         name: user.username.clone(),
@@ -214,8 +224,14 @@ fn ctx_of(user: &User, default_quota: (u64, u64)) -> UserCtx {
         quota_files: user
             .file_quota
             .map_or(default_quota.1, |quota| quota.max(0) as u64),
-        uid: None,
-        limits: Default::default(),
+        uid: if config.per_user_uids {
+            user.uid.and_then(|uid| u32::try_from(uid).ok())
+        } else {
+            None
+        },
+        limits: user.limits.map_or(config.default_limits, |own| {
+            own.apply(config.default_limits)
+        }),
     }
 }
 
@@ -314,13 +330,7 @@ impl Auth {
     /// What a worker is told about `user` (for work not done on behalf of
     /// a caller holding their credentials, such as an admin's usage report).
     pub fn ctx_of(&self, user: &User) -> UserCtx {
-        ctx_of(
-            user,
-            (
-                self.config.default_quota_bytes,
-                self.config.default_quota_files,
-            ),
-        )
+        ctx_of(user, &self.config)
     }
 
     pub fn store(&self) -> &Store {
@@ -538,10 +548,7 @@ impl Auth {
                     hash.clone(),
                     session.expires_at,
                     session.last_seen_at,
-                    (
-                        self.config.default_quota_bytes,
-                        self.config.default_quota_files,
-                    ),
+                    &self.config,
                 )
             }
             Some(store::Credential::Token(token, user)) => {
@@ -560,10 +567,7 @@ impl Auth {
                     hash.clone(),
                     token.expires_at.unwrap_or(i64::MAX),
                     token.last_used_at.unwrap_or(token.created_at),
-                    (
-                        self.config.default_quota_bytes,
-                        self.config.default_quota_files,
-                    ),
+                    &self.config,
                 )
             }
         };

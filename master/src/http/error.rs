@@ -14,6 +14,9 @@ use std::time::Duration;
 use tracing::{error, warn};
 use warren_protocol::OpError;
 
+/// `Retry-After` of a start refused at the user's task limit.
+pub const TASK_LIMIT_RETRY_AFTER_SECS: u64 = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("no such route")]
@@ -173,6 +176,10 @@ impl IntoResponse for ApiError {
         response.extensions_mut().insert(ErrorCode(code));
         let retry_after = match &self {
             ApiError::TooManyRequests(wait) => Some(retry_after_secs(*wait)),
+            // A task's end frees room; when is unknown: look again soon.
+            ApiError::Pool(PoolError::Op(OpError::TooManyTasks { .. })) => {
+                Some(TASK_LIMIT_RETRY_AFTER_SECS)
+            }
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };

@@ -11,7 +11,8 @@ pub mod extract;
 pub mod listener;
 
 pub use api::files::Transfers;
-pub use api::{check_username, rfc3339};
+pub use api::tasks::TaskSettings;
+pub use api::{check_username, json_integer, rfc3339};
 pub use error::ApiError;
 pub use extract::WebConfig;
 
@@ -98,6 +99,10 @@ pub struct Shared {
     pub transfers: Transfers,
     /// Who may read `/metrics` on the main listener.
     pub metrics_access: MetricsAccess,
+    /// The live activity feed.
+    pub activity: Arc<crate::activity::ActivityHub>,
+    /// Settings of the tasks API.
+    pub tasks: TaskSettings,
 }
 
 impl AppState {

@@ -10,11 +10,13 @@
 
 mod audit;
 mod sessions;
+mod tasks;
 mod users;
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord};
 pub use sessions::{ApiTokenRow, Credential, NewApiToken, NewSession, SessionRow};
-pub use users::{NewUser, Role, User, UserPatch};
+pub use tasks::{LostTasks, NewTask, TaskCursor, TaskFilter, TaskRecord, TaskUpdate};
+pub use users::{LimitOverrides, NewUser, Role, UidRange, User, UserPatch};
 
 use prometheus_client::metrics::counter::Counter;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -171,6 +173,8 @@ pub struct Store {
     /// The last write probe: when, and what it found (see
     /// [`Store::check_writable`]).
     write_probe: std::sync::Arc<tokio::sync::Mutex<Option<WriteProbe>>>,
+    /// Where new users' uids come from (`--uid-range`).
+    uid_range: UidRange,
 }
 
 /// The default database: `<data-dir>/warren.db`.
@@ -236,6 +240,7 @@ impl Store {
             backend,
             queries,
             write_probe: Default::default(),
+            uid_range: UidRange::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -246,6 +251,14 @@ impl Store {
         Store {
             queries,
             ..self.clone()
+        }
+    }
+
+    /// The same database, giving new users uids from `range`.
+    pub fn with_uid_range(self, range: UidRange) -> Store {
+        Store {
+            uid_range: range,
+            ..self
         }
     }
 
@@ -460,6 +473,68 @@ pub(crate) mod tests {
             .await
             .expect("open store");
         (store, dir)
+    }
+
+    /// A store on a fresh PostgreSQL database (`WARREN_TEST_POSTGRES`, as
+    /// the end-to-end tests use), dropped with the returned guard; `None`
+    /// (said loudly) when PostgreSQL is unreachable, unless
+    /// `WARREN_REQUIRE_POSTGRES=1` makes that a failure.
+    pub async fn postgres_store(test: &str) -> Option<(Store, PostgresGuard)> {
+        let admin_url = std::env::var("WARREN_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let required = std::env::var("WARREN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+        sqlx::any::install_default_drivers();
+        let connected = tokio::time::timeout(
+            Duration::from_secs(5),
+            AnyPoolOptions::new().max_connections(1).connect(&admin_url),
+        )
+        .await;
+        let admin = match connected {
+            Ok(Ok(pool)) => pool,
+            _ => {
+                assert!(
+                    !required,
+                    "PostgreSQL at {admin_url} is required but unreachable"
+                );
+                eprintln!("\n*** SKIPPED {test} on PostgreSQL: cannot reach {admin_url}\n");
+                return None;
+            }
+        };
+        let name = format!("warren_unit_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create a test database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        let store = Store::open(&url, Counter::default())
+            .await
+            .expect("open the test database");
+        Some((store, PostgresGuard { admin, name, url }))
+    }
+
+    /// Drops its test database when the test is done with it.
+    pub struct PostgresGuard {
+        admin: AnyPool,
+        name: String,
+        /// The test database's URL.
+        pub url: String,
+    }
+
+    impl PostgresGuard {
+        pub async fn drop_database(self, stores: Vec<Store>) {
+            for store in stores {
+                store.pool.close().await;
+            }
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&self.admin)
+            .await;
+        }
     }
 
     #[tokio::test]

@@ -78,7 +78,7 @@ macro_rules! token_columns {
 macro_rules! joined_user_columns {
     () => {
         "u.id, u.username, u.role, u.disabled, u.created_at, \
-                                   u.last_login_at, u.max_sessions, u.storage_quota_bytes, u.file_quota"
+                                   u.last_login_at, u.max_sessions, u.storage_quota_bytes, u.file_quota, u.uid, u.limits"
     };
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
+use warren_protocol::ProcessLimits;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::ValueEnum,
@@ -46,7 +47,167 @@ pub struct User {
     pub max_sessions: Option<i64>,
     pub storage_quota_bytes: Option<i64>,
     pub file_quota: Option<i64>,
+    /// The uid (and gid) of the user's processes and files when warren
+    /// runs as root; allocated from the uid range, `None` only until the
+    /// next serve start backfills it.
+    pub uid: Option<i64>,
+    /// The admin's overrides of the server's process limits.
+    pub limits: Option<LimitOverrides>,
 }
+
+/// An administrator's overrides of the server's process limits for one
+/// user (`null` or absent fields: the server's default). Stored as JSON
+/// in `users.limits`; sizes in bytes, `0` means "no limit" except for
+/// `cpu_weight` (1-10000) and `tasks` (at least 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// `RLIMIT_AS` of each process, bytes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::http::json_integer"
+    )]
+    pub address_space: Option<u64>,
+    /// `RLIMIT_CPU` of each process, seconds.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::http::json_integer"
+    )]
+    pub cpu_seconds: Option<u64>,
+    /// `RLIMIT_NPROC`: processes of the user's uid at once.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::http::json_integer"
+    )]
+    pub processes: Option<u64>,
+    /// `RLIMIT_FSIZE`: the largest file a process may write, bytes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::http::json_integer"
+    )]
+    pub file_size: Option<u64>,
+    /// `RLIMIT_NOFILE`: open descriptors per process.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::http::json_integer"
+    )]
+    pub open_files: Option<u64>,
+    /// The user's cgroup `memory.max`, bytes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::http::json_integer"
+    )]
+    pub memory: Option<u64>,
+    /// The user's cgroup `pids.max`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::http::json_integer"
+    )]
+    pub pids: Option<u64>,
+    /// The user's cgroup `cpu.weight`, 1-10000.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::http::json_integer"
+    )]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub cpu_weight: Option<u32>,
+    /// Tasks running at once, 1-10000.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::http::json_integer"
+    )]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub tasks: Option<u32>,
+}
+
+impl LimitOverrides {
+    /// `defaults` with these overrides applied.
+    pub fn apply(&self, defaults: ProcessLimits) -> ProcessLimits {
+        ProcessLimits {
+            address_space: self.address_space.unwrap_or(defaults.address_space),
+            cpu_seconds: self.cpu_seconds.unwrap_or(defaults.cpu_seconds),
+            processes: self.processes.unwrap_or(defaults.processes),
+            file_size: self.file_size.unwrap_or(defaults.file_size),
+            open_files: self.open_files.unwrap_or(defaults.open_files),
+            memory: self.memory.unwrap_or(defaults.memory),
+            pids: self.pids.unwrap_or(defaults.pids),
+            cpu_weight: self.cpu_weight.unwrap_or(defaults.cpu_weight),
+            tasks: self.tasks.unwrap_or(defaults.tasks),
+        }
+    }
+
+    /// Why these overrides cannot be applied, if they cannot.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.cpu_weight.is_some_and(|w| !(1..=10_000).contains(&w)) {
+            return Err("limits.cpu_weight must be 1-10000".into());
+        }
+        if self.tasks.is_some_and(|n| !(1..=10_000).contains(&n)) {
+            return Err("limits.tasks must be 1-10000".into());
+        }
+        // Stored as BIGINT-safe JSON numbers and read back by every master.
+        let sizes = [
+            self.address_space,
+            self.cpu_seconds,
+            self.processes,
+            self.file_size,
+            self.open_files,
+            self.memory,
+            self.pids,
+        ];
+        if sizes.iter().flatten().any(|&n| n > i64::MAX as u64) {
+            return Err("limits must be at most 2^63-1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The uids users' processes may be given (`--uid-range`), inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl Default for UidRange {
+    fn default() -> Self {
+        UidRange {
+            first: 200_000,
+            last: 265_535,
+        }
+    }
+}
+
+impl std::str::FromStr for UidRange {
+    type Err = String;
+
+    /// `FIRST-LAST`, both above 0 (never root) and below 2^32-1 (the
+    /// kernel's "no uid"), `FIRST <= LAST`.
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("{text:?} is not a uid range like 200000-265535");
+        let (first, last) = text.trim().split_once('-').ok_or_else(bad)?;
+        let first: u32 = first.trim().parse().map_err(|_| bad())?;
+        let last: u32 = last.trim().parse().map_err(|_| bad())?;
+        if first == 0 || last == u32::MAX || first > last {
+            return Err(format!(
+                "{text:?}: the range must lie within 1-4294967294 and start at or before its end"
+            ));
+        }
+        Ok(UidRange { first, last })
+    }
+}
+
+/// Attempts at a uid before giving up: each failed attempt means another
+/// allocation (another master) won that uid, so this bounds only a storm.
+const UID_ATTEMPTS: u32 = 100;
 
 pub struct NewUser<'a> {
     pub username: &'a str,
@@ -64,14 +225,19 @@ pub struct UserPatch {
     pub max_sessions: Option<Option<i64>>,
     pub storage_quota_bytes: Option<Option<i64>>,
     pub file_quota: Option<Option<i64>>,
+    /// `Some(None)` clears every override.
+    pub limits: Option<Option<LimitOverrides>>,
 }
 
 macro_rules! user_columns {
     () => {
         "id, username, role, disabled, created_at, last_login_at, \
-                            max_sessions, storage_quota_bytes, file_quota"
+                            max_sessions, storage_quota_bytes, file_quota, uid, limits"
     };
 }
+
+/// How many columns `user_columns!` names.
+pub(super) const USER_COLUMNS: usize = 11;
 
 pub(super) fn user_of(row: &AnyRow) -> Result<User> {
     user_at(row, 0)
@@ -89,6 +255,16 @@ pub(super) fn user_at(row: &AnyRow, at: usize) -> Result<User> {
         max_sessions: row.try_get(at + 6)?,
         storage_quota_bytes: row.try_get(at + 7)?,
         file_quota: row.try_get(at + 8)?,
+        uid: row.try_get(at + 9)?,
+        limits: match row.try_get::<Option<String>, _>(at + 10)? {
+            None => None,
+            Some(json) => Some(
+                serde_json::from_str(&json).map_err(|err| StoreError::Corrupt {
+                    table: "users",
+                    detail: format!("bad limits {json:?}: {err}"),
+                })?,
+            ),
+        },
     })
 }
 
@@ -101,9 +277,12 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
+    /// Creates a user with a uid of their own from the store's uid range
+    /// (see [`Store::with_uid_range`]). A uid another master took at the
+    /// same moment makes the insert fail on the unique index: it is retried
+    /// with the next free one.
     pub async fn create_user(&self, new: NewUser<'_>) -> Result<User> {
-        self.count(1);
-        let user = User {
+        let mut user = User {
             id: Uuid::new_v4(),
             username: new.username.to_string(),
             role: new.role,
@@ -113,20 +292,136 @@ impl Store {
             max_sessions: None,
             storage_quota_bytes: None,
             file_quota: None,
+            uid: None,
+            limits: None,
         };
-        sqlx::query(
-            "INSERT INTO users (id, username, password_hash, role, disabled, created_at) \
-             VALUES ($1, $2, $3, $4, 0, $5)",
+        for _ in 0..UID_ATTEMPTS {
+            let uid = match self.free_uid().await {
+                Ok(uid) => uid,
+                // A taken name is the answer to give, full range or not.
+                Err(StoreError::Limit(why)) => {
+                    if self.user_by_name(new.username).await?.is_some() {
+                        return Err(StoreError::Conflict("a user with this name"));
+                    }
+                    return Err(StoreError::Limit(why));
+                }
+                Err(err) => return Err(err),
+            };
+            self.count(1);
+            let inserted = sqlx::query(
+                "INSERT INTO users (id, username, password_hash, role, disabled, created_at, uid) \
+                 VALUES ($1, $2, $3, $4, 0, $5, $6)",
+            )
+            .bind(user.id.to_string())
+            .bind(&user.username)
+            .bind(new.password_hash)
+            .bind(user.role.as_str())
+            .bind(user.created_at)
+            .bind(uid)
+            .execute(&self.pool)
+            .await;
+            match inserted {
+                Ok(_) => {
+                    user.uid = Some(uid);
+                    return Ok(user);
+                }
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    if self.user_by_name(new.username).await?.is_some() {
+                        return Err(StoreError::Conflict("a user with this name"));
+                    }
+                    // The uid went to another user meanwhile: the next one.
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(StoreError::Limit(format!(
+            "no uid could be allocated in {UID_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// The lowest uid of the range above every allocated one, or the
+    /// lowest gap when the top is taken; [`StoreError::Limit`] when the
+    /// range is full. Only a proposal: the unique index decides.
+    async fn free_uid(&self) -> Result<i64> {
+        let (first, last) = (
+            i64::from(self.uid_range.first),
+            i64::from(self.uid_range.last),
+        );
+        self.count(1);
+        let top: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(uid) FROM users WHERE uid >= $1 AND uid <= $2")
+                .bind(first)
+                .bind(last)
+                .fetch_one(&self.pool)
+                .await?;
+        match top {
+            None => return Ok(first),
+            Some(top) if top < last => return Ok(top + 1),
+            Some(_) => {}
+        }
+        self.count(2);
+        let first_taken = sqlx::query("SELECT 1 FROM users WHERE uid = $1")
+            .bind(first)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if !first_taken {
+            return Ok(first);
+        }
+        let gap: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(u.uid) + 1 FROM users u WHERE u.uid >= $1 AND u.uid < $2 \
+             AND NOT EXISTS (SELECT 1 FROM users v WHERE v.uid = u.uid + 1)",
         )
-        .bind(user.id.to_string())
-        .bind(&user.username)
-        .bind(new.password_hash)
-        .bind(user.role.as_str())
-        .bind(user.created_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|err| StoreError::conflict_or(err, "a user with this name"))?;
-        Ok(user)
+        .bind(first)
+        .bind(last)
+        .fetch_one(&self.pool)
+        .await?;
+        gap.ok_or_else(|| {
+            StoreError::Limit(format!(
+                "every uid of the range {first}-{last} is taken (--uid-range)"
+            ))
+        })
+    }
+
+    /// Gives every user without a uid one from the range (users created
+    /// before uids existed); returns how many were given one. Safe with
+    /// several masters at once: a user is only ever given one uid (`uid IS
+    /// NULL` in the update), and a uid only ever one user (the index).
+    pub async fn assign_missing_uids(&self) -> Result<u64> {
+        self.count(1);
+        let rows = sqlx::query("SELECT id FROM users WHERE uid IS NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut assigned = 0;
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let mut done = false;
+            for _ in 0..UID_ATTEMPTS {
+                let uid = self.free_uid().await?;
+                self.count(1);
+                let updated =
+                    sqlx::query("UPDATE users SET uid = $1 WHERE id = $2 AND uid IS NULL")
+                        .bind(uid)
+                        .bind(&id)
+                        .execute(&self.pool)
+                        .await;
+                match updated {
+                    Ok(result) => {
+                        assigned += result.rows_affected();
+                        done = true;
+                        break;
+                    }
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {}
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            if !done {
+                return Err(StoreError::Limit(format!(
+                    "no uid could be allocated in {UID_ATTEMPTS} attempts"
+                )));
+            }
+        }
+        Ok(assigned)
     }
 
     /// The user and their password hash, by case-insensitive name.
@@ -140,7 +435,7 @@ impl Store {
         .bind(username)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| Ok((user_of(&row)?, row.try_get(9)?)))
+        row.map(|row| Ok((user_of(&row)?, row.try_get(USER_COLUMNS)?)))
             .transpose()
     }
 
@@ -235,6 +530,22 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(limits) = &patch.limits {
+            statements += 1;
+            let json = limits
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|err| StoreError::Corrupt {
+                    table: "users",
+                    detail: format!("cannot encode limits: {err}"),
+                })?;
+            sqlx::query("UPDATE users SET limits = $1 WHERE id = $2")
+                .bind(json)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(role) = patch.role.filter(|_| role_changes) {
             statements += 1;
             sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
@@ -263,7 +574,8 @@ impl Store {
         // worker with every request): a change reloads them too.
         let limits_change = patch.max_sessions.is_some()
             || patch.storage_quota_bytes.is_some()
-            || patch.file_quota.is_some();
+            || patch.file_quota.is_some()
+            || patch.limits.is_some();
         if role_changes || disables || enables || limits_change || patch.password_hash.is_some() {
             statements += 1;
             Self::push_event(&mut tx, "user", &id.to_string()).await?;
@@ -454,5 +766,150 @@ mod tests {
             .is_none());
         assert!(store.delete_user(bob.id).await.expect("delete"));
         assert!(!store.delete_user(bob.id).await.expect("delete again"));
+    }
+
+    /// Two masters (two pools on one database) creating users at once
+    /// never hand out one uid twice; a full range is a clear error; a
+    /// freed uid is reused; users without a uid get one at start.
+    pub(crate) async fn uids_are_unique_under_concurrency(first: Store, second: Store) {
+        let range = UidRange {
+            first: 300_000,
+            last: 300_099,
+        };
+        let (first, second) = (first.with_uid_range(range), second.with_uid_range(range));
+        let mut creations = Vec::new();
+        for n in 0..40 {
+            let store = if n % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            creations.push(tokio::spawn(async move {
+                store
+                    .create_user(NewUser {
+                        username: &format!("user{n}"),
+                        password_hash: "h",
+                        role: Role::User,
+                    })
+                    .await
+            }));
+        }
+        let mut uids = std::collections::HashSet::new();
+        for creation in creations {
+            let user = creation.await.expect("join").expect("created");
+            let uid = user.uid.expect("a uid");
+            assert!((300_000..=300_099).contains(&uid), "{uid} in range");
+            assert!(uids.insert(uid), "uid {uid} handed out twice");
+        }
+        let stored: std::collections::HashSet<i64> = first
+            .list_users()
+            .await
+            .expect("list")
+            .iter()
+            .filter_map(|u| u.uid)
+            .collect();
+        assert_eq!(stored, uids, "the returned uids are the stored ones");
+
+        // A small range: full, then a freed uid is reused.
+        let tiny = first.clone().with_uid_range(UidRange {
+            first: 400_000,
+            last: 400_001,
+        });
+        let make = |name: &'static str| {
+            let tiny = tiny.clone();
+            async move {
+                tiny.create_user(NewUser {
+                    username: name,
+                    password_hash: "h",
+                    role: Role::User,
+                })
+                .await
+            }
+        };
+        let a = make("tiny-a").await.expect("a");
+        let b = make("tiny-b").await.expect("b");
+        assert_eq!((a.uid, b.uid), (Some(400_000), Some(400_001)));
+        let err = make("tiny-c").await.expect_err("the range is full");
+        assert!(matches!(err, StoreError::Limit(_)), "{err}");
+        assert!(err.to_string().contains("--uid-range"), "{err}");
+        assert!(tiny.delete_user(a.id).await.expect("delete"));
+        assert_eq!(make("tiny-d").await.expect("d").uid, Some(400_000));
+        // A name conflict is still a name conflict, not a uid retry.
+        let err = make("tiny-b").await.expect_err("name taken");
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+
+        // Users from before uids: backfilled, once, by either master.
+        sqlx::query("UPDATE users SET uid = NULL WHERE username IN ('user0', 'user1')")
+            .execute(&first.pool)
+            .await
+            .expect("forget two uids");
+        let (one, two) = tokio::join!(first.assign_missing_uids(), second.assign_missing_uids());
+        assert_eq!(one.expect("assign") + two.expect("assign"), 2);
+        let users = first.list_users().await.expect("list");
+        let all: Vec<i64> = users.iter().filter_map(|u| u.uid).collect();
+        assert_eq!(all.len(), users.len(), "every user has a uid");
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "no uid twice");
+    }
+
+    #[tokio::test]
+    async fn uids_are_unique_under_concurrency_on_sqlite() {
+        let (store, dir) = sqlite_store().await;
+        let second = Store::open(
+            &crate::store::default_url(dir.path()),
+            prometheus_client::metrics::counter::Counter::default(),
+        )
+        .await
+        .expect("a second pool");
+        uids_are_unique_under_concurrency(store, second).await;
+    }
+
+    #[tokio::test]
+    async fn uids_are_unique_under_concurrency_on_postgres() {
+        let Some((store, guard)) =
+            crate::store::tests::postgres_store("uids_are_unique_under_concurrency").await
+        else {
+            return;
+        };
+        // The guard's database, through a second pool of its own.
+        let second = Store::open(
+            &guard.url,
+            prometheus_client::metrics::counter::Counter::default(),
+        )
+        .await
+        .expect("a second pool");
+        uids_are_unique_under_concurrency(store.clone(), second.clone()).await;
+        guard.drop_database(vec![store, second]).await;
+    }
+
+    #[test]
+    fn uid_ranges_parse() {
+        assert_eq!("200000-265535".parse::<UidRange>(), Ok(UidRange::default()));
+        for bad in ["0-10", "10-5", "5", "a-b", "1-4294967295", ""] {
+            assert!(bad.parse::<UidRange>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limit_overrides_apply_and_check() {
+        let overrides: LimitOverrides =
+            serde_json::from_str(r#"{"memory": 1024, "tasks": 2}"#).expect("parse");
+        let limits = overrides.apply(ProcessLimits::default());
+        assert_eq!((limits.memory, limits.tasks), (1024, 2));
+        assert_eq!(limits.pids, ProcessLimits::default().pids);
+        assert!(serde_json::from_str::<LimitOverrides>(r#"{"bogus": 1}"#).is_err());
+        assert!(LimitOverrides {
+            cpu_weight: Some(0),
+            ..Default::default()
+        }
+        .check()
+        .is_err());
+        assert!(LimitOverrides {
+            tasks: Some(0),
+            ..Default::default()
+        }
+        .check()
+        .is_err());
+        assert!(overrides.check().is_ok());
     }
 }

@@ -3,14 +3,15 @@
 //! of the user's and can be killed together, grandchildren that called
 //! `setsid` included.
 //!
-//! Layout, under a base (`<own cgroup>/warren` by default):
+//! Layout, under a base (`<own cgroup>/warren-<hash of the data dir>` by
+//! default, see [`instance_name`]):
 //!
 //! ```text
 //! <v2 base>/master                      the master and its workers (only
 //!                                       when they had to leave their own
 //!                                       cgroup: v2's no-internal-processes rule)
 //! <v2 base>/slot-<N>/user-<id>/<group>  a launch's processes (a leaf)
-//! <v1 mount><own v1>/warren/slot-<N>/user-<id>   per controller missing
+//! <v1 mount><own v1>/<base name>/slot-<N>/user-<id>   per controller missing
 //!                                       from v2 but mounted as v1
 //! ```
 //!
@@ -49,7 +50,10 @@ impl Controller {
 /// How the operator wants cgroups used (`--cgroup-root`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum CgroupRoot {
-    /// `<own v2 cgroup>/warren`, if writable.
+    /// `<own v2 cgroup>/warren-<instance>`, if writable: `<instance>`
+    /// names the data directory ([`instance_name`]), so two warrens in one
+    /// cgroup never kill each other's users' processes, and a restart on
+    /// the same data directory finds what its predecessor left.
     #[default]
     Auto,
     /// No cgroups: process groups only.
@@ -119,7 +123,8 @@ impl Cgroups {
     /// `<base>/master` so that controllers can be enabled below its own
     /// cgroup. Workers pass the master's resolved base as a path and do
     /// not create it. Errors say why cgroups cannot be used.
-    pub fn discover(root: &CgroupRoot, create: bool) -> Result<Cgroups, String> {
+    /// `instance` names an `Auto` base ([`instance_name`]).
+    pub fn discover(root: &CgroupRoot, instance: &str, create: bool) -> Result<Cgroups, String> {
         let mounts = Mounts::read().map_err(|err| format!("cannot read mountinfo: {err}"))?;
         let own =
             OwnCgroups::read().map_err(|err| format!("cannot read /proc/self/cgroup: {err}"))?;
@@ -127,7 +132,7 @@ impl Cgroups {
             (CgroupRoot::Off, _, _) => return Err("cgroups are off (--cgroup-root off)".into()),
             (CgroupRoot::Path(path), _, _) => Some(path.clone()),
             (CgroupRoot::Auto, Some(mount), Some(own)) => {
-                Some(join_cgroup(mount, own).join("warren"))
+                Some(join_cgroup(mount, own).join(instance))
             }
             (CgroupRoot::Auto, _, _) => None,
         };
@@ -136,8 +141,8 @@ impl Cgroups {
         let name = match root {
             CgroupRoot::Path(path) => path
                 .file_name()
-                .map_or_else(|| "warren".into(), |n| n.to_os_string()),
-            _ => "warren".into(),
+                .map_or_else(|| instance.into(), |n| n.to_os_string()),
+            _ => instance.into(),
         };
         let mut found = Cgroups {
             v2_base: None,
@@ -253,6 +258,35 @@ impl Cgroups {
         Ok(())
     }
 
+    /// [`Cgroups::kill_slot`] for every slot found under the bases (a
+    /// master starting: the last run may have had more slots).
+    pub fn kill_every_slot(&self, patience: Duration) -> Result<(), Error> {
+        let mut slots = std::collections::BTreeSet::new();
+        let bases = self
+            .v2_base
+            .iter()
+            .chain(self.v1_bases.iter().map(|(_, base)| base));
+        for base in bases {
+            let Ok(entries) = std::fs::read_dir(base) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if let Some(slot) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("slot-"))
+                    .and_then(|n| n.parse::<u32>().ok())
+                {
+                    slots.insert(slot);
+                }
+            }
+        }
+        for slot in slots {
+            self.kill_slot(slot, patience)?;
+        }
+        Ok(())
+    }
+
     /// Removes the base cgroups if no slot is left in them (a master
     /// stopping, after [`Cgroups::kill_slot`] of each slot). Never a slot's
     /// cgroup: another process may be creating one meanwhile.
@@ -279,6 +313,21 @@ impl Cgroups {
             remove_tree(&base.join(format!("slot-{slot}")), false);
         }
     }
+}
+
+/// `warren-<16 hex digits>`: FNV-1a of the data directory's path (a
+/// published, frozen hash: the name must not change between builds, or a
+/// new master would not find what the last one left).
+pub fn instance_name(data_dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let hash = data_dir
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("warren-{hash:016x}")
 }
 
 /// The cgroups a launch's stage joins.
@@ -734,6 +783,17 @@ mod tests {
         assert_eq!(
             join_cgroup(Path::new("/m"), "/a/b"),
             PathBuf::from("/m/a/b")
+        );
+    }
+
+    #[test]
+    fn instance_names_are_frozen() {
+        // FNV-1a 64 of the empty string and of "a" (published vectors).
+        assert_eq!(instance_name(Path::new("")), "warren-cbf29ce484222325");
+        assert_eq!(instance_name(Path::new("a")), "warren-af63dc4c8601ec8c");
+        assert_ne!(
+            instance_name(Path::new("/var/lib/warren")),
+            instance_name(Path::new("/srv/warren"))
         );
     }
 

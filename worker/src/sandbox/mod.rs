@@ -291,7 +291,9 @@ impl Sandbox {
         let (cgroups, cgroup_problem) = if mode == Mode::Off {
             (None, Some("--sandbox off".to_string()))
         } else {
-            match Cgroups::discover(&config.cgroup_root, create_cgroups) {
+            let data_dir = config.users_dir.parent().unwrap_or(&config.users_dir);
+            let instance = cgroup::instance_name(data_dir);
+            match Cgroups::discover(&config.cgroup_root, &instance, create_cgroups) {
                 Ok(found) => (Some(found), None),
                 Err(problem) => (None, Some(problem)),
             }
@@ -356,6 +358,15 @@ impl Sandbox {
     pub fn kill_slot(&self, slot: u32) -> std::io::Result<()> {
         match &self.cgroups {
             Some(cgroups) => cgroups.kill_slot(slot, KILL_PATIENCE),
+            None => Ok(()),
+        }
+    }
+
+    /// Kills what every slot's users left (a master starting, before its
+    /// workers: the last run may have had other slots). Blocking.
+    pub fn kill_every_slot(&self) -> std::io::Result<()> {
+        match &self.cgroups {
+            Some(cgroups) => cgroups.kill_every_slot(KILL_PATIENCE),
             None => Ok(()),
         }
     }

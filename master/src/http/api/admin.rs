@@ -6,7 +6,9 @@ use crate::auth::password;
 use crate::http::error::ErrorBody;
 use crate::http::extract::{Admin, ApiJson, ApiPath, ApiQuery, ClientInfo};
 use crate::http::{ApiError, AppState};
-use crate::store::{AuditEntry, AuditFilter, AuditRecord, NewUser, Role, User, UserPatch};
+use crate::store::{
+    AuditEntry, AuditFilter, AuditRecord, LimitOverrides, NewUser, Role, User, UserPatch,
+};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -159,6 +161,29 @@ pub struct PatchUser {
     #[serde(default, deserialize_with = "super::double_option_integer")]
     #[schema(value_type = Option<i64>, minimum = 0)]
     pub file_quota: Option<Option<i64>>,
+    /// Overrides of the server's process limits (each field replaces the
+    /// server's default for this user; absent fields keep it); `null`
+    /// clears every override. Applies to processes started from then on.
+    #[serde(default, deserialize_with = "limit_overrides")]
+    #[schema(value_type = Option<LimitOverrides>)]
+    pub limits: Option<Option<LimitOverrides>>,
+}
+
+/// `limits` of a PATCH: an object (serde would also take a struct written
+/// as an array, which the document does not allow), or `null`.
+fn limit_overrides<'de, D>(deserializer: D) -> Result<Option<Option<LimitOverrides>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let Some(fields) =
+        Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+    else {
+        return Ok(Some(None));
+    };
+    serde_json::from_value(serde_json::Value::Object(fields))
+        .map(|limits| Some(Some(limits)))
+        .map_err(D::Error::custom)
 }
 
 /// Change a user's role, standing, password or limits. A password reset
@@ -205,6 +230,9 @@ async fn patch_user(
             ));
         }
     }
+    if let Some(Some(limits)) = &patch.limits {
+        limits.check().map_err(ApiError::Unprocessable)?;
+    }
     let password_hash = match &patch.password {
         Some(password) => {
             password::check_policy(password)?;
@@ -219,6 +247,7 @@ async fn patch_user(
         max_sessions: patch.max_sessions,
         storage_quota_bytes: patch.storage_quota_bytes,
         file_quota: patch.file_quota,
+        limits: patch.limits,
     };
     let (before, user) = state
         .auth
@@ -250,11 +279,17 @@ async fn patch_user(
         (
             patch.max_sessions.is_some()
                 || patch.storage_quota_bytes.is_some()
-                || patch.file_quota.is_some(),
+                || patch.file_quota.is_some()
+                || patch.limits.is_some(),
             "limits_changed",
             Some(format!(
-                "max_sessions {:?}, storage_quota_bytes {:?}, file_quota {:?}",
-                user.max_sessions, user.storage_quota_bytes, user.file_quota
+                "max_sessions {:?}, storage_quota_bytes {:?}, file_quota {:?}, process limits {}",
+                user.max_sessions,
+                user.storage_quota_bytes,
+                user.file_quota,
+                user.limits
+                    .and_then(|l| serde_json::to_string(&l).ok())
+                    .unwrap_or_else(|| "default".into())
             )),
         ),
     ];

@@ -161,6 +161,19 @@ pub(super) fn complete(doc: &mut OpenApi, mode: Mode) {
         {
             complete_operation(path, op);
         }
+        // A task's output is bytes, whatever the task wrote.
+        if path == "/api/v1/tasks/{id}/output" {
+            if let Some(get) = &mut item.get {
+                for status in ["200", "206"] {
+                    if let Some(RefOr::T(response)) = get.responses.responses.get_mut(status) {
+                        response.content.clear();
+                        response
+                            .content
+                            .insert("application/octet-stream".into(), file_bytes());
+                    }
+                }
+            }
+        }
         if path == "/api/v1/files/{path}" {
             if let Some(get) = &mut item.get {
                 for status in ["200", "206"] {
@@ -212,6 +225,7 @@ pub(super) fn complete(doc: &mut OpenApi, mode: Mode) {
             }
         }
     }
+    tasks_schemas(doc);
     // The same request body serves both modes; in multi-user mode the
     // server requires `username`.
     if mode == Mode::Multi {
@@ -228,6 +242,65 @@ pub(super) fn complete(doc: &mut OpenApi, mode: Mode) {
                     username.schema_type = SchemaType::Type(Type::String);
                 }
             }
+        }
+    }
+}
+
+/// What `POST /tasks` checks, as far as a schema can say it: a command is
+/// 1-1024 arguments or a shell line with something in it, none with a
+/// NUL; environment names `[A-Za-z_][A-Za-z0-9_]*`, at most 256, values
+/// without NUL; stdin at most 1 MiB; `cwd` a workspace path.
+fn tasks_schemas(doc: &mut OpenApi) {
+    use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, OneOfBuilder};
+    let Some(components) = &mut doc.components else {
+        return;
+    };
+    let no_nul = |pattern: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .build()
+    };
+    let argv = ArrayBuilder::new()
+        .items(no_nul(r"^[^\u0000]*$"))
+        .min_items(Some(1))
+        .max_items(Some(crate::http::api::tasks::MAX_ARGS));
+    let line = no_nul(r"^[^\u0000]*\S[^\u0000]*$");
+    let command = OneOfBuilder::new()
+        .item(Schema::Array(argv.build()))
+        .item(Schema::Object(line))
+        .description(Some(
+            "An argument vector (the program first), or a shell line run by `/bin/sh -c`",
+        ));
+    components.schemas.insert(
+        "TaskCommand".into(),
+        RefOr::T(Schema::OneOf(command.build())),
+    );
+    if let Some(RefOr::T(Schema::Object(start))) = components.schemas.get_mut("StartTask") {
+        let env = ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[A-Za-z_][A-Za-z0-9_]*$")),
+            ))
+            .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(Schema::Object(
+                no_nul(r"^[^\u0000]*$"),
+            )))))
+            .max_properties(Some(crate::http::api::tasks::MAX_ENV_VARS))
+            .description(Some(
+                "Variables added to the sandbox's clean environment; their values are never stored",
+            ));
+        start
+            .properties
+            .insert("env".into(), RefOr::T(Schema::Object(env.build())));
+        if let Some(RefOr::T(Schema::Object(stdin))) = start.properties.get_mut("stdin") {
+            stdin.max_length = Some(crate::http::api::tasks::MAX_STDIN);
+        }
+        if let Some(RefOr::T(Schema::Object(cwd))) = start.properties.get_mut("cwd") {
+            cwd.pattern = Some(PATH_PATTERN.to_string());
+            let described = cwd.description.take().unwrap_or_default();
+            cwd.description = Some(format!("{described} {}", path_rules()).trim().into());
         }
     }
 }

@@ -6,6 +6,7 @@
 //! the handlers' `#[utoipa::path]` annotations are listed in the document
 //! by `api::ApiDoc`, and `api::tests` checks that both agree.
 
+use crate::activity::ActivityKind;
 use crate::http::error::{ErrorBody, ErrorCode};
 use crate::http::extract::{ApiQuery, Authed};
 use crate::http::{ApiError, AppState};
@@ -130,13 +131,13 @@ impl Transfers {
 }
 
 /// One transfer of `user`'s, counted until dropped.
-struct Transfer {
+pub(super) struct Transfer {
     state: AppState,
     user: UserId,
 }
 
 impl Transfer {
-    fn begin(state: &AppState, user: UserId) -> Result<Transfer, ApiError> {
+    pub(super) fn begin(state: &AppState, user: UserId) -> Result<Transfer, ApiError> {
         let mut active = state.transfers.lock();
         let count = active.entry(user).or_insert(0);
         if *count >= state.transfers.limit {
@@ -558,7 +559,7 @@ fn weak_eq(a: &str, b: &str) -> bool {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum RangeAnswer {
+pub(super) enum RangeAnswer {
     /// No usable range (absent, malformed or several): send everything.
     Whole,
     /// Inclusive first and last byte.
@@ -568,7 +569,7 @@ enum RangeAnswer {
 
 /// One `bytes=` range of RFC 9110 §14.1.2 against a file of `size` bytes.
 /// Several ranges are answered with the whole file, which the RFC allows.
-fn parse_range(value: &str, size: u64) -> RangeAnswer {
+pub(super) fn parse_range(value: &str, size: u64) -> RangeAnswer {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return RangeAnswer::Whole;
     };
@@ -674,12 +675,13 @@ pub(super) async fn put_file(
         (None, None) => Precondition::None,
     };
     let kind = StreamKind::WriteFile {
-        path,
+        path: path.clone(),
         precondition,
         parents: query.parents,
         staged: false,
     };
     let outcome = write_stream(&state, &principal.ctx, kind, body.into_data_stream()).await?;
+    announce(&state, &principal, ActivityKind::FileWritten { path });
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
@@ -828,6 +830,7 @@ pub(super) async fn upload(
         stages: Vec::new(),
     };
     let idle = state.upload_idle_timeout;
+    let mut paths = Vec::new();
     loop {
         let field = tokio::time::timeout(idle, form.next_field())
             .await
@@ -844,6 +847,7 @@ pub(super) async fn upload(
         } else {
             format!("{dir}/{name}")
         };
+        paths.push(path.clone());
         let kind = StreamKind::WriteFile {
             path,
             precondition: Precondition::None,
@@ -868,6 +872,13 @@ pub(super) async fn upload(
         Reply::Written(written) => written,
         other => return Err(unexpected(other)),
     };
+    for path in &paths {
+        announce(
+            &state,
+            &principal,
+            ActivityKind::FileWritten { path: path.clone() },
+        );
+    }
     let written: Vec<EntryView> = written.iter().map(|w| EntryView::from(&w.entry)).collect();
     Ok((StatusCode::CREATED, Json(written)).into_response())
 }
@@ -924,10 +935,11 @@ pub(super) async fn delete_file(
 ) -> Result<StatusCode, ApiError> {
     let path = checked(&path?.0)?;
     let op = FileOp::Delete {
-        path,
+        path: path.clone(),
         recursive: query.recursive,
     };
     call(&state, &principal.ctx, op).await?;
+    announce(&state, &principal, ActivityKind::FileDeleted { path });
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -985,19 +997,30 @@ pub(super) async fn post_file(
             .map_err(|err| ApiError::Unprocessable(format!("the JSON body: {err}")))?;
         checked(&destination.to)
     };
-    let op = match query.op.as_str() {
-        "mkdir" => FileOp::Mkdir {
-            path,
-            parents: query.parents,
-        },
-        "move" => FileOp::Move {
-            from: path,
-            to: destination()?,
-        },
-        "copy" => FileOp::Copy {
-            from: path,
-            to: destination()?,
-        },
+    let (op, happened) = match query.op.as_str() {
+        "mkdir" => (
+            FileOp::Mkdir {
+                path: path.clone(),
+                parents: query.parents,
+            },
+            ActivityKind::DirCreated { path },
+        ),
+        "move" => {
+            let to = destination()?;
+            let kind = ActivityKind::FileMoved {
+                from: path.clone(),
+                to: to.clone(),
+            };
+            (FileOp::Move { from: path, to }, kind)
+        }
+        "copy" => {
+            let to = destination()?;
+            let kind = ActivityKind::FileCopied {
+                from: path.clone(),
+                to: to.clone(),
+            };
+            (FileOp::Copy { from: path, to }, kind)
+        }
         other => {
             return Err(ApiError::BadRequest(format!(
                 "unknown op {other:?}: use mkdir, move or copy"
@@ -1005,9 +1028,19 @@ pub(super) async fn post_file(
         }
     };
     match call(&state, &principal.ctx, op).await? {
-        Reply::Entry(entry) => Ok(entry_response(StatusCode::CREATED, &entry)),
+        Reply::Entry(entry) => {
+            announce(&state, &principal, happened);
+            Ok(entry_response(StatusCode::CREATED, &entry))
+        }
         other => Err(unexpected(other)),
     }
+}
+
+/// Tells the activity feed about a change the caller made.
+fn announce(state: &AppState, principal: &crate::auth::Principal, kind: ActivityKind) {
+    state
+        .activity
+        .publish(principal.user_id, Some(&principal.username), kind);
 }
 
 #[cfg(test)]

@@ -2,11 +2,13 @@
 //! generated from the handlers themselves (utoipa), so the document cannot
 //! leave a route out.
 
+mod activity;
 mod admin;
 mod auth;
 mod conformance;
 pub mod files;
 mod me;
+pub mod tasks;
 mod workspace;
 
 use super::error::ErrorBody;
@@ -27,7 +29,11 @@ use uuid::Uuid;
                        cookie (set by `POST /auth/login`) or `Authorization: Bearer` with a \
                        session or API token. Every error is `{\"error\":{\"code\",\"message\"}}`."
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(
+        ErrorBody,
+        crate::activity::Activity,
+        crate::activity::ActivitySummary
+    )),
     paths(
         files::list_root,
         files::get_file,
@@ -64,9 +70,14 @@ pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) 
     let mut api = OpenApiRouter::new()
         .merge(auth::routes())
         .merge(me::routes())
-        .merge(workspace::routes());
+        .merge(workspace::routes())
+        .merge(tasks::routes())
+        .merge(activity::routes());
     if mode == Mode::Multi {
-        api = api.merge(admin::routes()).merge(workspace::admin_routes());
+        api = api
+            .merge(admin::routes())
+            .merge(workspace::admin_routes())
+            .merge(activity::admin_routes());
     }
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api)
@@ -100,6 +111,9 @@ pub struct UserView {
     /// RFC 3339.
     pub created_at: String,
     pub last_login_at: Option<String>,
+    /// The uid (and gid) of the user's processes and files when the
+    /// server runs as root.
+    pub uid: Option<i64>,
     pub limits: Limits,
 }
 
@@ -110,6 +124,9 @@ pub struct Limits {
     pub storage_quota_bytes: Option<i64>,
     /// Entries (files, directories...) in the workspace.
     pub file_quota: Option<i64>,
+    /// The administrator's overrides of the server's process limits
+    /// (`null`: none; absent fields: the server's default).
+    pub process: Option<store::LimitOverrides>,
 }
 
 impl From<&User> for UserView {
@@ -121,10 +138,12 @@ impl From<&User> for UserView {
             disabled: user.disabled,
             created_at: rfc3339(user.created_at),
             last_login_at: user.last_login_at.map(rfc3339),
+            uid: user.uid,
             limits: Limits {
                 max_sessions: user.max_sessions,
                 storage_quota_bytes: user.storage_quota_bytes,
                 file_quota: user.file_quota,
+                process: user.limits,
             },
         }
     }
@@ -255,6 +274,15 @@ where
         }
         _ => Err(D::Error::custom(format!("{number} is not an integer"))),
     }
+}
+
+/// [`integer`] for fields of other modules' JSON bodies.
+pub fn json_integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    integer(deserializer)
 }
 
 /// [`integer`] for PATCH fields, where `null` (reset) differs from absent
