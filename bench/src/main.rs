@@ -196,6 +196,8 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    // The pool's workers re-execute this binary for users' processes too.
+    warren_master::dispatch_sandbox_stage();
     let cli = Cli::parse();
     match cli.command {
         Command::Worker(args) => run_worker(args),

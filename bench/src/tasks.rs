@@ -259,17 +259,113 @@ async fn spawn_echo() -> Result<Duration> {
 /// Spawning through the worker's own sandbox, in this process.
 mod sandbox {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use warren_protocol::{ProcessLimits, Role, UserCtx, UserId};
+    use warren_worker::sandbox::{Sandbox, SandboxConfig};
+    use warren_worker::tasks::launch::{Launch, Launcher};
+    use warren_worker::workspace::Workspaces;
 
-    pub struct Local {}
+    /// A slot no worker of a warren on this machine has: its cgroups are
+    /// this benchmark's alone.
+    const SLOT: u32 = u32::MAX - 1;
+
+    pub struct Local {
+        launcher: Launcher,
+        sandbox: Sandbox,
+        user: UserCtx,
+        launches: AtomicU64,
+    }
 
     impl Local {
-        /// `None` until the sandbox can be driven from here.
-        pub fn new(_dir: &std::path::Path) -> Result<Option<Local>> {
-            Ok(None)
+        /// The worker's launcher over a data directory in `dir`, with the
+        /// same probe a worker makes; `None` (and why, on stderr) when the
+        /// sandbox refuses to run anything here.
+        pub fn new(dir: &std::path::Path) -> Result<Option<Local>> {
+            let data = dir.join("sandbox-data");
+            let users = data.join("users");
+            std::fs::create_dir_all(&users).context("cannot create the users directory")?;
+            // The user's uid traverses (never lists) the way to its workspace.
+            for path in [dir, &data, &users] {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))
+                    .with_context(|| format!("cannot chmod {}", path.display()))?;
+            }
+            // The stage is this very binary (`main` dispatches it).
+            let config = SandboxConfig::new(users.clone(), SLOT);
+            let sandbox = Sandbox::probe(config, true);
+            if let Err(refused) = &sandbox.report().decision.allowed {
+                eprintln!("sandboxed spawns not measured: {refused}");
+                return Ok(None);
+            }
+            let root = rustix::process::geteuid().is_root();
+            let user = UserCtx {
+                id: UserId([0xbe; 16]),
+                name: "bench".into(),
+                role: Role::User,
+                quota_bytes: 1 << 30,
+                quota_files: 100_000,
+                uid: root.then_some(265_000),
+                limits: ProcessLimits {
+                    address_space: 0,
+                    cpu_seconds: 60,
+                    processes: 256,
+                    file_size: 1 << 30,
+                    open_files: 1024,
+                    memory: 256 << 20,
+                    pids: 256,
+                    cpu_weight: 100,
+                    tasks: 8,
+                },
+            };
+            Workspaces::new(users)
+                .open_as(user.id, user.uid)
+                .map_err(|err| anyhow::anyhow!("cannot open the workspace: {err}"))?;
+            Ok(Some(Local {
+                launcher: Launcher::new(sandbox.clone()),
+                sandbox,
+                user,
+                launches: AtomicU64::new(0),
+            }))
         }
 
+        /// `/bin/echo warren` in the sandbox: from asking to the first byte.
         pub async fn echo(&self) -> Result<Duration> {
-            bail!("no sandbox")
+            let n = self.launches.fetch_add(1, Ordering::Relaxed);
+            let began = Instant::now();
+            let spawned = self
+                .launcher
+                .spawn(
+                    &self.user,
+                    Launch {
+                        argv: vec!["/bin/echo".into(), "warren".into()],
+                        cwd: String::new(),
+                        env: Vec::new(),
+                        group: format!("bench-{n}"),
+                        stdin: std::process::Stdio::null(),
+                        stdout: std::process::Stdio::piped(),
+                        stderr: std::process::Stdio::null(),
+                    },
+                )
+                .await
+                .map_err(|err| anyhow::anyhow!("sandboxed spawn failed: {err}"))?;
+            let mut child = spawned.child;
+            let mut stdout = child.stdout.take().context("no stdout")?;
+            let mut first = [0u8; 1];
+            stdout.read_exact(&mut first).await.context("no output")?;
+            let took = began.elapsed();
+            child
+                .wait()
+                .await
+                .context("cannot wait for the sandboxed echo")?;
+            spawned.group.kill().await;
+            Ok(took)
+        }
+    }
+
+    impl Drop for Local {
+        fn drop(&mut self) {
+            let _ = self.sandbox.kill_slot(SLOT);
+            self.sandbox.remove_cgroup_bases();
         }
     }
 }

@@ -294,6 +294,31 @@ pub struct ServeArgs {
     /// details to whoever reaches it (e.g. 127.0.0.1:9090).
     #[arg(long, env = "WARREN_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Confinement users' processes need before they may run: `required`
+    /// (Landlock, a uid per user, cgroups with memory and pids limits,
+    /// rlimits: refuse if any is missing), `best-effort` (what exists,
+    /// each missing one logged), `off` [default: required as root,
+    /// best-effort otherwise].
+    #[arg(long, env = "WARREN_SANDBOX")]
+    pub sandbox: Option<warren_worker::sandbox::Mode>,
+    /// `none`: users' processes get a network namespace with loopback only.
+    #[arg(long, env = "WARREN_SANDBOX_NETWORK", default_value = "host")]
+    pub sandbox_network: warren_worker::sandbox::Network,
+    /// A path users' processes may read, beyond the system's programs,
+    /// libraries and /etc (repeatable or comma-separated).
+    #[arg(
+        long = "sandbox-read",
+        env = "WARREN_SANDBOX_READ",
+        value_delimiter = ','
+    )]
+    pub sandbox_read: Vec<PathBuf>,
+    /// KEY=VALUE added to every user process's environment (repeatable).
+    #[arg(long = "sandbox-env", env = "WARREN_SANDBOX_ENV", value_parser = parse_env_pair)]
+    pub sandbox_env: Vec<(String, String)>,
+    /// The cgroup v2 directory under which users' cgroups go: `auto`
+    /// (OWN_CGROUP/warren-HASH, HASH naming DATA_DIR), `off`, or a path.
+    #[arg(long, env = "WARREN_CGROUP_ROOT", default_value = "auto")]
+    pub cgroup_root: warren_worker::sandbox::CgroupRoot,
     /// /metrics (and /readyz's details) on the main listener for
     /// `Authorization: Bearer TOKEN`, the token being the file's first line.
     #[arg(long, env = "WARREN_METRICS_TOKEN_FILE")]
@@ -342,6 +367,28 @@ pub struct WorkerArgs {
     /// Inodes users' writes leave free on the users' file system.
     #[arg(long, default_value_t = 10_000)]
     pub disk_reserve_inodes: u64,
+    /// The sandbox mode the master resolved (`required`, ...).
+    #[arg(long)]
+    pub sandbox: Option<warren_worker::sandbox::Mode>,
+    #[arg(long, default_value = "host")]
+    pub sandbox_network: warren_worker::sandbox::Network,
+    #[arg(long = "sandbox-read")]
+    pub sandbox_read: Vec<PathBuf>,
+    #[arg(long = "sandbox-env", value_parser = parse_env_pair)]
+    pub sandbox_env: Vec<(String, String)>,
+    /// The v2 base cgroup the master made (or `auto`, `off`).
+    #[arg(long, default_value = "auto")]
+    pub cgroup_root: warren_worker::sandbox::CgroupRoot,
+}
+
+/// `KEY=VALUE` with a non-empty key free of `=` and NUL.
+pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !text.contains('\0') => {
+            Ok((key.to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 /// Parses a byte size: `1048576`, `512KiB`, `500MiB`, `1GiB`, `2TiB`, or
@@ -427,6 +474,49 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn sandbox_flags_parse() {
+        assert_eq!(parse_env_pair("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(
+            parse_env_pair("EMPTY="),
+            Ok(("EMPTY".into(), String::new()))
+        );
+        for bad in ["=x", "novalue", "A=\0"] {
+            assert!(parse_env_pair(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "warren",
+            "serve",
+            "--sandbox",
+            "best-effort",
+            "--sandbox-network",
+            "none",
+            "--sandbox-read",
+            "/srv/a,/srv/b",
+            "--sandbox-env",
+            "PIP_INDEX_URL=http://mirror",
+            "--cgroup-root",
+            "off",
+        ])
+        .expect("parse");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        use warren_worker::sandbox::{CgroupRoot, Mode, Network};
+        assert_eq!(args.sandbox, Some(Mode::BestEffort));
+        assert_eq!(args.sandbox_network, Network::None);
+        assert_eq!(
+            args.sandbox_read,
+            [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]
+        );
+        assert_eq!(
+            args.sandbox_env,
+            [("PIP_INDEX_URL".into(), "http://mirror".into())]
+        );
+        assert_eq!(args.cgroup_root, CgroupRoot::Off);
+        assert!(Cli::try_parse_from(["warren", "serve", "--sandbox", "lax"]).is_err());
+    }
 
     #[test]
     fn timeouts_are_at_least_a_second() {

@@ -29,6 +29,7 @@ use std::process::ExitCode;
 /// The `warren` binary's entry point.
 pub fn main() -> ExitCode {
     use clap::Parser;
+    dispatch_sandbox_stage();
     let cli = cli::Cli::parse();
     init_tracing("info");
     match cli.command {
@@ -38,6 +39,18 @@ pub fn main() -> ExitCode {
             tokio::runtime::Builder::new_current_thread(),
             user_cli::run(command),
         ),
+    }
+}
+
+/// `warren sandbox-exec` (started by a worker for each user process):
+/// becomes the user's command and never returns. Checked before clap,
+/// logging or any runtime, so the stage stays a single thread. Shared with
+/// any binary the pool re-executes as its workers (such as `warren-bench`).
+pub fn dispatch_sandbox_stage() {
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(warren_protocol::sandbox::STAGE_ARG))
+    {
+        warren_worker::sandbox::stage_main();
     }
 }
 
@@ -74,8 +87,18 @@ fn block_on(
 /// `warren worker`: run one worker until its master goes away. Shared with
 /// any binary the pool re-executes as its workers (such as `warren-bench`).
 pub fn run_worker(args: cli::WorkerArgs) -> ExitCode {
+    let sandbox = args.users_dir.clone().map(|users_dir| {
+        let mut sandbox = warren_worker::sandbox::SandboxConfig::new(users_dir, args.slot);
+        sandbox.mode = args.sandbox;
+        sandbox.network = args.sandbox_network;
+        sandbox.extra_read = args.sandbox_read.clone();
+        sandbox.env = args.sandbox_env.clone();
+        sandbox.cgroup_root = args.cgroup_root.clone();
+        sandbox
+    });
     let config = warren_worker::WorkerConfig {
         slot: args.slot,
+        sandbox,
         socket: args.socket,
         heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_interval_ms.max(1)),
         users_dir: args.users_dir,

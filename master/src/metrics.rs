@@ -18,6 +18,11 @@ struct StateLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeatureLabels {
+    feature: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SlotLabels {
     slot: u32,
 }
@@ -293,9 +298,21 @@ pub struct Metrics {
     connections: ConnectionMetrics,
     files: FileMetrics,
     workers: Family<StateLabels, Gauge>,
+    sandbox: Family<FeatureLabels, Gauge>,
     pool: PoolMetrics,
     auth: AuthMetrics,
     http: HttpMetrics,
+}
+
+impl Metrics {
+    /// Sets `warren_sandbox_level{feature}` from the sandbox report.
+    pub fn set_sandbox_levels(&self, levels: &[(&'static str, i64)]) {
+        for (feature, level) in levels {
+            self.sandbox
+                .get_or_create(&FeatureLabels { feature })
+                .set(*level);
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -309,6 +326,12 @@ impl Metrics {
         let mut registry = Registry::default();
         let workers = Family::<StateLabels, Gauge>::default();
         registry.register("warren_workers", "Worker slots by state", workers.clone());
+        let sandbox = Family::<FeatureLabels, Gauge>::default();
+        registry.register(
+            "warren_sandbox_level",
+            "What the sandbox of users' processes uses, by feature (1: used, 0: not; landlock: the ABI; allowed: users' processes may start)",
+            sandbox.clone(),
+        );
         let restarts = Family::<SlotLabels, Counter>::default();
         registry.register(
             "warren_worker_restarts",
@@ -476,6 +499,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            sandbox,
             tasks,
             connections,
             files,

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use warren_worker::sandbox::{Sandbox, SandboxConfig};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let open_files = raise_open_file_limit();
@@ -24,7 +25,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let data_dir = &args.store.data_dir;
     create_private_dir(data_dir)?;
+    let sandbox = Arc::new(probe_sandbox(&args));
     let metrics = Arc::new(Metrics::new());
+    metrics.set_sandbox_levels(&sandbox.report().levels());
     let url = args.store.url();
     let store = Store::open(&url, metrics.auth().request_queries())
         .await
@@ -80,11 +83,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     command.args.push(args.disk_reserve.to_string().into());
     command.args.push("--disk-reserve-inodes".into());
     command.args.push(args.inode_reserve.to_string().into());
+    sandbox_worker_args(&sandbox, &mut command.args);
     let mut pool_config = PoolConfig::new(workers, data_dir.join("run"), command);
     pool_config.heartbeat_timeout = args.heartbeat_timeout;
     pool_config.unavailable_wait = args.unavailable_wait;
+    pool_config.sandbox = Some(sandbox.clone());
     // Before any worker runs: the last run's workers, and their users'
-    // processes, are gone, so none of its tasks still runs.
+    // processes, are gone, so none of its tasks still runs. (A killed
+    // master's workers died with it; what their users started, in every
+    // slot of the last run, is killed here.)
+    {
+        let sandbox = sandbox.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || sandbox.kill_every_slot()).await? {
+            warn!(error = %err, "cannot kill what the last run's users left running");
+        }
+    }
     let master_id = master_id(data_dir)?;
     crate::recorder::lose_all_at_start(&store, &master_id)
         .await
@@ -147,8 +160,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(purger.run(auth.user_events(), stop.child_token()));
     let background = tokio::spawn(auth.clone().run_background(stop.child_token()));
     auth.count_sessions().await;
+    protect_data_dir(data_dir, sandbox.report().decision.uid_switch, &url)?;
     let state = AppState::new(Shared {
         pool: pool.clone(),
+        sandbox: Arc::new(sandbox.report().clone()),
         metrics: metrics.clone(),
         auth,
         web: WebConfig {
@@ -214,6 +229,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     stop.cancel();
     info!("stopping workers");
     pool.shutdown().await;
+    sandbox.remove_cgroup_bases();
     // The workers' last ends and deaths are recorded (the recorder stops
     // when the stopped pool's queue closes); a database that is down
     // meanwhile does not hold the exit up for long.
@@ -229,6 +245,77 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = background.await;
     info!("stopped");
     Ok(())
+}
+
+/// Finds what confines users' processes on this machine (the workers run
+/// with the same kernel and privileges), makes the base cgroup, and logs
+/// the report: a warning for each thing missing.
+fn probe_sandbox(args: &ServeArgs) -> Sandbox {
+    let users_dir = args.store.data_dir.join("users");
+    let mut config = SandboxConfig::new(users_dir, 0);
+    config.mode = args.sandbox;
+    config.network = args.sandbox_network;
+    config.extra_read = args.sandbox_read.clone();
+    config.env = args.sandbox_env.clone();
+    config.cgroup_root = args.cgroup_root.clone();
+    let sandbox = Sandbox::probe(config, true);
+    sandbox.report().log();
+    sandbox
+}
+
+/// What the workers need of the sandbox settings: the resolved mode and
+/// the base cgroup the master made (a worker's own cgroup may differ).
+fn sandbox_worker_args(sandbox: &Sandbox, args: &mut Vec<std::ffi::OsString>) {
+    let config = sandbox.config();
+    args.push("--sandbox".into());
+    args.push(sandbox.report().mode.as_str().into());
+    args.push("--sandbox-network".into());
+    args.push(config.network.as_str().into());
+    for path in &config.extra_read {
+        args.push("--sandbox-read".into());
+        args.push(path.into());
+    }
+    for (key, value) in &config.env {
+        args.push("--sandbox-env".into());
+        args.push(format!("{key}={value}").into());
+    }
+    args.push("--cgroup-root".into());
+    match sandbox.cgroup_base() {
+        Some(base) => args.push(base.into()),
+        None => args.push(config.cgroup_root.to_string().into()),
+    }
+}
+
+/// With a uid per user, those uids must traverse (never list) the data
+/// directory to reach their workspaces: the data dir, `users/` get 0711
+/// (each `users/<id>` is set by the worker), while `run/` stays 0700 and
+/// the SQLite files become 0600 (SQLite makes them 0644 under the usual
+/// umask; its -wal and -shm files take the database file's mode).
+fn protect_data_dir(data_dir: &Path, uid_switch: bool, url: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))
+    };
+    if url.starts_with("sqlite:") {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let file = data_dir.join(format!("warren.db{suffix}"));
+            if file.exists() {
+                mode(&file, 0o600)?;
+            }
+        }
+    }
+    let run = data_dir.join("run");
+    if run.exists() {
+        mode(&run, 0o700)?;
+    }
+    if !uid_switch {
+        return Ok(());
+    }
+    let users = data_dir.join("users");
+    create_private_dir(&users)?;
+    mode(data_dir, 0o711)?;
+    mode(&users, 0o711)
 }
 
 /// The connection limits from the flags; the defaults keep half the

@@ -35,6 +35,29 @@ pub fn warren_binary() -> PathBuf {
     binary
 }
 
+/// `<cgroup2 mount><this process's v2 cgroup>/<name>`, where a test puts
+/// the cgroups of the processes it starts (`--cgroup-root`); `None`
+/// without cgroup v2.
+pub fn own_cgroup_base(name: &str) -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let dash = fields.iter().position(|f| *f == "-")?;
+        (fields.get(dash + 1) == Some(&"cgroup2")).then(|| PathBuf::from(fields[4]))
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = own.lines().find_map(|line| line.strip_prefix("0::"))?;
+    Some(mount.join(own.trim_start_matches('/')).join(name))
+}
+
+/// `warren-test-<hash of the data directory's path>`.
+fn data_dir_name(data_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut hasher);
+    format!("warren-test-{:016x}", hasher.finish())
+}
+
 /// A running `warren serve`, killed (with its workers) when dropped.
 pub struct Server {
     child: Option<Child>,
@@ -43,6 +66,10 @@ pub struct Server {
     pub data_dir: PathBuf,
     log: Arc<Mutex<String>>,
     pub http: reqwest::Client,
+    /// The cgroup base the server was given (emptied cgroups removed when
+    /// the server is dropped: a killed master leaves them).
+    cgroup_base: Option<PathBuf>,
+    workers: u32,
     /// The data directory when the server owns it; declared last so it is
     /// removed only after the processes are gone.
     owned_data_dir: Option<tempfile::TempDir>,
@@ -111,6 +138,21 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Servers of tests running at once share this process's cgroup: a
+        // base of each data directory's own keeps one server's starting
+        // workers from emptying another's slots (a restart on the same
+        // data directory finds its predecessor's).
+        let mut cgroup_base = None;
+        if !options
+            .args
+            .iter()
+            .any(|arg| arg.starts_with("--cgroup-root"))
+        {
+            if let Some(base) = own_cgroup_base(&data_dir_name(data_dir)) {
+                command.env("WARREN_CGROUP_ROOT", &base);
+                cgroup_base = Some(base);
+            }
+        }
         for (key, value) in &options.env {
             command.env(key, value);
         }
@@ -165,6 +207,8 @@ impl Server {
                 .build()
                 .expect("http client"),
             owned_data_dir: None,
+            cgroup_base,
+            workers: options.workers.max(1),
         }
     }
 
@@ -295,6 +339,15 @@ impl Drop for Server {
             let _ = child.wait();
             for pid in workers {
                 send_signal(pid, rustix::process::Signal::KILL);
+            }
+        }
+        if let Some(base) = &self.cgroup_base {
+            use warren_worker::sandbox::{CgroupRoot, Cgroups};
+            if let Ok(cgroups) = Cgroups::discover(&CgroupRoot::Path(base.clone()), "", false) {
+                for slot in 0..self.workers {
+                    cgroups.remove_empty(slot);
+                }
+                cgroups.remove_bases();
             }
         }
     }

@@ -31,7 +31,15 @@ async fn start_worker_with(
     let listener = UnixListener::bind(&socket).unwrap();
     let mut command = Command::new(warren_tests::warren_binary());
     if with_users_dir {
-        command.arg("worker").arg("--users-dir").arg(dir.path());
+        // The runner's protocol, not the sandbox (tests/tests/sandbox.rs):
+        // the test's user has no uid of their own, which `required` (the
+        // default as root) refuses, and cgroups would be shared with other
+        // tests' workers of slot 0.
+        command
+            .arg("worker")
+            .arg("--users-dir")
+            .arg(dir.path())
+            .args(["--sandbox", "best-effort", "--cgroup-root", "off"]);
     } else {
         command.arg("worker");
     }

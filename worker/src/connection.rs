@@ -84,7 +84,12 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         .clone()
         .zip(workspaces.clone())
         .map(|(users_dir, workspaces)| {
-            let launcher = Arc::new(Launcher::new(users_dir.clone()));
+            let sandbox = config.sandbox.clone().unwrap_or_else(|| {
+                crate::sandbox::SandboxConfig::new(users_dir.clone(), config.slot)
+            });
+            let launcher = Arc::new(Launcher::new(crate::sandbox::Sandbox::probe(
+                sandbox, false,
+            )));
             Tasks::new(users_dir, workspaces, launcher, frames.clone())
         });
     let worker = Arc::new(Worker {

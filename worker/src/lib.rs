@@ -4,14 +4,18 @@
 //! - [`connection`]: the one connection to the master: handshake, frame
 //!   dispatch, cancellation, heartbeats.
 //! - [`ops`]: what each operation does, as plain functions.
+//! - [`sandbox`]: the confinement of users' processes, and the
+//!   `warren sandbox-exec` stage ([`sandbox::stage_main`]).
 //!
 //! A worker has no listening port and trusts only the socket its master
 //! handed it. It exits when the master goes away: on socket EOF, and through
 //! `PR_SET_PDEATHSIG` if the master dies without closing the socket.
-#![forbid(unsafe_code)]
+// Only `sandbox` may use unsafe code (it allows it, block by block).
+#![deny(unsafe_code)]
 
 pub mod connection;
 pub mod ops;
+pub mod sandbox;
 pub mod tasks;
 pub mod workspace;
 
@@ -29,6 +33,8 @@ pub struct WorkerConfig {
     pub users_dir: Option<PathBuf>,
     /// What users' writes leave free on the users' file system.
     pub disk_reserve: workspace::DiskReserve,
+    /// How users' processes are confined (with `users_dir`); probed at start.
+    pub sandbox: Option<sandbox::SandboxConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +72,16 @@ pub fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let _ = rustix::thread::set_name(c"warren-worker");
     #[cfg(debug_assertions)]
     debug_crash_at_start(config.slot)?;
+    // Processes a predecessor in this slot left (it was killed: its
+    // users' processes lost their parent but not their cgroup) go first.
+    // Still single-threaded here; the task runner probes again for its own
+    // `Sandbox` (cheap: a few reads of /proc and /sys).
+    if let Some(sandbox) = &config.sandbox {
+        let sandbox = sandbox::Sandbox::probe(sandbox.clone(), false);
+        if let Err(err) = sandbox.kill_slot(config.slot) {
+            tracing::warn!(slot = config.slot, error = %err, "cannot clean the slot's cgroups");
+        }
+    }
     // One thread per worker: the pool has one worker per core, and a
     // current-thread runtime keeps a request's path free of cross-thread
     // wake-ups. Blocking work goes to the blocking pool.

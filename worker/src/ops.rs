@@ -49,7 +49,7 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
         }
         _ => {}
     }
-    let dirs = workspaces.open(user.id)?;
+    let dirs = workspaces.open_as(user.id, user.uid)?;
     let quota = workspace::Quota::of(user);
     match op {
         FileOp::Read { path } => dirs.read_small(&path, INLINE_READ_LIMIT),
@@ -231,7 +231,7 @@ async fn write_file(workspaces: Arc<Workspaces>, user: UserCtx, write: Write, st
         let precondition = precondition.clone();
         let workspaces = workspaces.clone();
         blocking(move || {
-            let dirs = workspaces.open(user.id)?;
+            let dirs = workspaces.open_as(user.id, user.uid)?;
             let quota = workspace::Quota::of(&user);
             dirs.begin_write(workspaces, &path, parents, quota, &precondition)
         })

@@ -171,6 +171,10 @@ impl Quota {
 #[derive(Debug)]
 pub struct UserDirs {
     user: UserId,
+    /// The uid (and gid) the user's processes run as: every entry the
+    /// API makes in the workspace is given to it before it appears there.
+    /// `None`: entries stay warren's.
+    owner: Option<u32>,
     workspace: OwnedFd,
     state: OwnedFd,
     tmp: OwnedFd,
@@ -435,10 +439,25 @@ impl Workspaces {
         if let Some(dirs) = self.opened(user) {
             return Ok(dirs);
         }
+        self.open_as(user, None)
+    }
+
+    /// [`Workspaces::open`] for a user whose processes run as `owner`
+    /// (`UserCtx::uid`): the workspace is handed over to that uid on this
+    /// process's first sight of it, and everything the API makes in it
+    /// belongs to that uid.
+    pub fn open_as(&self, user: UserId, owner: Option<u32>) -> Result<Arc<UserDirs>, OpError> {
+        if let Some(dirs) = self.opened(user) {
+            if dirs.owner == owner {
+                return Ok(dirs);
+            }
+            // Opened without the uid (a usage count) or before a change.
+            self.dirs.invalidate(&user);
+        }
         let dirs = self
             .dirs
             .entry(user)
-            .or_try_insert_with(|| self.open_fresh(user).map(Arc::new))
+            .or_try_insert_with(|| self.open_fresh(user, owner).map(Arc::new))
             .map_err(|err| OpError::clone(&err))?
             .into_value();
         // A purge between the opening and the insertion must not leave the
@@ -463,7 +482,7 @@ impl Workspaces {
     /// Creates (on first use) and opens the user's directories, under the
     /// user's lock: no request of theirs can create a temp file that the
     /// sweep would then remove, and none can recreate what a purge removed.
-    fn open_fresh(&self, user: UserId) -> Result<UserDirs, OpError> {
+    fn open_fresh(&self, user: UserId, owner: Option<u32>) -> Result<UserDirs, OpError> {
         let lock = self.user_lock(user);
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
         if self.was_purged(user) {
@@ -475,6 +494,10 @@ impl Workspaces {
                 Ok(()) => set_private(dir)?,
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(err) => return Err(io_error(err, "cannot create the user's directory")),
+            }
+            // The user's uid traverses (never lists) them to its workspace.
+            if owner.is_some() {
+                set_mode(dir, 0o711)?;
             }
         }
         let base_fd = rustix::fs::open(
@@ -507,8 +530,12 @@ impl Workspaces {
         let workspace = opened
             .pop()
             .ok_or_else(|| OpError::Internal("no workspace".into()))?;
+        if let Some(owner) = owner {
+            hand_over(&workspace, owner)?;
+        }
         let dirs = UserDirs {
             user,
+            owner,
             workspace,
             state,
             tmp,
@@ -802,6 +829,65 @@ fn fits(usage: &Usage, bytes: u64, entries: u64, credit: u64, quota: Quota) -> R
     Ok(())
 }
 
+/// Gives an entry the API just made to the user's uid (and gid).
+fn give(fd: &impl AsFd, owner: Option<u32>) -> Result<(), Errno> {
+    match owner {
+        Some(owner) => rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(owner)),
+            Some(rustix::fs::Gid::from_raw(owner)),
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Hands an existing workspace over to `owner`: every entry (symlinks
+/// themselves, never what they point to), the root last, so a hand-over
+/// cut short is done again on the next first sight.
+fn hand_over(workspace: &OwnedFd, owner: u32) -> Result<(), OpError> {
+    let stat = rustix::fs::fstat(workspace).map_err(|err| errno(err, "workspace"))?;
+    if stat.st_uid == owner && stat.st_gid == owner {
+        return Ok(());
+    }
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw(owner),
+        rustix::fs::Gid::from_raw(owner),
+    );
+    let root = rustix::fs::openat(
+        workspace,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|err| errno(err, "workspace"))?;
+    walk(
+        root,
+        &mut |dir, name, stat| {
+            if stat.st_uid != owner || stat.st_gid != owner {
+                match rustix::fs::chownat(
+                    dir,
+                    name,
+                    Some(uid),
+                    Some(gid),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(err) => return Err(errno(err, &name.to_string_lossy())),
+                }
+            }
+            Ok(true)
+        },
+        &mut |_, _| Ok(()),
+    )?;
+    rustix::fs::fchown(workspace, Some(uid), Some(gid)).map_err(|err| errno(err, "workspace"))
+}
+
+fn set_mode(dir: &std::path::Path, mode: u32) -> Result<(), OpError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|err| io_error(err, "cannot set the mode of the user's directory"))
+}
+
 fn set_private(dir: &std::path::Path) -> Result<(), OpError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
@@ -1078,6 +1164,19 @@ impl UserDirs {
             .admit(MIN_ENTRY_CHARGE, 1)
             .map_err(Made::Refused)?;
         rustix::fs::mkdirat(dir, name, PRIVATE).map_err(Made::Failed)?;
+        if let Some(owner) = self.owner {
+            // Mode 0700 until then: the user's processes cannot use it
+            // before it is theirs.
+            let id = rustix::fs::Uid::from_raw(owner);
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(id),
+                Some(rustix::fs::Gid::from_raw(owner)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(Made::Failed)?;
+        }
         let stat =
             rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(Made::Failed)?;
         workspaces.grow(self.user, Usage::of(&stat));
@@ -1225,6 +1324,7 @@ impl UserDirs {
                 &CopyLimits {
                     budget: &needed,
                     admit: &|bytes, inodes| workspaces.admit(bytes, inodes),
+                    owner: self.owner,
                 },
                 &mut copied,
             )?;
@@ -1276,8 +1376,10 @@ impl UserDirs {
         Ok(Reply::Entry(entry(to_name, &stat)))
     }
 
-    /// A new, empty temp file in `tmp/` (mode 0600), and its name.
-    fn create_temp(&self, what: &str) -> Result<(String, OwnedFd), OpError> {
+    /// A new, empty temp file in `tmp/` (mode 0600), and its name; one
+    /// `for_workspace` belongs to the user's uid (it will be renamed into
+    /// the workspace), others stay warren's (settings).
+    fn create_temp(&self, what: &str, for_workspace: bool) -> Result<(String, OwnedFd), OpError> {
         let temp = temp_name(what);
         let fd = rustix::fs::openat(
             &self.tmp,
@@ -1286,6 +1388,12 @@ impl UserDirs {
             Mode::RUSR | Mode::WUSR,
         )
         .map_err(|err| errno(err, "cannot create a temp file"))?;
+        if for_workspace {
+            if let Err(err) = give(&fd, self.owner) {
+                let _ = rustix::fs::unlinkat(&self.tmp, temp.as_str(), AtFlags::empty());
+                return Err(errno(err, "cannot give a temp file to the user"));
+            }
+        }
         Ok((temp, fd))
     }
 
@@ -1321,7 +1429,7 @@ impl UserDirs {
         // rename: out of the disk reserve like any write (not counted in
         // the quota: the master bounds settings to 64 KiB).
         workspaces.admit(charge_of_len(json.len() as u64), 1)?;
-        let (temp, fd) = self.create_temp("settings")?;
+        let (temp, fd) = self.create_temp("settings", false)?;
         let mut file = std::fs::File::from(fd);
         let written = file
             .write_all(json)
@@ -1395,7 +1503,7 @@ impl UserDirs {
             quota,
         };
         // Dropping `pending` on failure releases the reservation.
-        let (temp, fd) = pending.dirs.create_temp("upload")?;
+        let (temp, fd) = pending.dirs.create_temp("upload", true)?;
         pending.temp = temp;
         pending.file = Some(std::fs::File::from(fd));
         Ok(pending)
@@ -1930,6 +2038,8 @@ fn remove_empty_dir(dir: &impl AsFd, name: &CStr, removed: &mut Usage) -> Result
 struct CopyLimits<'a> {
     budget: &'a Usage,
     admit: &'a dyn Fn(u64, u64) -> Result<(), OpError>,
+    /// Who the copies belong to ([`UserDirs::owner`]).
+    owner: Option<u32>,
 }
 
 /// Copies `name` in `from` to `to_name` in `to`: files with their bytes,
@@ -1971,6 +2081,7 @@ fn copy_tree(
             rustix::fs::mkdirat(to, to_name, PRIVATE).map_err(|err| errno(err, to_name_text))?;
             let source = open_dir(from, name)?;
             let target = open_dir(to, to_name)?;
+            give(&target, limits.owner).map_err(|err| errno(err, to_name_text))?;
             for child in children(&source, name)? {
                 copy_tree(&source, &child, &target, &child, depth + 1, limits, copied)?;
             }
@@ -2008,6 +2119,7 @@ fn copy_tree(
                 Mode::RUSR | Mode::WUSR,
             )
             .map_err(|err| errno(err, to_name_text))?;
+            give(&target, limits.owner).map_err(|err| errno(err, to_name_text))?;
             let mut target = std::fs::File::from(target);
             // No more than the budget left (and a block): a file that grows
             // while copied is not copied without end.
@@ -2120,6 +2232,77 @@ mod tests {
         let mut pending = begin(workspaces, dirs, path)?;
         pending.write(bytes)?;
         pending.commit(&Precondition::None)
+    }
+
+    /// With a uid, an existing workspace is handed over on first sight
+    /// (symlinks themselves, never their targets), and everything the API
+    /// makes there belongs to the uid before it appears; settings and the
+    /// user's own directory stay warren's. Needs root (chown).
+    #[test]
+    fn the_users_uid_owns_the_workspace_and_all_the_api_makes() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        const UID: u32 = 200_123;
+        let (dir, _, dirs) = setup();
+        let workspace = workspace_path(&dir);
+        std::fs::create_dir_all(workspace.join("old/deeper")).expect("mkdir");
+        std::fs::write(workspace.join("old/deeper/file"), b"x").expect("write");
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"root's").expect("write");
+        std::os::unix::fs::symlink(&outside, workspace.join("old/link")).expect("symlink");
+        drop(dirs);
+        let workspaces = Arc::new(Workspaces::new(dir.path().join("users")));
+        let user = UserId([7; 16]);
+        // A count first (no uid), then the first open with the uid.
+        workspaces.usage_of(user).expect("usage");
+        let dirs = workspaces
+            .open_as(user, Some(UID))
+            .expect("open as the uid");
+        let owner = |path: &std::path::Path| {
+            let meta = std::fs::symlink_metadata(path).expect("stat");
+            (meta.uid(), meta.gid())
+        };
+        for path in ["", "old", "old/deeper", "old/deeper/file", "old/link"] {
+            assert_eq!(owner(&workspace.join(path)), (UID, UID), "{path}");
+        }
+        assert_eq!(
+            owner(&outside),
+            (0, 0),
+            "a symlink's target is never handed over"
+        );
+        let base = workspace.parent().expect("user dir");
+        assert_eq!(owner(base), (0, 0));
+        for kept in ["state", "tmp"] {
+            assert_eq!(owner(&base.join(kept)), (0, 0), "{kept}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &std::path::Path| {
+            std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+        };
+        assert_eq!(mode(base), 0o711);
+        assert_eq!(mode(base.parent().expect("users")), 0o711);
+        dirs.mkdir(&workspaces, QUOTA, "made/below", true)
+            .expect("mkdir -p");
+        write(&workspaces, &dirs, "made/below/new", b"data").expect("write");
+        write(&workspaces, &dirs, "old/deeper/file", b"replaced").expect("replace");
+        dirs.copy(&workspaces, QUOTA, "old", "copied")
+            .expect("copy");
+        dirs.put_settings(&workspaces, b"{}").expect("settings");
+        for path in [
+            "made",
+            "made/below",
+            "made/below/new",
+            "old/deeper/file",
+            "copied",
+            "copied/deeper",
+            "copied/deeper/file",
+        ] {
+            assert_eq!(owner(&workspace.join(path)), (UID, UID), "{path}");
+        }
+        assert_eq!(owner(&base.join("state/settings.json")), (0, 0));
     }
 
     /// A user whose directories were closed to make room for others is
@@ -2502,6 +2685,7 @@ mod tests {
         let limits = CopyLimits {
             budget: &budget,
             admit: &admit,
+            owner: None,
         };
         let mut copied = Usage::default();
         let err = copy_tree(&from, c"tree", &to, c"copy", 0, &limits, &mut copied)

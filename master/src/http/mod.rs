@@ -83,6 +83,9 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub pool: Arc<Pool>,
+    /// What confines users' processes (probed at start; shown in
+    /// `/readyz`'s details and `warren_sandbox_level`).
+    pub sandbox: Arc<warren_worker::sandbox::SandboxReport>,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Auth>,
     pub web: WebConfig,
@@ -406,8 +409,26 @@ async fn readyz(State(state): State<AppState>, request: Request) -> Response {
             Err(err) => err.clone(),
         },
         "workers": slots,
+        "sandbox": sandbox_json(&state.sandbox),
     });
     (status, Json(body)).into_response()
+}
+
+/// The sandbox report as `/readyz` shows it: the mode, each feature's
+/// level, and why users' processes would be refused (if they would).
+fn sandbox_json(report: &warren_worker::sandbox::SandboxReport) -> serde_json::Value {
+    let levels: serde_json::Map<String, serde_json::Value> = report
+        .levels()
+        .into_iter()
+        .map(|(feature, level)| (feature.to_string(), level.into()))
+        .collect();
+    serde_json::json!({
+        "mode": report.mode.as_str(),
+        "network": report.network.as_str(),
+        "levels": levels,
+        "refused": report.decision.allowed.as_ref().err(),
+        "warnings": report.decision.warnings,
+    })
 }
 
 async fn render_metrics(State(state): State<AppState>, request: Request) -> Response {

@@ -86,6 +86,10 @@ pub struct PoolConfig {
     /// How long a stopping worker has to exit before it is killed.
     pub stop_timeout: Duration,
     pub backoff: Backoff,
+    /// Whose cgroups to empty when a slot's worker ends (its users'
+    /// processes outlive it otherwise: only the stage's direct child has
+    /// a death signal tied to the worker).
+    pub sandbox: Option<std::sync::Arc<warren_worker::sandbox::Sandbox>>,
 }
 
 impl PoolConfig {
@@ -99,6 +103,7 @@ impl PoolConfig {
             start_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
             backoff: Backoff::default(),
+            sandbox: None,
         }
     }
 

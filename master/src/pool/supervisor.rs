@@ -188,6 +188,19 @@ pub(crate) async fn supervise(
     .await
 }
 
+/// Kills what the slot's users still run once its worker is gone (the
+/// master marks their tasks lost; nothing may keep running unseen).
+async fn kill_users_processes(config: &PoolConfig, slot: u32) {
+    let Some(sandbox) = config.sandbox.clone() else {
+        return;
+    };
+    match tokio::task::spawn_blocking(move || sandbox.kill_slot(slot)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(error = %err, "cannot kill the slot's user processes"),
+        Err(err) => warn!(error = %err, "cannot kill the slot's user processes"),
+    }
+}
+
 /// One worker's life: spawn, handshake, serve until it fails or the pool stops.
 async fn run_once(
     slot: &Slot,
@@ -299,6 +312,9 @@ async fn run_once(
         End::Failed(_) => Duration::ZERO,
     };
     stop_child(&mut child, grace).await;
+    // Before the worker is reported down: its tasks are lost only once
+    // nothing of theirs runs.
+    kill_users_processes(config, slot.index).await;
     let _ = events.send(PoolEvent::WorkerDown {
         slot: slot.index,
         worker_pid: pid,

@@ -1,9 +1,10 @@
 //! How the task runner starts a user's process: the one seam between the
-//! runner and the sandbox.
+//! runner and the sandbox ([`crate::sandbox`]).
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use warren_protocol::{OpError, UserCtx};
+
+use crate::sandbox::{self, GroupHandle, Sandbox};
 
 /// A process to start for a user.
 pub struct Launch {
@@ -36,79 +37,90 @@ pub struct Spawned {
     pub group: Group,
 }
 
-/// All the processes of one launch.
+/// All the processes of one launch: its cgroup (grandchildren in sessions
+/// of their own included), or its process group without cgroups.
 #[derive(Debug)]
 pub struct Group {
-    pgid: u32,
+    handle: GroupHandle,
 }
 
 impl Group {
     /// SIGTERM to every process of the group.
     pub fn terminate(&self) {
-        self.signal(rustix::process::Signal::TERM);
+        let _ = self.handle.signal(rustix::process::Signal::TERM);
     }
 
-    /// SIGKILL to every process of the group.
+    /// SIGKILL to every process of the group; returns once none is left
+    /// (with cgroups) and the group is removed.
     pub async fn kill(&self) {
-        self.signal(rustix::process::Signal::KILL);
+        if let Err(err) = self.handle.kill().await {
+            tracing::warn!(error = %err, "cannot kill a task's processes");
+        }
     }
 
     /// SIGKILL to every process of the group, without waiting.
     pub fn kill_now(&self) {
-        self.signal(rustix::process::Signal::KILL);
+        self.handle.kill_now();
     }
 
     /// Forgets the group once its processes are gone.
-    pub fn remove(&self) {}
-
-    fn signal(&self, signal: rustix::process::Signal) {
-        if let Some(pgid) = rustix::process::Pid::from_raw(self.pgid as i32) {
-            let _ = rustix::process::kill_process_group(pgid, signal);
-        }
+    pub fn remove(&self) {
+        self.handle.remove();
     }
 }
 
-/// Starts users' processes.
+/// Starts users' processes in the sandbox.
 pub struct Launcher {
-    users_dir: PathBuf,
+    sandbox: Sandbox,
 }
 
 impl Launcher {
-    pub fn new(users_dir: PathBuf) -> Launcher {
-        Launcher { users_dir }
+    pub fn new(sandbox: Sandbox) -> Launcher {
+        Launcher { sandbox }
     }
 
-    /// Whether users' processes may start at all.
+    /// Whether users' processes may start at all (`--sandbox required` on
+    /// a system that lacks part of it refuses every one).
     pub fn check(&self) -> Result<(), OpError> {
-        Ok(())
+        self.sandbox
+            .report()
+            .decision
+            .allowed
+            .clone()
+            .map_err(OpError::SandboxUnavailable)
     }
 
+    /// Starts `launch`; call it on the worker's runtime thread (the
+    /// stage's death signal is tied to the thread that forked it).
     pub async fn spawn(&self, user: &UserCtx, launch: Launch) -> Result<Spawned, SpawnError> {
-        let workspace = self.users_dir.join(user.id.to_string()).join("workspace");
-        if !launch.cwd.is_empty() {
-            warren_protocol::path::check(&launch.cwd)
-                .map_err(|err| SpawnError::CannotRun(format!("cwd: {err}")))?;
-        }
-        let mut command = tokio::process::Command::new(&launch.argv[0]);
-        command
-            .args(&launch.argv[1..])
-            .current_dir(workspace.join(&launch.cwd))
-            .env_clear()
-            .env("HOME", &workspace)
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .envs(launch.env)
-            .stdin(launch.stdin)
-            .stdout(launch.stdout)
-            .stderr(launch.stderr)
-            .process_group(0);
-        let child = command.spawn().map_err(|err| {
-            SpawnError::CannotRun(format!("cannot run `{}`: {err}", launch.argv[0]))
-        })?;
-        let pid = child.id().unwrap_or(0);
+        let launch = sandbox::Launch {
+            argv: launch.argv.into_iter().map(Into::into).collect(),
+            cwd: launch.cwd,
+            env: launch
+                .env
+                .into_iter()
+                .map(|(key, value)| (key.into(), value.into()))
+                .collect(),
+            group: launch.group,
+            stdin: launch.stdin,
+            stdout: launch.stdout,
+            stderr: launch.stderr,
+        };
+        let spawned = self
+            .sandbox
+            .spawn(user, launch)
+            .await
+            .map_err(|err| match err {
+                sandbox::SpawnError::Unavailable(why) => SpawnError::Unavailable(why),
+                sandbox::SpawnError::Command(why) => SpawnError::CannotRun(why),
+                sandbox::SpawnError::Internal(why) => SpawnError::Internal(why),
+            })?;
         Ok(Spawned {
-            child,
-            pid,
-            group: Group { pgid: pid },
+            child: spawned.child,
+            pid: spawned.pid,
+            group: Group {
+                handle: spawned.group,
+            },
         })
     }
 }

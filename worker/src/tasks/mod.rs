@@ -135,8 +135,9 @@ impl Tasks {
         let admitted = self.admit(&user)?;
         // The user's directories (created on first use), then the task's.
         let workspaces = self.workspaces.clone();
-        let id = user.id;
-        crate::ops::blocking(move || workspaces.open(id).map(drop)).await?;
+        let (id, uid) = (user.id, user.uid);
+        // With the user's uid: the workspace is theirs before their process runs.
+        crate::ops::blocking(move || workspaces.open_as(id, uid).map(drop)).await?;
         let dir = self.task_dir(user.id, start.task);
         let log = {
             let dir = dir.clone();
