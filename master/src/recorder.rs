@@ -155,7 +155,9 @@ impl Recorder {
                     worker_pid,
                     reason,
                 });
-                clean_up_slot(slot);
+                // The slot's processes are already gone: the supervisor
+                // empties its cgroups once the worker is reaped, before it
+                // sends WorkerDown (`PoolConfig::sandbox`).
             }
             PoolEvent::WorkerUp { slot, worker_pid } => {
                 self.activity
@@ -251,18 +253,4 @@ pub fn finished_event(record: &TaskRecord) -> ActivityKind {
         signal: record.signal,
         error: record.error.clone(),
     }
-}
-
-/// Removes what a dead worker's users' processes may have left in `slot`
-/// (processes that escaped the worker's death, their cgroups).
-///
-/// TODO(lead): wire the sandbox's clean-up here (`warren_worker::sandbox`,
-/// killing every process of the slot's users' uids or cgroups). Until
-/// then, the worker's `PR_SET_PDEATHSIG` and process groups are all that
-/// stop a dead worker's tasks.
-fn clean_up_slot(slot: u32) {
-    debug!(
-        slot,
-        "no sandbox clean-up wired for a dead worker's slot yet"
-    );
 }

@@ -153,6 +153,11 @@ impl Server {
                 cgroup_base = Some(base);
             }
         }
+        // Likewise uids: each server allocates users' uids from its own
+        // database, so servers running at once need ranges of their own
+        // (or two tests' users would share a uid, and see each other's
+        // processes). Stable per data directory, for restarts.
+        command.env("WARREN_UID_RANGE", uid_range_of(data_dir));
         for (key, value) in &options.env {
             command.env(key, value);
         }
@@ -490,4 +495,23 @@ impl Drop for SmallFs {
             .arg(self.dir.path())
             .status();
     }
+}
+
+/// Whether a machine that cannot give users' processes the full sandbox
+/// (root, Landlock, cgroups) fails the tests that need it instead of
+/// skipping them (CI sets `WARREN_REQUIRE_SANDBOX=1`).
+pub fn sandbox_required() -> bool {
+    std::env::var("WARREN_REQUIRE_SANDBOX").is_ok_and(|v| v == "1")
+}
+
+/// A range of 1000 uids of `data_dir`'s own (by a hash of its name), far
+/// above the default range: `--uid-range` for a test server.
+pub fn uid_range_of(data_dir: &Path) -> String {
+    let hash = data_dir_name(data_dir)
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let base = 1_000_000 + (hash % 60_000) * 1000;
+    format!("{base}-{}", base + 999)
 }

@@ -41,7 +41,11 @@ struct Lab {
 fn root() -> bool {
     let root = rustix::process::geteuid().is_root();
     if !root {
-        eprintln!("skipped: the sandbox tests need root");
+        assert!(
+            !warren_tests::sandbox_required(),
+            "the sandbox tests need root (WARREN_REQUIRE_SANDBOX=1)"
+        );
+        eprintln!("*** SKIPPED: the sandbox tests need root; CI sets WARREN_REQUIRE_SANDBOX=1");
     }
     root
 }

@@ -37,8 +37,10 @@ async fn sandboxed(server: &Server) -> bool {
     match refused {
         None => true,
         Some(why) => {
-            let required = std::env::var("WARREN_REQUIRE_SANDBOX").is_ok_and(|v| v == "1");
-            assert!(!required, "the sandbox is required here but refused: {why}");
+            assert!(
+                !warren_tests::sandbox_required(),
+                "the sandbox is required here (WARREN_REQUIRE_SANDBOX=1) but refused: {why}"
+            );
             eprintln!("*** SKIPPED: this machine cannot run the sandbox ({why}); /readyz: {ready}");
             false
         }
@@ -174,6 +176,8 @@ async fn every_escape_is_denied_by_the_kernel() {
     let db = data.join("warren.db");
     let socket = data.join("run").join("worker-0.sock");
     assert!(db.exists() && socket.exists());
+    // A leftover of a run without the sandbox must not fail this one.
+    let _ = std::fs::remove_file("/tmp/warren-escape");
     let checks = [
         ("up", "open('../../escape', 'w')".to_string()),
         ("tmp", "open('/tmp/warren-escape', 'w')".to_string()),
@@ -224,6 +228,7 @@ async fn every_escape_is_denied_by_the_kernel() {
     // Alice's processes run as her own uid, not warren's, not bob's.
     let (alice_uid, bob_uid) = (uid_of(&server, alice), uid_of(&server, bob));
     assert!(alice_uid >= 200_000 && bob_uid >= 200_000 && alice_uid != bob_uid);
+    assert_ne!(alice_uid, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +255,11 @@ async fn a_task_sees_a_clean_environment_and_no_inherited_descriptors() {
     assert!(seen["env"].get("WARREN_SANDBOX_SPEC").is_none(), "{seen}");
     // 0, 1, 2 and the one python opened to list them.
     assert_eq!(seen["fds"], json!(["0", "1", "2", "3"]), "{seen}");
-    assert_eq!(seen["groups"], json!([]), "supplementary groups dropped: {seen}");
+    assert_eq!(
+        seen["groups"],
+        json!([]),
+        "supplementary groups dropped: {seen}"
+    );
     assert_eq!(seen["uid"], uid_of(&server, carol));
 }
 
@@ -271,7 +280,9 @@ async fn a_fork_bomb_and_a_memory_hog_stay_within_their_limits() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let mallory = Caller::login(&server, "mallory", "mallory-password").await.bearer();
+    let mallory = Caller::login(&server, "mallory", "mallory-password")
+        .await
+        .bearer();
 
     let bomb = start(
         &mallory,
@@ -284,20 +295,43 @@ async fn a_fork_bomb_and_a_memory_hog_stay_within_their_limits() {
         let began = Instant::now();
         let (status, _) = dave.get("/api/v1/ping").await;
         assert_eq!(status, 200);
-        assert!(began.elapsed() < Duration::from_secs(2), "ping took {:?}", began.elapsed());
-        assert!(processes_of(uid).len() <= 64, "{} processes", processes_of(uid).len());
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "ping took {:?}",
+            began.elapsed()
+        );
+        assert!(
+            processes_of(uid).len() <= 64,
+            "{} processes",
+            processes_of(uid).len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let end = ended(&mallory, bomb["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    let end = ended(
+        &mallory,
+        bomb["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+    )
+    .await;
     assert_ne!(end["state"], "running");
     assert!(
-        eventually(Duration::from_secs(10), || async { processes_of(uid).is_empty() }).await,
+        eventually(Duration::from_secs(10), || async {
+            processes_of(uid).is_empty()
+        })
+        .await,
         "the bomb's processes outlived its task: {:?}",
         processes_of(uid)
     );
 
-    let (end, text) = python(&mallory, "b = bytearray(1024 * 1024 * 1024); print('survived')").await;
-    assert!(!text.contains("survived"), "the hog got its memory: {end}\n{text}");
+    let (end, text) = python(
+        &mallory,
+        "b = bytearray(1024 * 1024 * 1024); print('survived')",
+    )
+    .await;
+    assert!(
+        !text.contains("survived"),
+        "the hog got its memory: {end}\n{text}"
+    );
     assert!(
         end["state"] == "killed" || (end["state"] == "exited" && end["exit_code"] != 0),
         "{end}\n{text}"
@@ -329,11 +363,17 @@ async fn cancel_and_timeout_reach_grandchildren_that_left_the_session() {
         };
         assert!(warren_tests::process_alive(grandchild));
         if how == "cancel" {
-            let (status, body) = erin.post(&format!("/api/v1/tasks/{id}/cancel"), json!({})).await;
+            let (status, body) = erin
+                .post(&format!("/api/v1/tasks/{id}/cancel"), json!({}))
+                .await;
             assert_eq!(status, 202, "{body}");
         }
         let end = ended(erin, &id, Duration::from_secs(30)).await;
-        let expected = if how == "cancel" { "killed" } else { "timed_out" };
+        let expected = if how == "cancel" {
+            "killed"
+        } else {
+            "timed_out"
+        };
         assert_eq!(end["state"], expected, "{end}");
         assert!(
             eventually(Duration::from_secs(5), || async {
@@ -356,7 +396,10 @@ async fn a_killed_worker_takes_its_users_processes_and_tasks_with_it() {
         // A task whose grandchild left its session, and a plain one.
         let script = "setsid sleep 1000 & sleep 1000";
         tasks.push((caller, start(caller, json!({ "command": script })).await));
-        tasks.push((caller, start(caller, json!({ "command": ["sleep", "1000"] })).await));
+        tasks.push((
+            caller,
+            start(caller, json!({ "command": ["sleep", "1000"] })).await,
+        ));
     }
     let uids: Vec<u32> = callers.iter().map(|c| uid_of(&server, c)).collect();
     assert!(
@@ -378,10 +421,16 @@ async fn a_killed_worker_takes_its_users_processes_and_tasks_with_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let served = served.expect("the slot serves again");
-    assert!(served < Duration::from_secs(5), "served again after {served:?}");
+    assert!(
+        served < Duration::from_secs(5),
+        "served again after {served:?}"
+    );
     for uid in &uids {
         assert!(
-            eventually(Duration::from_secs(5), || async { processes_of(*uid).is_empty() }).await,
+            eventually(Duration::from_secs(5), || async {
+                processes_of(*uid).is_empty()
+            })
+            .await,
             "processes of uid {uid} survived their worker: {:?}",
             processes_of(*uid)
         );

@@ -405,7 +405,11 @@ async fn admins_set_per_user_process_limits() {
     let (status, user) = admin.get(&format!("/api/v1/admin/users/{id}")).await;
     assert_eq!(status, 200);
     let uid = user["uid"].as_i64().expect("a uid");
-    assert!((200_000..=265_535).contains(&uid), "{user}");
+    // From the test server's own range (`warren_tests::uid_range_of`).
+    let range = warren_tests::uid_range_of(&server.data_dir);
+    let (low, high) = range.split_once('-').expect("a range");
+    let (low, high): (i64, i64) = (low.parse().unwrap(), high.parse().unwrap());
+    assert!((low..=high).contains(&uid), "{user} not in {range}");
     assert!(user["limits"]["process"].is_null());
     let path = format!("/api/v1/admin/users/{id}");
     let (status, user) = admin
