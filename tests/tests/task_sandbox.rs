@@ -441,3 +441,91 @@ async fn a_killed_worker_takes_its_users_processes_and_tasks_with_it() {
         assert_eq!(end["state"], "lost", "{end}");
     }
 }
+
+/// What a task writes counts against its user's quota: no single file
+/// outgrows it (`RLIMIT_FSIZE`), and a task that keeps writing past it is
+/// stopped within seconds, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_writing_past_the_quota_is_stopped() {
+    let options = ServerOptions::workers(1).arg("--default-quota").arg("8MiB");
+    let (server, callers) = server_with(options, &["hoarder"]).await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let hoarder = &callers[0];
+    let task = start(
+        hoarder,
+        json!({ "command": "head -c 20000000 /dev/zero > big; echo $?", "timeout": 30 }),
+    )
+    .await;
+    let id = task["id"].as_str().unwrap();
+    let end = ended(hoarder, id, Duration::from_secs(30)).await;
+    let big = workspace_of(&server, hoarder).join("big");
+    let size = std::fs::metadata(&big).map_or(0, |m| m.len());
+    assert!(
+        size <= 8 << 20,
+        "one file outgrew the quota: {size} bytes ({end})"
+    );
+
+    let writer = "i=0; while true; do head -c 1000000 /dev/zero > f$i; i=$((i+1)); sleep 0.2; done";
+    let task = start(hoarder, json!({ "command": writer, "timeout": 120 })).await;
+    let id = task["id"].as_str().unwrap();
+    let began = Instant::now();
+    let end = ended(hoarder, id, Duration::from_secs(60)).await;
+    assert_eq!(end["state"], "killed", "{end}");
+    assert!(
+        end["error"].as_str().unwrap_or_default().contains("quota"),
+        "{end}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        began.elapsed()
+    );
+    // The files API sees the user over quota and refuses more.
+    let (status, body) = warren_tests::files::put(hoarder, "more", "x").await;
+    assert_eq!(status, 507, "{body}");
+}
+
+/// A task filling the users' file system is stopped when it eats into the
+/// disk reserve, so warren's own database beside it keeps room: other
+/// users log in and are refused writes cleanly meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_filling_the_disk_is_stopped_at_the_reserve() {
+    let test = "a_task_filling_the_disk_is_stopped_at_the_reserve";
+    let Some(mount) = warren_tests::SmallFs::mount(test, "size=160m,mode=0711") else {
+        return;
+    };
+    let data_dir = mount.data_dir();
+    let options = ServerOptions::workers(1)
+        .arg("--disk-reserve")
+        .arg("24MiB")
+        .arg("--default-quota")
+        .arg("1GiB");
+    let mut server = Server::start(&data_dir, &options);
+    server.wait_ready().await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let admin = Caller::admin(&server).await;
+    admin.create_user("filler", "filler-password").await;
+    let filler = Caller::login(&server, "filler", "filler-password")
+        .await
+        .bearer();
+    let writer = "i=0; while true; do head -c 1000000 /dev/zero > f$i || exit 3; i=$((i+1)); sleep 0.1; done";
+    let task = start(&filler, json!({ "command": writer, "timeout": 300 })).await;
+    let id = task["id"].as_str().unwrap();
+    let end = ended(&filler, id, Duration::from_secs(120)).await;
+    assert_eq!(end["state"], "killed", "{end}");
+    assert!(
+        end["error"].as_str().unwrap_or_default().contains("disk"),
+        "{end}"
+    );
+    let free = rustix::fs::statvfs(&data_dir).expect("statvfs");
+    let free_bytes = free.f_bavail * free.f_frsize;
+    assert!(free_bytes > 2 << 20, "only {free_bytes} bytes left");
+    // The accounts database still takes writes: a login is stored.
+    let again = Caller::login(&server, "filler", "filler-password").await;
+    assert_eq!(again.get("/api/v1/me").await.0, 200);
+    server.stop();
+}

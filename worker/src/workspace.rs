@@ -593,6 +593,27 @@ impl Workspaces {
         remove_all(&aside)
     }
 
+    /// Which of the disk reserve's floors (`"blocks"`, `"inodes"`) the users'
+    /// file system is below now, if any: what users' own processes wrote
+    /// (the files API never goes below them).
+    pub fn disk_short(&self) -> Option<&'static str> {
+        let fs = rustix::fs::statvfs(&self.users_dir).ok()?;
+        let block = fs.f_frsize.max(1);
+        let room = Room {
+            total_bytes: fs.f_blocks.saturating_mul(block),
+            free_bytes: fs.f_bavail.saturating_mul(block),
+            total_inodes: fs.f_files,
+            free_inodes: fs.f_favail,
+        };
+        self.disk_reserve.refuses(room, 1, 1)
+    }
+
+    /// Counts the user's usage again now (their tasks wrote meanwhile).
+    pub fn recount(&self, user: UserId) -> Result<Usage, OpError> {
+        self.forget_usage(user);
+        self.usage_of(user)
+    }
+
     /// Makes the next need of the user's usage count it again (a task of
     /// theirs ended: its processes may have written anywhere in the
     /// workspace, and its output counts too).

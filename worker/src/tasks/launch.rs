@@ -106,9 +106,18 @@ impl Launcher {
             stdout: launch.stdout,
             stderr: launch.stderr,
         };
+        // No single file of the user's may outgrow their storage quota.
+        let mut user = user.clone();
+        if user.quota_bytes > 0 {
+            let cap = user.quota_bytes;
+            user.limits.file_size = match user.limits.file_size {
+                0 => cap,
+                limit => limit.min(cap),
+            };
+        }
         let spawned = self
             .sandbox
-            .spawn(user, launch)
+            .spawn(&user, launch)
             .await
             .map_err(|err| match err {
                 sandbox::SpawnError::Unavailable(why) => SpawnError::Unavailable(why),

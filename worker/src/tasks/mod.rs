@@ -38,11 +38,23 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 enum Stop {
     Cancelled,
     TimedOut,
+    /// Its user's files (written by their tasks) went over their quota.
+    OverQuota,
+    /// The users' file system went below the disk reserve.
+    DiskFull,
 }
+
+/// How often the guard checks the disk reserve while tasks run.
+const GUARD_EVERY: Duration = Duration::from_secs(1);
+/// Every how many guard turns it counts the usage of users whose tasks run.
+const QUOTA_TURNS: u32 = 5;
+/// Between SIGTERM and SIGKILL for a task stopped by the guard.
+const GUARD_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Running {
     user: UserId,
+    quota: crate::workspace::Quota,
     /// Set once; the supervisor acts on it.
     stop: Mutex<Option<(Stop, Duration)>>,
     stopping: Notify,
@@ -75,14 +87,68 @@ impl Tasks {
         sandbox: Arc<Launcher>,
         events: FrameSender,
     ) -> Arc<Tasks> {
-        Arc::new(Tasks {
+        let tasks = Arc::new(Tasks {
             users_dir,
             workspaces,
             sandbox,
             events,
             running: Mutex::new(HashMap::new()),
             per_user: Mutex::new(HashMap::new()),
-        })
+        });
+        tokio::spawn(tasks.clone().guard());
+        tasks
+    }
+
+    /// What the files API enforces on every write, enforced on tasks
+    /// after the fact: users' own processes write without asking. Every
+    /// second while tasks run, a users' file system below the disk reserve
+    /// stops every running task (the reserve keeps room for warren's own
+    /// database and sockets); every few seconds, a user whose files are
+    /// over their quota has their tasks stopped. (Each file a task writes
+    /// is also capped at the quota by `RLIMIT_FSIZE`.)
+    async fn guard(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(GUARD_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut turn = 0u32;
+        loop {
+            ticks.tick().await;
+            let running: Vec<Arc<Running>> = self.lock_running().values().cloned().collect();
+            if running.is_empty() {
+                continue;
+            }
+            turn = turn.wrapping_add(1);
+            let workspaces = self.workspaces.clone();
+            let short = crate::ops::blocking(move || Ok(workspaces.disk_short())).await;
+            if let Ok(Some(what)) = short {
+                warn!(
+                    tasks = running.len(),
+                    short_of = what,
+                    "the users' disk is below its reserve: stopping every task"
+                );
+                for task in &running {
+                    request_stop(task, Stop::DiskFull, GUARD_GRACE);
+                }
+                continue;
+            }
+            if turn % QUOTA_TURNS != 0 {
+                continue;
+            }
+            let mut users: HashMap<UserId, crate::workspace::Quota> = HashMap::new();
+            for task in &running {
+                users.insert(task.user, task.quota);
+            }
+            for (user, quota) in users {
+                let workspaces = self.workspaces.clone();
+                let counted = crate::ops::blocking(move || workspaces.recount(user)).await;
+                let Ok(usage) = counted else { continue };
+                if usage.bytes > quota.bytes || usage.entries > quota.entries {
+                    warn!(%user, bytes = usage.bytes, entries = usage.entries, "a user's tasks wrote past their quota: stopping them");
+                    for task in running.iter().filter(|task| task.user == user) {
+                        request_stop(task, Stop::OverQuota, GUARD_GRACE);
+                    }
+                }
+            }
+        }
     }
 
     fn lock_running(&self) -> MutexGuard<'_, HashMap<TaskId, Arc<Running>>> {
@@ -198,6 +264,7 @@ impl Tasks {
         let group = Arc::new(spawned.group);
         let running = Arc::new(Running {
             user: user.id,
+            quota: crate::workspace::Quota::of(&user),
             stop: Mutex::new(None),
             stopping: Notify::new(),
             progress,
@@ -352,13 +419,7 @@ impl Tasks {
             .filter(|running| running.user == user.id)
             .cloned()
             .ok_or_else(|| OpError::NotFound(format!("task {task} is not running")))?;
-        {
-            let mut stop = running.stop.lock().unwrap_or_else(PoisonError::into_inner);
-            if stop.is_none() {
-                *stop = Some((Stop::Cancelled, grace));
-            }
-        }
-        running.stopping.notify_one();
+        request_stop(&running, Stop::Cancelled, grace);
         Ok(Reply::Done)
     }
 
@@ -478,6 +539,17 @@ impl Tasks {
     }
 }
 
+/// Asks a running task's supervisor to stop it (the first reason wins).
+fn request_stop(running: &Running, why: Stop, grace: Duration) {
+    {
+        let mut stop = running.stop.lock().unwrap_or_else(PoisonError::into_inner);
+        if stop.is_none() {
+            *stop = Some((why, grace));
+        }
+    }
+    running.stopping.notify_one();
+}
+
 /// How long a task past its timeout has between SIGTERM and SIGKILL.
 pub const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 
@@ -532,12 +604,16 @@ fn classify(
     let signal = status.signal();
     let state = match (stopped, signal) {
         (Some(Stop::TimedOut), _) => TaskState::TimedOut,
-        (Some(Stop::Cancelled), _) | (None, Some(_)) => TaskState::Killed,
+        (Some(_), _) | (None, Some(_)) => TaskState::Killed,
         (None, None) => TaskState::Exited,
     };
     let error = match (stopped, signal) {
         (Some(Stop::TimedOut), _) => Some("stopped: it ran past its timeout".to_string()),
         (Some(Stop::Cancelled), _) => Some("stopped: cancelled".to_string()),
+        (Some(Stop::OverQuota), _) => {
+            Some("stopped: the user's files are over their storage quota".to_string())
+        }
+        (Some(Stop::DiskFull), _) => Some("stopped: the server's disk is nearly full".to_string()),
         (None, Some(signal)) => Some(format!("killed by signal {signal}")),
         (None, None) => None,
     }
