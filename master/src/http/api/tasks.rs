@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
 use utoipa::{IntoParams, ToSchema};
@@ -360,6 +361,20 @@ async fn start_task(
         other => other,
     })?;
     let checked = check(request)?;
+    // Started on a task of its own: a client that goes away mid-request
+    // must not cut the start short between the record and the worker's
+    // answer (the task would run with a record that never learns it did).
+    tokio::spawn(start_checked(state, principal, info, checked))
+        .await
+        .map_err(|err| ApiError::Internal(format!("starting a task failed: {err}")))?
+}
+
+async fn start_checked(
+    state: AppState,
+    principal: Arc<Principal>,
+    info: ClientInfo,
+    checked: Checked,
+) -> Result<(StatusCode, Json<TaskView>), ApiError> {
     let user = &principal.ctx;
     let store = state.auth.store();
     let id = Uuid::new_v4();
