@@ -330,6 +330,18 @@ impl Caller {
     }
 }
 
+/// Creates `users` as `admin` (password `<name>-password`) and logs each
+/// in: their callers, sending the session as a bearer token.
+pub async fn users_on(server: &Server, admin: &Caller, users: &[&str]) -> Vec<Caller> {
+    let mut callers = Vec::new();
+    for user in users {
+        let password = format!("{user}-password");
+        admin.create_user(user, &password).await;
+        callers.push(Caller::login(server, user, &password).await.bearer());
+    }
+    callers
+}
+
 /// Runs each async `fn scenario(db: Database)` named as two tests: on
 /// SQLite (`sqlite::scenario`) and on a fresh PostgreSQL database
 /// (`postgres::scenario`, skipped loudly when PostgreSQL is unreachable).

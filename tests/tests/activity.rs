@@ -101,12 +101,7 @@ impl Events {
 async fn server_with(options: ServerOptions, users: &[&str]) -> (Server, Caller, Vec<Caller>) {
     let server = Server::ready(&options).await;
     let admin = Caller::admin(&server).await;
-    let mut callers = Vec::new();
-    for user in users {
-        let password = format!("{user}-password");
-        admin.create_user(user, &password).await;
-        callers.push(Caller::login(&server, user, &password).await.bearer());
-    }
+    let callers = warren_tests::accounts::users_on(&server, &admin, users).await;
     (server, admin, callers)
 }
 

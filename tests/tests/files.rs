@@ -19,12 +19,7 @@ async fn server_with(users: &[&str]) -> (Server, Vec<Caller>) {
 async fn server_from(options: ServerOptions, users: &[&str]) -> (Server, Vec<Caller>) {
     let server = Server::ready(&options).await;
     let admin = Caller::admin(&server).await;
-    let mut callers = Vec::new();
-    for user in users {
-        let password = format!("{user}-password");
-        admin.create_user(user, &password).await;
-        callers.push(Caller::login(&server, user, &password).await.bearer());
-    }
+    let callers = warren_tests::accounts::users_on(&server, &admin, users).await;
     (server, callers)
 }
 

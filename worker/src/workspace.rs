@@ -597,15 +597,7 @@ impl Workspaces {
     /// file system is below now, if any: what users' own processes wrote
     /// (the files API never goes below them).
     pub fn disk_short(&self) -> Option<&'static str> {
-        let fs = rustix::fs::statvfs(&self.users_dir).ok()?;
-        let block = fs.f_frsize.max(1);
-        let room = Room {
-            total_bytes: fs.f_blocks.saturating_mul(block),
-            free_bytes: fs.f_bavail.saturating_mul(block),
-            total_inodes: fs.f_files,
-            free_inodes: fs.f_favail,
-        };
-        self.disk_reserve.refuses(room, 1, 1)
+        self.disk_reserve.refuses(Room::of(&self.users_dir)?, 1, 1)
     }
 
     /// Counts the user's usage again now (their tasks wrote meanwhile).
@@ -779,15 +771,8 @@ impl DiskReserve {
         if bytes == 0 && entries == 0 {
             return Ok(());
         }
-        let Ok(fs) = rustix::fs::statvfs(dir) else {
+        let Some(room) = Room::of(dir) else {
             return Ok(());
-        };
-        let block = fs.f_frsize.max(1);
-        let room = Room {
-            total_bytes: fs.f_blocks.saturating_mul(block),
-            free_bytes: fs.f_bavail.saturating_mul(block),
-            total_inodes: fs.f_files,
-            free_inodes: fs.f_favail,
         };
         match self.refuses(room, bytes, entries) {
             Some(what) => Err(OpError::DiskFull(format!(
@@ -821,6 +806,21 @@ struct Room {
     free_bytes: u64,
     total_inodes: u64,
     free_inodes: u64,
+}
+
+impl Room {
+    /// The file system of `dir` as `statvfs` describes it (`None` when it
+    /// cannot be asked).
+    fn of(dir: &std::path::Path) -> Option<Room> {
+        let fs = rustix::fs::statvfs(dir).ok()?;
+        let block = fs.f_frsize.max(1);
+        Some(Room {
+            total_bytes: fs.f_blocks.saturating_mul(block),
+            free_bytes: fs.f_bavail.saturating_mul(block),
+            total_inodes: fs.f_files,
+            free_inodes: fs.f_favail,
+        })
+    }
 }
 
 /// Whether `bytes` and `entries` more (less `credit` bytes freed) fit beside
