@@ -99,8 +99,6 @@ pub async fn run(args: &TasksArgs) -> Result<TasksReport> {
         os_args([
             "--task-limit",
             "64",
-            "--audit-rate",
-            "1000000",
             "--token-rate",
             "1000000",
         ]),

@@ -170,6 +170,73 @@ pub struct Sandbox {
     cgroups: Option<Cgroups>,
     /// The Landlock rules but the user's own directories.
     system_rules: LandlockSpec,
+    /// The one thread that forks the stages (started on the first spawn).
+    spawner: std::sync::Arc<std::sync::OnceLock<Spawner>>,
+}
+
+/// What the spawner thread is asked: fork this command, with this status
+/// pipe end made inheritable for it alone.
+type SpawnRequest = (
+    tokio::process::Command,
+    OwnedFd,
+    tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>,
+);
+
+/// A thread of the worker's own that forks every stage, for two reasons:
+/// the parent-death signal the stage sets is tied to the *thread* that
+/// forked it, so that thread must live as long as the worker (this one
+/// does: it ends only when the sandbox is dropped, at exit); and a fork
+/// (vfork until the stage's `execve`) then never holds up the runtime
+/// thread that serves the worker's requests. One thread, so the status
+/// pipe's write end can be made inheritable for exactly one fork at a
+/// time.
+#[derive(Debug)]
+struct Spawner {
+    requests: std::sync::Mutex<std::sync::mpsc::Sender<SpawnRequest>>,
+}
+
+impl Spawner {
+    /// Starts the thread, in the current runtime's context (tokio's
+    /// children are reaped by the runtime that spawned them).
+    fn start() -> Spawner {
+        let (requests, incoming) = std::sync::mpsc::channel::<SpawnRequest>();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let thread = std::thread::Builder::new()
+            .name("warren-spawner".into())
+            .spawn(move || {
+                let _context = runtime.as_ref().map(|runtime| runtime.enter());
+                for (mut command, status_write, answer) in incoming {
+                    let spawned = rustix::io::ioctl_fionclex(&status_write)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| command.spawn());
+                    drop(status_write);
+                    let _ = answer.send(spawned);
+                }
+            });
+        if let Err(err) = thread {
+            tracing::error!(error = %err, "cannot start the thread that spawns users' processes");
+        }
+        Spawner {
+            requests: std::sync::Mutex::new(requests),
+        }
+    }
+
+    async fn spawn(
+        &self,
+        command: tokio::process::Command,
+        status_write: OwnedFd,
+    ) -> Result<tokio::process::Child, SpawnError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send((command, status_write, answer))
+            .map_err(|_| SpawnError::Internal("the spawner thread is gone".into()))?;
+        answered
+            .await
+            .map_err(|_| SpawnError::Internal("the spawner thread is gone".into()))?
+            .map_err(|err| SpawnError::Internal(format!("stage: {err}")))
+    }
 }
 
 /// What to run.
@@ -335,6 +402,7 @@ impl Sandbox {
             report,
             cgroups,
             system_rules,
+            spawner: Default::default(),
         }
     }
 
@@ -419,25 +487,37 @@ impl Sandbox {
         };
         check_launch(&launch)?;
         let (workspace, scratch) = self.user_paths(user);
-        prepare_scratch(&scratch, uid).map_err(|err| {
-            SpawnError::Internal(format!("cannot prepare {}: {err}", scratch.display()))
-        })?;
-        let joined = match &self.cgroups {
-            Some(cgroups) => Some(
+        // Directories and cgroup files: on the blocking pool, so the
+        // worker's runtime thread (which serves every request of its
+        // users) only forks.
+        let prepare = {
+            let scratch = scratch.clone();
+            let cgroups = self.cgroups.clone();
+            let slot = self.config.slot;
+            let user_id = user.id.to_string();
+            let limits = user.limits;
+            let group = launch.group.clone();
+            move || -> Result<Option<cgroup::Joined>, SpawnError> {
+                prepare_scratch(&scratch, uid).map_err(|err| {
+                    SpawnError::Internal(format!("cannot prepare {}: {err}", scratch.display()))
+                })?;
                 cgroups
-                    .enter_user(
-                        self.config.slot,
-                        &user.id.to_string(),
-                        &user.limits,
-                        &launch.group,
-                    )
-                    .map_err(|err| match err.kind() {
-                        std::io::ErrorKind::InvalidInput => SpawnError::Command(err.to_string()),
-                        _ => SpawnError::Internal(format!("cgroup: {err}")),
-                    })?,
-            ),
-            None => None,
+                    .map(|cgroups| {
+                        cgroups
+                            .enter_user(slot, &user_id, &limits, &group)
+                            .map_err(|err| match err.kind() {
+                                std::io::ErrorKind::InvalidInput => {
+                                    SpawnError::Command(err.to_string())
+                                }
+                                _ => SpawnError::Internal(format!("cgroup: {err}")),
+                            })
+                    })
+                    .transpose()
+            }
         };
+        let joined = tokio::task::spawn_blocking(prepare)
+            .await
+            .map_err(|err| SpawnError::Internal(format!("preparing the launch: {err}")))??;
         let (status_read, status_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|err| SpawnError::Internal(format!("pipe: {err}")))?;
         let spec = ExecSpec {
@@ -470,15 +550,11 @@ impl Sandbox {
             .stdin(launch.stdin)
             .stdout(launch.stdout)
             .stderr(launch.stderr);
-        // The status pipe's write end must reach the stage. It is made
-        // inheritable only for this one spawn: every spawn of the worker
-        // happens on its one runtime thread, so no other child can be
-        // forked while the flag is off.
-        rustix::io::ioctl_fionclex(&status_write)
-            .map_err(|err| SpawnError::Internal(format!("status pipe: {err}")))?;
-        let spawned = command.spawn();
-        drop(status_write);
-        let mut child = spawned.map_err(|err| SpawnError::Internal(format!("stage: {err}")))?;
+        let mut child = self
+            .spawner
+            .get_or_init(Spawner::start)
+            .spawn(command, status_write)
+            .await?;
         let pid = child.id().unwrap_or(0);
         match read_status(status_read).await {
             Ok(None) => {}

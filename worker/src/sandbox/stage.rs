@@ -42,7 +42,16 @@ type Failure = (StageFailure, String);
 
 /// Runs the stage; never returns. Call it first thing in `main` when
 /// `argv[1]` is `sandbox-exec`, before any thread, runtime or logger.
+/// The nice value of users' processes: at 10, CFS gives a runnable warren
+/// thread about ten times their share of a busy core, so many short tasks
+/// do not slow the API for others (`warren-bench tasks`, (b)).
+pub const USER_NICE: i32 = 10;
+
 pub fn stage_main() -> ! {
+    // Users' processes yield the processor to warren's own threads (the
+    // API every user waits on): first thing, so this stage's own set-up
+    // already runs at that priority. Failing is harmless.
+    let _ = rustix::process::setpriority_process(None, USER_NICE);
     let Some(text) = std::env::var_os(SPEC_ENV) else {
         eprintln!("warren sandbox-exec: no {SPEC_ENV}: this stage is started by a worker only");
         std::process::exit(FAILED);
