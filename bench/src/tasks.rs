@@ -96,12 +96,7 @@ pub async fn run(args: &TasksArgs) -> Result<TasksReport> {
     let warren = start_warren(
         dir.path(),
         args.workers,
-        os_args([
-            "--task-limit",
-            "64",
-            "--token-rate",
-            "1000000",
-        ]),
+        os_args(["--task-limit", "64", "--token-rate", "1000000"]),
     )
     .await?;
     let outcome = measure(args, warren.process.address, &warren.admin_password).await;
