@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warren_master::metrics::Metrics;
 use warren_master::pool::{Pool, PoolConfig, PoolError, WorkerCommand};
-use warren_protocol::{Op, Reply, Role, StreamKind, UserCtx, UserId};
+use warren_protocol::{Op, OpError, Reply, Role, StreamKind, UserCtx, UserId};
 
 fn user(n: u128) -> UserCtx {
     UserCtx {
@@ -124,4 +124,28 @@ async fn a_pool_that_is_shut_down_refuses_calls() {
         Err(PoolError::ShuttingDown)
     ));
     assert!(!dir.path().join("worker-0.sock").exists());
+}
+
+/// A request too large for a frame fails at once, alone: the connection
+/// and every other request on it go on (it used to end the master's
+/// writer and leave the slot stalled until its worker was killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_too_large_for_a_frame_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = start_pool(1, dir.path()).await;
+    let huge = Op::Files(warren_protocol::FileOp::PutSettings {
+        json: vec![b' '; 2 * 1024 * 1024],
+    });
+    let refused = tokio::time::timeout(Duration::from_secs(5), pool.call(&user(1), huge))
+        .await
+        .expect("an answer, not a hang");
+    assert!(
+        matches!(&refused, Err(PoolError::Op(OpError::Invalid(why))) if why.contains("too large")),
+        "{refused:?}"
+    );
+    let after = tokio::time::timeout(Duration::from_secs(5), pool.call(&user(2), Op::Ping))
+        .await
+        .expect("the slot still serves");
+    assert!(matches!(after, Ok(Reply::Pong { .. })), "{after:?}");
+    pool.shutdown().await;
 }

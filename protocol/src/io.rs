@@ -15,10 +15,14 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 const WRITE_BATCH_FRAMES: usize = 512;
 
 /// Writes every frame from `frames` to `out` until the channel closes (every
-/// sender dropped) or the write fails.
+/// sender dropped) or the write fails. Tells `unsendable` about each frame that cannot be encoded (one over
+/// [`crate::MAX_FRAME_LEN`]) and goes on with the others: one oversized
+/// message must fail alone, not end the connection and stall every
+/// request behind it.
 pub async fn write_frames<W: AsyncWrite + Unpin>(
     mut frames: mpsc::UnboundedReceiver<Frame>,
     mut out: W,
+    unsendable: impl Fn(u64, FrameError),
 ) -> Result<(), FrameError> {
     let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
     let mut buffer = BytesMut::with_capacity(64 * 1024);
@@ -36,7 +40,10 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
             }
         }
         for frame in batch.drain(..) {
-            encode_frame(&frame, &mut buffer)?;
+            if let Err(err) = encode_frame(&frame, &mut buffer) {
+                unsendable(frame.id, err);
+                continue;
+            }
             if buffer.len() >= WRITE_BATCH_BYTES {
                 out.write_all(&buffer).await?;
                 buffer.clear();

@@ -461,6 +461,7 @@ async fn a_task_writing_past_the_quota_is_stopped() {
         size <= 8 << 20,
         "one file outgrew the quota: {size} bytes ({end})"
     );
+    assert_eq!(hoarder.delete("/api/v1/files/big").await.0, 204);
 
     let writer = "i=0; while true; do head -c 1000000 /dev/zero > f$i; i=$((i+1)); sleep 0.2; done";
     let task = start(hoarder, json!({ "command": writer, "timeout": 120 })).await;
@@ -477,9 +478,30 @@ async fn a_task_writing_past_the_quota_is_stopped() {
         "{:?}",
         began.elapsed()
     );
-    // The files API sees the user over quota and refuses more.
+    // The files API sees the user over quota and refuses more; so does
+    // the tasks API, until they make room.
     let (status, body) = warren_tests::files::put(hoarder, "more", "x").await;
     assert_eq!(status, 507, "{body}");
+    let (status, body) = hoarder
+        .post("/api/v1/tasks", json!({ "command": "true" }))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (507, &json!("quota_exceeded")),
+        "{body}"
+    );
+    for entry in std::fs::read_dir(workspace_of(&server, hoarder))
+        .unwrap()
+        .flatten()
+    {
+        let name = entry.file_name().into_string().unwrap();
+        let (status, body) = hoarder.delete(&format!("/api/v1/files/{name}")).await;
+        assert_eq!(status, 204, "{name}: {body}");
+    }
+    let (status, body) = hoarder
+        .post("/api/v1/tasks", json!({ "command": "true" }))
+        .await;
+    assert_eq!(status, 201, "{body}");
 }
 
 /// A task filling the users' file system is stopped when it eats into the
@@ -510,6 +532,22 @@ async fn a_task_filling_the_disk_is_stopped_at_the_reserve() {
     let writer = "i=0; while true; do head -c 1000000 /dev/zero > f$i || exit 3; i=$((i+1)); sleep 0.1; done";
     let task = start(&filler, json!({ "command": writer, "timeout": 300 })).await;
     let id = task["id"].as_str().unwrap();
+    // Another user's tasks meanwhile: each ends (never stays `running`),
+    // however full the disk gets.
+    admin.create_user("bystander", "bystander-password").await;
+    let bystander = Caller::login(&server, "bystander", "bystander-password")
+        .await
+        .bearer();
+    let mut theirs = Vec::new();
+    for _ in 0..6 {
+        let (status, task) = bystander
+            .post("/api/v1/tasks", json!({ "command": "sleep 1; echo done" }))
+            .await;
+        if status == 201 {
+            theirs.push(task["id"].as_str().unwrap().to_string());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let end = ended(&filler, id, Duration::from_secs(120)).await;
     assert_eq!(end["state"], "killed", "{end}");
     assert!(
@@ -519,6 +557,10 @@ async fn a_task_filling_the_disk_is_stopped_at_the_reserve() {
     let free = rustix::fs::statvfs(&data_dir).expect("statvfs");
     let free_bytes = free.f_bavail * free.f_frsize;
     assert!(free_bytes > 2 << 20, "only {free_bytes} bytes left");
+    for id in &theirs {
+        let end = ended(&bystander, id, Duration::from_secs(30)).await;
+        assert_ne!(end["state"], "running", "{end}");
+    }
     // The accounts database still takes writes: a login is stored.
     let again = Caller::login(&server, "filler", "filler-password").await;
     assert_eq!(again.get("/api/v1/me").await.0, 200);

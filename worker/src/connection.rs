@@ -104,9 +104,18 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         garbage,
     });
     #[cfg(debug_assertions)]
-    let writer = tokio::spawn(debug::write_or_garbage(outgoing, send, garbage_requests));
+    let writer = tokio::spawn(debug::write_or_garbage(
+        outgoing,
+        send,
+        garbage_requests,
+        unsendable(worker.frames.clone()),
+    ));
     #[cfg(not(debug_assertions))]
-    let writer = tokio::spawn(write_frames(outgoing, send));
+    let writer = tokio::spawn(write_frames(
+        outgoing,
+        send,
+        unsendable(worker.frames.clone()),
+    ));
     let heartbeat = tokio::spawn(heartbeat_loop(worker.clone(), config.heartbeat_interval));
 
     let mut handled = 0usize;
@@ -144,6 +153,21 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
     // master that stopped reading.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
     outcome
+}
+
+/// What the writer does with a reply too large for a frame (a bug, not
+/// something a request can cause): logs it and answers the request with an
+/// error instead, so the master's caller does not wait forever.
+fn unsendable(frames: FrameSender) -> impl Fn(u64, warren_protocol::FrameError) {
+    move |id, err| {
+        error!(id, error = %err, "a reply too large for a frame was dropped");
+        let _ = frames.send(Frame {
+            id,
+            body: Body::Response(Response {
+                result: Err(OpError::Internal(format!("reply too large: {err}"))),
+            }),
+        });
+    }
 }
 
 /// A terminal's Ctrl-C, `timeout`, or a service manager may signal the whole
@@ -378,9 +402,10 @@ mod debug {
         frames: mpsc::UnboundedReceiver<Frame>,
         mut out: W,
         mut garbage: mpsc::UnboundedReceiver<bool>,
+        unsendable: impl Fn(u64, warren_protocol::FrameError),
     ) -> Result<(), warren_protocol::FrameError> {
         tokio::select! {
-            result = write_frames(frames, &mut out) => result,
+            result = write_frames(frames, &mut out, unsendable) => result,
             Some(oversized) = garbage.recv() => {
                 let bytes: Vec<u8> = if oversized {
                     // A length prefix far over the frame bound.

@@ -618,7 +618,8 @@ impl Workspaces {
 
     /// The user's usage (counted on first need, and again after
     /// [`Self::forget_usage`]): the workspace, plus the output kept of
-    /// their tasks (`state/tasks/`).
+    /// their tasks (`state/tasks/`) and their processes' private tmp
+    /// (`scratch/`).
     pub fn usage(&self, dirs: &UserDirs) -> Result<Usage, OpError> {
         let stale = self
             .stale
@@ -640,6 +641,17 @@ impl Workspaces {
             Ok(tasks) => counted.add(count_tree(&tasks)?),
             Err(Errno::NOENT) => {}
             Err(err) => return Err(errno(err, "cannot count the tasks' output")),
+        }
+        // The private tmp of the user's processes (`TMPDIR`) is theirs too.
+        let scratch = self.users_dir.join(dirs.user.to_string()).join("scratch");
+        match rustix::fs::open(
+            &scratch,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(scratch) => counted.add(count_tree(&scratch)?),
+            Err(Errno::NOENT) => {}
+            Err(err) => return Err(errno(err, "cannot count the user's scratch space")),
         }
         let mut known = self.lock_usage();
         let usage = known.entry(dirs.user).or_default();

@@ -141,6 +141,17 @@ impl WorkerConnection {
         )));
     }
 
+    /// Fails the request `id`, whose frame could not be sent (it is larger
+    /// than a frame may be).
+    pub fn fail_unsendable(&self, id: u64, why: &warren_protocol::FrameError) {
+        let waiter = self.lock_pending().waiting.remove(&id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(Err(OpError::Invalid(format!(
+                "the request is too large for the worker protocol: {why}"
+            ))));
+        }
+    }
+
     pub fn inflight(&self) -> usize {
         self.lock_pending().waiting.len()
     }

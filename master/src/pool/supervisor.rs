@@ -248,7 +248,13 @@ async fn run_once(
         frames,
         events.clone(),
     ));
-    let writer = tokio::spawn(write_frames(outgoing, writer_half));
+    let writer = tokio::spawn({
+        let connection = connection.clone();
+        write_frames(outgoing, writer_half, move |id, err| {
+            warn!(id, error = %err, "a request too large for a frame was refused");
+            connection.fail_unsendable(id, &err);
+        })
+    });
     let mut reader_task = tokio::spawn({
         let connection = connection.clone();
         async move { connection.read_frames(reader).await }

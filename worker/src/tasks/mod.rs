@@ -203,7 +203,27 @@ impl Tasks {
         let workspaces = self.workspaces.clone();
         let (id, uid) = (user.id, user.uid);
         // With the user's uid: the workspace is theirs before their process runs.
-        crate::ops::blocking(move || workspaces.open_as(id, uid).map(drop)).await?;
+        let quota = crate::workspace::Quota::of(&user);
+        crate::ops::blocking(move || {
+            let dirs = workspaces.open_as(id, uid)?;
+            // A user over their quota (their tasks wrote past it) starts
+            // nothing more until they make room.
+            let usage = workspaces.usage(&dirs)?;
+            if usage.bytes > quota.bytes {
+                return Err(OpError::QuotaExceeded {
+                    used: usage.bytes,
+                    limit: quota.bytes,
+                });
+            }
+            if usage.entries > quota.entries {
+                return Err(OpError::EntryQuotaExceeded {
+                    used: usage.entries,
+                    limit: quota.entries,
+                });
+            }
+            Ok(())
+        })
+        .await?;
         let dir = self.task_dir(user.id, start.task);
         let log = {
             let dir = dir.clone();

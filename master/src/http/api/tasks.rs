@@ -36,7 +36,7 @@ use warren_protocol::{
 };
 
 /// The largest `POST /tasks` body: the command and environment (256 KiB)
-/// and the standard input (1 MiB), JSON-escaped.
+/// and the standard input (512 KiB), JSON-escaped.
 pub const MAX_TASK_BODY: usize = 4 * 1024 * 1024;
 /// Arguments of a command at most.
 pub const MAX_ARGS: usize = 1024;
@@ -44,8 +44,9 @@ pub const MAX_ARGS: usize = 1024;
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 /// Environment variables at most.
 pub const MAX_ENV_VARS: usize = 256;
-/// Bytes of standard input at most.
-pub const MAX_STDIN: usize = 1024 * 1024;
+/// Bytes of standard input at most: with the command and environment it
+/// travels to the worker in one frame, which is at most 1 MiB.
+pub const MAX_STDIN: usize = 512 * 1024;
 /// The longest timeout: 7 days, in seconds.
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 
@@ -82,7 +83,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_task, delete_task))
         .routes(routes!(task_output))
         .routes(routes!(cancel_task))
-        // The standard input may be up to 1 MiB: more than other JSON.
+        // The standard input may be up to 512 KiB: more than other JSON.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_TASK_BODY))
 }
 
@@ -114,7 +115,7 @@ pub struct StartTask {
     #[serde(default, deserialize_with = "crate::http::json_integer")]
     #[schema(value_type = Option<u64>, minimum = 1, maximum = 604800)]
     pub timeout: Option<u64>,
-    /// Sent to the task's standard input (up to 1 MiB), which then closes.
+    /// Sent to the task's standard input (up to 512 KiB), which then closes.
     #[serde(default)]
     pub stdin: Option<String>,
 }
@@ -346,7 +347,7 @@ fn shell_words(argv: &[String]) -> String {
         (status = 429, description = "As many tasks running as the user's limit allows (`too_many_tasks`); see `Retry-After`", body = ErrorBody),
         (status = 501, description = "This server's workers cannot run tasks", body = ErrorBody),
         (status = 503, description = "No sandbox (`sandbox_unavailable`), or the worker is restarting; see `Retry-After`", body = ErrorBody),
-        (status = 507, description = "The server's disk is full", body = ErrorBody),
+        (status = 507, description = "The caller is over their storage quota (`quota_exceeded`: their tasks wrote past it), or the server's disk is full", body = ErrorBody),
     ),
     security(("cookie" = []), ("bearer" = []))
 )]
