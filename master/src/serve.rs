@@ -260,7 +260,34 @@ fn probe_sandbox(args: &ServeArgs) -> Sandbox {
     config.cgroup_root = args.cgroup_root.clone();
     let sandbox = Sandbox::probe(config, true);
     sandbox.report().log();
+    if let Some(host) = loopback_database(args.store.database_url.as_deref()) {
+        if args.sandbox_network == warren_worker::sandbox::Network::Host {
+            warn!(
+                database = host,
+                "the database listens on this host's loopback, which users' processes reach                  with --sandbox-network host: make sure it asks for a password only warren has                  (no trust authentication), or use --sandbox-network none"
+            );
+        }
+    }
     sandbox
+}
+
+/// The host of a PostgreSQL URL when it is this host's loopback (or a
+/// Unix socket directory, which users' processes cannot reach).
+fn loopback_database(url: Option<&str>) -> Option<&str> {
+    let rest = url?.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => host_port.split(':').next()?,
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback.then_some(host)
 }
 
 /// What the workers need of the sandbox settings: the resolved mode and
@@ -551,4 +578,24 @@ async fn stop_on_signal(stop: CancellationToken) {
     // Keep the handlers installed so a second signal does not kill the drain
     // half-way; the drain deadline bounds it instead.
     std::future::pending::<()>().await;
+}
+
+#[cfg(test)]
+mod loopback_database_tests {
+    use super::loopback_database;
+
+    #[test]
+    fn a_database_on_this_hosts_loopback_is_recognised() {
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/test",
+            "postgres://u:p@localhost/db",
+            "postgresql://[::1]:5432/x",
+        ] {
+            assert!(loopback_database(Some(url)).is_some(), "{url}");
+        }
+        for url in ["postgres://db.internal:5432/x", "postgres://10.0.0.5/x"] {
+            assert_eq!(loopback_database(Some(url)), None, "{url}");
+        }
+        assert_eq!(loopback_database(None), None);
+    }
 }

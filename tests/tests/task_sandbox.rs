@@ -566,3 +566,39 @@ async fn a_task_filling_the_disk_is_stopped_at_the_reserve() {
     assert_eq!(again.get("/api/v1/me").await.0, 200);
     server.stop();
 }
+
+/// A task is on the server's own host, but it is not the operator: its
+/// requests from loopback get no metrics and no readiness details (the
+/// kernel says whose the connecting socket is), while the operator's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_on_loopback_is_not_the_operator() {
+    let (server, callers) = server_with(ServerOptions::workers(1), &["ivy"]).await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let ivy = &callers[0];
+    let script = format!(
+        "import urllib.request, urllib.error\n\
+         for path in ['/metrics', '/readyz']:\n    \
+             try:\n        \
+                 r = urllib.request.urlopen({:?} + path)\n        \
+                 print(path, r.status, r.read().decode()[:200].replace('\\n', ' '))\n    \
+             except urllib.error.HTTPError as e:\n        \
+                 print(path, e.code)\n",
+        server.base_url
+    );
+    let (end, text) = python(ivy, &script).await;
+    assert_eq!(end["state"], "exited", "{end}\n{text}");
+    assert!(
+        !text.contains("/metrics 200"),
+        "a task read the metrics:\n{text}"
+    );
+    assert!(
+        !text.contains("sandbox"),
+        "a task read the readiness details:\n{text}"
+    );
+    // The operator, on the same loopback, still reads both.
+    assert!(server.metrics().await.contains("warren_tasks_total"));
+    let (_, ready) = server.get_json("/readyz").await;
+    assert!(ready.get("sandbox").is_some(), "{ready}");
+}

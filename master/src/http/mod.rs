@@ -9,6 +9,7 @@ mod debug;
 mod error;
 pub mod extract;
 pub mod listener;
+pub mod peer;
 
 pub use api::files::Transfers;
 pub use api::tasks::TaskSettings;
@@ -184,10 +185,16 @@ fn is_operator(state: &AppState, parts: &axum::http::request::Parts) -> bool {
             let peer = parts
                 .extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|info| info.0.ip().to_canonical());
+                .map(|info| std::net::SocketAddr::new(info.0.ip().to_canonical(), info.0.port()));
             let forwarded = parts.headers.contains_key("x-forwarded-for")
                 || parts.headers.contains_key(header::FORWARDED);
-            peer.is_some_and(|peer| peer.is_loopback()) && !forwarded
+            let Some(peer) = peer.filter(|peer| peer.ip().is_loopback()) else {
+                return false;
+            };
+            // Users' tasks are on this host too: not the operator.
+            let users = state.auth.store().uid_range();
+            let owner = peer::socket_owner(peer);
+            !forwarded && !owner.is_some_and(|uid| (users.first..=users.last).contains(&uid))
         }
     }
 }

@@ -255,6 +255,11 @@ impl Store {
     }
 
     /// The same database, giving new users uids from `range`.
+    /// Where users' uids come from.
+    pub fn uid_range(&self) -> UidRange {
+        self.uid_range
+    }
+
     pub fn with_uid_range(self, range: UidRange) -> Store {
         Store {
             uid_range: range,
