@@ -416,6 +416,7 @@ async fn a_killed_worker_takes_its_users_processes_and_tasks_with_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let served = served.expect("the slot serves again");
+    eprintln!("the slot served again {served:?} after the worker was killed");
     assert!(
         served < Duration::from_secs(5),
         "served again after {served:?}"
@@ -435,6 +436,10 @@ async fn a_killed_worker_takes_its_users_processes_and_tasks_with_it() {
         let end = ended(caller, id, Duration::from_secs(15)).await;
         assert_eq!(end["state"], "lost", "{end}");
     }
+    eprintln!(
+        "every task was lost {:?} after the worker was killed",
+        killed.elapsed()
+    );
 }
 
 /// What a task writes counts against its user's quota: no single file
