@@ -24,6 +24,9 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
 fi
 
 work="$(mktemp -d)"
+# Users' processes (uids of their own) must be able to pass through to
+# their workspaces under "$work/data"; mktemp makes it 0700.
+chmod 0711 "$work"
 server_pid=""
 cleanup() {
     if [ -n "$server_pid" ]; then

@@ -607,3 +607,42 @@ async fn a_task_on_loopback_is_not_the_operator() {
     let (_, ready) = server.get_json("/readyz").await;
     assert!(ready.get("sandbox").is_some(), "{ready}");
 }
+
+/// A data directory below a directory users' uids cannot pass: their
+/// processes could never reach their workspaces, so the server says so
+/// (`/readyz`, `503 sandbox_unavailable` naming the directory) instead of
+/// failing every task with an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_users_cannot_reach_refuses_tasks_clearly() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let private = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let data_dir = private.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let mut server = Server::start(&data_dir, &ServerOptions::workers(1));
+    server.wait_ready().await;
+    let (_, ready) = server.get_json("/readyz").await;
+    let refused = ready["sandbox"]["refused"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(refused.contains("cannot reach their workspaces"), "{ready}");
+    let admin = Caller::admin(&server).await;
+    let callers = warren_tests::accounts::users_on(&server, &admin, &["kim"]).await;
+    let (status, body) = callers[0]
+        .post("/api/v1/tasks", json!({ "command": "true" }))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "sandbox_unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&private.path().display().to_string()),
+        "{body}"
+    );
+    server.stop();
+}

@@ -379,7 +379,16 @@ impl Sandbox {
         let cgroups = cgroups.filter(|_| decision.cgroups);
         let (system_rules, left_out) = system_rules(&config, decision.netns);
         if decision.uid_switch {
-            decision.warnings.extend(untraversable(&config.users_dir));
+            // Users' processes could not even reach their workspaces: every
+            // launch would fail. Say so once, clearly, instead of failing
+            // each task with an internal error.
+            let blocked = untraversable(&config.users_dir);
+            if !blocked.is_empty() && decision.allowed.is_ok() {
+                decision.allowed = Err(format!(
+                    "users' processes cannot reach their workspaces: {}",
+                    blocked.join("; ")
+                ));
+            }
         }
         if decision.landlock {
             for path in left_out {
@@ -638,8 +647,8 @@ impl Sandbox {
 }
 
 /// The directories above `<data>/users` the users' uids cannot pass
-/// (no execute permission for others), as warnings: their processes
-/// could not reach their workspaces. The data directory itself and
+/// (no execute permission for others): their processes could not reach
+/// their workspaces, so users' processes are refused, saying which. The data directory itself and
 /// `users/` are made 0711 by warren.
 fn untraversable(users_dir: &Path) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
