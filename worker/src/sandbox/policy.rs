@@ -140,61 +140,48 @@ pub fn decide(mode: Mode, caps: &Capabilities, network: Network) -> Decision {
                 .into(),
         );
     }
-    match mode {
-        Mode::Required => {
-            let mut refused: Vec<&str> = missing.clone();
-            if wants_netns && !caps.netns && caps.landlock_abi.is_none_or(|abi| abi < 4) {
-                refused.push("network isolation (--sandbox-network none)");
-            }
-            Decision {
-                allowed: if refused.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "the sandbox is required (--sandbox required) but this system lacks: {}",
-                        refused.join("; ")
-                    ))
-                },
-                landlock: caps.landlock_abi.is_some(),
-                uid_switch: caps.uid_switch,
-                cgroups: caps.cgroup_grouping
-                    || caps.cgroup_memory.is_some()
-                    || caps.cgroup_pids.is_some(),
-                netns: wants_netns && caps.netns,
-                warnings,
-            }
+    if mode == Mode::Off {
+        warnings.push(
+            "the sandbox is off (--sandbox off): users' processes run with warren's uid, \
+             no Landlock and no cgroups; only rlimits, a clean environment and a session"
+                .into(),
+        );
+        return Decision {
+            allowed: Ok(()),
+            landlock: false,
+            uid_switch: false,
+            cgroups: false,
+            netns: wants_netns && caps.netns,
+            warnings,
+        };
+    }
+    let allowed = if mode == Mode::Required {
+        let mut refused: Vec<&str> = missing.clone();
+        if wants_netns && !caps.netns && caps.landlock_abi.is_none_or(|abi| abi < 4) {
+            refused.push("network isolation (--sandbox-network none)");
         }
-        Mode::BestEffort => {
-            warnings.extend(missing.iter().map(|what| format!("sandbox without {what}")));
-            if caps.cgroup_cpu.is_none() {
-                warnings.push("sandbox without the cgroup cpu controller (no cpu weight)".into());
-            }
-            Decision {
-                allowed: Ok(()),
-                landlock: caps.landlock_abi.is_some(),
-                uid_switch: caps.uid_switch,
-                cgroups: caps.cgroup_grouping
-                    || caps.cgroup_memory.is_some()
-                    || caps.cgroup_pids.is_some(),
-                netns: wants_netns && caps.netns,
-                warnings,
-            }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the sandbox is required (--sandbox required) but this system lacks: {}",
+                refused.join("; ")
+            ))
         }
-        Mode::Off => {
-            warnings.push(
-                "the sandbox is off (--sandbox off): users' processes run with warren's uid, \
-                 no Landlock and no cgroups; only rlimits, a clean environment and a session"
-                    .into(),
-            );
-            Decision {
-                allowed: Ok(()),
-                landlock: false,
-                uid_switch: false,
-                cgroups: false,
-                netns: wants_netns && caps.netns,
-                warnings,
-            }
+    } else {
+        warnings.extend(missing.iter().map(|what| format!("sandbox without {what}")));
+        if caps.cgroup_cpu.is_none() {
+            warnings.push("sandbox without the cgroup cpu controller (no cpu weight)".into());
         }
+        Ok(())
+    };
+    Decision {
+        allowed,
+        landlock: caps.landlock_abi.is_some(),
+        uid_switch: caps.uid_switch,
+        cgroups: caps.cgroup_grouping || caps.cgroup_memory.is_some() || caps.cgroup_pids.is_some(),
+        netns: wants_netns && caps.netns,
+        warnings,
     }
 }
 
