@@ -350,7 +350,11 @@ mod sandbox {
                 .wait()
                 .await
                 .context("cannot wait for the sandboxed echo")?;
-            spawned.group.kill().await;
+            spawned
+                .group
+                .kill()
+                .await
+                .context("cannot remove the sandboxed echo's group")?;
             Ok(took)
         }
     }

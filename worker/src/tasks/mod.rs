@@ -14,7 +14,7 @@ pub mod launch;
 pub mod output;
 
 use crate::workspace::Workspaces;
-use launch::{Group, Launch, Launcher, SpawnError};
+use launch::{Group, Launch, Launcher};
 use output::OutputLog;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -248,9 +248,13 @@ impl Tasks {
             .try_clone()
             .map_err(|err| OpError::Busy(format!("cannot make a pipe: {err}")))?;
         let launch = Launch {
-            argv: start.argv.clone(),
+            argv: start.argv.iter().map(Into::into).collect(),
             cwd: start.cwd.clone(),
-            env: start.env.clone(),
+            env: start
+                .env
+                .iter()
+                .map(|(key, value)| (key.into(), value.into()))
+                .collect(),
             group: format!("task-{}", start.task),
             stdin: if start.stdin.is_empty() {
                 std::process::Stdio::null()
@@ -269,11 +273,7 @@ impl Tasks {
                     Ok(())
                 })
                 .await;
-                return Err(match err {
-                    SpawnError::Unavailable(why) => OpError::SandboxUnavailable(why),
-                    SpawnError::CannotRun(why) => OpError::Invalid(why),
-                    SpawnError::Internal(why) => OpError::Internal(why),
-                });
+                return Err(err.into());
             }
         };
         let spawn_micros = received.elapsed().as_micros() as u64;
@@ -281,7 +281,7 @@ impl Tasks {
         let pid = spawned.pid;
 
         let (progress, _) = watch::channel((0, true));
-        let group = Arc::new(spawned.group);
+        let group = Arc::new(Group::from(spawned.group));
         let running = Arc::new(Running {
             user: user.id,
             quota: crate::workspace::Quota::of(&user),
