@@ -56,9 +56,11 @@ pub struct Workspaces {
     /// Each user's usage: counted by walking the workspace the first time
     /// this process needs it, then kept up to date by every change.
     usage: Mutex<HashMap<UserId, Usage>>,
-    /// Users whose usage must be counted again before it is next used:
-    /// their own processes (tasks) may have changed the workspace.
-    stale: Mutex<HashSet<UserId>>,
+    /// Users whose usage must be counted again before it is next used
+    /// (their own processes, tasks, may have changed the workspace), and
+    /// when each user's usage was last counted from the disk: a stale count
+    /// is taken again at most every [`RECOUNT_EVERY`].
+    stale: Mutex<Recounts>,
     /// Writes received but not yet put in place (a multipart upload's
     /// parts until all are known good), by user and stage number, with
     /// when they were staged.
@@ -84,6 +86,46 @@ impl std::fmt::Debug for Staged {
 const STAGE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 /// Staged writes one user may have at once.
 const MAX_STAGED_PER_USER: usize = 1000;
+
+/// How often at most a user's usage is counted again from the disk while
+/// their tasks keep making it stale.
+const RECOUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Which users' usage counts are out of date, and when each was taken.
+#[derive(Debug, Default)]
+struct Recounts {
+    /// Their tasks ran since their usage was last counted.
+    stale: HashSet<UserId>,
+    /// To be counted at the next need however recent the last count (the
+    /// task guard asks).
+    force: HashSet<UserId>,
+    /// When each user's usage was last counted from the disk.
+    counted: HashMap<UserId, std::time::Instant>,
+}
+
+impl Recounts {
+    /// Whether the user's usage is to be counted from the disk now (if so,
+    /// the count is taken as done now).
+    fn take(&mut self, user: UserId, now: std::time::Instant) -> bool {
+        let due = self.force.remove(&user)
+            || (self.stale.contains(&user)
+                && self
+                    .counted
+                    .get(&user)
+                    .is_none_or(|at| now.saturating_duration_since(*at) >= RECOUNT_EVERY));
+        if due {
+            self.stale.remove(&user);
+            self.counted.insert(user, now);
+        }
+        due
+    }
+
+    fn forget(&mut self, user: UserId) {
+        self.stale.remove(&user);
+        self.force.remove(&user);
+        self.counted.remove(&user);
+    }
+}
 
 /// What a workspace takes: the disk space charged for its entries (see
 /// [`charge`]), its regular files and all its entries.
@@ -353,7 +395,7 @@ impl Workspaces {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
             usage: Mutex::new(HashMap::new()),
-            stale: Mutex::new(HashSet::new()),
+            stale: Mutex::new(Recounts::default()),
             staged: Mutex::new(Staged::default()),
         }
     }
@@ -573,6 +615,7 @@ impl Workspaces {
         // Closes the descriptors now rather than at the cache's next turn.
         self.dirs.run_pending_tasks();
         self.lock_usage().remove(&user);
+        self.lock_stale().forget(user);
         self.swept
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -602,7 +645,7 @@ impl Workspaces {
 
     /// Counts the user's usage again now (their tasks wrote meanwhile).
     pub fn recount(&self, user: UserId) -> Result<Usage, OpError> {
-        self.forget_usage(user);
+        self.lock_stale().force.insert(user);
         self.usage_of(user)
     }
 
@@ -610,23 +653,27 @@ impl Workspaces {
     /// theirs ended: its processes may have written anywhere in the
     /// workspace, and its output counts too).
     pub fn forget_usage(&self, user: UserId) {
-        self.stale
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(user);
+        self.lock_stale().stale.insert(user);
+    }
+
+    fn lock_stale(&self) -> std::sync::MutexGuard<'_, Recounts> {
+        self.stale.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The user's usage (counted on first need, and again after
     /// [`Self::forget_usage`]): the workspace, plus the output kept of
     /// their tasks (`state/tasks/`) and their processes' private tmp
     /// (`scratch/`).
+    ///
+    /// A stale count is taken again at most every [`RECOUNT_EVERY`]: a
+    /// user running many short tasks must not make the worker walk their
+    /// workspace and task outputs for each (the walk is as long as the
+    /// tree). Until then what their tasks wrote is not yet counted, which
+    /// the files API's quota check shares with the task guard (both are
+    /// after the fact for what users' processes write).
     pub fn usage(&self, dirs: &UserDirs) -> Result<Usage, OpError> {
-        let stale = self
-            .stale
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&dirs.user);
-        if !stale {
+        let recount = self.lock_stale().take(dirs.user, std::time::Instant::now());
+        if !recount {
             if let Some(usage) = self.lock_usage().get(&dirs.user) {
                 return Ok(usage.counted());
             }
@@ -2198,6 +2245,30 @@ pub fn read_chunk(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, OpE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_count_is_taken_again_at_most_every_second_unless_forced() {
+        let user = UserId([7; 16]);
+        let mut recounts = Recounts::default();
+        let start = std::time::Instant::now();
+        // Not stale: the cached count serves.
+        assert!(!recounts.take(user, start));
+        // Stale and never counted: now.
+        recounts.stale.insert(user);
+        assert!(recounts.take(user, start));
+        assert!(!recounts.stale.contains(&user));
+        // Stale again within a second: the last count serves, still stale.
+        recounts.stale.insert(user);
+        assert!(!recounts.take(user, start + RECOUNT_EVERY / 2));
+        assert!(recounts.stale.contains(&user));
+        // A second on: counted again.
+        assert!(recounts.take(user, start + RECOUNT_EVERY));
+        // Forced (the guard): counted however recent the last count.
+        recounts.force.insert(user);
+        assert!(recounts.take(user, start + RECOUNT_EVERY));
+        recounts.forget(user);
+        assert!(recounts.counted.is_empty());
+    }
 
     #[test]
     fn the_disk_reserve_is_kept_and_at_most_a_tenth() {
