@@ -217,7 +217,9 @@ impl Cgroups {
             procs: Vec::new(),
         };
         if let Some(slot_dir) = self.v2_slot(slot) {
-            make_dir(&slot_dir)?;
+            if make_dir(&slot_dir)? && self.v2_controllers.contains(&Controller::Cpu) {
+                idle(&slot_dir)?;
+            }
             enable_controllers(&slot_dir, &self.v2_controllers)?;
             let user_path = slot_dir.join(&user_dir);
             make_dir(&user_path)?;
@@ -230,8 +232,12 @@ impl Cgroups {
             joined.v2_group = Some(group_path);
         }
         for (controller, base) in &self.v1_bases {
-            let user_path = base.join(format!("slot-{slot}")).join(&user_dir);
-            std::fs::create_dir_all(&user_path)?;
+            let slot_dir = base.join(format!("slot-{slot}"));
+            if make_dir(&slot_dir)? && *controller == Controller::Cpu {
+                idle(&slot_dir)?;
+            }
+            let user_path = slot_dir.join(&user_dir);
+            make_dir(&user_path)?;
             write_limit(&user_path, *controller, Via::V1, limits)?;
             joined.procs.push(user_path.join("cgroup.procs"));
         }
@@ -486,11 +492,25 @@ fn remove_tree(dir: &Path, keep_root: bool) {
     }
 }
 
-fn make_dir(dir: &Path) -> Result<(), Error> {
+/// Makes `dir` unless it exists; says whether it made it.
+fn make_dir(dir: &Path) -> Result<bool, Error> {
     match std::fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == ErrorKind::AlreadyExists => Ok(false),
         Err(err) => Err(err),
+    }
+}
+
+/// Puts a slot's users' processes, all of them together, at idle priority
+/// beside warren's own threads (`cpu.idle`, Linux 5.15; v1 and v2 alike):
+/// a process's own `SCHED_IDLE` counts among its cgroup's siblings only,
+/// so without this the user's cgroup would compete with the API's threads
+/// as an equal. Within the slot, users share by their `cpu` weights. A
+/// kernel without `cpu.idle` keeps the weights alone.
+fn idle(slot_dir: &Path) -> Result<(), Error> {
+    match std::fs::write(slot_dir.join("cpu.idle"), "1") {
+        Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
@@ -580,7 +600,7 @@ fn prepare_v2(base: &Path, create: bool) -> Result<Vec<Controller>, String> {
             .collect();
         if !wanted.is_empty() && enable_controllers(parent, &wanted).is_err() {
             let master = base.join("master");
-            let moved = make_dir(&master).and_then(|()| {
+            let moved = make_dir(&master).and_then(|_| {
                 std::fs::write(master.join("cgroup.procs"), std::process::id().to_string())
             });
             if moved.is_ok() {

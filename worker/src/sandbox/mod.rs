@@ -205,6 +205,9 @@ impl Spawner {
             .name("warren-spawner".into())
             .spawn(move || {
                 let _context = runtime.as_ref().map(|runtime| runtime.enter());
+                // This thread's forks, and the stages' start before they
+                // set it themselves, yield to the threads serving the API.
+                stage::yield_to_warren();
                 for (mut command, status_write, answer) in incoming {
                     let spawned = rustix::io::ioctl_fionclex(&status_write)
                         .map_err(std::io::Error::from)

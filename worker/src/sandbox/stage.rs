@@ -40,18 +40,35 @@ const FAILED: i32 = 127;
 
 type Failure = (StageFailure, String);
 
-/// Runs the stage; never returns. Call it first thing in `main` when
-/// `argv[1]` is `sandbox-exec`, before any thread, runtime or logger.
-/// The nice value of users' processes: at 10, CFS gives a runnable warren
-/// thread about ten times their share of a busy core, so many short tasks
-/// do not slow the API for others (`warren-bench tasks`, (b)).
+/// The nice value of users' processes (beside their idle scheduling
+/// policy, see [`yield_to_warren`]).
 pub const USER_NICE: i32 = 10;
 
-pub fn stage_main() -> ! {
-    // Users' processes yield the processor to warren's own threads (the
-    // API every user waits on): first thing, so this stage's own set-up
-    // already runs at that priority. Failing is harmless.
+/// Makes the calling thread (and what it forks) yield the processor to
+/// warren's own threads, the API every user waits on: the `SCHED_IDLE`
+/// policy, so a waking warren thread preempts it at once instead of
+/// waiting out its time slice (`warren-bench tasks`, (b): many short tasks
+/// must not slow the API for others), and nice 10 for a kernel without it.
+/// Among themselves users' processes share by their cgroups' weights. An
+/// unprivileged process cannot leave `SCHED_IDLE` (RLIMIT_NICE is 0).
+/// Failing is harmless. Linux applies both to the calling thread only.
+pub fn yield_to_warren() {
     let _ = rustix::process::setpriority_process(None, USER_NICE);
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid, initialised sched_param that outlives
+    // the call; pid 0 is the calling thread; the call touches no memory of
+    // ours beyond reading `param`.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+}
+
+/// Runs the stage; never returns. Call it first thing in `main` when
+/// `argv[1]` is `sandbox-exec`, before any thread, runtime or logger.
+pub fn stage_main() -> ! {
+    // Users' processes yield the processor to warren's own threads. The
+    // spawner thread that forked this stage has made it so already (the
+    // stage's own set-up runs that way from its first instruction); again
+    // for a stage started otherwise.
+    yield_to_warren();
     let Some(text) = std::env::var_os(SPEC_ENV) else {
         eprintln!("warren sandbox-exec: no {SPEC_ENV}: this stage is started by a worker only");
         std::process::exit(FAILED);
