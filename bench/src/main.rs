@@ -152,9 +152,14 @@ pub struct TasksArgs {
     /// Spawns measured one at a time in (a), of each kind.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub samples: u32,
-    /// Measuring time of each series of (b), in seconds.
-    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    /// Measuring time of each series of (b), in seconds (split over the
+    /// rounds).
+    #[arg(long, default_value = "20", value_parser = parse_seconds)]
     pub seconds: Duration,
+    /// Rounds of (b): calm and loaded windows alternate this many times,
+    /// so the shared machine's own drift falls on both alike.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: u32,
     /// Short tasks started per second in (b), in all.
     #[arg(long, default_value = "100", value_parser = parse_rate)]
     pub rate: f64,

@@ -16,7 +16,11 @@
 //!   sent on schedule whatever the server does) spread over `--users`
 //!   users, while `--observers` other users each send `--observer-rate`
 //!   `GET /api/v1/ping` a second; their p99 during the tasks beside their
-//!   p99 without (target ≤ 2×).
+//!   p99 without (target ≤ 2×). Calm and loaded windows alternate
+//!   `--rounds` times (with a pause between for the last tasks to end),
+//!   each series pooled over its windows: on a shared machine whose
+//!   background load drifts, one calm window then one loaded window would
+//!   compare the drift as much as the tasks.
 
 use crate::http::api::{self, bearer};
 use crate::http::load::{
@@ -43,6 +47,8 @@ pub struct TasksReport {
     pub sandbox_overhead_p50_ns: Option<i64>,
     pub api_echo: Percentiles,
     pub rate: f64,
+    /// Calm and loaded windows alternated this many times.
+    pub rounds: u32,
     pub tasks: SeriesFigures,
     pub calm: SeriesFigures,
     pub loaded: SeriesFigures,
@@ -111,12 +117,16 @@ pub async fn run(args: &TasksArgs) -> Result<TasksReport> {
         sandbox_overhead_p50_ns,
         api_echo,
         rate: args.rate,
+        rounds: args.rounds,
         p99_ratio: loaded.latency.p99_ns as f64 / calm_p99,
         tasks,
         calm,
         loaded,
     })
 }
+
+/// The pause after each loaded window.
+const SETTLE: Duration = Duration::from_millis(300);
 
 type Measured = (Percentiles, SeriesFigures, SeriesFigures, SeriesFigures);
 
@@ -154,28 +164,39 @@ async fn measure(args: &TasksArgs, server: SocketAddr, admin_password: &str) -> 
             .collect()
     };
     let observer_pace = Pace::Every(Duration::from_secs_f64(1.0 / args.observer_rate));
-    eprintln!("(b) observers alone for {:?} ...", args.seconds);
+    let window = args.seconds / args.rounds;
     let plan = |pace| Plan {
-        until: Instant::now() + args.seconds,
+        until: Instant::now() + window,
         pace,
         cancel: None,
         timeout: REQUEST_TIMEOUT,
     };
-    let (_, calm) = drive(observer_clients(observers)?, plan(observer_pace)).await?;
-
-    eprintln!("(b) observers during {} tasks/s ...", args.rate);
     let task_spec = |token: &str| -> Result<RequestSpec> {
         bearer(server, Method::POST, "/api/v1/tasks", token)?
             .json(&serde_json::json!({ "command": ["true"] }))
     };
-    let taskers_clients: Vec<Client> = taskers
-        .iter()
-        .map(|token| Client::new(server, task_spec(token)?))
-        .collect::<Result<_>>()?;
     let per_tasker = Duration::from_secs_f64(args.users as f64 / args.rate);
-    let tasks_run = tokio::spawn(drive(taskers_clients, plan(Pace::Every(per_tasker))));
-    let (_, loaded) = drive(observer_clients(observers)?, plan(observer_pace)).await?;
-    let (_, tasks) = tasks_run.await.context("the task load panicked")??;
+    let (mut calm, mut loaded, mut tasks) = (Outcome::new()?, Outcome::new()?, Outcome::new()?);
+    eprintln!(
+        "(b) {} rounds of observers alone, then during {} tasks/s, {window:?} each ...",
+        args.rounds, args.rate
+    );
+    for _ in 0..args.rounds {
+        let (_, alone) = drive(observer_clients(observers)?, plan(observer_pace)).await?;
+        calm.merge(&alone)?;
+        let taskers_clients: Vec<Client> = taskers
+            .iter()
+            .map(|token| Client::new(server, task_spec(token)?))
+            .collect::<Result<_>>()?;
+        let tasks_run = tokio::spawn(drive(taskers_clients, plan(Pace::Every(per_tasker))));
+        let (_, during) = drive(observer_clients(observers)?, plan(observer_pace)).await?;
+        let (_, started) = tasks_run.await.context("the task load panicked")??;
+        loaded.merge(&during)?;
+        tasks.merge(&started)?;
+        // The last tasks end (and their processes are reaped) before the
+        // next calm window.
+        tokio::time::sleep(SETTLE).await;
+    }
     Ok((
         Percentiles::of(&through_api),
         SeriesFigures::of(&tasks),
@@ -393,7 +414,10 @@ impl TasksReport {
             _ => out += "sandboxed /bin/echo                not measured\n",
         }
         out += &row("POST /tasks + GET output (echo)", &self.api_echo);
-        out += &format!("\n(b) {} short tasks/s over the API\n", self.rate);
+        out += &format!(
+            "\n(b) {} short tasks/s over the API ({} rounds of calm and loaded windows)\n",
+            self.rate, self.rounds
+        );
         let series = |name: &str, s: &SeriesFigures| {
             format!(
                 "{name:<34} {:>8.1}/s  p50 {:>8.2} ms  p99 {:>8.2} ms  errors: {}\n",
