@@ -128,6 +128,9 @@ pub async fn run(args: &TasksArgs) -> Result<TasksReport> {
 /// The pause after each loaded window.
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// The uncounted first window that opens the connections.
+const WARM_UP: Duration = Duration::from_millis(500);
+
 type Measured = (Percentiles, SeriesFigures, SeriesFigures, SeriesFigures);
 
 async fn measure(args: &TasksArgs, server: SocketAddr, admin_password: &str) -> Result<Measured> {
@@ -177,20 +180,34 @@ async fn measure(args: &TasksArgs, server: SocketAddr, admin_password: &str) -> 
     };
     let per_tasker = Duration::from_secs_f64(args.users as f64 / args.rate);
     let (mut calm, mut loaded, mut tasks) = (Outcome::new()?, Outcome::new()?, Outcome::new()?);
+    // The same connections all along, opened by a first window that is
+    // not counted: a connect inside a measured window would be its slowest
+    // request.
+    let mut watchers = observer_clients(observers)?;
+    let mut starters: Vec<Client> = taskers
+        .iter()
+        .map(|token| Client::new(server, task_spec(token)?))
+        .collect::<Result<_>>()?;
+    let warm_up = |pace| Plan {
+        until: Instant::now() + WARM_UP,
+        ..plan(pace)
+    };
+    (watchers, _) = drive(watchers, warm_up(observer_pace)).await?;
+    (starters, _) = drive(starters, warm_up(Pace::Every(per_tasker))).await?;
+    tokio::time::sleep(SETTLE).await;
     eprintln!(
         "(b) {} rounds of observers alone, then during {} tasks/s, {window:?} each ...",
         args.rounds, args.rate
     );
     for _ in 0..args.rounds {
-        let (_, alone) = drive(observer_clients(observers)?, plan(observer_pace)).await?;
+        let alone;
+        (watchers, alone) = drive(watchers, plan(observer_pace)).await?;
         calm.merge(&alone)?;
-        let taskers_clients: Vec<Client> = taskers
-            .iter()
-            .map(|token| Client::new(server, task_spec(token)?))
-            .collect::<Result<_>>()?;
-        let tasks_run = tokio::spawn(drive(taskers_clients, plan(Pace::Every(per_tasker))));
-        let (_, during) = drive(observer_clients(observers)?, plan(observer_pace)).await?;
-        let (_, started) = tasks_run.await.context("the task load panicked")??;
+        let tasks_run = tokio::spawn(drive(starters, plan(Pace::Every(per_tasker))));
+        let during;
+        (watchers, during) = drive(watchers, plan(observer_pace)).await?;
+        let started;
+        (starters, started) = tasks_run.await.context("the task load panicked")??;
         loaded.merge(&during)?;
         tasks.merge(&started)?;
         // The last tasks end (and their processes are reaped) before the

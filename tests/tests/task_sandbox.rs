@@ -258,6 +258,35 @@ async fn a_task_sees_a_clean_environment_and_no_inherited_descriptors() {
     assert_eq!(seen["uid"], uid_of(&server, carol));
 }
 
+/// Users' processes yield to warren's threads (`SCHED_IDLE`, nice 10) and
+/// cannot take a better priority back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_idle_and_cannot_take_a_better_priority_back() {
+    let (server, callers) = server_with(ServerOptions::workers(1), &["ida"]).await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let ida = &callers[0];
+    let script = format!(
+        "import os, resource\n\
+         print('policy', os.sched_getscheduler(0) == os.SCHED_IDLE)\n\
+         print('nice', os.getpriority(os.PRIO_PROCESS, 0))\n\
+         print('rlimit_nice', resource.getrlimit(resource.RLIMIT_NICE))\n{}{}",
+        attempt(
+            "policy back",
+            "os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))"
+        ),
+        attempt("nice back", "os.setpriority(os.PRIO_PROCESS, 0, 0)"),
+    );
+    let (end, text) = python(ida, &script).await;
+    assert_eq!(end["state"], "exited", "{end}\n{text}");
+    assert!(text.contains("policy True"), "{text}");
+    assert!(text.contains("nice 10"), "{text}");
+    assert!(text.contains("rlimit_nice (0, 0)"), "{text}");
+    assert_denied(&text, "policy back");
+    assert_denied(&text, "nice back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_and_a_memory_hog_stay_within_their_limits() {
     let (server, callers) = server_with(ServerOptions::workers(2), &["mallory", "dave"]).await;

@@ -645,15 +645,22 @@ impl Workspaces {
 
     /// Counts the user's usage again now (their tasks wrote meanwhile).
     pub fn recount(&self, user: UserId) -> Result<Usage, OpError> {
-        self.lock_stale().force.insert(user);
+        self.forget_usage_now(user);
         self.usage_of(user)
     }
 
     /// Makes the next need of the user's usage count it again (a task of
     /// theirs ended: its processes may have written anywhere in the
-    /// workspace, and its output counts too).
+    /// workspace, and its output counts too), at most once a second.
     pub fn forget_usage(&self, user: UserId) {
         self.lock_stale().stale.insert(user);
+    }
+
+    /// Makes the next need of the user's usage count it again however
+    /// recent the last count (they removed a task's output to make room:
+    /// their next start must see it).
+    pub fn forget_usage_now(&self, user: UserId) {
+        self.lock_stale().force.insert(user);
     }
 
     fn lock_stale(&self) -> std::sync::MutexGuard<'_, Recounts> {
@@ -678,6 +685,35 @@ impl Workspaces {
                 return Ok(usage.counted());
             }
         }
+        let counted = self.count(dirs);
+        let mut stale = self.lock_stale();
+        match &counted {
+            // The next need counts again (a task renaming directories as
+            // they are walked must not leave the old count standing).
+            Err(_) if recount => {
+                stale.stale.insert(dirs.user);
+            }
+            // Spaced from the walk's end: a walk longer than the spacing
+            // must not run back to back.
+            Ok(_) if recount => {
+                stale.counted.insert(dirs.user, std::time::Instant::now());
+            }
+            _ => {}
+        }
+        drop(stale);
+        let counted = counted?;
+        let mut known = self.lock_usage();
+        let usage = known.entry(dirs.user).or_default();
+        // A reservation made meanwhile stays; the count is the entries.
+        usage.bytes = counted.bytes;
+        usage.files = counted.files;
+        usage.entries = counted.entries;
+        Ok(usage.counted())
+    }
+
+    /// The user's usage on disk now: the workspace, their tasks' output
+    /// and their scratch space.
+    fn count(&self, dirs: &UserDirs) -> Result<Usage, OpError> {
         let mut counted = count_tree(&dirs.workspace)?;
         match rustix::fs::openat(
             &dirs.state,
@@ -700,13 +736,7 @@ impl Workspaces {
             Err(Errno::NOENT) => {}
             Err(err) => return Err(errno(err, "cannot count the user's scratch space")),
         }
-        let mut known = self.lock_usage();
-        let usage = known.entry(dirs.user).or_default();
-        // A reservation made meanwhile stays; the count is the entries.
-        usage.bytes = counted.bytes;
-        usage.files = counted.files;
-        usage.entries = counted.entries;
-        Ok(usage.counted())
+        Ok(counted)
     }
 
     /// Usage of a user this worker may never have served, without creating

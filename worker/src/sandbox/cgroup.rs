@@ -218,7 +218,7 @@ impl Cgroups {
         };
         if let Some(slot_dir) = self.v2_slot(slot) {
             if make_dir(&slot_dir)? && self.v2_controllers.contains(&Controller::Cpu) {
-                idle(&slot_dir)?;
+                idle(&slot_dir);
             }
             enable_controllers(&slot_dir, &self.v2_controllers)?;
             let user_path = slot_dir.join(&user_dir);
@@ -233,11 +233,12 @@ impl Cgroups {
         }
         for (controller, base) in &self.v1_bases {
             let slot_dir = base.join(format!("slot-{slot}"));
-            if make_dir(&slot_dir)? && *controller == Controller::Cpu {
-                idle(&slot_dir)?;
-            }
+            let new_slot = !slot_dir.exists();
             let user_path = slot_dir.join(&user_dir);
-            make_dir(&user_path)?;
+            std::fs::create_dir_all(&user_path)?;
+            if new_slot && *controller == Controller::Cpu {
+                idle(&slot_dir);
+            }
             write_limit(&user_path, *controller, Via::V1, limits)?;
             joined.procs.push(user_path.join("cgroup.procs"));
         }
@@ -502,15 +503,22 @@ fn make_dir(dir: &Path) -> Result<bool, Error> {
 }
 
 /// Puts a slot's users' processes, all of them together, at idle priority
-/// beside warren's own threads (`cpu.idle`, Linux 5.15; v1 and v2 alike):
-/// a process's own `SCHED_IDLE` counts among its cgroup's siblings only,
-/// so without this the user's cgroup would compete with the API's threads
-/// as an equal. Within the slot, users share by their `cpu` weights. A
-/// kernel without `cpu.idle` keeps the weights alone.
-fn idle(slot_dir: &Path) -> Result<(), Error> {
+/// beside the slot's siblings (`cpu.idle`, Linux 5.15; v1 and v2): a
+/// process's own `SCHED_IDLE` counts among its cgroup's siblings only. In
+/// v2 the siblings include warren's own cgroup when the master moved into
+/// `<base>/master`; elsewhere only other slots, which changes nothing but
+/// is harmless. Within the slot, users share by their `cpu` weights.
+/// Best effort: a kernel without `cpu.idle` keeps the weights alone, and a
+/// failure is logged, never a reason to refuse the launch.
+fn idle(slot_dir: &Path) {
     match std::fs::write(slot_dir.join("cpu.idle"), "1") {
-        Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
-        other => other,
+        Ok(()) => {}
+        Err(err) if err.kind() == ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!(
+            cgroup = %slot_dir.display(),
+            error = %err,
+            "cannot set cpu.idle: users' processes compete with warren as equals"
+        ),
     }
 }
 

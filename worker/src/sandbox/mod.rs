@@ -205,9 +205,11 @@ impl Spawner {
             .name("warren-spawner".into())
             .spawn(move || {
                 let _context = runtime.as_ref().map(|runtime| runtime.enter());
-                // This thread's forks, and the stages' start before they
-                // set it themselves, yield to the threads serving the API.
-                stage::yield_to_warren();
+                // This thread's forks, and the stages' set-up, yield to
+                // the threads serving the API (nice only: an idle thread
+                // could be starved of the processor while every user's
+                // task start waits on it).
+                stage::lower_priority();
                 for (mut command, status_write, answer) in incoming {
                     let spawned = rustix::io::ioctl_fionclex(&status_write)
                         .map_err(std::io::Error::from)

@@ -40,20 +40,27 @@ const FAILED: i32 = 127;
 
 type Failure = (StageFailure, String);
 
-/// The nice value of users' processes (beside their idle scheduling
-/// policy, see [`yield_to_warren`]).
+/// The nice value of users' processes, and of the stage from its fork
+/// (the spawner thread runs at it).
 pub const USER_NICE: i32 = 10;
 
-/// Makes the calling thread (and what it forks) yield the processor to
-/// warren's own threads, the API every user waits on: the `SCHED_IDLE`
-/// policy, so a waking warren thread preempts it at once instead of
-/// waiting out its time slice (`warren-bench tasks`, (b): many short tasks
-/// must not slow the API for others), and nice 10 for a kernel without it.
-/// Among themselves users' processes share by their cgroups' weights. An
-/// unprivileged process cannot leave `SCHED_IDLE` (RLIMIT_NICE is 0).
-/// Failing is harmless. Linux applies both to the calling thread only.
-pub fn yield_to_warren() {
+/// Lowers the calling thread to nice 10 (Linux applies it to the thread
+/// only; what it forks inherits it). Failing is harmless.
+pub fn lower_priority() {
     let _ = rustix::process::setpriority_process(None, USER_NICE);
+}
+
+/// Puts the stage at the `SCHED_IDLE` policy, last thing before `execve`:
+/// the command then yields the processor to warren's own threads (and the
+/// system's) at once instead of finishing its time slice first
+/// (`warren-bench tasks`, (b): many short tasks must not slow the API for
+/// others); among themselves users' processes share by their cgroups'
+/// weights. Not earlier: the stage's set-up takes kernel locks every fork
+/// on the machine needs (joining cgroups), and an idle holder could keep
+/// them while busy threads starve it. The command cannot leave the policy:
+/// it has no privileges and `RLIMIT_NICE` is 0 ([`set_rlimits`]).
+/// Failing is harmless (nice 10 stays).
+fn go_idle() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid, initialised sched_param that outlives
     // the call; pid 0 is the calling thread; the call touches no memory of
@@ -65,10 +72,10 @@ pub fn yield_to_warren() {
 /// `argv[1]` is `sandbox-exec`, before any thread, runtime or logger.
 pub fn stage_main() -> ! {
     // Users' processes yield the processor to warren's own threads. The
-    // spawner thread that forked this stage has made it so already (the
-    // stage's own set-up runs that way from its first instruction); again
-    // for a stage started otherwise.
-    yield_to_warren();
+    // spawner thread that forked this stage is at nice 10 already (the
+    // stage's set-up runs so from its first instruction); again for a
+    // stage started otherwise.
+    lower_priority();
     let Some(text) = std::env::var_os(SPEC_ENV) else {
         eprintln!("warren sandbox-exec: no {SPEC_ENV}: this stage is started by a worker only");
         std::process::exit(FAILED);
@@ -160,6 +167,7 @@ fn confine_and_exec(spec: &ExecSpec, status: &OwnedFd) -> Result<Infallible, Fai
     }
     reset_signals();
     enter_cwd(spec)?;
+    go_idle();
     exec(spec)
 }
 
@@ -198,6 +206,21 @@ fn set_rlimits(spec: &ExecSpec) -> Result<(), Failure> {
     if spec.uid.is_some() {
         wanted.push((Resource::Nproc, limits.processes, "RLIMIT_NPROC"));
     }
+    // No way back to a better priority or policy than the stage leaves
+    // (whatever warren itself was given, e.g. systemd's LimitNICE=).
+    setrlimit(
+        Resource::Nice,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )
+    .map_err(|err| {
+        (
+            StageFailure::Setup,
+            format!("sandbox: cannot set RLIMIT_NICE to 0: {err}"),
+        )
+    })?;
     for (resource, value, name) in wanted {
         if value == 0 {
             continue;

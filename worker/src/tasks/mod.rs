@@ -457,7 +457,7 @@ impl Tasks {
             ))),
         })
         .await?;
-        self.workspaces.forget_usage(user.id);
+        self.workspaces.forget_usage_now(user.id);
         Ok(Reply::Done)
     }
 
