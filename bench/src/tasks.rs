@@ -375,6 +375,7 @@ mod sandbox {
                         stdin: std::process::Stdio::null(),
                         stdout: std::process::Stdio::piped(),
                         stderr: std::process::Stdio::null(),
+                        terminal: false,
                     },
                 )
                 .await

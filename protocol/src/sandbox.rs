@@ -42,6 +42,9 @@ pub struct ExecSpec {
     pub parent_pid: u32,
     /// The write end of the status pipe (close-on-exec in the stage).
     pub status_fd: i32,
+    /// Standard input is a terminal (a PTY's other end): the stage makes it
+    /// its new session's controlling terminal.
+    pub controlling_tty: bool,
 }
 
 /// The Landlock rules: anything not named here is denied.
@@ -153,6 +156,7 @@ mod tests {
             }),
             parent_pid: 42,
             status_fd: 7,
+            controlling_tty: true,
         };
         let text = encode_spec(&spec).expect("encode");
         assert_eq!(decode_spec(text.as_bytes()).expect("decode"), spec);

@@ -123,6 +123,7 @@ impl Lab {
                     stdin: Stdio::null(),
                     stdout: Stdio::piped(),
                     stderr: Stdio::piped(),
+                    terminal: false,
                 },
             )
             .await
@@ -725,6 +726,7 @@ async fn the_server_reports_its_sandbox_and_empties_a_dead_workers_slot() {
                 stdin: Stdio::null(),
                 stdout: Stdio::piped(),
                 stderr: Stdio::null(),
+                terminal: false,
             },
         )
         .await
@@ -747,4 +749,112 @@ async fn the_server_reports_its_sandbox_and_empties_a_dead_workers_slot() {
     drop(server);
     let _ = sandbox.kill_slot(0);
     sandbox.remove_cgroup_bases();
+}
+
+/// Reads the PTY's controller end until `needle` shows (or `patience`
+/// runs out); everything read so far.
+fn read_until(controller: &std::fs::File, needle: &str, patience: Duration) -> String {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + patience;
+    let mut seen = Vec::new();
+    let mut reader = controller;
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} from the terminal; it showed:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
+        let mut buf = [0u8; 4096];
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            // EIO: every terminal-end descriptor is closed (it exited).
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A program on a PTY has it as its controlling terminal, in the
+/// foreground, of the size asked and resized live; the terminal is the
+/// user's alone: another user's process cannot open it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_on_a_pty_runs_in_its_own_controlling_terminal() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::new(|_| {});
+    let (alice, bob) = (lab.user(limits()), lab.user(limits()));
+    let pty = warren_worker::sandbox::pty::Pty::open(80, 24, alice.uid).expect("a pty");
+    let (stdin, stdout, stderr) = pty.stdio().expect("stdio");
+    let script = "import os, sys\n\
+        tty = os.ttyname(0); st = os.stat(tty)\n\
+        print('tty', tty, st.st_uid, oct(st.st_mode & 0o777), flush=True)\n\
+        print('controlling', os.tcgetpgrp(0) == os.getpgrp(), flush=True)\n\
+        os.close(os.open('/dev/tty', os.O_RDWR))\n\
+        print('size', *os.get_terminal_size(), flush=True)\n\
+        line = sys.stdin.readline().strip()\n\
+        print('size', *os.get_terminal_size(), flush=True)\n\
+        print('got', line[::-1], flush=True)\n";
+    let spawned = lab
+        .sandbox
+        .spawn(
+            &alice,
+            Launch {
+                argv: ["python3", "-c", script].map(OsString::from).to_vec(),
+                cwd: String::new(),
+                env: Vec::new(),
+                group: format!("terminal-{}", uuid::Uuid::new_v4().simple()),
+                stdin,
+                stdout,
+                stderr,
+                terminal: true,
+            },
+        )
+        .await
+        .expect("spawn on the pty");
+    let controller = std::fs::File::from(pty.controller.try_clone().expect("dup"));
+    rustix::fs::fcntl_setfl(&controller, rustix::fs::OFlags::NONBLOCK).expect("nonblock");
+    let patience = Duration::from_secs(30);
+    let first = tokio::task::block_in_place(|| read_until(&controller, "size 80 24", patience));
+    let uid = alice.uid.expect("uid");
+    let tty = first
+        .lines()
+        .find_map(|line| line.strip_prefix("tty "))
+        .expect("the tty line")
+        .split(' ')
+        .collect::<Vec<_>>();
+    assert!(tty[0].starts_with("/dev/pts/"), "{first}");
+    assert_eq!(
+        tty[1],
+        uid.to_string(),
+        "the terminal is the user's: {first}"
+    );
+    assert_eq!(tty[2], "0o600", "{first}");
+    assert!(first.contains("controlling True"), "{first}");
+
+    // Another user's process cannot open it.
+    let (_, probe, _) = lab
+        .run(
+            &bob,
+            &["python3", "-c", PROBE, &format!("write:{}", tty[0])],
+        )
+        .await;
+    assert!(
+        probe.contains(&format!("write:{} EACCES", tty[0])),
+        "another user opened the terminal: {probe}"
+    );
+
+    pty.resize(100, 40).expect("resize");
+    rustix::io::write(&pty.controller, b"olleh\n").expect("type");
+    let rest = tokio::task::block_in_place(|| read_until(&controller, "got hello", patience));
+    assert!(rest.contains("size 100 40"), "{rest}");
+    let status = tokio::time::timeout(patience, spawned.child.wait_with_output())
+        .await
+        .expect("it exits")
+        .expect("wait");
+    assert!(status.status.success(), "{status:?}");
 }

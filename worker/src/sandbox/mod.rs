@@ -7,6 +7,7 @@
 //!   TCP) ruleset.
 //! - [`stage`]: `warren sandbox-exec`, the single-threaded process that
 //!   confines itself and execs the command.
+//! - [`pty`]: a pseudo-terminal whose terminal end a launch may run on.
 //!
 //! A worker calls [`Sandbox::spawn`]; it re-executes the warren binary as
 //! the stage with an [`ExecSpec`], and learns through a close-on-exec
@@ -25,6 +26,7 @@
 pub mod cgroup;
 pub mod landlock;
 pub mod policy;
+pub mod pty;
 pub mod stage;
 
 pub use cgroup::{CgroupRoot, Cgroups};
@@ -258,6 +260,9 @@ pub struct Launch {
     pub stdin: std::process::Stdio,
     pub stdout: std::process::Stdio,
     pub stderr: std::process::Stdio,
+    /// `stdin` is a PTY's terminal end ([`pty::Pty`]): it becomes the
+    /// session's controlling terminal.
+    pub terminal: bool,
 }
 
 /// A started command.
@@ -552,6 +557,7 @@ impl Sandbox {
                 .then(|| self.landlock_rules(&workspace, &scratch)),
             parent_pid: std::process::id(),
             status_fd: status_write.as_raw_fd(),
+            controlling_tty: launch.terminal,
         };
         let encoded = encode_spec(&spec)
             .map_err(|err| SpawnError::Command(format!("launch too large: {err}")))?;

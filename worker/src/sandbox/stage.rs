@@ -112,6 +112,12 @@ fn confine_and_exec(spec: &ExecSpec, status: &OwnedFd) -> Result<Infallible, Fai
     rustix::io::ioctl_fioclex(status).map_err(|e| setup("close-on-exec status pipe")(e.into()))?;
     close_other_descriptors(spec.status_fd);
     rustix::process::setsid().map_err(|e| setup("setsid")(e.into()))?;
+    if spec.controlling_tty {
+        // The new session's controlling terminal: job control, ^C, and a
+        // SIGHUP to the session when the terminal is hung up.
+        rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())
+            .map_err(|e| setup("TIOCSCTTY")(e.into()))?;
+    }
     let pid = std::process::id().to_string();
     for procs in &spec.cgroup_procs {
         let path = std::path::Path::new(std::ffi::OsStr::from_bytes(procs));

@@ -263,6 +263,7 @@ impl Tasks {
             },
             stdout: output_writer.into(),
             stderr: output_for_stderr.into(),
+            terminal: false,
         };
         let spawned = match self.sandbox.spawn(&user, launch).await {
             Ok(spawned) => spawned,
