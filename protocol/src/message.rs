@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
@@ -187,6 +187,8 @@ pub enum Op {
     Files(FileOp),
     /// Starting, stopping and forgetting the user's tasks.
     Tasks(TaskOp),
+    /// The user's terminals (a program on a PTY, attached to by streams).
+    Terminals(TerminalOp),
     /// Test builds only: answer after sleeping this long.
     #[cfg(debug_assertions)]
     DebugSleep { millis: u64 },
@@ -289,6 +291,97 @@ pub enum TaskOp {
     /// Removes a finished task's output ([`Reply::Done`]; `Conflict` while
     /// it runs; done when there was nothing).
     Delete { task: TaskId },
+}
+
+/// A terminal's id: a UUID chosen by the master, carried as its 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
+pub struct TerminalId(pub [u8; 16]);
+
+impl fmt::Display for TerminalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        uuid::Uuid::from_bytes(self.0).hyphenated().fmt(f)
+    }
+}
+
+impl From<uuid::Uuid> for TerminalId {
+    fn from(u: uuid::Uuid) -> Self {
+        TerminalId(u.into_bytes())
+    }
+}
+
+/// Operations on a user's terminals. A terminal lives in its worker only
+/// (no record): it is gone with the worker, its program, or a hang-up.
+/// Another user's terminal is `NotFound`, like a missing one.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum TerminalOp {
+    /// Starts the program on a new PTY ([`Reply::Terminal`]; `TooManyTerminals`,
+    /// `SandboxUnavailable`, or `Invalid` for a program that cannot run).
+    Open(TerminalOpen),
+    /// The user's terminals ([`Reply::Terminals`]).
+    List,
+    /// One terminal ([`Reply::Terminal`]).
+    Get { id: TerminalId },
+    /// New size (the program gets `SIGWINCH`); [`Reply::Done`].
+    Resize {
+        id: TerminalId,
+        cols: u16,
+        rows: u16,
+    },
+    /// SIGHUP to every process of the terminal, SIGKILL after `grace_ms`;
+    /// [`Reply::Done`] at once, attached streams end with the exit.
+    HangUp { id: TerminalId, grace_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TerminalOpen {
+    pub id: TerminalId,
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// Working directory, relative to the workspace (`""`: its root).
+    pub cwd: String,
+    /// Added to the sandbox's clean environment.
+    pub env: Vec<(String, String)>,
+    pub cols: u16,
+    pub rows: u16,
+    /// Output kept for a client that attaches later, in bytes.
+    pub scrollback: u32,
+    /// Hung up after this long with no client attached and no output (0:
+    /// never).
+    pub idle_timeout_ms: u64,
+    /// The most terminals one user may have open on the server.
+    pub max_per_user: u32,
+}
+
+/// A terminal as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TerminalInfo {
+    pub id: TerminalId,
+    pub command: Vec<String>,
+    /// The program's pid (in the worker's pid namespace).
+    pub pid: u32,
+    pub cols: u16,
+    pub rows: u16,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// The last output or input, milliseconds since the Unix epoch.
+    pub last_activity_ms: i64,
+    /// Streams attached now.
+    pub attached: u32,
+}
+
+/// What a [`StreamKind::TerminalAttach`] stream carries from the worker:
+/// each data frame is one of these (bincode). The master sends the raw
+/// bytes typed.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum TerminalEvent {
+    /// What the program wrote: first the scrollback, then live output.
+    Output(Vec<u8>),
+    /// The program ended; the stream closes after this. `code` for an
+    /// exit, `signal` for a death by signal.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -495,6 +588,8 @@ pub enum Reply {
         /// From the request to the command's `execve`, microseconds.
         spawn_micros: u64,
     },
+    Terminal(TerminalInfo),
+    Terminals(Vec<TerminalInfo>),
 }
 
 /// What kind of byte stream an [`Open`] asks for.
@@ -535,6 +630,12 @@ pub enum StreamKind {
         to: Option<u64>,
         follow: bool,
     },
+    /// Attaches to a terminal: the worker sends [`TerminalEvent`]s (the
+    /// scrollback, then live output, then the exit if the program ends);
+    /// the master's data is typed input. A client too slow to keep up is
+    /// dropped (`Busy`) rather than let output pile up. `NotFound` for no
+    /// such terminal of this user.
+    TerminalAttach { id: TerminalId },
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -596,6 +697,9 @@ pub enum OpError {
     /// The user already runs as many tasks as their limit allows.
     #[error("too many tasks running: the limit is {limit}")]
     TooManyTasks { limit: u32 },
+    /// The user already has as many terminals open as allowed.
+    #[error("too many terminals open: the limit is {limit}")]
+    TooManyTerminals { limit: u32 },
     /// The sandbox this server requires is not available, so no user
     /// process may start (the reason says what is missing).
     #[error("{0}")]

@@ -511,3 +511,237 @@ async fn a_worker_runs_a_task_reports_its_end_and_serves_its_output() {
     let (ok, stderr) = harness.exit();
     assert!(ok, "{stderr}");
 }
+
+impl Harness {
+    async fn terminal_op(
+        &mut self,
+        id: u64,
+        user: UserCtx,
+        op: TerminalOp,
+    ) -> Result<Reply, OpError> {
+        let body = Body::Request(Request {
+            user,
+            op: Op::Terminals(op),
+        });
+        self.connection.send(Frame { id, body }).await.unwrap();
+        loop {
+            match self.next().await {
+                Frame {
+                    id: got,
+                    body: Body::Response(response),
+                } if got == id => return response.result,
+                Frame {
+                    body: Body::Heartbeat(_) | Body::Cancel | Body::Credit(_),
+                    ..
+                } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    async fn attach(&mut self, stream: u64, user: UserCtx, terminal: TerminalId) {
+        let open = Body::Open(Open {
+            user,
+            kind: StreamKind::TerminalAttach { id: terminal },
+        });
+        self.connection
+            .send(Frame {
+                id: stream,
+                body: open,
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn type_in(&mut self, stream: u64, text: &str) {
+        let body = Body::Data(text.as_bytes().to_vec());
+        self.connection
+            .send(Frame { id: stream, body })
+            .await
+            .unwrap();
+    }
+
+    /// Reads the stream's events until the output shows `needle` (or the
+    /// stream closes); the output seen, the exit if any, and how it closed.
+    async fn read_terminal(
+        &mut self,
+        stream: u64,
+        needle: &str,
+    ) -> (String, Option<TerminalEvent>, Option<Result<(), OpError>>) {
+        let mut output = Vec::new();
+        let mut exit = None;
+        loop {
+            let frame = self.next().await;
+            match frame.body {
+                Body::Data(data) if frame.id == stream => {
+                    match codec::decode_message::<TerminalEvent>(&data).unwrap() {
+                        TerminalEvent::Output(bytes) => output.extend_from_slice(&bytes),
+                        end @ TerminalEvent::Exited { .. } => exit = Some(end),
+                    }
+                    if !needle.is_empty() && String::from_utf8_lossy(&output).contains(needle) {
+                        return (String::from_utf8_lossy(&output).into_owned(), exit, None);
+                    }
+                }
+                Body::Close(closed) if frame.id == stream => {
+                    return (
+                        String::from_utf8_lossy(&output).into_owned(),
+                        exit,
+                        Some(closed),
+                    )
+                }
+                Body::Heartbeat(_) | Body::Cancel | Body::Credit(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+fn open_terminal(id: TerminalId, idle_timeout_ms: u64) -> TerminalOp {
+    TerminalOp::Open(TerminalOpen {
+        id,
+        argv: vec!["/bin/sh".into()],
+        cwd: String::new(),
+        env: vec![("PS1".into(), "$ ".into())],
+        cols: 80,
+        rows: 24,
+        scrollback: 64 * 1024,
+        idle_timeout_ms,
+        max_per_user: 2,
+    })
+}
+
+#[tokio::test]
+async fn a_worker_runs_terminals_that_outlive_their_streams() {
+    let mut harness = start_worker_with(true, |_| None).await;
+    harness.handshake().await;
+    let user = task_user();
+    let other = UserCtx {
+        id: UserId([43; 16]),
+        name: "other".into(),
+        ..task_user()
+    };
+    let first = TerminalId([1; 16]);
+    let opened = harness
+        .terminal_op(1, user.clone(), open_terminal(first, 0))
+        .await
+        .expect("the terminal opens");
+    assert!(
+        matches!(&opened, Reply::Terminal(info) if info.pid > 0 && info.cols == 80),
+        "{opened:?}"
+    );
+
+    // Typed input reaches the shell; its output comes back.
+    harness.attach(10, user.clone(), first).await;
+    harness.type_in(10, "echo hel''lo\n").await;
+    let (seen, _, _) = harness.read_terminal(10, "hello").await;
+    assert!(seen.contains("hello"), "{seen}");
+    let info = harness
+        .terminal_op(2, user.clone(), TerminalOp::Get { id: first })
+        .await
+        .expect("get");
+    assert!(
+        matches!(&info, Reply::Terminal(info) if info.attached == 1),
+        "{info:?}"
+    );
+
+    // A resize is what the program sees.
+    harness
+        .terminal_op(
+            3,
+            user.clone(),
+            TerminalOp::Resize {
+                id: first,
+                cols: 100,
+                rows: 40,
+            },
+        )
+        .await
+        .expect("resize");
+    harness.type_in(10, "stty size\n").await;
+    harness.read_terminal(10, "40 100").await;
+
+    // Detach: the terminal stays; attaching again replays the scrollback.
+    harness
+        .connection
+        .send(Frame {
+            id: 10,
+            body: Body::Close(Ok(())),
+        })
+        .await
+        .unwrap();
+    let (_, _, closed) = harness.read_terminal(10, "").await;
+    assert_eq!(closed, Some(Ok(())));
+    harness.attach(11, user.clone(), first).await;
+    let (replayed, _, _) = harness.read_terminal(11, "40 100").await;
+    assert!(replayed.contains("hello"), "{replayed}");
+
+    // Another user's view: not found, and no attaching.
+    let theirs = harness
+        .terminal_op(4, other.clone(), TerminalOp::Get { id: first })
+        .await;
+    assert!(matches!(theirs, Err(OpError::NotFound(_))), "{theirs:?}");
+    harness.attach(12, other.clone(), first).await;
+    let (_, _, refused) = harness.read_terminal(12, "").await;
+    assert!(
+        matches!(refused, Some(Err(OpError::NotFound(_)))),
+        "{refused:?}"
+    );
+
+    // At most two per user.
+    let second = TerminalId([2; 16]);
+    harness
+        .terminal_op(5, user.clone(), open_terminal(second, 0))
+        .await
+        .expect("a second terminal");
+    let third = harness
+        .terminal_op(6, user.clone(), open_terminal(TerminalId([3; 16]), 0))
+        .await;
+    assert_eq!(third, Err(OpError::TooManyTerminals { limit: 2 }));
+
+    // The program's exit ends the terminal, telling the exit code.
+    harness.type_in(11, "exit 7\n").await;
+    let (_, exit, closed) = harness.read_terminal(11, "").await;
+    assert_eq!(
+        exit,
+        Some(TerminalEvent::Exited {
+            code: Some(7),
+            signal: None
+        })
+    );
+    assert_eq!(closed, Some(Ok(())));
+
+    // A hang-up ends the other; an idle one is hung up by itself.
+    harness
+        .terminal_op(
+            7,
+            user.clone(),
+            TerminalOp::HangUp {
+                id: second,
+                grace_ms: 500,
+            },
+        )
+        .await
+        .expect("hang up");
+    let idle = TerminalId([4; 16]);
+    harness
+        .terminal_op(8, user.clone(), open_terminal(idle, 300))
+        .await
+        .expect("an idle terminal");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut call = 100;
+    loop {
+        call += 1;
+        let listed = harness
+            .terminal_op(call, user.clone(), TerminalOp::List)
+            .await
+            .expect("list");
+        match listed {
+            Reply::Terminals(open) if open.is_empty() => break,
+            other => assert!(Instant::now() < deadline, "still open: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    harness.connection.get_mut().shutdown().await.unwrap();
+    let (ok, stderr) = harness.exit();
+    assert!(ok, "{stderr}");
+}

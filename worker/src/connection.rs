@@ -8,6 +8,7 @@
 use crate::ops::{self, WorkerIdentity};
 use crate::tasks::launch::Launcher;
 use crate::tasks::Tasks;
+use crate::terminals::Terminals;
 use crate::workspace::Workspaces;
 use crate::{WorkerConfig, WorkerError};
 use futures_util::StreamExt;
@@ -23,7 +24,7 @@ use warren_protocol::io::{handshake, write_frames, SharedConnection};
 use warren_protocol::stream::{FrameSender, StreamRegistry};
 use warren_protocol::{
     Body, Frame, FrameCodec, Heartbeat, Hello, Op, OpError, PeerRole, Reply, Request, Response,
-    StreamKind, TaskOp, UserCtx, UserId, PROTOCOL_VERSION,
+    StreamKind, TaskOp, TerminalOp, UserCtx, UserId, PROTOCOL_VERSION,
 };
 
 const READ_BUFFER: usize = 64 * 1024;
@@ -79,7 +80,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         .users_dir
         .clone()
         .map(|dir| Arc::new(Workspaces::new(dir).reserving(config.disk_reserve)));
-    let tasks = config
+    let (tasks, terminals) = config
         .users_dir
         .clone()
         .zip(workspaces.clone())
@@ -90,8 +91,15 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
             let launcher = Arc::new(Launcher::new(crate::sandbox::Sandbox::probe(
                 sandbox, false,
             )));
-            Tasks::new(users_dir, workspaces, launcher, frames.clone())
-        });
+            let tasks = Tasks::new(
+                users_dir,
+                workspaces.clone(),
+                launcher.clone(),
+                frames.clone(),
+            );
+            (tasks, Terminals::new(workspaces, launcher))
+        })
+        .unzip();
     let worker = Arc::new(Worker {
         identity,
         frames,
@@ -100,6 +108,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         users: Mutex::new(HashSet::new()),
         workspaces,
         tasks,
+        terminals,
         #[cfg(debug_assertions)]
         garbage,
     });
@@ -191,6 +200,7 @@ struct Worker {
     users: Mutex<HashSet<UserId>>,
     workspaces: Option<Arc<Workspaces>>,
     tasks: Option<Arc<Tasks>>,
+    terminals: Option<Arc<Terminals>>,
     /// Test builds only: asks the writer to send bytes that are not a frame.
     #[cfg(debug_assertions)]
     garbage: mpsc::UnboundedSender<bool>,
@@ -219,6 +229,15 @@ impl Worker {
                 self.saw_user(&open.user);
                 match self.streams.register(id, self.frames.clone()) {
                     Ok(stream) => match (open.kind, &self.tasks) {
+                        (StreamKind::TerminalAttach { id }, _) => match &self.terminals {
+                            Some(terminals) => {
+                                tokio::spawn(terminals.clone().attach(open.user, id, stream));
+                            }
+                            None => {
+                                let (mut sender, _receiver) = stream.split();
+                                sender.abort(ops::no_workspaces());
+                            }
+                        },
                         (
                             StreamKind::TaskOutput {
                                 task,
@@ -280,6 +299,7 @@ impl Worker {
                 });
             }
             Op::Tasks(op) => self.task_op(id, user, op),
+            Op::Terminals(op) => self.terminal_op(id, user, op),
             #[cfg(debug_assertions)]
             Op::DebugSleep { millis } => self.spawn_tracked(id, async move {
                 tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
@@ -314,6 +334,36 @@ impl Worker {
             }
             TaskOp::Delete { task } => {
                 self.spawn_tracked(id, async move { tasks.delete(&user, task).await })
+            }
+        }
+    }
+
+    fn terminal_op(self: &Arc<Self>, id: u64, user: UserCtx, op: TerminalOp) {
+        let Some(terminals) = self.terminals.clone() else {
+            return self.respond(id, Err(ops::no_workspaces()));
+        };
+        match op {
+            // Not cancellable, like a task's start (see `task_op`).
+            TerminalOp::Open(open) => {
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    let result = terminals.open(user, open).await;
+                    worker.respond(id, result);
+                });
+            }
+            TerminalOp::List => self.respond(id, Ok(terminals.list(&user))),
+            TerminalOp::Get { id: terminal } => self.respond(id, terminals.get(&user, terminal)),
+            TerminalOp::Resize {
+                id: terminal,
+                cols,
+                rows,
+            } => self.respond(id, terminals.resize(&user, terminal, cols, rows)),
+            TerminalOp::HangUp {
+                id: terminal,
+                grace_ms,
+            } => {
+                let grace = std::time::Duration::from_millis(grace_ms);
+                self.respond(id, terminals.hang_up(&user, terminal, grace))
             }
         }
     }
@@ -373,6 +423,9 @@ impl Worker {
     fn shut_down(&self) {
         if let Some(tasks) = &self.tasks {
             tasks.kill_all();
+        }
+        if let Some(terminals) = &self.terminals {
+            terminals.hang_up_all();
         }
         for (_, task) in self.lock_inflight().drain() {
             task.abort();

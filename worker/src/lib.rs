@@ -17,6 +17,7 @@ pub mod connection;
 pub mod ops;
 pub mod sandbox;
 pub mod tasks;
+pub mod terminals;
 pub mod workspace;
 
 use std::path::PathBuf;

@@ -124,6 +124,10 @@ pub async fn serve_stream(
             let (mut sender, _receiver) = stream.split();
             sender.abort(OpError::Unsupported("task output".into()));
         }
+        StreamKind::TerminalAttach { .. } => {
+            let (mut sender, _receiver) = stream.split();
+            sender.abort(OpError::Unsupported("terminals".into()));
+        }
     }
 }
 

@@ -152,6 +152,9 @@ impl ApiError {
                 OpError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
                 OpError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
                 OpError::TooManyTasks { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_tasks"),
+                OpError::TooManyTerminals { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "too_many_terminals")
+                }
                 OpError::SandboxUnavailable(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "sandbox_unavailable")
                 }

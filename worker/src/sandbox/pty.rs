@@ -7,6 +7,7 @@ use rustix::fd::OwnedFd;
 use rustix::fs::{Gid, Mode, Uid};
 use rustix::pty::OpenptFlags;
 use std::process::Stdio;
+use tokio::io::unix::AsyncFd;
 
 /// Both ends of a new PTY.
 #[derive(Debug)]
@@ -54,6 +55,22 @@ impl Pty {
             ws_ypixel: 0,
         };
         Ok(rustix::termios::tcsetwinsize(&self.controller, size)?)
+    }
+
+    /// The controller end, non-blocking and registered with the runtime
+    /// (call within it), for the worker to read and write; the terminal
+    /// end is closed here (only the program keeps it, so reading fails
+    /// once it and whatever it left behind are gone).
+    pub fn into_async_controller(self) -> std::io::Result<AsyncFd<OwnedFd>> {
+        let Pty {
+            controller,
+            terminal,
+        } = self;
+        drop(terminal);
+        rustix::fs::fcntl_setfl(&controller, rustix::fs::OFlags::NONBLOCK)?;
+        // SAFETY: an OwnedFd's descriptor is open, and stays open and the
+        // same file until its owner, the AsyncFd, drops it.
+        unsafe { AsyncFd::register(controller) }.map_err(|err| err.into_parts().1)
     }
 
     /// The terminal end as stdin, stdout and stderr of a launch.

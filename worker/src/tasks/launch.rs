@@ -22,6 +22,13 @@ impl Group {
         }
     }
 
+    /// SIGHUP to every process of the group (a terminal hung up).
+    pub fn hang_up(&self) {
+        if let Err(err) = self.0.signal(rustix::process::Signal::HUP) {
+            tracing::warn!(error = %err, "cannot signal a terminal's processes");
+        }
+    }
+
     /// SIGKILL to every process of the group; returns once none is left
     /// (with cgroups) and the group is removed.
     pub async fn kill(&self) {

@@ -1,0 +1,507 @@
+//! Users' terminals: a program (a shell) on a PTY in the user's sandbox,
+//! which the master's WebSockets attach to through
+//! [`StreamKind::TerminalAttach`](warren_protocol::StreamKind) streams.
+//!
+//! A terminal outlives its streams: its output is read all along into a
+//! bounded scrollback (sent first to each stream that attaches) and to the
+//! streams attached now. A stream that falls more than [`LAG_CHUNKS`]
+//! chunks behind is dropped (`Busy`) rather than let output pile up, so a
+//! flood costs at most the scrollback and the lag per terminal. The
+//! terminal ends when its program exits (its other processes are hung up,
+//! then streams get the exit and close), when it is hung up, or when it sat
+//! with no stream attached and no output for its idle timeout. A worker
+//! that dies takes its terminals with it (their processes die with it).
+
+use crate::sandbox::pty::Pty;
+use crate::tasks::launch::{Group, Launch, Launcher};
+use crate::workspace::Workspaces;
+use rustix::fd::OwnedFd;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{broadcast, watch};
+use warren_protocol::stream::Stream;
+use warren_protocol::{
+    OpError, Reply, TerminalEvent, TerminalId, TerminalInfo, TerminalOpen, UserCtx, UserId,
+};
+
+/// Bytes read from a PTY at once (also the most one chunk holds).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Chunks an attached stream may lag behind the output before it is
+/// dropped: at most `LAG_CHUNKS × READ_CHUNK` bytes (1 MiB) per terminal.
+const LAG_CHUNKS: usize = 64;
+
+/// Between a hang-up's SIGHUP and its SIGKILL when a program ends or sits
+/// idle (an explicit hang-up says its own).
+const HANG_UP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long output of processes the program left behind is still read
+/// after it exited and they were killed.
+const DRAIN: Duration = Duration::from_secs(2);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
+/// The terminals this worker runs.
+pub struct Terminals {
+    workspaces: Arc<Workspaces>,
+    launcher: Arc<Launcher>,
+    open: Mutex<HashMap<TerminalId, Arc<Terminal>>>,
+    /// Terminals each user has open or is opening (the limit's count).
+    per_user: Mutex<HashMap<UserId, u32>>,
+}
+
+struct Terminal {
+    id: TerminalId,
+    user: UserId,
+    command: Vec<String>,
+    pid: u32,
+    created_ms: i64,
+    /// The PTY's controller end, non-blocking: output read, input written.
+    controller: Arc<AsyncFd<OwnedFd>>,
+    /// One input chunk at a time, whoever types.
+    typing: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+    output: broadcast::Sender<Arc<Vec<u8>>>,
+    /// The program's end (`code`, `signal`), once every byte was read.
+    exited: watch::Sender<Option<(Option<i32>, Option<i32>)>>,
+    group: Group,
+}
+
+struct State {
+    scrollback: VecDeque<u8>,
+    scrollback_limit: usize,
+    cols: u16,
+    rows: u16,
+    last_activity: Instant,
+    last_activity_ms: i64,
+    attached: u32,
+}
+
+impl Terminal {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn info(&self) -> TerminalInfo {
+        let state = self.lock();
+        TerminalInfo {
+            id: self.id,
+            command: self.command.clone(),
+            pid: self.pid,
+            cols: state.cols,
+            rows: state.rows,
+            created_ms: self.created_ms,
+            last_activity_ms: state.last_activity_ms,
+            attached: state.attached,
+        }
+    }
+
+    fn touch(state: &mut State) {
+        state.last_activity = Instant::now();
+        state.last_activity_ms = now_ms();
+    }
+
+    /// Keeps `bytes` in the scrollback and hands them to attached streams
+    /// (under one lock, so a stream attaching sees each byte exactly once:
+    /// in its scrollback or live).
+    fn publish(&self, bytes: &[u8]) {
+        let mut state = self.lock();
+        state.scrollback.extend(bytes);
+        let excess = state
+            .scrollback
+            .len()
+            .saturating_sub(state.scrollback_limit);
+        state.scrollback.drain(..excess);
+        Self::touch(&mut state);
+        let _ = self.output.send(Arc::new(bytes.to_vec()));
+    }
+
+    /// SIGHUP to every process of the terminal, SIGKILL after `grace`.
+    fn hang_up(self: &Arc<Self>, grace: Duration) {
+        self.group.hang_up();
+        let terminal = self.clone();
+        tokio::spawn(async move {
+            let mut exited = terminal.exited.subscribe();
+            let ended = exited.wait_for(Option::is_some);
+            if tokio::time::timeout(grace, ended).await.is_err() {
+                terminal.group.kill().await;
+            }
+        });
+    }
+
+    /// Writes typed input to the program (all of it, as the PTY takes it).
+    async fn type_in(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        let _turn = self.typing.lock().await;
+        while !bytes.is_empty() {
+            let mut ready = self.controller.writable().await?;
+            match ready.try_io(|fd| Ok(rustix::io::write(fd.get_ref(), bytes)?)) {
+                Ok(Ok(n)) => bytes = &bytes[n..],
+                Ok(Err(err)) => return Err(err),
+                Err(_would_block) => continue,
+            }
+        }
+        Self::touch(&mut self.lock());
+        Ok(())
+    }
+}
+
+impl Terminals {
+    pub fn new(workspaces: Arc<Workspaces>, launcher: Arc<Launcher>) -> Arc<Terminals> {
+        Arc::new(Terminals {
+            workspaces,
+            launcher,
+            open: Mutex::new(HashMap::new()),
+            per_user: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_open(&self) -> MutexGuard<'_, HashMap<TerminalId, Arc<Terminal>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_per_user(&self) -> MutexGuard<'_, HashMap<UserId, u32>> {
+        self.per_user.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Open terminals (running or ending), for the heartbeat and metrics.
+    pub fn count(&self) -> usize {
+        self.lock_open().len()
+    }
+
+    /// The user's terminal `id` (another user's is not found, like a
+    /// missing one).
+    fn find(&self, user: &UserCtx, id: TerminalId) -> Result<Arc<Terminal>, OpError> {
+        self.lock_open()
+            .get(&id)
+            .filter(|terminal| terminal.user == user.id)
+            .cloned()
+            .ok_or_else(|| OpError::NotFound(format!("no terminal {id}")))
+    }
+
+    pub fn list(&self, user: &UserCtx) -> Reply {
+        let mut terminals: Vec<TerminalInfo> = self
+            .lock_open()
+            .values()
+            .filter(|terminal| terminal.user == user.id)
+            .map(|terminal| terminal.info())
+            .collect();
+        terminals.sort_by_key(|info| (info.created_ms, info.id));
+        Reply::Terminals(terminals)
+    }
+
+    pub fn get(&self, user: &UserCtx, id: TerminalId) -> Result<Reply, OpError> {
+        Ok(Reply::Terminal(self.find(user, id)?.info()))
+    }
+
+    pub fn resize(
+        &self,
+        user: &UserCtx,
+        id: TerminalId,
+        cols: u16,
+        rows: u16,
+    ) -> Result<Reply, OpError> {
+        check_size(cols, rows)?;
+        let terminal = self.find(user, id)?;
+        let size = rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(terminal.controller.get_ref(), size)
+            .map_err(|err| OpError::Internal(format!("cannot resize the terminal: {err}")))?;
+        let mut state = terminal.lock();
+        (state.cols, state.rows) = (cols, rows);
+        Ok(Reply::Done)
+    }
+
+    pub fn hang_up(
+        &self,
+        user: &UserCtx,
+        id: TerminalId,
+        grace: Duration,
+    ) -> Result<Reply, OpError> {
+        self.find(user, id)?.hang_up(grace);
+        Ok(Reply::Done)
+    }
+
+    /// Starts the program on a new PTY; answers once it runs.
+    pub async fn open(
+        self: &Arc<Self>,
+        user: UserCtx,
+        open: TerminalOpen,
+    ) -> Result<Reply, OpError> {
+        if open.argv.is_empty() || open.argv[0].is_empty() {
+            return Err(OpError::Invalid("the command is empty".into()));
+        }
+        check_size(open.cols, open.rows)?;
+        self.launcher.check()?;
+        if self.lock_open().contains_key(&open.id) {
+            return Err(OpError::Conflict(format!("terminal {} exists", open.id)));
+        }
+        {
+            let mut per_user = self.lock_per_user();
+            let count = per_user.entry(user.id).or_default();
+            if open.max_per_user != 0 && *count >= open.max_per_user {
+                return Err(OpError::TooManyTerminals {
+                    limit: open.max_per_user,
+                });
+            }
+            *count += 1;
+        }
+        let opened = self.start(&user, open).await;
+        if opened.is_err() {
+            self.release(user.id);
+        }
+        opened
+    }
+
+    fn release(&self, user: UserId) {
+        let mut per_user = self.lock_per_user();
+        if let Some(count) = per_user.get_mut(&user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_user.remove(&user);
+            }
+        }
+    }
+
+    async fn start(self: &Arc<Self>, user: &UserCtx, open: TerminalOpen) -> Result<Reply, OpError> {
+        // The user's workspace exists, and is theirs, before their shell runs.
+        let workspaces = self.workspaces.clone();
+        let (id, uid) = (user.id, user.uid);
+        crate::ops::blocking(move || workspaces.open_as(id, uid).map(|_| ())).await?;
+        let pty = Pty::open(open.cols, open.rows, user.uid)
+            .map_err(|err| OpError::Busy(format!("cannot open a terminal: {err}")))?;
+        let (stdin, stdout, stderr) = pty
+            .stdio()
+            .map_err(|err| OpError::Busy(format!("cannot open a terminal: {err}")))?;
+        let mut env = vec![("TERM".into(), "xterm-256color".into())];
+        env.extend(
+            open.env
+                .iter()
+                .map(|(key, value)| (key.into(), value.into())),
+        );
+        let launch = Launch {
+            argv: open.argv.iter().map(Into::into).collect(),
+            cwd: open.cwd.clone(),
+            env,
+            group: format!("terminal-{}", open.id),
+            stdin,
+            stdout,
+            stderr,
+            terminal: true,
+        };
+        let spawned = self.launcher.spawn(user, launch).await?;
+        // Only the program holds the terminal end now: when it and what it
+        // left behind are gone, reading the controller fails (EIO).
+        let controller = pty
+            .into_async_controller()
+            .map_err(|err| OpError::Internal(format!("terminal: {err}")))?;
+        let (output, _) = broadcast::channel(LAG_CHUNKS);
+        let terminal = Arc::new(Terminal {
+            id: open.id,
+            user: user.id,
+            command: open.argv.clone(),
+            pid: spawned.pid,
+            created_ms: now_ms(),
+            controller: Arc::new(controller),
+            typing: tokio::sync::Mutex::new(()),
+            state: Mutex::new(State {
+                scrollback: VecDeque::new(),
+                scrollback_limit: open.scrollback as usize,
+                cols: open.cols,
+                rows: open.rows,
+                last_activity: Instant::now(),
+                last_activity_ms: now_ms(),
+                attached: 0,
+            }),
+            output,
+            exited: watch::channel(None).0,
+            group: Group::from(spawned.group),
+        });
+        self.lock_open().insert(open.id, terminal.clone());
+        let reader = tokio::spawn(read_output(terminal.clone()));
+        tokio::spawn(
+            self.clone()
+                .supervise(terminal.clone(), spawned.child, reader),
+        );
+        if open.idle_timeout_ms > 0 {
+            let idle = Duration::from_millis(open.idle_timeout_ms);
+            tokio::spawn(watch_idle(terminal.clone(), idle));
+        }
+        Ok(Reply::Terminal(terminal.info()))
+    }
+
+    /// Waits for the program's end, then ends the terminal: the rest of
+    /// its processes hung up, the last output read, the exit told.
+    async fn supervise(
+        self: Arc<Self>,
+        terminal: Arc<Terminal>,
+        mut child: tokio::process::Child,
+        reader: tokio::task::JoinHandle<()>,
+    ) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = child.wait().await;
+        let end = match status {
+            Ok(status) => (status.code(), status.signal()),
+            Err(err) => {
+                tracing::warn!(error = %err, terminal = %terminal.id, "cannot wait for a terminal's program");
+                (None, None)
+            }
+        };
+        terminal.group.hang_up();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        terminal.group.kill().await;
+        let _ = tokio::time::timeout(DRAIN, reader).await;
+        terminal.exited.send_replace(Some(end));
+        terminal.group.remove();
+        self.lock_open().remove(&terminal.id);
+        self.release(terminal.user);
+    }
+
+    /// Serves an attached stream until its client leaves or the terminal
+    /// ends.
+    pub async fn attach(self: Arc<Self>, user: UserCtx, id: TerminalId, stream: Stream) {
+        let (mut sender, mut receiver) = stream.split();
+        let terminal = match self.find(&user, id) {
+            Ok(terminal) => terminal,
+            Err(err) => return sender.abort(err),
+        };
+        let (scrollback, mut live) = {
+            let mut state = terminal.lock();
+            state.attached += 1;
+            let scrollback: Vec<u8> = state.scrollback.iter().copied().collect();
+            (scrollback, terminal.output.subscribe())
+        };
+        let mut exited = terminal.exited.subscribe();
+        let outcome = async {
+            for chunk in scrollback.chunks(READ_CHUNK) {
+                send_event(&mut sender, TerminalEvent::Output(chunk.to_vec())).await?;
+            }
+            loop {
+                tokio::select! {
+                    received = live.recv() => match received {
+                        Ok(bytes) => send_event(&mut sender, TerminalEvent::Output(bytes.to_vec())).await?,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            return Err(OpError::Busy(
+                                "this client fell too far behind the terminal's output".into(),
+                            ))
+                        }
+                        // The terminal ended and its output was all sent.
+                        Err(broadcast::error::RecvError::Closed) => return Ok(None),
+                    },
+                    end = async { exited.wait_for(Option::is_some).await.map_or(None, |end| *end) } => {
+                        // What was published before the end, then the end.
+                        while let Ok(bytes) = live.try_recv() {
+                            send_event(&mut sender, TerminalEvent::Output(bytes.to_vec())).await?;
+                        }
+                        let (code, signal) = end.unwrap_or((None, None));
+                        send_event(&mut sender, TerminalEvent::Exited { code, signal }).await?;
+                        return Ok(Some(()));
+                    }
+                    typed = receiver.recv() => match typed {
+                        Some(Ok(bytes)) => {
+                            if let Err(err) = terminal.type_in(&bytes).await {
+                                tracing::debug!(error = %err, terminal = %terminal.id, "input not taken");
+                            }
+                        }
+                        // The client left (or its side failed): detach.
+                        Some(Err(_)) | None => return Ok(None),
+                    },
+                }
+            }
+        }
+        .await;
+        {
+            let mut state = terminal.lock();
+            state.attached = state.attached.saturating_sub(1);
+            Terminal::touch(&mut state);
+        }
+        match outcome {
+            Ok(_) => {
+                let _ = sender.finish();
+            }
+            Err(err) => sender.abort(err),
+        }
+    }
+
+    /// Hangs up every terminal at once (the worker is exiting).
+    pub fn hang_up_all(&self) {
+        for terminal in self.lock_open().values() {
+            terminal.group.kill_now();
+        }
+    }
+}
+
+async fn send_event(
+    sender: &mut warren_protocol::stream::StreamSender,
+    event: TerminalEvent,
+) -> Result<(), OpError> {
+    let bytes = warren_protocol::codec::encode_message(&event)
+        .map_err(|err| OpError::Internal(format!("terminal: {err}")))?;
+    sender.send_vec(bytes).await
+}
+
+/// Reads the program's output until every process holding the terminal
+/// end is gone.
+async fn read_output(terminal: Arc<Terminal>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let mut ready = match terminal.controller.readable().await {
+            Ok(ready) => ready,
+            Err(err) => {
+                tracing::warn!(error = %err, terminal = %terminal.id, "cannot poll a terminal");
+                return;
+            }
+        };
+        match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut buf)?)) {
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) => terminal.publish(&buf[..n]),
+            // EIO: the terminal end is closed everywhere.
+            Ok(Err(_)) => return,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Hangs the terminal up once it has had no stream attached and no
+/// output for `idle`.
+async fn watch_idle(terminal: Arc<Terminal>, idle: Duration) {
+    let mut exited = terminal.exited.subscribe();
+    let mut next_check = idle;
+    loop {
+        tokio::select! {
+            _ = exited.wait_for(Option::is_some) => return,
+            () = tokio::time::sleep(next_check) => {}
+        }
+        let quiet = {
+            let state = terminal.lock();
+            (state.attached == 0).then(|| state.last_activity.elapsed())
+        };
+        match quiet {
+            Some(quiet) if quiet >= idle => {
+                tracing::info!(terminal = %terminal.id, "hanging up a terminal left idle");
+                terminal.hang_up(HANG_UP_GRACE);
+                return;
+            }
+            Some(quiet) => next_check = idle - quiet,
+            None => next_check = idle,
+        }
+    }
+}
+
+fn check_size(cols: u16, rows: u16) -> Result<(), OpError> {
+    if cols == 0 || rows == 0 || cols > 1000 || rows > 1000 {
+        return Err(OpError::Invalid(format!(
+            "a terminal of {cols}×{rows}: each side must be 1 to 1000"
+        )));
+    }
+    Ok(())
+}
