@@ -263,6 +263,16 @@ pub struct ServeArgs {
     /// How long a cancelled task has between SIGTERM and SIGKILL.
     #[arg(long, env = "WARREN_TASK_CANCEL_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub task_cancel_grace: Duration,
+    /// A terminal with no client attached and no output for this long is
+    /// hung up (0: never).
+    #[arg(long, env = "WARREN_TERMINAL_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub terminal_idle_timeout: Duration,
+    /// Terminals one user may have open at once (more: 429).
+    #[arg(long, env = "WARREN_MAX_TERMINALS_PER_USER", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_terminals_per_user: u32,
+    /// Output a terminal keeps for a client that attaches later.
+    #[arg(long, env = "WARREN_TERMINAL_SCROLLBACK", default_value = "256KiB", value_parser = parse_scrollback)]
+    pub terminal_scrollback: u64,
     /// Memory of all of a user's processes together (cgroup memory.max; 0:
     /// no limit).
     #[arg(long, env = "WARREN_LIMIT_MEMORY", default_value = "2GiB", value_parser = parse_size)]
@@ -424,6 +434,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// A task output limit: a size of at least what the worker keeps anyway.
+/// A scrollback: 0 to 16 MiB.
+fn parse_scrollback(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if size > 16 << 20 {
+        return Err(format!("{text:?} is more than 16 MiB of scrollback"));
+    }
+    Ok(size)
+}
+
 fn parse_output_limit(text: &str) -> Result<u64, String> {
     let limit = parse_size(text)?;
     let least = warren_worker::tasks::output::MIN_OUTPUT_LIMIT;

@@ -267,6 +267,31 @@ impl ConnectionMetrics {
     }
 }
 
+/// Users' terminals and the WebSockets attached to them.
+#[derive(Debug, Clone)]
+pub struct TerminalMetrics {
+    open: Gauge,
+    websockets: Gauge,
+    bytes: Family<DirectionLabels, Counter>,
+}
+
+impl TerminalMetrics {
+    pub(crate) fn websocket_opened(&self) {
+        self.websockets.inc();
+    }
+
+    pub(crate) fn websocket_closed(&self) {
+        self.websockets.dec();
+    }
+
+    /// `direction`: in (typed) or out (shown).
+    pub(crate) fn bytes(&self, direction: &'static str, count: usize) {
+        self.bytes
+            .get_or_create(&DirectionLabels { direction })
+            .inc_by(count as u64);
+    }
+}
+
 /// Users' tasks: how they end and how long they take to start.
 #[derive(Debug, Clone)]
 pub struct TaskMetrics {
@@ -295,6 +320,7 @@ impl TaskMetrics {
 pub struct Metrics {
     registry: Registry,
     tasks: TaskMetrics,
+    terminals: TerminalMetrics,
     connections: ConnectionMetrics,
     files: FileMetrics,
     workers: Family<StateLabels, Gauge>,
@@ -497,10 +523,36 @@ impl Metrics {
             "Users' tasks running now (the workers' last heartbeats)",
             tasks.running.clone(),
         );
+        let terminals = TerminalMetrics {
+            open: Gauge::default(),
+            websockets: Gauge::default(),
+            bytes: Family::default(),
+        };
+        for direction in ["in", "out"] {
+            let _ = terminals
+                .bytes
+                .get_or_create(&DirectionLabels { direction });
+        }
+        registry.register(
+            "warren_terminals_open",
+            "Users' terminals open now (the workers' last heartbeats)",
+            terminals.open.clone(),
+        );
+        registry.register(
+            "warren_websocket_connections",
+            "WebSockets attached to terminals now",
+            terminals.websockets.clone(),
+        );
+        registry.register(
+            "warren_terminal_bytes",
+            "Bytes through terminals' WebSockets, by direction (in: typed, out: shown)",
+            terminals.bytes.clone(),
+        );
         Metrics {
             registry,
             sandbox,
             tasks,
+            terminals,
             connections,
             files,
             workers,
@@ -516,6 +568,10 @@ impl Metrics {
 
     pub fn tasks(&self) -> TaskMetrics {
         self.tasks.clone()
+    }
+
+    pub fn terminals(&self) -> TerminalMetrics {
+        self.terminals.clone()
     }
 
     pub fn pool(&self) -> PoolMetrics {
@@ -551,6 +607,12 @@ impl Metrics {
         self.tasks
             .running
             .set(slots.iter().map(|slot| i64::from(slot.tasks_running)).sum());
+        self.terminals.open.set(
+            slots
+                .iter()
+                .map(|slot| i64::from(slot.terminals_open))
+                .sum(),
+        );
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

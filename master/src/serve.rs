@@ -183,6 +183,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             cancel_grace: args.task_cancel_grace,
             history: args.task_history,
         },
+        terminals: http::TerminalSettings {
+            idle_timeout: args.terminal_idle_timeout,
+            max_per_user: args.max_terminals_per_user,
+            scrollback: args.terminal_scrollback as u32,
+            hang_up_grace: args.task_cancel_grace,
+        },
     });
     let app = http::router(state.clone());
     info!(

@@ -247,6 +247,7 @@ mod tests {
                 open_streams: 1,
                 users_seen: 9,
                 tasks_running: 2,
+                terminals_open: 1,
             }),
             Body::Open(Open {
                 user: user(),

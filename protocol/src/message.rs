@@ -651,6 +651,7 @@ pub struct Heartbeat {
     pub open_streams: u32,
     pub users_seen: u32,
     pub tasks_running: u32,
+    pub terminals_open: u32,
 }
 
 /// A typed failure of an operation, as the worker reports it.

@@ -417,6 +417,7 @@ impl Worker {
             open_streams: self.streams.len() as u32,
             users_seen: users_seen as u32,
             tasks_running: self.tasks.as_ref().map_or(0, |t| t.running_count()) as u32,
+            terminals_open: self.terminals.as_ref().map_or(0, |t| t.count()) as u32,
         }
     }
 

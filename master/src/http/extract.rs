@@ -176,12 +176,37 @@ impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        Ok(Authed(authenticate(parts, state, !safe).await?))
+    }
+}
+
+/// An authenticated caller who may change state although the request is a
+/// `GET`: a WebSocket upgrade (a browser sends no CSRF token with one, so
+/// a cookie must come from our own origin; a read-only token may not).
+pub struct AuthedWriter(pub Arc<Principal>);
+
+impl FromRequestParts<AppState> for AuthedWriter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(AuthedWriter(authenticate(parts, state, true).await?))
+    }
+}
+
+/// The caller; for a request that changes state, a cookie from another
+/// origin and a read-only token are refused (403).
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    changes_state: bool,
+) -> Result<Arc<Principal>, ApiError> {
+    {
         let Some((token, via_cookie)) = credential(&parts.headers)? else {
             return Err(ApiError::Unauthenticated);
         };
         let principal = state.auth.authenticate(token).await?;
-        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-        if !safe {
+        if changes_state {
             if via_cookie {
                 let client = ClientInfo::of(parts, &state.web);
                 if !state.web.same_origin(&parts.headers, client.tls, true) {
@@ -207,7 +232,7 @@ impl FromRequestParts<AppState> for Authed {
                 return Err(ApiError::Forbidden("this API token may only read"));
             }
         }
-        Ok(Authed(principal))
+        Ok(principal)
     }
 }
 

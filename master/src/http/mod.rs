@@ -13,6 +13,7 @@ pub mod peer;
 
 pub use api::files::Transfers;
 pub use api::tasks::TaskSettings;
+pub use api::terminals::TerminalSettings;
 pub use api::{check_username, json_integer, rfc3339};
 pub use error::ApiError;
 pub use extract::WebConfig;
@@ -104,6 +105,8 @@ pub struct Shared {
     pub activity: Arc<crate::activity::ActivityHub>,
     /// Settings of the tasks API.
     pub tasks: TaskSettings,
+    /// Settings of the terminals API.
+    pub terminals: TerminalSettings,
 }
 
 impl AppState {

@@ -156,6 +156,8 @@ pub struct SlotReport {
     pub users_seen: u32,
     /// Users' tasks the worker runs (last heartbeat).
     pub tasks_running: u32,
+    /// Users' terminals the worker has open (last heartbeat).
+    pub terminals_open: u32,
     #[serde(skip)]
     pub pid: Option<u32>,
 }
@@ -359,6 +361,7 @@ impl Pool {
                     open_streams: load.open_streams,
                     users_seen: load.users_seen,
                     tasks_running: load.tasks_running,
+                    terminals_open: load.terminals_open,
                     pid: current.as_ref().map(|c| c.pid),
                 }
             })

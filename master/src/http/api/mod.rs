@@ -9,6 +9,7 @@ mod conformance;
 pub mod files;
 mod me;
 pub mod tasks;
+pub mod terminals;
 mod workspace;
 
 use super::error::ErrorBody;
@@ -72,6 +73,7 @@ pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) 
         .merge(me::routes())
         .merge(workspace::routes())
         .merge(tasks::routes())
+        .merge(terminals::routes())
         .merge(activity::routes());
     if mode == Mode::Multi {
         api = api

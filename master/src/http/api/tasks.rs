@@ -173,10 +173,10 @@ impl From<&TaskRecord> for TaskView {
 
 /// What `POST /tasks` checked and will send.
 #[derive(Debug)]
-struct Checked {
-    argv: Vec<String>,
-    cwd: String,
-    env: Vec<(String, String)>,
+pub(super) struct Checked {
+    pub(super) argv: Vec<String>,
+    pub(super) cwd: String,
+    pub(super) env: Vec<(String, String)>,
     timeout_ms: u64,
     stdin: Vec<u8>,
 }
@@ -195,7 +195,7 @@ fn env_name_ok(name: &str) -> bool {
 
 /// Checks a start request: clear 422s for what cannot be run, 400 for a
 /// working directory that breaks the path rules.
-fn check(request: StartTask) -> Result<Checked, ApiError> {
+pub(super) fn check(request: StartTask) -> Result<Checked, ApiError> {
     let argv = match request.command {
         // An empty program name is a command that cannot run: the worker
         // says so, and the task is `failed`.

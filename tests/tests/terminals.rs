@@ -1,0 +1,188 @@
+//! Terminals through the real master and worker, with a real WebSocket
+//! client: typing, resizing, reattaching, the exit, hang-ups, and who may
+//! attach.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use warren_tests::accounts::Caller;
+use warren_tests::{Server, ServerOptions};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn sandboxed(server: &Server) -> bool {
+    let (_, ready) = server.get_json("/readyz").await;
+    match ready["sandbox"]["refused"].as_str() {
+        None => true,
+        Some(why) => {
+            assert!(
+                !warren_tests::sandbox_required(),
+                "the sandbox is required here (WARREN_REQUIRE_SANDBOX=1) but refused: {why}"
+            );
+            eprintln!("*** SKIPPED: this machine cannot run the sandbox ({why})");
+            false
+        }
+    }
+}
+
+fn ws_url(server: &Server, id: &str) -> String {
+    server
+        .url(&format!("/api/v1/terminals/{id}/ws"))
+        .replacen("http://", "ws://", 1)
+}
+
+/// Connects with `headers`; the socket, or the HTTP status that refused it.
+async fn connect(server: &Server, id: &str, headers: &[(&str, String)]) -> Result<Socket, u16> {
+    let mut request = ws_url(server, id).into_client_request().expect("request");
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .insert(axum_header(name), value.parse().expect("header value"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(err) => panic!("connect: {err}"),
+    }
+}
+
+fn axum_header(name: &str) -> tokio_tungstenite::tungstenite::http::HeaderName {
+    name.parse().expect("header name")
+}
+
+fn bearer(caller: &Caller) -> Vec<(&'static str, String)> {
+    vec![("authorization", format!("Bearer {}", caller.token))]
+}
+
+/// Reads until the output shows `needle`; the output, and the exit
+/// message if one came.
+async fn read_until(socket: &mut Socket, needle: &str) -> (String, Option<Value>) {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {needle:?} from the terminal; it showed:\n{}",
+                    String::from_utf8_lossy(&seen)
+                )
+            });
+        match message {
+            Some(Ok(Message::Binary(bytes))) => seen.extend_from_slice(&bytes),
+            Some(Ok(Message::Text(text))) => {
+                let exit: Value = serde_json::from_str(text.as_str()).expect("json control");
+                return (String::from_utf8_lossy(&seen).into_owned(), Some(exit));
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                return (String::from_utf8_lossy(&seen).into_owned(), None)
+            }
+            Some(Ok(_)) => {}
+            Some(Err(err)) => panic!("websocket: {err}"),
+        }
+        if !needle.is_empty() && String::from_utf8_lossy(&seen).contains(needle) {
+            return (String::from_utf8_lossy(&seen).into_owned(), None);
+        }
+    }
+}
+
+async fn open(caller: &Caller) -> String {
+    let (status, terminal) = caller
+        .post(
+            "/api/v1/terminals",
+            json!({"command": ["/bin/sh"], "cols": 80, "rows": 24, "env": {"PS1": "$ "}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{terminal}");
+    terminal["id"].as_str().expect("id").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_over_a_websocket_types_resizes_reattaches_and_exits() {
+    let server = Server::ready(&ServerOptions::workers(1)).await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let admin = Caller::admin(&server).await;
+    let callers = warren_tests::accounts::users_on(&server, &admin, &["tess", "uma"]).await;
+    let (tess, uma) = (&callers[0], &callers[1]);
+    let id = open(tess).await;
+
+    let mut socket = connect(&server, &id, &bearer(tess)).await.expect("upgrade");
+    socket
+        .send(Message::Binary(b"echo hel''lo\n".to_vec().into()))
+        .await
+        .expect("type");
+    read_until(&mut socket, "hello").await;
+    let (_, shown) = tess.get(&format!("/api/v1/terminals/{id}")).await;
+    assert_eq!(shown["attached"], 1, "{shown}");
+
+    socket
+        .send(Message::Text(
+            json!({"type": "resize", "cols": 100, "rows": 40})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .expect("resize");
+    socket
+        .send(Message::Binary(b"stty size\n".to_vec().into()))
+        .await
+        .expect("type");
+    read_until(&mut socket, "40 100").await;
+
+    // Gone and back: the scrollback first.
+    drop(socket);
+    let mut socket = connect(&server, &id, &bearer(tess)).await.expect("upgrade");
+    let (replayed, _) = read_until(&mut socket, "40 100").await;
+    assert!(replayed.contains("hello"), "{replayed}");
+
+    // Another user: 404 on the route and before any upgrade.
+    let (status, _) = uma.get(&format!("/api/v1/terminals/{id}")).await;
+    assert_eq!(status, 404);
+    assert_eq!(connect(&server, &id, &bearer(uma)).await.err(), Some(404));
+    // The session cookie from a foreign page: 403; from ours: fine.
+    let cookie = ("cookie", format!("warren_session={}", tess.token));
+    let foreign = vec![cookie.clone(), ("origin", "http://evil.test".to_string())];
+    assert_eq!(connect(&server, &id, &foreign).await.err(), Some(403));
+    let ours = vec![cookie, ("origin", server.base_url.clone())];
+    let second = connect(&server, &id, &ours)
+        .await
+        .expect("same-origin cookie upgrade");
+    drop(second);
+
+    // The program's end comes as an exit message, then a close.
+    socket
+        .send(Message::Binary(b"exit 3\n".to_vec().into()))
+        .await
+        .expect("type");
+    let (_, exit) = read_until(&mut socket, "").await;
+    assert_eq!(
+        exit,
+        Some(json!({"type": "exit", "code": 3, "signal": null}))
+    );
+    let gone = warren_tests::eventually(Duration::from_secs(10), || async {
+        tess.get(&format!("/api/v1/terminals/{id}")).await.0 == 404
+    })
+    .await;
+    assert!(gone, "the terminal outlived its program");
+
+    // A hang-up ends another; the metrics count what went through.
+    let other = open(tess).await;
+    let (status, _) = tess.delete(&format!("/api/v1/terminals/{other}")).await;
+    assert_eq!(status, 204);
+    let empty = warren_tests::eventually(Duration::from_secs(10), || async {
+        tess.get("/api/v1/terminals").await.1["terminals"] == json!([])
+    })
+    .await;
+    assert!(empty, "{:?}", tess.get("/api/v1/terminals").await);
+    let metrics = server.metrics().await;
+    let typed =
+        warren_tests::metric_value(&metrics, "warren_terminal_bytes_total", "direction=\"in\"");
+    assert!(typed.is_some_and(|n| n >= 20.0), "{metrics}");
+}
