@@ -515,3 +515,51 @@ pub fn uid_range_of(data_dir: &Path) -> String {
     let base = 1_000_000 + (hash % 60_000) * 1000;
     format!("{base}-{}", base + 999)
 }
+
+/// Processes (pid, uid) on the machine.
+pub fn processes() -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let uid = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|uid| uid.parse().ok());
+        if let Some(uid) = uid {
+            found.push((pid, uid));
+        }
+    }
+    found
+}
+
+/// The live processes (pids; zombies are dead) running as `uid`.
+pub fn processes_of(uid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(pid, owner)| *owner == uid && process_alive(*pid))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Bytes of resident memory of a process (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kb| kb * 1024)
+        .expect("VmRSS")
+}

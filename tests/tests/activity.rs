@@ -231,23 +231,6 @@ async fn own_events_in_full_and_only_counts_of_others() {
     drop(server);
 }
 
-/// Bytes of resident memory of a process (`VmRSS`).
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kb| kb * 1024)
-        .expect("VmRSS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_dropped_and_memory_stays_flat() {
     let options = ServerOptions::workers(1).arg("--send-timeout").arg("2s");
@@ -302,7 +285,7 @@ async fn a_client_that_stops_reading_is_dropped_and_memory_stays_flat() {
     for round in 0..100 {
         flip(round).await;
     }
-    let before = rss_bytes(server.pid);
+    let before = warren_tests::rss_bytes(server.pid);
 
     // A client that asks for its feed and then reads nothing.
     let address = server.base_url.trim_start_matches("http://").to_string();
@@ -325,7 +308,7 @@ async fn a_client_that_stops_reading_is_dropped_and_memory_stays_flat() {
         event_bytes >> 20,
         flood.elapsed()
     );
-    let after = rss_bytes(server.pid);
+    let after = warren_tests::rss_bytes(server.pid);
     eprintln!(
         "master RSS before {} MiB, after {} MiB",
         before >> 20,

@@ -563,19 +563,6 @@ async fn killing_a_group_kills_a_grandchild_in_its_own_session() {
     spawned.group.kill().await.expect("remove the group");
 }
 
-/// Live processes running as `uid`.
-fn processes_of(uid: u32) -> Vec<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            (entry.metadata().ok()?.uid() == uid && process_alive(pid)).then_some(pid)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn killing_the_slot_leaves_no_process_of_its_users() {
     if !root() {
@@ -593,14 +580,18 @@ async fn killing_the_slot_leaves_no_process_of_its_users() {
         grandchild(&mut spawned).await;
         children.push(spawned.child);
     }
-    assert!(processes_of(uid).len() >= 6, "{:?}", processes_of(uid));
+    assert!(
+        warren_tests::processes_of(uid).len() >= 6,
+        "{:?}",
+        warren_tests::processes_of(uid)
+    );
     // What the master does when the worker died (its children lost their
     // parent but not their cgroups).
     lab.sandbox.kill_slot(lab.slot).expect("kill the slot");
     for mut child in children {
         let _ = child.wait().await;
     }
-    assert_eq!(processes_of(uid), Vec::<u32>::new());
+    assert_eq!(warren_tests::processes_of(uid), Vec::<u32>::new());
     assert!(!lab.cgroup_base.join(format!("slot-{}", lab.slot)).exists());
 }
 

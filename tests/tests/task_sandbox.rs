@@ -108,36 +108,6 @@ fn assert_denied(output: &str, label: &str) {
     );
 }
 
-/// Processes (pid, uid) on the machine.
-fn processes() -> Vec<(u32, u32)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let uid = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|uid| uid.parse().ok());
-        if let Some(uid) = uid {
-            found.push((pid, uid));
-        }
-    }
-    found
-}
-
-fn processes_of(uid: u32) -> Vec<u32> {
-    processes()
-        .into_iter()
-        .filter(|(_, owner)| *owner == uid)
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
 /// The uid `caller`'s processes run as (the owner of their workspace).
 fn uid_of(server: &Server, caller: &Caller) -> u32 {
     use std::os::unix::fs::MetadataExt;
@@ -325,9 +295,9 @@ async fn a_fork_bomb_and_a_memory_hog_stay_within_their_limits() {
             began.elapsed()
         );
         assert!(
-            processes_of(uid).len() <= 64,
+            warren_tests::processes_of(uid).len() <= 64,
             "{} processes",
-            processes_of(uid).len()
+            warren_tests::processes_of(uid).len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -340,11 +310,11 @@ async fn a_fork_bomb_and_a_memory_hog_stay_within_their_limits() {
     assert_ne!(end["state"], "running");
     assert!(
         eventually(Duration::from_secs(10), || async {
-            processes_of(uid).is_empty()
+            warren_tests::processes_of(uid).is_empty()
         })
         .await,
         "the bomb's processes outlived its task: {:?}",
-        processes_of(uid)
+        warren_tests::processes_of(uid)
     );
 
     let (end, text) = python(
@@ -428,7 +398,8 @@ async fn a_killed_worker_takes_its_users_processes_and_tasks_with_it() {
     let uids: Vec<u32> = callers.iter().map(|c| uid_of(&server, c)).collect();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            uids.iter().all(|uid| processes_of(*uid).len() >= 3)
+            uids.iter()
+                .all(|uid| warren_tests::processes_of(*uid).len() >= 3)
         })
         .await
     );
@@ -453,11 +424,11 @@ async fn a_killed_worker_takes_its_users_processes_and_tasks_with_it() {
     for uid in &uids {
         assert!(
             eventually(Duration::from_secs(5), || async {
-                processes_of(*uid).is_empty()
+                warren_tests::processes_of(*uid).is_empty()
             })
             .await,
             "processes of uid {uid} survived their worker: {:?}",
-            processes_of(*uid)
+            warren_tests::processes_of(*uid)
         );
     }
     for (caller, task) in &tasks {

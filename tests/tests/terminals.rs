@@ -186,3 +186,145 @@ async fn a_terminal_over_a_websocket_types_resizes_reattaches_and_exits() {
         warren_tests::metric_value(&metrics, "warren_terminal_bytes_total", "direction=\"in\"");
     assert!(typed.is_some_and(|n| n >= 20.0), "{metrics}");
 }
+
+/// The uid `caller`'s processes run as (the owner of their workspace).
+async fn uid_of(admin: &Caller, caller: &Caller) -> u32 {
+    let (_, user) = admin
+        .get(&format!("/api/v1/admin/users/{}", caller.user_id()))
+        .await;
+    user["uid"].as_u64().expect("a uid of their own") as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_keeps_memory_flat_and_a_client_that_stops_reading_is_dropped() {
+    let server = Server::ready(&ServerOptions::workers(1)).await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let admin = Caller::admin(&server).await;
+    let callers = warren_tests::accounts::users_on(&server, &admin, &["vera"]).await;
+    let vera = &callers[0];
+    let (status, terminal) = vera
+        .post(
+            "/api/v1/terminals",
+            json!({"command": ["/bin/sh", "-c", "exec yes 0123456789abcdefghijklmnopqrstuvwxyz"], "cols": 80, "rows": 24}),
+        )
+        .await;
+    assert_eq!(status, 201, "{terminal}");
+    let id = terminal["id"].as_str().expect("id").to_string();
+    let processes = || {
+        let mut pids = vec![server.pid];
+        pids.extend(server.worker_pids());
+        pids
+    };
+    let rss = || -> u64 { processes().into_iter().map(warren_tests::rss_bytes).sum() };
+    // One client that never reads, one that reads everything.
+    let stalled = connect(&server, &id, &bearer(vera)).await.expect("upgrade");
+    let mut reader = connect(&server, &id, &bearer(vera)).await.expect("upgrade");
+    let mut received = 0usize;
+    let warm = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < warm {
+        if let Some(Ok(Message::Binary(bytes))) = reader.next().await {
+            received += bytes.len();
+        }
+    }
+    let before = rss();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(5), reader.next()).await {
+            Ok(Some(Ok(Message::Binary(bytes)))) => received += bytes.len(),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the reading client lost its terminal: {other:?}"),
+        }
+    }
+    let after = rss();
+    assert!(received > 10 << 20, "only {received} bytes in 12 s");
+    assert!(
+        after < before + (32 << 20),
+        "master and worker grew from {before} to {after} bytes during the flood"
+    );
+    // The client that never read was dropped, saying why; the process
+    // is still there for the one that reads.
+    let (status, shown) = vera.get(&format!("/api/v1/terminals/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        shown["attached"], 1,
+        "the stalled client is still attached: {shown}"
+    );
+    drop(stalled);
+    let (status, _) = vera.delete(&format!("/api/v1/terminals/{id}")).await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_closes_its_terminals_with_a_reason_and_leaves_no_process() {
+    let server = Server::ready(&ServerOptions::workers(1)).await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let admin = Caller::admin(&server).await;
+    let callers = warren_tests::accounts::users_on(&server, &admin, &["walt"]).await;
+    let walt = &callers[0];
+    let id = open(walt).await;
+    let mut socket = connect(&server, &id, &bearer(walt)).await.expect("upgrade");
+    socket
+        .send(Message::Binary(
+            b"sleep 1000 & echo start''ed\n".to_vec().into(),
+        ))
+        .await
+        .expect("type");
+    read_until(&mut socket, "started").await;
+    let uid = uid_of(&admin, walt).await;
+    assert!(!warren_tests::processes_of(uid).is_empty());
+    warren_tests::send_signal(server.worker_pids()[0], rustix::process::Signal::KILL);
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the socket closes");
+    let frame = closed.expect("a close frame with a reason");
+    assert_eq!(u16::from(frame.code), 1011, "{frame:?}");
+    assert!(frame.reason.contains("worker"), "{frame:?}");
+    let gone = warren_tests::eventually(Duration::from_secs(10), || async {
+        warren_tests::processes_of(uid).is_empty()
+    })
+    .await;
+    assert!(gone, "left behind: {:?}", warren_tests::processes_of(uid));
+    // The slot serves again; the terminal is gone, not hung.
+    let gone = warren_tests::eventually(Duration::from_secs(10), || async {
+        walt.get(&format!("/api/v1/terminals/{id}")).await.0 == 404
+    })
+    .await;
+    assert!(gone);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_terminal_is_hung_up() {
+    let options = ServerOptions::workers(1)
+        .arg("--terminal-idle-timeout")
+        .arg("1s");
+    let server = Server::ready(&options).await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let admin = Caller::admin(&server).await;
+    let callers = warren_tests::accounts::users_on(&server, &admin, &["xena"]).await;
+    let xena = &callers[0];
+    let id = open(xena).await;
+    // Attached, it stays however quiet.
+    let socket = connect(&server, &id, &bearer(xena)).await.expect("upgrade");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(xena.get(&format!("/api/v1/terminals/{id}")).await.0, 200);
+    drop(socket);
+    let gone = warren_tests::eventually(Duration::from_secs(15), || async {
+        xena.get(&format!("/api/v1/terminals/{id}")).await.0 == 404
+    })
+    .await;
+    assert!(gone, "the idle terminal is still open");
+}

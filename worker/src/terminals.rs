@@ -2,11 +2,14 @@
 //! which the master's WebSockets attach to through
 //! [`StreamKind::TerminalAttach`](warren_protocol::StreamKind) streams.
 //!
-//! A terminal outlives its streams: its output is read all along into a
-//! bounded scrollback (sent first to each stream that attaches) and to the
-//! streams attached now. A stream that falls more than [`LAG_CHUNKS`]
-//! chunks behind is dropped (`Busy`) rather than let output pile up, so a
-//! flood costs at most the scrollback and the lag per terminal. The
+//! A terminal outlives its streams: its output is read into a bounded
+//! scrollback (sent first to each stream that attaches) and to the streams
+//! attached now, each through a queue of [`QUEUE_CHUNKS`] chunks. The PTY
+//! is read only as fast as the slowest attached stream takes its output
+//! (the program then blocks on its writes, as on a real terminal), and a
+//! stream that takes nothing for [`LAG_LIMIT`] is dropped (`Busy`) so the
+//! others go on: a flood costs at most the scrollback and the queues. With
+//! no stream attached the output goes to the scrollback alone. The
 //! terminal ends when its program exits (its other processes are hung up,
 //! then streams get the exit and close), when it is hung up, or when it sat
 //! with no stream attached and no output for its idle timeout. A worker
@@ -20,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{mpsc, watch};
 use warren_protocol::stream::Stream;
 use warren_protocol::{
     OpError, Reply, TerminalEvent, TerminalId, TerminalInfo, TerminalOpen, UserCtx, UserId,
@@ -29,9 +32,11 @@ use warren_protocol::{
 /// Bytes read from a PTY at once (also the most one chunk holds).
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Chunks an attached stream may lag behind the output before it is
-/// dropped: at most `LAG_CHUNKS × READ_CHUNK` bytes (1 MiB) per terminal.
-const LAG_CHUNKS: usize = 64;
+/// Chunks queued for each attached stream (at most 256 KiB).
+const QUEUE_CHUNKS: usize = 16;
+
+/// An attached stream whose queue stays full this long is dropped.
+const LAG_LIMIT: Duration = Duration::from_secs(5);
 
 /// Between a hang-up's SIGHUP and its SIGKILL when a program ends or sits
 /// idle (an explicit hang-up says its own).
@@ -67,10 +72,16 @@ struct Terminal {
     /// One input chunk at a time, whoever types.
     typing: tokio::sync::Mutex<()>,
     state: Mutex<State>,
-    output: broadcast::Sender<Arc<Vec<u8>>>,
     /// The program's end (`code`, `signal`), once every byte was read.
     exited: watch::Sender<Option<(Option<i32>, Option<i32>)>>,
     group: Group,
+}
+
+#[derive(Clone)]
+struct Client {
+    number: u64,
+    queue: mpsc::Sender<Arc<Vec<u8>>>,
+    dropped: Arc<watch::Sender<bool>>,
 }
 
 struct State {
@@ -81,6 +92,10 @@ struct State {
     last_activity: Instant,
     last_activity_ms: i64,
     attached: u32,
+    /// The attached streams, by attachment number: their queues, and
+    /// what tells one it was dropped.
+    clients: Vec<Client>,
+    next_client: u64,
 }
 
 impl Terminal {
@@ -107,19 +122,36 @@ impl Terminal {
         state.last_activity_ms = now_ms();
     }
 
-    /// Keeps `bytes` in the scrollback and hands them to attached streams
-    /// (under one lock, so a stream attaching sees each byte exactly once:
-    /// in its scrollback or live).
-    fn publish(&self, bytes: &[u8]) {
-        let mut state = self.lock();
-        state.scrollback.extend(bytes);
-        let excess = state
-            .scrollback
-            .len()
-            .saturating_sub(state.scrollback_limit);
-        state.scrollback.drain(..excess);
-        Self::touch(&mut state);
-        let _ = self.output.send(Arc::new(bytes.to_vec()));
+    /// Keeps `bytes` in the scrollback and queues them for the attached
+    /// streams (who is attached is read under the scrollback's lock, so a
+    /// stream attaching sees each byte exactly once: in its scrollback or
+    /// queued), waiting while a queue is full; a stream that takes nothing
+    /// for [`LAG_LIMIT`] is dropped.
+    async fn publish(&self, bytes: &[u8]) {
+        let clients = {
+            let mut state = self.lock();
+            state.scrollback.extend(bytes);
+            let excess = state
+                .scrollback
+                .len()
+                .saturating_sub(state.scrollback_limit);
+            state.scrollback.drain(..excess);
+            Self::touch(&mut state);
+            state.clients.clone()
+        };
+        if clients.is_empty() {
+            return;
+        }
+        let chunk = Arc::new(bytes.to_vec());
+        for client in clients {
+            let sent = tokio::time::timeout(LAG_LIMIT, client.queue.send(chunk.clone())).await;
+            if sent.is_err() {
+                self.lock()
+                    .clients
+                    .retain(|other| other.number != client.number);
+                client.dropped.send_replace(true);
+            }
+        }
     }
 
     /// SIGHUP to every process of the terminal, SIGKILL after `grace`.
@@ -304,7 +336,6 @@ impl Terminals {
         let controller = pty
             .into_async_controller()
             .map_err(|err| OpError::Internal(format!("terminal: {err}")))?;
-        let (output, _) = broadcast::channel(LAG_CHUNKS);
         let terminal = Arc::new(Terminal {
             id: open.id,
             user: user.id,
@@ -321,8 +352,9 @@ impl Terminals {
                 last_activity: Instant::now(),
                 last_activity_ms: now_ms(),
                 attached: 0,
+                clients: Vec::new(),
+                next_client: 0,
             }),
-            output,
             exited: watch::channel(None).0,
             group: Group::from(spawned.group),
         });
@@ -361,6 +393,8 @@ impl Terminals {
         terminal.group.kill().await;
         let _ = tokio::time::timeout(DRAIN, reader).await;
         terminal.exited.send_replace(Some(end));
+        // The streams take what is queued, then see the end.
+        terminal.lock().clients.clear();
         terminal.group.remove();
         self.lock_open().remove(&terminal.id);
         self.release(terminal.user);
@@ -374,38 +408,49 @@ impl Terminals {
             Ok(terminal) => terminal,
             Err(err) => return sender.abort(err),
         };
-        let (scrollback, mut live) = {
+        let (queue, mut live) = mpsc::channel(QUEUE_CHUNKS);
+        let (dropped, mut was_dropped) = watch::channel(false);
+        // Kept here too: the flag's sender must outlive the entry (a
+        // closed flag would read as dropped).
+        let dropped = Arc::new(dropped);
+        let (scrollback, client) = {
             let mut state = terminal.lock();
             state.attached += 1;
+            let client = state.next_client;
+            state.next_client += 1;
+            // A terminal that has just ended takes no more streams: this
+            // one gets the scrollback, then (its queue closed) the end.
+            if terminal.exited.borrow().is_none() {
+                state.clients.push(Client {
+                    number: client,
+                    queue,
+                    dropped: dropped.clone(),
+                });
+            }
             let scrollback: Vec<u8> = state.scrollback.iter().copied().collect();
-            (scrollback, terminal.output.subscribe())
+            (scrollback, client)
         };
-        let mut exited = terminal.exited.subscribe();
+        let exited = terminal.exited.subscribe();
         let outcome = async {
             for chunk in scrollback.chunks(READ_CHUNK) {
-                send_event(&mut sender, TerminalEvent::Output(chunk.to_vec())).await?;
+                send_unless_dropped(&mut sender, &mut was_dropped, TerminalEvent::Output(chunk.to_vec())).await?;
             }
             loop {
                 tokio::select! {
                     received = live.recv() => match received {
-                        Ok(bytes) => send_event(&mut sender, TerminalEvent::Output(bytes.to_vec())).await?,
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            return Err(OpError::Busy(
-                                "this client fell too far behind the terminal's output".into(),
-                            ))
+                        Some(bytes) => send_unless_dropped(&mut sender, &mut was_dropped, TerminalEvent::Output(bytes.to_vec())).await?,
+                        // The queue closed: the terminal ended (all its
+                        // output taken), or this stream was too slow.
+                        None => {
+                            let Some((code, signal)) = *exited.borrow() else {
+                                return Err(OpError::Busy(
+                                    "this client took no output for too long".into(),
+                                ));
+                            };
+                            send_unless_dropped(&mut sender, &mut was_dropped, TerminalEvent::Exited { code, signal }).await?;
+                            return Ok(Some(()));
                         }
-                        // The terminal ended and its output was all sent.
-                        Err(broadcast::error::RecvError::Closed) => return Ok(None),
                     },
-                    end = async { exited.wait_for(Option::is_some).await.map_or(None, |end| *end) } => {
-                        // What was published before the end, then the end.
-                        while let Ok(bytes) = live.try_recv() {
-                            send_event(&mut sender, TerminalEvent::Output(bytes.to_vec())).await?;
-                        }
-                        let (code, signal) = end.unwrap_or((None, None));
-                        send_event(&mut sender, TerminalEvent::Exited { code, signal }).await?;
-                        return Ok(Some(()));
-                    }
                     typed = receiver.recv() => match typed {
                         Some(Ok(bytes)) => {
                             if let Err(err) = terminal.type_in(&bytes).await {
@@ -422,6 +467,7 @@ impl Terminals {
         {
             let mut state = terminal.lock();
             state.attached = state.attached.saturating_sub(1);
+            state.clients.retain(|other| other.number != client);
             Terminal::touch(&mut state);
         }
         match outcome {
@@ -437,6 +483,20 @@ impl Terminals {
         for terminal in self.lock_open().values() {
             terminal.group.kill_now();
         }
+    }
+}
+
+/// Sends `event`, unless the stream is dropped for lagging meanwhile.
+async fn send_unless_dropped(
+    sender: &mut warren_protocol::stream::StreamSender,
+    dropped: &mut watch::Receiver<bool>,
+    event: TerminalEvent,
+) -> Result<(), OpError> {
+    tokio::select! {
+        sent = send_event(sender, event) => sent,
+        _ = dropped.wait_for(|dropped| *dropped) => Err(OpError::Busy(
+            "this client took no output for too long".into(),
+        )),
     }
 }
 
@@ -463,7 +523,7 @@ async fn read_output(terminal: Arc<Terminal>) {
         };
         match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut buf)?)) {
             Ok(Ok(0)) => return,
-            Ok(Ok(n)) => terminal.publish(&buf[..n]),
+            Ok(Ok(n)) => terminal.publish(&buf[..n]).await,
             // EIO: the terminal end is closed everywhere.
             Ok(Err(_)) => return,
             Err(_would_block) => continue,

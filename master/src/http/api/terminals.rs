@@ -48,6 +48,10 @@ pub struct TerminalSettings {
 /// a ping is closed.
 const PING_EVERY: Duration = Duration::from_secs(20);
 
+/// A client that takes no frame for this long is closed as too slow (the
+/// worker then stops holding output for it).
+const SEND_LIMIT: Duration = Duration::from_secs(10);
+
 /// The largest side of a terminal, in cells.
 const MAX_SIDE: u16 = 1000;
 
@@ -334,10 +338,7 @@ async fn bridge(state: AppState, user: UserCtx, id: TerminalId, mut socket: WebS
         Close::Exited => (1000, "the program ended".to_string()),
         Close::ClientLeft => (1000, String::new()),
         Close::Unresponsive => (1001, "no answer to pings".to_string()),
-        Close::TooSlow => (
-            1008,
-            "this client fell too far behind the output".to_string(),
-        ),
+        Close::TooSlow => (1008, "this client took no output for too long".to_string()),
         Close::Error(why) => (1011, why),
     };
     // A close reason is at most 123 bytes.
@@ -345,12 +346,11 @@ async fn bridge(state: AppState, user: UserCtx, id: TerminalId, mut socket: WebS
     while text.len() > 123 {
         text.pop();
     }
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: text.into(),
-        })))
-        .await;
+    let close = socket.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: text.into(),
+    })));
+    let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
     metrics.websocket_closed();
 }
 
@@ -389,12 +389,15 @@ async fn carry(
                         }
                         TerminalEvent::Exited { code, signal } => {
                             let text = serde_json::json!({"type": "exit", "code": code, "signal": signal});
-                            let _ = socket.send(Message::Text(text.to_string().into())).await;
+                            let exit = socket.send(Message::Text(text.to_string().into()));
+                            let _ = tokio::time::timeout(SEND_LIMIT, exit).await;
                             break Close::Exited;
                         }
                     };
-                    if socket.send(message).await.is_err() {
-                        break Close::ClientLeft;
+                    match tokio::time::timeout(SEND_LIMIT, socket.send(message)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break Close::ClientLeft,
+                        Err(_) => break Close::TooSlow,
                     }
                 }
                 Some(Err(OpError::Busy(_))) => break Close::TooSlow,
@@ -432,8 +435,11 @@ async fn carry(
                 if heard.elapsed() > 2 * PING_EVERY {
                     break Close::Unresponsive;
                 }
-                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
-                    break Close::ClientLeft;
+                let ping = socket.send(Message::Ping(Vec::new().into()));
+                match tokio::time::timeout(SEND_LIMIT, ping).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Close::ClientLeft,
+                    Err(_) => break Close::TooSlow,
                 }
             }
         }
