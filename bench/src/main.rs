@@ -31,6 +31,7 @@ mod http;
 mod micro;
 mod report;
 mod tasks;
+mod terminals;
 
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
@@ -55,6 +56,9 @@ enum Command {
     /// Users' tasks: spawn to first output beside a bare fork+exec, and
     /// other users' latency while many short tasks run.
     Tasks(TasksArgs),
+    /// Users' terminals: keystroke to echo beside a local PTY, and the
+    /// memory of idle terminals and WebSockets.
+    Terminals(TerminalsArgs),
     /// Run warren's server (started by `http`, not by hand): exactly
     /// `warren serve`, with its arguments.
     #[command(hide = true)]
@@ -148,6 +152,28 @@ pub struct FilesArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct TerminalsArgs {
+    /// Keystrokes measured in (a), of each kind.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub samples: u32,
+    /// Idle terminals of (b), each with a WebSocket attached.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub terminals: u32,
+    /// Terminals per user in (b) (the server's --max-terminals-per-user).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub per_user: u32,
+    /// More idle WebSockets in (c), attached to (b)'s terminals.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub websockets: u32,
+    /// Number of worker processes of the warren under test.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Write the results as JSON to stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct TasksArgs {
     /// Spawns measured one at a time in (a), of each kind.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -217,6 +243,7 @@ fn main() -> ExitCode {
         Command::Http(args) => report_failure(run_http(&args)),
         Command::Files(args) => report_failure(run_files(&args)),
         Command::Tasks(args) => report_failure(run_tasks(&args)),
+        Command::Terminals(args) => report_failure(run_terminals(&args)),
         Command::Serve(args) => run_serve(*args),
         Command::BareServer(args) => report_failure(bare::serve(&args)),
     }
@@ -263,6 +290,17 @@ fn run_tasks(args: &TasksArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     let report = runtime.block_on(tasks::run(args))?;
+    report::print(report.table(), &report, args.json)
+}
+
+/// `terminals` on the same runtime as `http`.
+fn run_terminals(args: &TerminalsArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let report = runtime.block_on(terminals::run(args))?;
     report::print(report.table(), &report, args.json)
 }
 

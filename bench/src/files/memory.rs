@@ -34,7 +34,7 @@ pub fn vm_rss_kib(status: &str) -> Option<u64> {
 }
 
 /// `VmRSS` of process `pid`, in KiB; `None` if it is gone.
-fn rss_kib(pid: u32) -> Option<u64> {
+pub fn rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .as_deref()
