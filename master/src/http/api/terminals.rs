@@ -52,6 +52,13 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 /// worker then stops holding output for it).
 const SEND_LIMIT: Duration = Duration::from_secs(10);
 
+/// A socket's read buffer.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// The largest message a client may send (typed or pasted input, a
+/// control message), and the most output queued for one socket.
+const MAX_MESSAGE: usize = 1024 * 1024;
+
 /// The largest side of a terminal, in cells.
 const MAX_SIDE: u16 = 1000;
 
@@ -317,6 +324,14 @@ async fn attach(
         upgrade.map_err(|err| ApiError::BadRequest(format!("this route is a WebSocket: {err}")))?;
     let user = principal.ctx.clone();
     Ok(upgrade
+        // tungstenite's defaults (a 128 KiB read buffer, 64 MiB messages)
+        // are for bulk transfers; a terminal's frames are keystrokes and
+        // screenfuls, and thousands of sockets may sit idle.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_MESSAGE)
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| bridge(state, user, id, socket))
         .into_response())
 }
