@@ -328,3 +328,146 @@ async fn an_idle_terminal_is_hung_up() {
     .await;
     assert!(gone, "the idle terminal is still open");
 }
+
+/// Descriptors a process has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+/// What a hostile or unlucky client can do: paste into a program that
+/// never reads and leave; keep a finished terminal's device open from
+/// another terminal; attach too many sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_input_held_devices_and_socket_floods_leave_nothing_behind() {
+    let options = ServerOptions::workers(1)
+        .arg("--terminal-idle-timeout")
+        .arg("2s");
+    let server = Server::ready(&options).await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let admin = Caller::admin(&server).await;
+    let callers = warren_tests::accounts::users_on(&server, &admin, &["yuri"]).await;
+    let yuri = &callers[0];
+
+    // 4 MiB pasted into a program that reads nothing, then the tab closed:
+    // the socket goes, and the terminal idles out.
+    let (status, terminal) = yuri
+        .post(
+            "/api/v1/terminals",
+            json!({"command": ["sleep", "100000"], "cols": 80, "rows": 24}),
+        )
+        .await;
+    assert_eq!(status, 201, "{terminal}");
+    let sleeper = terminal["id"].as_str().expect("id").to_string();
+    let mut socket = connect(&server, &sleeper, &bearer(yuri))
+        .await
+        .expect("upgrade");
+    for _ in 0..4 {
+        let paste = Message::Binary(vec![b'x'; 1 << 20].into());
+        if tokio::time::timeout(Duration::from_secs(15), socket.send(paste))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(socket);
+    let gone = warren_tests::eventually(Duration::from_secs(30), || async {
+        yuri.get(&format!("/api/v1/terminals/{sleeper}")).await.0 == 404
+    })
+    .await;
+    assert!(
+        gone,
+        "{:?}",
+        yuri.get(&format!("/api/v1/terminals/{sleeper}")).await
+    );
+    let sockets = warren_tests::eventually(Duration::from_secs(15), || async {
+        warren_tests::metric_value(&server.metrics().await, "warren_websocket_connections", "")
+            == Some(0.0)
+    })
+    .await;
+    assert!(sockets, "a stuck socket is still open");
+
+    // A terminal whose device another terminal holds open: when its
+    // program ends, the worker lets go of it all the same.
+    let holder = open(yuri).await;
+    let worker = server.worker_pids()[0];
+    let baseline = open_fds(worker);
+    let held = open(yuri).await;
+    let mut held_socket = connect(&server, &held, &bearer(yuri))
+        .await
+        .expect("upgrade");
+    held_socket
+        .send(Message::Binary(b"echo DEV=$(tty)\n".to_vec().into()))
+        .await
+        .expect("type");
+    let (seen, _) = read_until(&mut held_socket, "DEV=/dev/pts/").await;
+    let (seen, _) = if seen
+        .lines()
+        .any(|l| l.starts_with("DEV=/dev/pts/") && l.trim().len() > 13)
+    {
+        (seen, None)
+    } else {
+        read_until(&mut held_socket, "\n$ ").await
+    };
+    let device = seen
+        .lines()
+        .find_map(|line| line.strip_prefix("DEV="))
+        .expect("the device")
+        .trim()
+        .to_string();
+    let mut holder_socket = connect(&server, &holder, &bearer(yuri))
+        .await
+        .expect("upgrade");
+    holder_socket
+        .send(Message::Binary(
+            format!("exec 3<>{device}; echo hel''d\n")
+                .into_bytes()
+                .into(),
+        ))
+        .await
+        .expect("type");
+    read_until(&mut holder_socket, "held").await;
+    held_socket
+        .send(Message::Binary(b"exit\n".to_vec().into()))
+        .await
+        .expect("type");
+    read_until(&mut held_socket, "").await;
+    let let_go = warren_tests::eventually(Duration::from_secs(15), || async {
+        open_fds(worker) <= baseline
+    })
+    .await;
+    assert!(
+        let_go,
+        "the worker holds {} descriptors, {baseline} before",
+        open_fds(worker)
+    );
+
+    // At most 16 sockets on one terminal.
+    let mut sockets = Vec::new();
+    for _ in 0..16 {
+        sockets.push(
+            connect(&server, &holder, &bearer(yuri))
+                .await
+                .expect("upgrade"),
+        );
+    }
+    let mut extra = connect(&server, &holder, &bearer(yuri))
+        .await
+        .expect("upgrade");
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match extra.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the 17th socket is closed")
+    .expect("with a reason");
+    assert_eq!(u16::from(refused.code), 1008, "{refused:?}");
+    assert!(refused.reason.contains("16"), "{refused:?}");
+}

@@ -13,6 +13,8 @@ struct Harness {
     _dir: tempfile::TempDir,
     worker: Child,
     connection: Framed<UnixStream, FrameCodec>,
+    /// Stream frames that came while a response was awaited.
+    pending: std::collections::VecDeque<Frame>,
 }
 
 async fn start_worker() -> Harness {
@@ -68,6 +70,7 @@ async fn start_worker_with(
         _dir: dir,
         worker,
         connection: Framed::new(stream, FrameCodec::new()),
+        pending: Default::default(),
     }
 }
 
@@ -534,6 +537,11 @@ impl Harness {
                     body: Body::Heartbeat(_) | Body::Cancel | Body::Credit(_),
                     ..
                 } => {}
+                // An attached terminal's output, for `read_terminal`.
+                frame @ Frame {
+                    body: Body::Data(_) | Body::Close(_),
+                    ..
+                } => self.pending.push_back(frame),
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -571,7 +579,10 @@ impl Harness {
         let mut output = Vec::new();
         let mut exit = None;
         loop {
-            let frame = self.next().await;
+            let frame = match self.pending.iter().position(|frame| frame.id == stream) {
+                Some(at) => self.pending.remove(at).expect("a pending frame"),
+                None => self.next().await,
+            };
             match frame.body {
                 Body::Data(data) if frame.id == stream => {
                     match codec::decode_message::<TerminalEvent>(&data).unwrap() {
@@ -590,6 +601,8 @@ impl Harness {
                     )
                 }
                 Body::Heartbeat(_) | Body::Cancel | Body::Credit(_) => {}
+                // Another terminal's stream: later.
+                Body::Data(_) | Body::Close(_) => self.pending.push_back(frame),
                 other => panic!("unexpected {other:?}"),
             }
         }

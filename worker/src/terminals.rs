@@ -38,6 +38,14 @@ const QUEUE_CHUNKS: usize = 16;
 /// An attached stream whose queue stays full this long is dropped.
 const LAG_LIMIT: Duration = Duration::from_secs(5);
 
+/// Input chunks queued for a program that is not reading (a stream waits
+/// for room at most [`LAG_LIMIT`], then is dropped).
+const TYPING_CHUNKS: usize = 4;
+
+/// Streams attached to one terminal at most (each gets its own copy of the
+/// scrollback).
+const MAX_ATTACHED: u32 = 16;
+
 /// Between a hang-up's SIGHUP and its SIGKILL when a program ends or sits
 /// idle (an explicit hang-up says its own).
 const HANG_UP_GRACE: Duration = Duration::from_secs(2);
@@ -391,7 +399,14 @@ impl Terminals {
         terminal.group.hang_up();
         tokio::time::sleep(Duration::from_millis(50)).await;
         terminal.group.kill().await;
-        let _ = tokio::time::timeout(DRAIN, reader).await;
+        let mut reader = reader;
+        if tokio::time::timeout(DRAIN, &mut reader).await.is_err() {
+            // Another process holds the terminal end open (a user's
+            // `exec 3<>/dev/pts/N`): stop reading. The last reference to
+            // the controller then goes with this terminal, which hangs the
+            // terminal up for whoever still holds it.
+            reader.abort();
+        }
         terminal.exited.send_replace(Some(end));
         // The streams take what is queued, then see the end.
         terminal.lock().clients.clear();
@@ -415,6 +430,12 @@ impl Terminals {
         let dropped = Arc::new(dropped);
         let (scrollback, client) = {
             let mut state = terminal.lock();
+            if state.attached >= MAX_ATTACHED {
+                drop(state);
+                return sender.abort(OpError::Busy(format!(
+                    "{MAX_ATTACHED} clients are attached to this terminal already"
+                )));
+            }
             state.attached += 1;
             let client = state.next_client;
             state.next_client += 1;
@@ -431,6 +452,20 @@ impl Terminals {
             (scrollback, client)
         };
         let exited = terminal.exited.subscribe();
+        // Input goes through a task of its own: a program that does not
+        // read must not stop this stream from delivering output or seeing
+        // its client leave.
+        let (typing, mut typed) = mpsc::channel::<Vec<u8>>(TYPING_CHUNKS);
+        let typist = tokio::spawn({
+            let terminal = terminal.clone();
+            async move {
+                while let Some(bytes) = typed.recv().await {
+                    if let Err(err) = terminal.type_in(&bytes).await {
+                        tracing::debug!(error = %err, terminal = %terminal.id, "input not taken");
+                    }
+                }
+            }
+        });
         let outcome = async {
             for chunk in scrollback.chunks(READ_CHUNK) {
                 send_unless_dropped(&mut sender, &mut was_dropped, TerminalEvent::Output(chunk.to_vec())).await?;
@@ -452,11 +487,13 @@ impl Terminals {
                         }
                     },
                     typed = receiver.recv() => match typed {
-                        Some(Ok(bytes)) => {
-                            if let Err(err) = terminal.type_in(&bytes).await {
-                                tracing::debug!(error = %err, terminal = %terminal.id, "input not taken");
-                            }
-                        }
+                        Some(Ok(bytes)) => match tokio::time::timeout(LAG_LIMIT, typing.send(bytes)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return Ok(None),
+                            Err(_) => return Err(OpError::Busy(
+                                "the terminal's program took no input for too long".into(),
+                            )),
+                        },
                         // The client left (or its side failed): detach.
                         Some(Err(_)) | None => return Ok(None),
                     },
@@ -464,6 +501,8 @@ impl Terminals {
             }
         }
         .await;
+        // Input not yet taken goes with the stream.
+        typist.abort();
         {
             let mut state = terminal.lock();
             state.attached = state.attached.saturating_sub(1);

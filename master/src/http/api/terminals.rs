@@ -354,6 +354,7 @@ async fn bridge(state: AppState, user: UserCtx, id: TerminalId, mut socket: WebS
         Close::ClientLeft => (1000, String::new()),
         Close::Unresponsive => (1001, "no answer to pings".to_string()),
         Close::TooSlow => (1008, "this client took no output for too long".to_string()),
+        Close::Refused(why) => (1008, why),
         Close::Error(why) => (1011, why),
     };
     // A close reason is at most 123 bytes.
@@ -374,6 +375,7 @@ enum Close {
     ClientLeft,
     Unresponsive,
     TooSlow,
+    Refused(String),
     Error(String),
 }
 
@@ -415,7 +417,9 @@ async fn carry(
                         Err(_) => break Close::TooSlow,
                     }
                 }
-                Some(Err(OpError::Busy(_))) => break Close::TooSlow,
+                // The worker's reason: a client that took no output, a
+                // program that took no input, too many clients.
+                Some(Err(OpError::Busy(why))) => break Close::Refused(why),
                 Some(Err(OpError::WorkerGone(_))) => {
                     break Close::Error("the worker running this terminal stopped; the terminal is gone".into())
                 }
@@ -428,8 +432,16 @@ async fn carry(
                     match message {
                         Message::Binary(bytes) => {
                             metrics.bytes("in", bytes.len());
-                            if sender.send(&bytes).await.is_err() {
-                                break Close::Exited;
+                            match tokio::time::timeout(SEND_LIMIT, sender.send(&bytes)).await {
+                                Ok(Ok(())) => {}
+                                // The worker ended the stream: its reason
+                                // comes next from `receiver`.
+                                Ok(Err(_)) => {}
+                                Err(_) => {
+                                    break Close::Refused(
+                                        "the terminal's program took no input for too long".into(),
+                                    )
+                                }
                             }
                         }
                         Message::Text(text) => {
