@@ -28,6 +28,46 @@ async fn sandboxed(server: &Server) -> bool {
     }
 }
 
+/// A server (with `options`) and its users `names`; `None` (said loudly)
+/// where this machine cannot run the sandbox and nothing requires it.
+async fn server_with(
+    options: ServerOptions,
+    names: &[&str],
+) -> Option<(Server, Caller, Vec<Caller>)> {
+    let server = Server::ready(&options).await;
+    if !sandboxed(&server).await {
+        return None;
+    }
+    let admin = Caller::admin(&server).await;
+    let callers = warren_tests::accounts::users_on(&server, &admin, names).await;
+    Some((server, admin, callers))
+}
+
+/// Waits for `socket`'s close frame.
+async fn close_frame(socket: &mut Socket) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.expect("a close frame with a reason")
+                }
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the socket closes")
+}
+
+/// Whether `caller`'s terminal `id` is gone (404) within `patience`.
+async fn gone(caller: &Caller, id: &str, patience: Duration) -> bool {
+    warren_tests::eventually(patience, || async {
+        caller.get(&format!("/api/v1/terminals/{id}")).await.0 == 404
+    })
+    .await
+}
+
 fn ws_url(server: &Server, id: &str) -> String {
     server
         .url(&format!("/api/v1/terminals/{id}/ws"))
@@ -104,12 +144,11 @@ async fn open(caller: &Caller) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_over_a_websocket_types_resizes_reattaches_and_exits() {
-    let server = Server::ready(&ServerOptions::workers(1)).await;
-    if !sandboxed(&server).await {
+    let Some((server, _admin, callers)) =
+        server_with(ServerOptions::workers(1), &["tess", "uma"]).await
+    else {
         return;
-    }
-    let admin = Caller::admin(&server).await;
-    let callers = warren_tests::accounts::users_on(&server, &admin, &["tess", "uma"]).await;
+    };
     let (tess, uma) = (&callers[0], &callers[1]);
     let id = open(tess).await;
 
@@ -166,11 +205,8 @@ async fn a_terminal_over_a_websocket_types_resizes_reattaches_and_exits() {
         exit,
         Some(json!({"type": "exit", "code": 3, "signal": null}))
     );
-    let gone = warren_tests::eventually(Duration::from_secs(10), || async {
-        tess.get(&format!("/api/v1/terminals/{id}")).await.0 == 404
-    })
-    .await;
-    assert!(gone, "the terminal outlived its program");
+    let ended = gone(tess, &id, Duration::from_secs(10)).await;
+    assert!(ended, "the terminal outlived its program");
 
     // A hang-up ends another; the metrics count what went through.
     let other = open(tess).await;
@@ -197,12 +233,10 @@ async fn uid_of(admin: &Caller, caller: &Caller) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_keeps_memory_flat_and_a_client_that_stops_reading_is_dropped() {
-    let server = Server::ready(&ServerOptions::workers(1)).await;
-    if !sandboxed(&server).await {
+    let Some((server, _admin, callers)) = server_with(ServerOptions::workers(1), &["vera"]).await
+    else {
         return;
-    }
-    let admin = Caller::admin(&server).await;
-    let callers = warren_tests::accounts::users_on(&server, &admin, &["vera"]).await;
+    };
     let vera = &callers[0];
     let (status, terminal) = vera
         .post(
@@ -258,12 +292,10 @@ async fn a_flood_keeps_memory_flat_and_a_client_that_stops_reading_is_dropped() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_worker_closes_its_terminals_with_a_reason_and_leaves_no_process() {
-    let server = Server::ready(&ServerOptions::workers(1)).await;
-    if !sandboxed(&server).await {
+    let Some((server, admin, callers)) = server_with(ServerOptions::workers(1), &["walt"]).await
+    else {
         return;
-    }
-    let admin = Caller::admin(&server).await;
-    let callers = warren_tests::accounts::users_on(&server, &admin, &["walt"]).await;
+    };
     let walt = &callers[0];
     let id = open(walt).await;
     let mut socket = connect(&server, &id, &bearer(walt)).await.expect("upgrade");
@@ -277,31 +309,20 @@ async fn a_dead_worker_closes_its_terminals_with_a_reason_and_leaves_no_process(
     let uid = uid_of(&admin, walt).await;
     assert!(!warren_tests::processes_of(uid).is_empty());
     warren_tests::send_signal(server.worker_pids()[0], rustix::process::Signal::KILL);
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => {}
-                other => panic!("no close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the socket closes");
-    let frame = closed.expect("a close frame with a reason");
+    let frame = close_frame(&mut socket).await;
     assert_eq!(u16::from(frame.code), 1011, "{frame:?}");
     assert!(frame.reason.contains("worker"), "{frame:?}");
-    let gone = warren_tests::eventually(Duration::from_secs(10), || async {
+    let none_left = warren_tests::eventually(Duration::from_secs(10), || async {
         warren_tests::processes_of(uid).is_empty()
     })
     .await;
-    assert!(gone, "left behind: {:?}", warren_tests::processes_of(uid));
+    assert!(
+        none_left,
+        "left behind: {:?}",
+        warren_tests::processes_of(uid)
+    );
     // The slot serves again; the terminal is gone, not hung.
-    let gone = warren_tests::eventually(Duration::from_secs(10), || async {
-        walt.get(&format!("/api/v1/terminals/{id}")).await.0 == 404
-    })
-    .await;
-    assert!(gone);
+    assert!(gone(walt, &id, Duration::from_secs(10)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,12 +330,9 @@ async fn an_idle_terminal_is_hung_up() {
     let options = ServerOptions::workers(1)
         .arg("--terminal-idle-timeout")
         .arg("1s");
-    let server = Server::ready(&options).await;
-    if !sandboxed(&server).await {
+    let Some((server, _admin, callers)) = server_with(options, &["xena"]).await else {
         return;
-    }
-    let admin = Caller::admin(&server).await;
-    let callers = warren_tests::accounts::users_on(&server, &admin, &["xena"]).await;
+    };
     let xena = &callers[0];
     let id = open(xena).await;
     // Attached, it stays however quiet.
@@ -322,11 +340,8 @@ async fn an_idle_terminal_is_hung_up() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(xena.get(&format!("/api/v1/terminals/{id}")).await.0, 200);
     drop(socket);
-    let gone = warren_tests::eventually(Duration::from_secs(15), || async {
-        xena.get(&format!("/api/v1/terminals/{id}")).await.0 == 404
-    })
-    .await;
-    assert!(gone, "the idle terminal is still open");
+    let ended = gone(xena, &id, Duration::from_secs(15)).await;
+    assert!(ended, "the idle terminal is still open");
 }
 
 /// Descriptors a process has open.
@@ -342,12 +357,9 @@ async fn stuck_input_held_devices_and_socket_floods_leave_nothing_behind() {
     let options = ServerOptions::workers(1)
         .arg("--terminal-idle-timeout")
         .arg("2s");
-    let server = Server::ready(&options).await;
-    if !sandboxed(&server).await {
+    let Some((server, _admin, callers)) = server_with(options, &["yuri"]).await else {
         return;
-    }
-    let admin = Caller::admin(&server).await;
-    let callers = warren_tests::accounts::users_on(&server, &admin, &["yuri"]).await;
+    };
     let yuri = &callers[0];
 
     // 4 MiB pasted into a program that reads nothing, then the tab closed:
@@ -373,12 +385,9 @@ async fn stuck_input_held_devices_and_socket_floods_leave_nothing_behind() {
         }
     }
     drop(socket);
-    let gone = warren_tests::eventually(Duration::from_secs(30), || async {
-        yuri.get(&format!("/api/v1/terminals/{sleeper}")).await.0 == 404
-    })
-    .await;
+    let ended = gone(yuri, &sleeper, Duration::from_secs(30)).await;
     assert!(
-        gone,
+        ended,
         "{:?}",
         yuri.get(&format!("/api/v1/terminals/{sleeper}")).await
     );
@@ -456,18 +465,7 @@ async fn stuck_input_held_devices_and_socket_floods_leave_nothing_behind() {
     let mut extra = connect(&server, &holder, &bearer(yuri))
         .await
         .expect("upgrade");
-    let refused = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match extra.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => {}
-                other => panic!("no close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the 17th socket is closed")
-    .expect("with a reason");
+    let refused = close_frame(&mut extra).await;
     assert_eq!(u16::from(refused.code), 1008, "{refused:?}");
     assert!(refused.reason.contains("16"), "{refused:?}");
 }

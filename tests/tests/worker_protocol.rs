@@ -358,24 +358,7 @@ fn task_user() -> UserCtx {
 
 impl Harness {
     async fn task_op(&mut self, id: u64, user: UserCtx, op: TaskOp) -> Result<Reply, OpError> {
-        let body = Body::Request(Request {
-            user,
-            op: Op::Tasks(op),
-        });
-        self.connection.send(Frame { id, body }).await.unwrap();
-        loop {
-            match self.next().await {
-                Frame {
-                    id: got,
-                    body: Body::Response(response),
-                } if got == id => return response.result,
-                Frame {
-                    body: Body::Heartbeat(_) | Body::Cancel,
-                    ..
-                } => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
+        self.request(id, user, Op::Tasks(op)).await
     }
 
     async fn task_end(&mut self) -> (TaskId, TaskEnd) {
@@ -522,10 +505,13 @@ impl Harness {
         user: UserCtx,
         op: TerminalOp,
     ) -> Result<Reply, OpError> {
-        let body = Body::Request(Request {
-            user,
-            op: Op::Terminals(op),
-        });
+        self.request(id, user, Op::Terminals(op)).await
+    }
+
+    /// Sends `op` as request `id` and waits for its outcome; stream frames
+    /// meanwhile are kept for `read_terminal`, heartbeats skipped.
+    async fn request(&mut self, id: u64, user: UserCtx, op: Op) -> Result<Reply, OpError> {
+        let body = Body::Request(Request { user, op });
         self.connection.send(Frame { id, body }).await.unwrap();
         loop {
             match self.next().await {
