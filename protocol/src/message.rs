@@ -367,6 +367,9 @@ pub struct TerminalInfo {
     pub last_activity_ms: i64,
     /// Streams attached now.
     pub attached: u32,
+    /// The program ended; the terminal is going (its last output being
+    /// read, its streams told).
+    pub ended: bool,
 }
 
 /// What a [`StreamKind::TerminalAttach`] stream carries from the worker:

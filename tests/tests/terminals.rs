@@ -160,6 +160,7 @@ async fn a_terminal_over_a_websocket_types_resizes_reattaches_and_exits() {
     read_until(&mut socket, "hello").await;
     let (_, shown) = tess.get(&format!("/api/v1/terminals/{id}")).await;
     assert_eq!(shown["attached"], 1, "{shown}");
+    assert_eq!(shown["state"], "running", "{shown}");
 
     socket
         .send(Message::Text(

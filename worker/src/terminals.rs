@@ -122,6 +122,7 @@ impl Terminal {
             created_ms: self.created_ms,
             last_activity_ms: state.last_activity_ms,
             attached: state.attached,
+            ended: self.exited.borrow().is_some(),
         }
     }
 

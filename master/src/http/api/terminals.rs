@@ -107,6 +107,9 @@ pub struct TerminalView {
     pub last_activity_at: String,
     /// WebSockets attached now.
     pub attached: u32,
+    /// `running`, or `ended` (the program exited; the terminal goes as
+    /// soon as its last output is delivered).
+    pub state: &'static str,
 }
 
 impl From<&TerminalInfo> for TerminalView {
@@ -120,6 +123,7 @@ impl From<&TerminalInfo> for TerminalView {
             created_at: rfc3339(info.created_ms),
             last_activity_at: rfc3339(info.last_activity_ms),
             attached: info.attached,
+            state: if info.ended { "ended" } else { "running" },
         }
     }
 }
