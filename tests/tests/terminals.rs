@@ -213,6 +213,9 @@ async fn a_terminal_over_a_websocket_types_resizes_reattaches_and_exits() {
     let other = open(tess).await;
     let (status, _) = tess.delete(&format!("/api/v1/terminals/{other}")).await;
     assert_eq!(status, 204);
+    // Gone at once for the API (its processes get their grace meanwhile).
+    let (status, _) = tess.get(&format!("/api/v1/terminals/{other}")).await;
+    assert_eq!(status, 404);
     let empty = warren_tests::eventually(Duration::from_secs(10), || async {
         tess.get("/api/v1/terminals").await.1["terminals"] == json!([])
     })
@@ -402,6 +405,11 @@ async fn stuck_input_held_devices_and_socket_floods_leave_nothing_behind() {
     // A terminal whose device another terminal holds open: when its
     // program ends, the worker lets go of it all the same.
     let holder = open(yuri).await;
+    // Attached at once: with a 2 s idle timeout, a loaded machine could
+    // otherwise hang it up before it is used.
+    let mut holder_socket = connect(&server, &holder, &bearer(yuri))
+        .await
+        .expect("upgrade");
     let worker = server.worker_pids()[0];
     let baseline = open_fds(worker);
     let held = open(yuri).await;
@@ -427,9 +435,6 @@ async fn stuck_input_held_devices_and_socket_floods_leave_nothing_behind() {
         .expect("the device")
         .trim()
         .to_string();
-    let mut holder_socket = connect(&server, &holder, &bearer(yuri))
-        .await
-        .expect("upgrade");
     holder_socket
         .send(Message::Binary(
             format!("exec 3<>{device}; echo hel''d\n")

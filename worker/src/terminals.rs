@@ -268,7 +268,12 @@ impl Terminals {
         id: TerminalId,
         grace: Duration,
     ) -> Result<Reply, OpError> {
-        self.find(user, id)?.hang_up(grace);
+        let terminal = self.find(user, id)?;
+        // Gone for the API at once (a `DELETE` is answered, so a `GET`
+        // after it must not find it); its processes get their grace, its
+        // streams the exit, and the user's count frees when it has ended.
+        self.lock_open().remove(&id);
+        terminal.hang_up(grace);
         Ok(Reply::Done)
     }
 
