@@ -240,10 +240,18 @@ fn main() -> ExitCode {
             }
         },
         Command::Micro(args) => report_failure(micro::run(&args)),
-        Command::Http(args) => report_failure(run_http(&args)),
-        Command::Files(args) => report_failure(run_files(&args)),
-        Command::Tasks(args) => report_failure(run_tasks(&args)),
-        Command::Terminals(args) => report_failure(run_terminals(&args)),
+        Command::Http(args) => report_failure(
+            on_runtime(http::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
+        ),
+        Command::Files(args) => report_failure(
+            on_runtime(files::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
+        ),
+        Command::Tasks(args) => report_failure(
+            on_runtime(tasks::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
+        ),
+        Command::Terminals(args) => report_failure(
+            on_runtime(terminals::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
+        ),
         Command::Serve(args) => run_serve(*args),
         Command::BareServer(args) => report_failure(bare::serve(&args)),
     }
@@ -259,49 +267,15 @@ fn report_failure(outcome: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// The load generator's runtime: multi-thread, one thread per core, like
-/// the servers it measures (and `wrk -t <cores>`).
-fn run_http(args: &HttpArgs) -> anyhow::Result<()> {
+/// Runs `work` on the load generator's runtime: multi-thread, one thread
+/// per core, like the servers it measures (and `wrk -t <cores>`).
+fn on_runtime<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     use anyhow::Context;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the tokio runtime")?;
-    let report = runtime.block_on(http::run(args))?;
-    report::print(report.table(), &report, args.json)
-}
-
-/// `files` on the same runtime as `http`.
-fn run_files(args: &FilesArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let report = runtime.block_on(files::run(args))?;
-    report::print(report.table(), &report, args.json)
-}
-
-/// `tasks` on the same runtime as `http`.
-fn run_tasks(args: &TasksArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let report = runtime.block_on(tasks::run(args))?;
-    report::print(report.table(), &report, args.json)
-}
-
-/// `terminals` on the same runtime as `http`.
-fn run_terminals(args: &TerminalsArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let report = runtime.block_on(terminals::run(args))?;
-    report::print(report.table(), &report, args.json)
+        .context("cannot start the tokio runtime")?
+        .block_on(work)
 }
 
 /// Exactly what `warren serve` runs (`warren_master::main`): tracing at

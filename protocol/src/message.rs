@@ -259,21 +259,32 @@ pub enum FileOp {
     },
 }
 
-/// A task's id: a UUID chosen by the master, carried as its 16 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
-pub struct TaskId(pub [u8; 16]);
+/// An id the master chose as a UUID, carried as its 16 bytes and shown
+/// hyphenated.
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
+        pub struct $name(pub [u8; 16]);
 
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        uuid::Uuid::from_bytes(self.0).hyphenated().fmt(f)
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                uuid::Uuid::from_bytes(self.0).hyphenated().fmt(f)
+            }
+        }
+
+        impl From<uuid::Uuid> for $name {
+            fn from(u: uuid::Uuid) -> Self {
+                $name(u.into_bytes())
+            }
+        }
+    };
 }
 
-impl From<uuid::Uuid> for TaskId {
-    fn from(u: uuid::Uuid) -> Self {
-        TaskId(u.into_bytes())
-    }
-}
+uuid_id!(
+    /// A task's id: a UUID chosen by the master.
+    TaskId
+);
 
 /// Operations on a user's tasks (commands run in their workspace, in
 /// their sandbox). The master keeps the records; the worker runs them and
@@ -293,21 +304,13 @@ pub enum TaskOp {
     Delete { task: TaskId },
 }
 
-/// A terminal's id: a UUID chosen by the master, carried as its 16 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
-pub struct TerminalId(pub [u8; 16]);
+uuid_id!(
+    /// A terminal's id: a UUID chosen by the master.
+    TerminalId
+);
 
-impl fmt::Display for TerminalId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        uuid::Uuid::from_bytes(self.0).hyphenated().fmt(f)
-    }
-}
-
-impl From<uuid::Uuid> for TerminalId {
-    fn from(u: uuid::Uuid) -> Self {
-        TerminalId(u.into_bytes())
-    }
-}
+/// The largest side of a terminal, in cells (columns or rows).
+pub const MAX_TERMINAL_SIDE: u16 = 1000;
 
 /// Operations on a user's terminals. A terminal lives in its worker only
 /// (no record): it is gone with the worker, its program, or a hang-up.

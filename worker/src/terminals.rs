@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 use warren_protocol::stream::Stream;
 use warren_protocol::{
     OpError, Reply, TerminalEvent, TerminalId, TerminalInfo, TerminalOpen, UserCtx, UserId,
+    MAX_TERMINAL_SIDE,
 };
 
 /// Bytes read from a PTY at once (also the most one chunk holds).
@@ -76,7 +77,7 @@ struct Terminal {
     pid: u32,
     created_ms: i64,
     /// The PTY's controller end, non-blocking: output read, input written.
-    controller: Arc<AsyncFd<OwnedFd>>,
+    controller: AsyncFd<OwnedFd>,
     /// One input chunk at a time, whoever types.
     typing: tokio::sync::Mutex<()>,
     state: Mutex<State>,
@@ -88,6 +89,7 @@ struct Terminal {
 #[derive(Clone)]
 struct Client {
     number: u64,
+    /// Encoded [`TerminalEvent::Output`]s, shared by every stream.
     queue: mpsc::Sender<Arc<Vec<u8>>>,
     dropped: Arc<watch::Sender<bool>>,
 }
@@ -151,7 +153,14 @@ impl Terminal {
         if clients.is_empty() {
             return;
         }
-        let chunk = Arc::new(bytes.to_vec());
+        // Encoded once, whatever the number of streams.
+        let chunk = match encode(TerminalEvent::Output(bytes.to_vec())) {
+            Ok(chunk) => Arc::new(chunk),
+            Err(err) => {
+                tracing::warn!(error = %err, terminal = %self.id, "cannot encode a terminal's output");
+                return;
+            }
+        };
         for client in clients {
             let sent = tokio::time::timeout(LAG_LIMIT, client.queue.send(chunk.clone())).await;
             if sent.is_err() {
@@ -249,13 +258,7 @@ impl Terminals {
     ) -> Result<Reply, OpError> {
         check_size(cols, rows)?;
         let terminal = self.find(user, id)?;
-        let size = rustix::termios::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        rustix::termios::tcsetwinsize(terminal.controller.get_ref(), size)
+        crate::sandbox::pty::set_size(terminal.controller.get_ref(), cols, rows)
             .map_err(|err| OpError::Internal(format!("cannot resize the terminal: {err}")))?;
         let mut state = terminal.lock();
         (state.cols, state.rows) = (cols, rows);
@@ -356,7 +359,7 @@ impl Terminals {
             command: open.argv.clone(),
             pid: spawned.pid,
             created_ms: now_ms(),
-            controller: Arc::new(controller),
+            controller,
             typing: tokio::sync::Mutex::new(()),
             state: Mutex::new(State {
                 scrollback: VecDeque::new(),
@@ -391,7 +394,7 @@ impl Terminals {
         self: Arc<Self>,
         terminal: Arc<Terminal>,
         mut child: tokio::process::Child,
-        reader: tokio::task::JoinHandle<()>,
+        mut reader: tokio::task::JoinHandle<()>,
     ) {
         use std::os::unix::process::ExitStatusExt;
         let status = child.wait().await;
@@ -405,7 +408,6 @@ impl Terminals {
         terminal.group.hang_up();
         tokio::time::sleep(Duration::from_millis(50)).await;
         terminal.group.kill().await;
-        let mut reader = reader;
         if tokio::time::timeout(DRAIN, &mut reader).await.is_err() {
             // Another process holds the terminal end open (a user's
             // `exec 3<>/dev/pts/N`): stop reading. The last reference to
@@ -474,12 +476,12 @@ impl Terminals {
         });
         let outcome = async {
             for chunk in scrollback.chunks(READ_CHUNK) {
-                send_unless_dropped(&mut sender, &mut was_dropped, TerminalEvent::Output(chunk.to_vec())).await?;
+                send_unless_dropped(&mut sender, &mut was_dropped, &encode(TerminalEvent::Output(chunk.to_vec()))?).await?;
             }
             loop {
                 tokio::select! {
                     received = live.recv() => match received {
-                        Some(bytes) => send_unless_dropped(&mut sender, &mut was_dropped, TerminalEvent::Output(bytes.to_vec())).await?,
+                        Some(event) => send_unless_dropped(&mut sender, &mut was_dropped, &event).await?,
                         // The queue closed: the terminal ended (all its
                         // output taken), or this stream was too slow.
                         None => {
@@ -488,7 +490,7 @@ impl Terminals {
                                     "this client took no output for too long".into(),
                                 ));
                             };
-                            send_unless_dropped(&mut sender, &mut was_dropped, TerminalEvent::Exited { code, signal }).await?;
+                            send_unless_dropped(&mut sender, &mut was_dropped, &encode(TerminalEvent::Exited { code, signal })?).await?;
                             return Ok(Some(()));
                         }
                     },
@@ -531,27 +533,24 @@ impl Terminals {
     }
 }
 
-/// Sends `event`, unless the stream is dropped for lagging meanwhile.
+/// Sends an encoded event, unless the stream is dropped for lagging
+/// meanwhile.
 async fn send_unless_dropped(
     sender: &mut warren_protocol::stream::StreamSender,
     dropped: &mut watch::Receiver<bool>,
-    event: TerminalEvent,
+    event: &[u8],
 ) -> Result<(), OpError> {
     tokio::select! {
-        sent = send_event(sender, event) => sent,
+        sent = sender.send(event) => sent,
         _ = dropped.wait_for(|dropped| *dropped) => Err(OpError::Busy(
             "this client took no output for too long".into(),
         )),
     }
 }
 
-async fn send_event(
-    sender: &mut warren_protocol::stream::StreamSender,
-    event: TerminalEvent,
-) -> Result<(), OpError> {
-    let bytes = warren_protocol::codec::encode_message(&event)
-        .map_err(|err| OpError::Internal(format!("terminal: {err}")))?;
-    sender.send_vec(bytes).await
+fn encode(event: TerminalEvent) -> Result<Vec<u8>, OpError> {
+    warren_protocol::codec::encode_message(&event)
+        .map_err(|err| OpError::Internal(format!("terminal: {err}")))
 }
 
 /// Reads the program's output until every process holding the terminal
@@ -603,9 +602,10 @@ async fn watch_idle(terminal: Arc<Terminal>, idle: Duration) {
 }
 
 fn check_size(cols: u16, rows: u16) -> Result<(), OpError> {
-    if cols == 0 || rows == 0 || cols > 1000 || rows > 1000 {
+    let side = 1..=MAX_TERMINAL_SIDE;
+    if !side.contains(&cols) || !side.contains(&rows) {
         return Err(OpError::Invalid(format!(
-            "a terminal of {cols}×{rows}: each side must be 1 to 1000"
+            "a terminal of {cols}×{rows}: each side must be 1 to {MAX_TERMINAL_SIDE}"
         )));
     }
     Ok(())

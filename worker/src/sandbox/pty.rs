@@ -48,13 +48,7 @@ impl Pty {
     /// Sets the terminal's size (the kernel signals `SIGWINCH` to its
     /// foreground process group).
     pub fn resize(&self, cols: u16, rows: u16) -> std::io::Result<()> {
-        let size = rustix::termios::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        Ok(rustix::termios::tcsetwinsize(&self.controller, size)?)
+        set_size(&self.controller, cols, rows)
     }
 
     /// The controller end, non-blocking and registered with the runtime
@@ -81,6 +75,18 @@ impl Pty {
             Stdio::from(self.terminal.try_clone()?),
         ))
     }
+}
+
+/// Sets the size of the terminal `fd` is an end of (the kernel signals
+/// `SIGWINCH` to its foreground process group).
+pub fn set_size(fd: impl rustix::fd::AsFd, cols: u16, rows: u16) -> std::io::Result<()> {
+    let size = rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    Ok(rustix::termios::tcsetwinsize(fd, size)?)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 use warren_protocol::{
     Op, OpError, Reply, StreamKind, TerminalEvent, TerminalId, TerminalInfo, TerminalOp,
-    TerminalOpen, UserCtx,
+    TerminalOpen, UserCtx, MAX_TERMINAL_SIDE,
 };
 
 /// Settings of the terminals API (from `warren serve`'s flags).
@@ -58,9 +58,6 @@ const READ_BUFFER: usize = 4 * 1024;
 /// The largest message a client may send (typed or pasted input, a
 /// control message), and the most output queued for one socket.
 const MAX_MESSAGE: usize = 1024 * 1024;
-
-/// The largest side of a terminal, in cells.
-const MAX_SIDE: u16 = 1000;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -135,9 +132,9 @@ pub struct TerminalList {
 }
 
 fn check_side(name: &str, value: u16) -> Result<u16, ApiError> {
-    if value == 0 || value > MAX_SIDE {
+    if value == 0 || value > MAX_TERMINAL_SIDE {
         return Err(ApiError::Unprocessable(format!(
-            "{name} must be 1 to {MAX_SIDE}, not {value}"
+            "{name} must be 1 to {MAX_TERMINAL_SIDE}, not {value}"
         )));
     }
     Ok(value)
