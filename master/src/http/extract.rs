@@ -201,39 +201,37 @@ async fn authenticate(
     state: &AppState,
     changes_state: bool,
 ) -> Result<Arc<Principal>, ApiError> {
-    {
-        let Some((token, via_cookie)) = credential(&parts.headers)? else {
-            return Err(ApiError::Unauthenticated);
-        };
-        let principal = state.auth.authenticate(token).await?;
-        if changes_state {
-            if via_cookie {
-                let client = ClientInfo::of(parts, &state.web);
-                if !state.web.same_origin(&parts.headers, client.tls, true) {
-                    deny(
-                        state,
-                        &principal,
-                        parts,
-                        &client,
-                        "cross-site request (Origin check)",
-                    )
-                    .await;
-                    return Err(ApiError::Forbidden(
-                        "cross-site request refused: Origin does not match this server",
-                    ));
-                }
-            }
-            if let CredentialKind::Token {
-                scope: Scope::Read, ..
-            } = principal.kind
-            {
-                let client = ClientInfo::of(parts, &state.web);
-                deny(state, &principal, parts, &client, "read-only token").await;
-                return Err(ApiError::Forbidden("this API token may only read"));
+    let Some((token, via_cookie)) = credential(&parts.headers)? else {
+        return Err(ApiError::Unauthenticated);
+    };
+    let principal = state.auth.authenticate(token).await?;
+    if changes_state {
+        if via_cookie {
+            let client = ClientInfo::of(parts, &state.web);
+            if !state.web.same_origin(&parts.headers, client.tls, true) {
+                deny(
+                    state,
+                    &principal,
+                    parts,
+                    &client,
+                    "cross-site request (Origin check)",
+                )
+                .await;
+                return Err(ApiError::Forbidden(
+                    "cross-site request refused: Origin does not match this server",
+                ));
             }
         }
-        Ok(principal)
+        if let CredentialKind::Token {
+            scope: Scope::Read, ..
+        } = principal.kind
+        {
+            let client = ClientInfo::of(parts, &state.web);
+            deny(state, &principal, parts, &client, "read-only token").await;
+            return Err(ApiError::Forbidden("this API token may only read"));
+        }
     }
+    Ok(principal)
 }
 
 /// An authenticated administrator (multi-user mode only).
