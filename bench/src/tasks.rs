@@ -376,6 +376,8 @@ mod sandbox {
                         stdout: std::process::Stdio::piped(),
                         stderr: std::process::Stdio::null(),
                         terminal: false,
+                        read_execute: Vec::new(),
+                        read_only: Vec::new(),
                     },
                 )
                 .await

@@ -273,6 +273,11 @@ pub struct ServeArgs {
     /// Output a terminal keeps for a client that attaches later.
     #[arg(long, env = "WARREN_TERMINAL_SCROLLBACK", default_value = "256KiB", value_parser = parse_scrollback)]
     pub terminal_scrollback: u64,
+    /// Users' web apps (OpenCode, Jupyter Server, code-server …): a TOML
+    /// file of `[apps.NAME]` definitions (see deploy/apps.toml), served at
+    /// /user/{name}/{app}/. Without it, no apps.
+    #[arg(long, env = "WARREN_APPS", value_name = "FILE")]
+    pub apps: Option<PathBuf>,
     /// Memory of all of a user's processes together (cgroup memory.max; 0:
     /// no limit).
     #[arg(long, env = "WARREN_LIMIT_MEMORY", default_value = "2GiB", value_parser = parse_size)]

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activity;
+pub mod apps;
 pub mod auth;
 pub mod cli;
 pub mod http;

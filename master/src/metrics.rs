@@ -292,6 +292,82 @@ impl TerminalMetrics {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabels {
+    app: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppResultLabels {
+    app: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppStatusLabels {
+    app: String,
+    status: u16,
+}
+
+/// Users' apps: running, starts, and the proxy's answers. Label values
+/// are the operator's app names (never a client's input) and statuses.
+#[derive(Debug, Clone)]
+pub struct AppMetrics {
+    running: Family<AppLabels, Gauge>,
+    starts: Family<AppResultLabels, Counter>,
+    start_duration: Family<AppLabels, Histogram, fn() -> Histogram>,
+    proxied: Family<AppStatusLabels, Counter>,
+}
+
+impl AppMetrics {
+    /// Makes an app's series exist before its first start.
+    pub(crate) fn declare(&self, app: &str) {
+        let _ = self.running.get_or_create(&AppLabels { app: app.into() });
+        for result in ["running", "failed"] {
+            let _ = self.starts.get_or_create(&AppResultLabels {
+                app: app.into(),
+                result,
+            });
+        }
+    }
+
+    pub(crate) fn set_running(&self, app: &str, count: usize) {
+        self.running
+            .get_or_create(&AppLabels { app: app.into() })
+            .set(count as i64);
+    }
+
+    pub(crate) fn started(&self, app: &str, result: &'static str, took: std::time::Duration) {
+        self.starts
+            .get_or_create(&AppResultLabels {
+                app: app.into(),
+                result,
+            })
+            .inc();
+        self.start_duration
+            .get_or_create(&AppLabels { app: app.into() })
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn start_failed(&self, app: &str) {
+        self.starts
+            .get_or_create(&AppResultLabels {
+                app: app.into(),
+                result: "failed",
+            })
+            .inc();
+    }
+
+    pub(crate) fn proxied(&self, app: &str, status: u16) {
+        self.proxied
+            .get_or_create(&AppStatusLabels {
+                app: app.into(),
+                status,
+            })
+            .inc();
+    }
+}
+
 /// Users' tasks: how they end and how long they take to start.
 #[derive(Debug, Clone)]
 pub struct TaskMetrics {
@@ -319,6 +395,7 @@ impl TaskMetrics {
 
 pub struct Metrics {
     registry: Registry,
+    apps: AppMetrics,
     tasks: TaskMetrics,
     terminals: TerminalMetrics,
     connections: ConnectionMetrics,
@@ -548,8 +625,38 @@ impl Metrics {
             "Bytes through terminals' WebSockets, by direction (in: typed, out: shown)",
             terminals.bytes.clone(),
         );
+        let apps = AppMetrics {
+            running: Family::default(),
+            starts: Family::default(),
+            // 10 ms to ~80 s.
+            start_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 14))
+            }),
+            proxied: Family::default(),
+        };
+        registry.register(
+            "warren_apps_running",
+            "Users' apps running now, by app",
+            apps.running.clone(),
+        );
+        registry.register(
+            "warren_app_starts",
+            "Users' app starts, by app and result (running, failed)",
+            apps.starts.clone(),
+        );
+        registry.register(
+            "warren_app_start_duration_seconds",
+            "From an app's launch to its first answer on ready_path, by app",
+            apps.start_duration.clone(),
+        );
+        registry.register(
+            "warren_proxy_requests",
+            "Requests proxied to users' apps, by app and status (502: unreachable)",
+            apps.proxied.clone(),
+        );
         Metrics {
             registry,
+            apps,
             sandbox,
             tasks,
             terminals,
@@ -564,6 +671,10 @@ impl Metrics {
                 ipc_inflight,
             },
         }
+    }
+
+    pub fn apps(&self) -> AppMetrics {
+        self.apps.clone()
     }
 
     pub fn tasks(&self) -> TaskMetrics {

@@ -55,6 +55,8 @@ pub struct Recorder {
     pub metrics: TaskMetrics,
     /// This master's identity in the task records.
     pub master_id: String,
+    /// Users' apps: told of their state changes and of workers' deaths.
+    pub apps: Option<Arc<crate::apps::AppsHub>>,
 }
 
 /// Marks `lost` every task this master left `running`: at start, its old
@@ -126,11 +128,30 @@ impl Recorder {
                     None => debug!(task = %id, "end of a task no longer running"),
                 }
             }
+            PoolEvent::Worker {
+                slot,
+                event:
+                    Event::AppChanged {
+                        user,
+                        name,
+                        state,
+                        start_micros,
+                    },
+                ..
+            } => {
+                if let Some(apps) = &self.apps {
+                    let took = start_micros.map(Duration::from_micros);
+                    apps.changed(slot, user, name, state, took);
+                }
+            }
             PoolEvent::WorkerDown {
                 slot,
                 worker_pid,
                 reason,
             } => {
+                if let Some(apps) = &self.apps {
+                    apps.worker_down(slot);
+                }
                 let which = LostTasks::OfWorker { slot, worker_pid };
                 let error = format!("its worker process died ({reason})");
                 let lost = self

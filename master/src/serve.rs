@@ -102,7 +102,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::recorder::lose_all_at_start(&store, &master_id)
         .await
         .context("cannot mark the tasks of the last run lost")?;
+    let apps_config = match &args.apps {
+        Some(path) => {
+            let config = crate::apps::AppsConfig::load(path, data_dir)?;
+            info!(
+                apps = %config.apps.keys().cloned().collect::<Vec<_>>().join(" "),
+                file = %path.display(),
+                "users' apps"
+            );
+            Some(config)
+        }
+        None => None,
+    };
     let pool = Pool::start(pool_config, metrics.pool())?;
+    let apps =
+        apps_config.map(|config| crate::apps::AppsHub::new(config, pool.clone(), metrics.apps()));
     let activity = crate::activity::ActivityHub::new();
     let recorder = pool.take_events().map(|events| {
         let recorder = crate::recorder::Recorder {
@@ -111,6 +125,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             activity: activity.clone(),
             metrics: metrics.tasks(),
             master_id: master_id.clone(),
+            apps: apps.clone(),
         };
         tokio::spawn(recorder.run(events))
     });
@@ -158,6 +173,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         users_dir: data_dir.join("users"),
     };
     tokio::spawn(purger.run(auth.user_events(), stop.child_token()));
+    if let Some(apps) = &apps {
+        tokio::spawn(crate::apps::stop_for_gone_users(
+            apps.clone(),
+            store.counting(metrics.auth().background_queries()),
+            auth.user_events(),
+            stop.child_token(),
+        ));
+    }
     let background = tokio::spawn(auth.clone().run_background(stop.child_token()));
     auth.count_sessions().await;
     protect_data_dir(data_dir, sandbox.report().decision.uid_switch, &url)?;
@@ -189,6 +212,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             scrollback: args.terminal_scrollback as u32,
             hang_up_grace: args.task_cancel_grace,
         },
+        apps: apps.map(crate::apps::proxy::Proxy::new),
     });
     let app = http::router(state.clone());
     info!(

@@ -248,6 +248,7 @@ mod tests {
                 users_seen: 9,
                 tasks_running: 2,
                 terminals_open: 1,
+                apps_running: 3,
             }),
             Body::Open(Open {
                 user: user(),

@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
@@ -189,6 +189,8 @@ pub enum Op {
     Tasks(TaskOp),
     /// The user's terminals (a program on a PTY, attached to by streams).
     Terminals(TerminalOp),
+    /// The user's web apps (a program serving HTTP, proxied by the master).
+    Apps(AppOp),
     /// Test builds only: answer after sleeping this long.
     #[cfg(debug_assertions)]
     DebugSleep { millis: u64 },
@@ -390,6 +392,181 @@ pub enum TerminalEvent {
     },
 }
 
+/// Operations on a user's web apps. An app lives in its worker only (no
+/// record): it is gone with the worker. The master sends the app's
+/// definition with each start, so workers need no configuration of their own.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum AppOp {
+    /// Starts the app unless it runs or is starting (a failed one stays
+    /// failed unless `retry`), marks it used, and answers [`Reply::App`]
+    /// once it is running or after `wait_ms`, whichever comes first.
+    /// With `may_start` false, an app that is not running is
+    /// `TooManyApps` (the server's limit, which the master counts).
+    Ensure {
+        spec: Box<AppSpec>,
+        wait_ms: u64,
+        may_start: bool,
+        retry: bool,
+    },
+    /// Marks the app used (proxied traffic) without a reply's cost beyond
+    /// [`Reply::Done`]; `NotFound` when it is not running.
+    Touch { name: String },
+    /// Stops the app (SIGTERM to its processes, SIGKILL after `grace_ms`);
+    /// [`Reply::Done`] at once; done when it was not running.
+    Stop { name: String, grace_ms: u64 },
+    /// Stops every app of the user (disabled or deleted).
+    StopAll { grace_ms: u64 },
+    /// The user's apps known to this worker ([`Reply::Apps`]).
+    List,
+    /// Every user's apps on this worker (admins; the request's user is the
+    /// admin).
+    ListAll,
+}
+
+/// How an app listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum AppListen {
+    /// On a Unix socket the worker names (`{socket}`), in a directory only
+    /// the user's uid can enter.
+    Unix,
+    /// On `127.0.0.1:{port}`, a port the worker picks; only the launch's
+    /// secret keeps other local users out.
+    Tcp,
+}
+
+/// An app's definition, as the operator wrote it, with the master's
+/// choices for this user (`base_url`).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct AppSpec {
+    pub name: String,
+    /// The program and its arguments, with placeholders (`{socket}`,
+    /// `{port}`, `{base_url}`, `{workspace}`, `{user}`, `{secret}`) the
+    /// worker fills in.
+    pub argv: Vec<String>,
+    /// Added to the sandbox's environment, placeholders filled in.
+    pub env: Vec<(String, String)>,
+    pub listen: AppListen,
+    /// `/user/{name}/{app}/`.
+    pub base_url: String,
+    /// Polled (`GET`) until it answers 2xx: the app is up.
+    pub ready_path: String,
+    /// How the proxy (and the readiness probe) authenticates to the app.
+    pub auth: AppAuth,
+    pub start_timeout_ms: u64,
+    /// Stopped after this long without traffic (0: never).
+    pub idle_timeout_ms: u64,
+    /// The most apps of this kind one user may run (0: no limit).
+    pub max_per_user: u32,
+    /// Extra paths the app may read and execute (where it is installed).
+    pub read_execute: Vec<String>,
+    /// Extra paths the app may read.
+    pub read_only: Vec<String>,
+}
+
+/// How the proxy proves itself to an app: a header carrying the launch's
+/// secret. Values may hold `{secret}` and `{user}`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum AppAuth {
+    None,
+    /// `Authorization: Basic base64(user:password)`.
+    Basic {
+        user: String,
+        password: String,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        token: String,
+    },
+    /// Any header.
+    Header {
+        name: String,
+        value: String,
+    },
+}
+
+impl AppAuth {
+    /// The header to send, placeholders filled in.
+    pub fn header(&self, user: &str, secret: &str) -> Option<(String, String)> {
+        use base64::Engine;
+        let fill = |s: &str| s.replace("{secret}", secret).replace("{user}", user);
+        match self {
+            AppAuth::None => None,
+            AppAuth::Basic {
+                user: name,
+                password,
+            } => {
+                let pair = format!("{}:{}", fill(name), fill(password));
+                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+                Some(("authorization".into(), format!("Basic {encoded}")))
+            }
+            AppAuth::Bearer { token } => {
+                Some(("authorization".into(), format!("Bearer {}", fill(token))))
+            }
+            AppAuth::Header { name, value } => Some((name.to_ascii_lowercase(), fill(value))),
+        }
+    }
+}
+
+/// Where a running app answers.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum AppEndpoint {
+    /// A Unix socket's path.
+    Unix(Vec<u8>),
+    /// A port on 127.0.0.1.
+    Tcp(u16),
+}
+
+/// An app's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum AppState {
+    Stopped,
+    /// Started (or waiting to be restarted after a crash), not answering
+    /// yet.
+    Starting,
+    Running,
+    /// Did not come up within its start timeout, crashed too often, or
+    /// could not start; the output's last lines say why.
+    Failed,
+}
+
+impl AppState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppState::Stopped => "stopped",
+            AppState::Starting => "starting",
+            AppState::Running => "running",
+            AppState::Failed => "failed",
+        }
+    }
+}
+
+/// An app as the API shows it (and, for the master's proxy, where it is).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct AppInfo {
+    pub user: UserId,
+    pub user_name: String,
+    pub name: String,
+    pub state: AppState,
+    /// When it entered this state, milliseconds since the Unix epoch.
+    pub since_ms: i64,
+    /// The last proxied traffic (or start), milliseconds since the epoch.
+    pub last_activity_ms: i64,
+    /// Resident memory of its processes (its cgroup's, else the main
+    /// process's), bytes; 0 when not running.
+    pub memory_bytes: u64,
+    /// The main process, while there is one.
+    pub pid: Option<u32>,
+    /// Restarts after crashes since the last explicit start.
+    pub restarts: u32,
+    /// Why it failed or stopped, in words.
+    pub message: Option<String>,
+    /// The last lines of its output (kept for a failure's reader).
+    pub output_tail: Vec<String>,
+    /// Where it answers, and the launch's secret (only in an
+    /// [`AppOp::Ensure`]'s reply, only while running).
+    pub endpoint: Option<(AppEndpoint, String)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct TaskStart {
     pub task: TaskId,
@@ -471,6 +648,15 @@ pub enum Event {
         user: UserId,
         task: TaskId,
         end: TaskEnd,
+    },
+    /// A user's app changed state (the master counts running apps for the
+    /// server's limits and metrics).
+    AppChanged {
+        user: UserId,
+        name: String,
+        state: AppState,
+        /// For a start that ended (running or failed): how long it took.
+        start_micros: Option<u64>,
     },
 }
 
@@ -596,6 +782,8 @@ pub enum Reply {
     },
     Terminal(TerminalInfo),
     Terminals(Vec<TerminalInfo>),
+    App(AppInfo),
+    Apps(Vec<AppInfo>),
 }
 
 /// What kind of byte stream an [`Open`] asks for.
@@ -658,6 +846,7 @@ pub struct Heartbeat {
     pub users_seen: u32,
     pub tasks_running: u32,
     pub terminals_open: u32,
+    pub apps_running: u32,
 }
 
 /// A typed failure of an operation, as the worker reports it.
@@ -707,6 +896,14 @@ pub enum OpError {
     /// The user already has as many terminals open as allowed.
     #[error("too many terminals open: the limit is {limit}")]
     TooManyTerminals { limit: u32 },
+    /// The user (`per_user`) or the server already runs as many of this
+    /// app as allowed.
+    #[error("too many {app} apps running{}: the limit is {limit}", if *.per_user { " for this user" } else { " on this server" })]
+    TooManyApps {
+        app: String,
+        limit: u32,
+        per_user: bool,
+    },
     /// The sandbox this server requires is not available, so no user
     /// process may start (the reason says what is missing).
     #[error("{0}")]

@@ -124,6 +124,8 @@ impl Lab {
                     stdout: Stdio::piped(),
                     stderr: Stdio::piped(),
                     terminal: false,
+                    read_execute: Vec::new(),
+                    read_only: Vec::new(),
                 },
             )
             .await
@@ -718,6 +720,8 @@ async fn the_server_reports_its_sandbox_and_empties_a_dead_workers_slot() {
                 stdout: Stdio::piped(),
                 stderr: Stdio::null(),
                 terminal: false,
+                read_execute: Vec::new(),
+                read_only: Vec::new(),
             },
         )
         .await
@@ -803,6 +807,8 @@ async fn a_program_on_a_pty_runs_in_its_own_controlling_terminal() {
                 stdout,
                 stderr,
                 terminal: true,
+                read_execute: Vec::new(),
+                read_only: Vec::new(),
             },
         )
         .await

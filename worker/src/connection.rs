@@ -5,6 +5,7 @@
 //! request id so a `Cancel` from the master can abort it. Every reply goes
 //! through one writer task that batches frames into few writes.
 
+use crate::apps::Apps;
 use crate::ops::{self, WorkerIdentity};
 use crate::tasks::launch::Launcher;
 use crate::tasks::Tasks;
@@ -23,8 +24,8 @@ use tracing::{debug, error, info};
 use warren_protocol::io::{handshake, write_frames, SharedConnection};
 use warren_protocol::stream::{FrameSender, StreamRegistry};
 use warren_protocol::{
-    Body, Frame, FrameCodec, Heartbeat, Hello, Op, OpError, PeerRole, Reply, Request, Response,
-    StreamKind, TaskOp, TerminalOp, UserCtx, UserId, PROTOCOL_VERSION,
+    AppOp, Body, Frame, FrameCodec, Heartbeat, Hello, Op, OpError, PeerRole, Reply, Request,
+    Response, StreamKind, TaskOp, TerminalOp, UserCtx, UserId, PROTOCOL_VERSION,
 };
 
 const READ_BUFFER: usize = 64 * 1024;
@@ -80,7 +81,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         .users_dir
         .clone()
         .map(|dir| Arc::new(Workspaces::new(dir).reserving(config.disk_reserve)));
-    let (tasks, terminals) = config
+    let (tasks, terminals_and_apps): (Option<_>, Option<_>) = config
         .users_dir
         .clone()
         .zip(workspaces.clone())
@@ -92,14 +93,21 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
                 sandbox, false,
             )));
             let tasks = Tasks::new(
+                users_dir.clone(),
+                workspaces.clone(),
+                launcher.clone(),
+                frames.clone(),
+            );
+            let apps = Apps::new(
                 users_dir,
                 workspaces.clone(),
                 launcher.clone(),
                 frames.clone(),
             );
-            (tasks, Terminals::new(workspaces, launcher))
+            (tasks, (Terminals::new(workspaces, launcher), apps))
         })
         .unzip();
+    let (terminals, apps) = terminals_and_apps.unzip();
     let worker = Arc::new(Worker {
         identity,
         frames,
@@ -109,6 +117,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         workspaces,
         tasks,
         terminals,
+        apps,
         #[cfg(debug_assertions)]
         garbage,
     });
@@ -201,6 +210,7 @@ struct Worker {
     workspaces: Option<Arc<Workspaces>>,
     tasks: Option<Arc<Tasks>>,
     terminals: Option<Arc<Terminals>>,
+    apps: Option<Arc<Apps>>,
     /// Test builds only: asks the writer to send bytes that are not a frame.
     #[cfg(debug_assertions)]
     garbage: mpsc::UnboundedSender<bool>,
@@ -300,6 +310,7 @@ impl Worker {
             }
             Op::Tasks(op) => self.task_op(id, user, op),
             Op::Terminals(op) => self.terminal_op(id, user, op),
+            Op::Apps(op) => self.app_op(id, user, op),
             #[cfg(debug_assertions)]
             Op::DebugSleep { millis } => self.spawn_tracked(id, async move {
                 tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
@@ -368,6 +379,31 @@ impl Worker {
         }
     }
 
+    fn app_op(self: &Arc<Self>, id: u64, user: UserCtx, op: AppOp) {
+        let Some(apps) = self.apps.clone() else {
+            return self.respond(id, Err(ops::no_workspaces()));
+        };
+        let millis = std::time::Duration::from_millis;
+        match op {
+            AppOp::Ensure {
+                spec,
+                wait_ms,
+                may_start,
+                retry,
+            } => self.spawn_tracked(id, async move {
+                apps.ensure(user, *spec, millis(wait_ms), may_start, retry)
+                    .await
+            }),
+            AppOp::Touch { name } => self.respond(id, apps.touch(&user, &name)),
+            AppOp::Stop { name, grace_ms } => {
+                self.respond(id, apps.stop(&user, &name, millis(grace_ms)))
+            }
+            AppOp::StopAll { grace_ms } => self.respond(id, apps.stop_all(&user, millis(grace_ms))),
+            AppOp::List => self.respond(id, Ok(apps.list(&user))),
+            AppOp::ListAll => self.respond(id, Ok(apps.list_all())),
+        }
+    }
+
     /// Runs a request that waits as its own task, cancellable by id.
     fn spawn_tracked(
         self: &Arc<Self>,
@@ -418,6 +454,7 @@ impl Worker {
             users_seen: users_seen as u32,
             tasks_running: self.tasks.as_ref().map_or(0, |t| t.running_count()) as u32,
             terminals_open: self.terminals.as_ref().map_or(0, |t| t.count()) as u32,
+            apps_running: self.apps.as_ref().map_or(0, |a| a.running_count()) as u32,
         }
     }
 
@@ -427,6 +464,9 @@ impl Worker {
         }
         if let Some(terminals) = &self.terminals {
             terminals.hang_up_all();
+        }
+        if let Some(apps) = &self.apps {
+            apps.kill_all();
         }
         for (_, task) in self.lock_inflight().drain() {
             task.abort();

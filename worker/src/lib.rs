@@ -13,6 +13,7 @@
 // Only `sandbox` may use unsafe code (it allows it, block by block).
 #![deny(unsafe_code)]
 
+pub mod apps;
 pub mod connection;
 pub mod ops;
 pub mod sandbox;

@@ -346,6 +346,8 @@ impl Terminals {
             stdout,
             stderr,
             terminal: true,
+            read_execute: Vec::new(),
+            read_only: Vec::new(),
         };
         let spawned = self.launcher.spawn(user, launch).await?;
         // Only the program holds the terminal end now: when it and what it

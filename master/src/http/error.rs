@@ -57,6 +57,9 @@ pub enum ApiError {
     UriTooLong(usize),
     #[error("{0}")]
     HeadersTooLarge(String),
+    /// A user's app did not answer the proxy.
+    #[error("{0}")]
+    BadGateway(String),
     /// Details are logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -124,6 +127,7 @@ impl ApiError {
                 "headers_too_large",
             ),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "app_unreachable"),
             ApiError::Pool(PoolError::WorkerUnavailable { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable")
             }
@@ -155,6 +159,12 @@ impl ApiError {
                 OpError::TooManyTerminals { .. } => {
                     (StatusCode::TOO_MANY_REQUESTS, "too_many_terminals")
                 }
+                OpError::TooManyApps { per_user: true, .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "too_many_apps")
+                }
+                OpError::TooManyApps {
+                    per_user: false, ..
+                } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_apps"),
                 OpError::SandboxUnavailable(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "sandbox_unavailable")
                 }
@@ -180,9 +190,9 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::TooManyRequests(wait) => Some(retry_after_secs(*wait)),
             // A task's end frees room; when is unknown: look again soon.
-            ApiError::Pool(PoolError::Op(OpError::TooManyTasks { .. })) => {
-                Some(TASK_LIMIT_RETRY_AFTER_SECS)
-            }
+            ApiError::Pool(PoolError::Op(
+                OpError::TooManyTasks { .. } | OpError::TooManyApps { .. },
+            )) => Some(TASK_LIMIT_RETRY_AFTER_SECS),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };

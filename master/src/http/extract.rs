@@ -194,6 +194,16 @@ impl FromRequestParts<AppState> for AuthedWriter {
     }
 }
 
+/// The caller of a request whose body stays unread (the apps' proxy);
+/// `changes_state` as for [`AuthedWriter`].
+pub async fn authenticate_request(
+    parts: &Parts,
+    state: &AppState,
+    changes_state: bool,
+) -> Result<Arc<Principal>, ApiError> {
+    authenticate(parts, state, changes_state).await
+}
+
 /// The caller; for a request that changes state, a cookie from another
 /// origin and a read-only token are refused (403).
 async fn authenticate(

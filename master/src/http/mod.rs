@@ -107,6 +107,8 @@ pub struct Shared {
     pub tasks: TaskSettings,
     /// Settings of the terminals API.
     pub terminals: TerminalSettings,
+    /// Users' apps (`--apps`): `None` without definitions.
+    pub apps: Option<Arc<crate::apps::proxy::Proxy>>,
 }
 
 impl AppState {
@@ -141,12 +143,16 @@ pub fn router(state: AppState) -> Router {
         .merge(api::files::routes());
     #[cfg(debug_assertions)]
     let router = router.nest("/debug", debug::routes());
+    let proxy = crate::apps::proxy::routes(state.clone());
     router
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), around))
         .with_state(state)
+        // After the layers: an app's pages keep their own headers, and
+        // its bodies are as long and slow as they are.
+        .merge(proxy)
 }
 
 /// The router of the `--metrics-listen` listener: `/metrics`, `/healthz`

@@ -275,7 +275,12 @@ impl Pool {
 
     /// Runs `op` for `user` on the user's worker.
     pub async fn call(&self, user: &UserCtx, op: Op) -> Result<Reply, PoolError> {
-        let slot = self.slot_for(user);
+        self.call_slot(self.slot_for(user), user, op).await
+    }
+
+    /// Runs `op` on the worker of `slot` (what concerns every worker, such
+    /// as an administrator's view of every user's apps).
+    pub async fn call_slot(&self, slot: u32, user: &UserCtx, op: Op) -> Result<Reply, PoolError> {
         let started = Instant::now();
         let deadline = started + self.config.unavailable_wait;
         let _inflight = self.metrics.inflight_guard();

@@ -263,6 +263,10 @@ pub struct Launch {
     /// `stdin` is a PTY's terminal end ([`pty::Pty`]): it becomes the
     /// session's controlling terminal.
     pub terminal: bool,
+    /// Extra paths to read and execute, and to read only (an app's own
+    /// installation); refused when they overlap the data directory.
+    pub read_execute: Vec<PathBuf>,
+    pub read_only: Vec<PathBuf>,
 }
 
 /// A started command.
@@ -327,6 +331,32 @@ impl GroupHandle {
     pub fn remove(&self) {
         if let Some(cgroup) = &self.cgroup {
             let _ = std::fs::remove_dir(cgroup);
+        }
+    }
+
+    /// Resident memory of the launch: its cgroup's `memory.current`, else
+    /// the resident set of its first process.
+    pub fn memory_bytes(&self) -> u64 {
+        let cgroup = self.cgroup.as_ref().and_then(|cgroup| {
+            std::fs::read_to_string(cgroup.join("memory.current"))
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+        });
+        cgroup.unwrap_or_else(|| {
+            let statm = format!("/proc/{}/statm", self.process_group.as_raw_nonzero());
+            std::fs::read_to_string(statm)
+                .ok()
+                .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .map_or(0, |pages| pages * rustix::param::page_size() as u64)
+        })
+    }
+
+    /// Whether no process of the launch is left.
+    pub fn is_empty(&self) -> bool {
+        match &self.cgroup {
+            Some(cgroup) => std::fs::read_to_string(cgroup.join("cgroup.procs"))
+                .map_or(true, |procs| procs.trim().is_empty()),
+            None => rustix::process::test_kill_process_group(self.process_group).is_err(),
         }
     }
 
@@ -505,6 +535,7 @@ impl Sandbox {
             None
         };
         check_launch(&launch)?;
+        self.check_extra_paths(&launch)?;
         let (workspace, scratch) = self.user_paths(user);
         // Directories and cgroup files: on the blocking pool, so the
         // worker's runtime thread (which serves every request of its
@@ -554,7 +585,7 @@ impl Sandbox {
             network_none: decision.netns,
             landlock: decision
                 .landlock
-                .then(|| self.landlock_rules(&workspace, &scratch)),
+                .then(|| self.landlock_rules(&workspace, &scratch, &launch)),
             parent_pid: std::process::id(),
             status_fd: status_write.as_raw_fd(),
             controlling_tty: launch.terminal,
@@ -607,6 +638,25 @@ impl Sandbox {
         })
     }
 
+    /// A launch's extra paths must be absolute and clear of the data
+    /// directory (Landlock grants whole subtrees).
+    fn check_extra_paths(&self, launch: &Launch) -> Result<(), SpawnError> {
+        for path in launch.read_execute.iter().chain(&launch.read_only) {
+            let overlaps = self
+                .config
+                .data_dir
+                .as_deref()
+                .is_some_and(|data| path.starts_with(data) || data.starts_with(path));
+            if !path.is_absolute() || overlaps {
+                return Err(SpawnError::Command(format!(
+                    "{} cannot be granted: paths must be absolute and outside the data directory",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The command's whole environment: nothing of warren's own.
     fn environment(
         &self,
@@ -647,12 +697,17 @@ impl Sandbox {
 
     /// The launch's rules: the system's (made once at probe) and the
     /// user's two read-write directories.
-    fn landlock_rules(&self, workspace: &Path, scratch: &Path) -> LandlockSpec {
+    fn landlock_rules(&self, workspace: &Path, scratch: &Path, launch: &Launch) -> LandlockSpec {
+        let bytes = |p: &PathBuf| p.as_os_str().as_bytes().to_vec();
         let mut rules = self.system_rules.clone();
         rules.read_write = vec![
             workspace.as_os_str().as_bytes().to_vec(),
             scratch.as_os_str().as_bytes().to_vec(),
         ];
+        rules
+            .read_execute
+            .extend(launch.read_execute.iter().map(bytes));
+        rules.read_only.extend(launch.read_only.iter().map(bytes));
         rules
     }
 }

@@ -42,6 +42,16 @@ impl Group {
         self.0.kill_now();
     }
 
+    /// See [`GroupHandle::memory_bytes`].
+    pub fn memory_bytes(&self) -> u64 {
+        self.0.memory_bytes()
+    }
+
+    /// See [`GroupHandle::is_empty`].
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Forgets the group once its processes are gone.
     pub fn remove(&self) {
         self.0.remove();

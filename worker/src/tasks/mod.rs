@@ -264,6 +264,8 @@ impl Tasks {
             stdout: output_writer.into(),
             stderr: output_for_stderr.into(),
             terminal: false,
+            read_execute: Vec::new(),
+            read_only: Vec::new(),
         };
         let spawned = match self.sandbox.spawn(&user, launch).await {
             Ok(spawned) => spawned,

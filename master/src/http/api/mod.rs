@@ -4,6 +4,7 @@
 
 mod activity;
 mod admin;
+mod apps;
 mod auth;
 mod conformance;
 pub mod files;
@@ -74,10 +75,12 @@ pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) 
         .merge(workspace::routes())
         .merge(tasks::routes())
         .merge(terminals::routes())
+        .merge(apps::routes())
         .merge(activity::routes());
     if mode == Mode::Multi {
         api = api
             .merge(admin::routes())
+            .merge(apps::admin_routes())
             .merge(workspace::admin_routes())
             .merge(activity::admin_routes());
     }

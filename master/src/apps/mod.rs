@@ -1,0 +1,332 @@
+//! Users' web apps, the master's side: the operator's definitions
+//! ([`config`]), what runs where (from the workers' `AppChanged` events),
+//! and the reverse proxy ([`proxy`]) that serves `/user/{name}/{app}/…`
+//! from the user's own instance.
+//!
+//! The worker owns each app's lifecycle (start, readiness, restarts, idle
+//! stop); the master asks it for the app ([`AppOp::Ensure`]), learns where
+//! the app answers and with what secret, and then talks to the app itself:
+//! the worker never carries the bytes.
+//!
+//! Invariants: a user reaches only their own apps (the path's name must be
+//! the caller's: another's is a 404); warren's session cookie and the
+//! client's `Authorization` never reach an app; the app's secret never
+//! reaches the client.
+
+pub mod config;
+pub mod proxy;
+
+pub use config::{AppDef, AppsConfig};
+
+use crate::metrics::AppMetrics;
+use crate::pool::{Pool, PoolError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use warren_protocol::{
+    AppEndpoint, AppInfo, AppOp, AppSpec, AppState, Op, OpError, Reply, UserCtx, UserId,
+};
+
+/// How long the proxy trusts what it learnt of a running app before asking
+/// its worker again (which also tells the worker the app is in use).
+const ENDPOINT_TTL: Duration = Duration::from_secs(1);
+
+/// Between SIGTERM and SIGKILL when an app is stopped on request.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Where one user's running app answers, as the proxy uses it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub endpoint: AppEndpoint,
+    /// The header proving the proxy to the app (from the launch's secret).
+    pub auth: Option<(http_header::HeaderName, http_header::HeaderValue)>,
+    /// The proxy's connection pool key: changes with every launch.
+    pub key: String,
+}
+
+mod http_header {
+    pub use axum::http::{HeaderName, HeaderValue};
+}
+
+/// The apps of this server.
+pub struct AppsHub {
+    config: AppsConfig,
+    pool: Arc<Pool>,
+    metrics: AppMetrics,
+    /// Apps starting or running, by user and name, with their slot (from
+    /// the workers' events; a worker's death clears its slot's).
+    live: Mutex<HashMap<(UserId, String), (u32, AppState)>>,
+    /// What the proxy knows of running apps, briefly.
+    upstreams: moka::sync::Cache<(UserId, String), Arc<Upstream>>,
+    /// Pool keys to endpoints, for the proxy's connector.
+    pub(crate) endpoints: moka::sync::Cache<String, AppEndpoint>,
+}
+
+impl AppsHub {
+    pub fn new(config: AppsConfig, pool: Arc<Pool>, metrics: AppMetrics) -> Arc<AppsHub> {
+        for name in config.apps.keys() {
+            metrics.declare(name);
+        }
+        Arc::new(AppsHub {
+            config,
+            pool,
+            metrics,
+            live: Mutex::new(HashMap::new()),
+            upstreams: moka::sync::Cache::builder()
+                .time_to_live(ENDPOINT_TTL)
+                .max_capacity(100_000)
+                .build(),
+            endpoints: moka::sync::Cache::builder()
+                .time_to_idle(Duration::from_secs(3600))
+                .max_capacity(100_000)
+                .build(),
+        })
+    }
+
+    pub fn config(&self) -> &AppsConfig {
+        &self.config
+    }
+
+    pub fn def(&self, name: &str) -> Option<&AppDef> {
+        self.config.apps.get(name)
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    pub fn metrics(&self) -> &AppMetrics {
+        &self.metrics
+    }
+
+    /// What the worker is sent to start `def` for `user`.
+    pub fn spec(&self, def: &AppDef, user: &UserCtx) -> AppSpec {
+        AppSpec {
+            name: def.name.clone(),
+            argv: def.command.clone(),
+            env: def.env.clone(),
+            listen: def.listen,
+            base_url: format!("/user/{}/{}/", user.name, def.name),
+            ready_path: def.ready_path.clone(),
+            auth: def.auth.clone(),
+            start_timeout_ms: def.start_timeout.as_millis() as u64,
+            idle_timeout_ms: def.idle_timeout.as_millis() as u64,
+            max_per_user: self.config.max_running_per_user,
+            read_execute: paths(&def.read_execute),
+            read_only: paths(&def.read_only),
+        }
+    }
+
+    /// Whether the server's limit for `def` leaves room for `user`'s.
+    fn may_start(&self, def: &AppDef, user: UserId) -> bool {
+        if def.max_running == 0 {
+            return true;
+        }
+        let live = self.lock_live();
+        if live.contains_key(&(user, def.name.clone())) {
+            return true;
+        }
+        let running = live.keys().filter(|(_, name)| *name == def.name).count();
+        running < def.max_running as usize
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, String), (u32, AppState)>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the user's worker for the app (starting it if need be), waiting
+    /// up to `wait` for it to run.
+    pub async fn ensure(
+        &self,
+        def: &AppDef,
+        user: &UserCtx,
+        wait: Duration,
+        retry: bool,
+    ) -> Result<AppInfo, PoolError> {
+        let op = AppOp::Ensure {
+            spec: Box::new(self.spec(def, user)),
+            wait_ms: wait.as_millis() as u64,
+            may_start: self.may_start(def, user.id),
+            retry,
+        };
+        match self.pool.call(user, Op::Apps(op)).await? {
+            Reply::App(info) if info.state == AppState::Stopped => {
+                Err(PoolError::Op(OpError::TooManyApps {
+                    app: def.name.clone(),
+                    limit: def.max_running,
+                    per_user: false,
+                }))
+            }
+            Reply::App(info) => Ok(info),
+            other => Err(PoolError::Op(OpError::Internal(format!(
+                "unexpected reply {other:?}"
+            )))),
+        }
+    }
+
+    /// Where the user's app answers, starting it if need be: `Ok(Err(info))`
+    /// when it is not running (yet).
+    pub async fn upstream(
+        &self,
+        def: &AppDef,
+        user: &UserCtx,
+        wait: Duration,
+    ) -> Result<Result<Arc<Upstream>, AppInfo>, PoolError> {
+        let key = (user.id, def.name.clone());
+        if let Some(upstream) = self.upstreams.get(&key) {
+            return Ok(Ok(upstream));
+        }
+        let mut info = self.ensure(def, user, wait, false).await?;
+        let Some((endpoint, secret)) = info.endpoint.take() else {
+            return Ok(Err(info));
+        };
+        let auth = def
+            .auth
+            .header(&user.name, &secret)
+            .and_then(|(name, value)| {
+                Some((
+                    http_header::HeaderName::try_from(name).ok()?,
+                    http_header::HeaderValue::try_from(value).ok()?,
+                ))
+            });
+        // The secret's digest names the launch: a restarted app gets fresh
+        // connections.
+        let digest = {
+            use sha2::Digest;
+            let hash = sha2::Sha256::digest(secret.as_bytes());
+            hash[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let pool_key = format!("app-{digest}.invalid");
+        self.endpoints.insert(pool_key.clone(), endpoint.clone());
+        let upstream = Arc::new(Upstream {
+            endpoint,
+            auth,
+            key: pool_key,
+        });
+        self.upstreams.insert(key, upstream.clone());
+        Ok(Ok(upstream))
+    }
+
+    /// The proxy could not reach the app: forget where it was.
+    pub fn forget(&self, user: UserId, app: &str) {
+        self.upstreams.invalidate(&(user, app.to_string()));
+    }
+
+    /// A worker said an app changed state.
+    pub fn changed(
+        &self,
+        slot: u32,
+        user: UserId,
+        name: String,
+        state: AppState,
+        start: Option<Duration>,
+    ) {
+        match state {
+            AppState::Starting | AppState::Running => {
+                self.lock_live().insert((user, name.clone()), (slot, state));
+            }
+            AppState::Stopped | AppState::Failed => {
+                self.lock_live().remove(&(user, name.clone()));
+                self.upstreams.invalidate(&(user, name.clone()));
+            }
+        }
+        match (state, start) {
+            (AppState::Running, Some(took)) => self.metrics.started(&name, "running", took),
+            (AppState::Failed, _) => self.metrics.start_failed(&name),
+            _ => {}
+        }
+        self.metrics.set_running(&name, self.running_of(&name));
+    }
+
+    fn running_of(&self, name: &str) -> usize {
+        self.lock_live()
+            .iter()
+            .filter(|((_, app), (_, state))| app == name && *state == AppState::Running)
+            .count()
+    }
+
+    /// A worker died, and its users' apps with it.
+    pub fn worker_down(&self, slot: u32) {
+        let gone: Vec<(UserId, String)> = {
+            let mut live = self.lock_live();
+            let gone = live
+                .iter()
+                .filter(|(_, (s, _))| *s == slot)
+                .map(|(key, _)| key.clone())
+                .collect::<Vec<_>>();
+            for key in &gone {
+                live.remove(key);
+            }
+            gone
+        };
+        for key in gone {
+            self.upstreams.invalidate(&key);
+        }
+        for name in self.config.apps.keys() {
+            self.metrics.set_running(name, self.running_of(name));
+        }
+    }
+
+    /// Stops every app of `user` (disabled or deleted).
+    pub async fn stop_all(&self, user: &UserCtx) {
+        let op = AppOp::StopAll {
+            grace_ms: STOP_GRACE.as_millis() as u64,
+        };
+        if let Err(err) = self.pool.call(user, Op::Apps(op)).await {
+            tracing::warn!(user = %user.name, error = %err, "cannot stop a user's apps");
+        }
+        let names: Vec<String> = self.config.apps.keys().cloned().collect();
+        for name in names {
+            self.forget(user.id, &name);
+        }
+    }
+}
+
+fn paths(paths: &[std::path::PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| p.display().to_string()).collect()
+}
+
+/// Stops the apps of each user the feed names who was deleted or disabled,
+/// until `stop`.
+pub async fn stop_for_gone_users(
+    hub: Arc<AppsHub>,
+    store: crate::store::Store,
+    mut users: tokio::sync::broadcast::Receiver<uuid::Uuid>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let id = tokio::select! {
+            () = stop.cancelled() => return,
+            user = users.recv() => match user {
+                Ok(id) => id,
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+        };
+        let gone = match store.user_by_id(id).await {
+            Ok(None) => true,
+            Ok(Some(user)) => user.disabled,
+            Err(err) => {
+                tracing::warn!(user = %id, error = %err, "cannot check a changed user; their apps keep running");
+                false
+            }
+        };
+        if gone {
+            // Only the id matters to the worker (and to the slot it is on).
+            let ctx = UserCtx {
+                id: id.into(),
+                name: String::new(),
+                role: warren_protocol::Role::User,
+                quota_bytes: 0,
+                quota_files: 0,
+                uid: None,
+                limits: Default::default(),
+            };
+            hub.stop_all(&ctx).await;
+        }
+    }
+}

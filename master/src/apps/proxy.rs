@@ -1,0 +1,640 @@
+//! `/user/{name}/{app}/…`: the reverse proxy to a user's running app.
+//!
+//! The caller must be `{name}` (anyone else gets a 404, as if the path did
+//! not exist); a state-changing request or a WebSocket upgrade carried by
+//! the session cookie must come from our own origin (the proxy adds the
+//! app's credentials, so the app's own cross-site checks cannot see a
+//! forged request). Bodies stream both ways without buffering; a WebSocket
+//! upgrade is passed through and its bytes copied until either side
+//! closes. While the app starts, a browser gets a page that reloads itself
+//! and an API client a 503 with `Retry-After`.
+//!
+//! Connections to apps are pooled by hyper-util's client, keyed by launch
+//! (a restarted app never gets an old connection).
+
+use super::{AppDef, AppsHub, Upstream};
+use crate::http::extract::{authenticate_request, SESSION_COOKIE};
+use crate::http::{ApiError, AppState};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use warren_protocol::{AppEndpoint, AppInfo, AppOp, AppState as State_, Op};
+
+/// How long a request waits for an app that is starting before the
+/// "starting" answer.
+const START_WAIT: Duration = Duration::from_secs(3);
+
+/// How long connecting to an app may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// While a WebSocket moves bytes, the worker hears of it this often (so
+/// the app is not stopped as idle).
+const TOUCH_EVERY: Duration = Duration::from_secs(30);
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The proxy: the hub and a pooled client to the apps.
+pub struct Proxy {
+    pub hub: Arc<AppsHub>,
+    client: Client<Connector, Body>,
+}
+
+impl Proxy {
+    pub fn new(hub: Arc<AppsHub>) -> Arc<Proxy> {
+        let connector = Connector {
+            endpoints: hub.endpoints.clone(),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .set_host(false)
+            .build(connector);
+        Arc::new(Proxy { hub, client })
+    }
+}
+
+/// The routes, outside the API's middleware: the app's own pages choose
+/// their security headers, and their bodies are as long as they are.
+pub fn routes(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/user/{name}/{app}", axum::routing::any(proxy))
+        .route("/user/{name}/{app}/", axum::routing::any(proxy))
+        .route("/user/{name}/{app}/{*rest}", axum::routing::any(proxy))
+        .with_state(state)
+}
+
+/// What a browser is told, rather than JSON.
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+async fn proxy(State(state): State<AppState>, request: Request) -> Response {
+    let Some(proxy) = state.apps.clone() else {
+        return ApiError::NotFound.into_response();
+    };
+    let html = wants_html(request.headers());
+    match forward(&state, &proxy, request).await {
+        Ok(response) => response,
+        Err(Refusal::Api(err)) => err.into_response(),
+        Err(Refusal::NotRunning(info, def)) => not_running(&info, &def, html),
+    }
+}
+
+enum Refusal {
+    Api(ApiError),
+    NotRunning(AppInfo, Box<AppDef>),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(err: ApiError) -> Self {
+        Refusal::Api(err)
+    }
+}
+
+async fn forward(
+    state: &AppState,
+    proxy: &Arc<Proxy>,
+    request: Request,
+) -> Result<Response, Refusal> {
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let mut segments = path.splitn(5, '/').skip(2);
+    let (Some(name), Some(app)) = (segments.next(), segments.next()) else {
+        return Err(ApiError::NotFound.into());
+    };
+    let rest = segments.next();
+    let upgrade = parts.headers.contains_key(header::UPGRADE);
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let principal = authenticate_request(&parts, state, !safe || upgrade).await?;
+    // Another user's app does not exist, for anyone.
+    if principal.username != name {
+        return Err(ApiError::NotFound.into());
+    }
+    let hub = &proxy.hub;
+    let Some(def) = hub.def(app) else {
+        return Err(ApiError::NotFound.into());
+    };
+    if rest.is_none() {
+        // `/user/alice/jupyter` → `/user/alice/jupyter/`: relative links
+        // in the app's pages resolve beneath it.
+        let target = match parts.uri.query() {
+            Some(query) => format!("{path}/?{query}"),
+            None => format!("{path}/"),
+        };
+        return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response());
+    }
+    let user = principal.ctx.clone();
+    let upstream = match hub.upstream(def, &user, START_WAIT).await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(info)) => return Err(Refusal::NotRunning(info, Box::new(def.clone()))),
+        Err(err) => return Err(ApiError::Pool(err).into()),
+    };
+    let inbound_upgrade = upgrade
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    let target = upstream_target(def, &upstream, &path, rest.unwrap_or(""), parts.uri.query())?;
+    let client = ClientInfoLite::of(state, &parts);
+    let headers = outbound_headers(&parts.headers, &upstream, &client, def, name, upgrade);
+    let retryable = safe && !has_body(&parts.headers);
+    let method = parts.method.clone();
+    let send = |target: Uri, headers: HeaderMap, body: Body| {
+        let mut outbound = axum::http::Request::new(body);
+        *outbound.method_mut() = method.clone();
+        *outbound.uri_mut() = target;
+        *outbound.headers_mut() = headers;
+        proxy.client.request(outbound)
+    };
+    let answer = match send(target, headers.clone(), body).await {
+        Ok(answer) => answer,
+        Err(err) if err.is_connect() && retryable => {
+            // The app died (or restarted) since we last asked: ask again,
+            // which restarts it if need be, and try once more.
+            hub.forget(user.id, &def.name);
+            let upstream = match hub.upstream(def, &user, START_WAIT).await {
+                Ok(Ok(upstream)) => upstream,
+                Ok(Err(info)) => return Err(Refusal::NotRunning(info, Box::new(def.clone()))),
+                Err(err) => return Err(ApiError::Pool(err).into()),
+            };
+            let target =
+                upstream_target(def, &upstream, &path, rest.unwrap_or(""), parts.uri.query())?;
+            let headers = outbound_headers(&parts.headers, &upstream, &client, def, name, upgrade);
+            send(target, headers, Body::empty())
+                .await
+                .map_err(|err| unreachable_app(hub, &user, def, &err))?
+        }
+        Err(err) => return Err(unreachable_app(hub, &user, def, &err).into()),
+    };
+    hub.metrics().proxied(&def.name, answer.status().as_u16());
+    let mut answer = answer;
+    let switching = answer.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let outbound_upgrade = switching.then(|| hyper::upgrade::on(&mut answer));
+    let (mut answer_parts, answer_body) = answer.into_parts();
+    strip_hop_by_hop(&mut answer_parts.headers, switching);
+    drop_session_cookie(&mut answer_parts.headers);
+    if let Some(outbound) = outbound_upgrade {
+        let Some(inbound) = inbound_upgrade else {
+            return Err(ApiError::BadGateway("the app switched protocols unasked".into()).into());
+        };
+        tokio::spawn(splice(
+            inbound,
+            outbound,
+            hub.clone(),
+            user,
+            def.name.clone(),
+        ));
+        return Ok(Response::from_parts(answer_parts, Body::empty()));
+    }
+    Ok(Response::from_parts(answer_parts, Body::new(answer_body)))
+}
+
+/// The app could not be reached: 502, and the app is looked up afresh next
+/// time.
+fn unreachable_app(
+    hub: &AppsHub,
+    user: &warren_protocol::UserCtx,
+    def: &AppDef,
+    err: &hyper_util::client::legacy::Error,
+) -> ApiError {
+    hub.forget(user.id, &def.name);
+    hub.metrics().proxied(&def.name, 502);
+    tracing::info!(user = %user.name, app = %def.name, error = %err, "app unreachable");
+    ApiError::BadGateway(format!("the app {} did not answer; try again", def.name))
+}
+
+/// The request's URI at the app: the whole path, or what follows the
+/// prefix (`strip_prefix`).
+fn upstream_target(
+    def: &AppDef,
+    upstream: &Upstream,
+    path: &str,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<Uri, ApiError> {
+    let path = if def.strip_prefix {
+        format!("/{rest}")
+    } else {
+        path.to_string()
+    };
+    let target = match query {
+        Some(query) => format!("http://{}{path}?{query}", upstream.key),
+        None => format!("http://{}{path}", upstream.key),
+    };
+    Uri::try_from(target).map_err(|err| ApiError::BadRequest(format!("bad request target: {err}")))
+}
+
+/// Who the client is, for `X-Forwarded-*`.
+struct ClientInfoLite {
+    address: std::net::IpAddr,
+    tls: bool,
+    host: Option<HeaderValue>,
+}
+
+impl ClientInfoLite {
+    fn of(state: &AppState, parts: &axum::http::request::Parts) -> Self {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        let (address, tls) = state.web.client_of(&parts.headers, peer);
+        ClientInfoLite {
+            address,
+            tls,
+            host: parts.headers.get(header::HOST).cloned(),
+        }
+    }
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
+}
+
+/// The request's headers as the app gets them: hop-by-hop ones, warren's
+/// session cookie and the client's `Authorization` removed; the app's own
+/// credential and `X-Forwarded-*` added.
+fn outbound_headers(
+    inbound: &HeaderMap,
+    upstream: &Upstream,
+    client: &ClientInfoLite,
+    def: &AppDef,
+    user: &str,
+    upgrade: bool,
+) -> HeaderMap {
+    let mut headers = inbound.clone();
+    strip_hop_by_hop(&mut headers, upgrade);
+    headers.remove(header::AUTHORIZATION);
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-prefix",
+        "forwarded",
+    ] {
+        headers.remove(name);
+    }
+    let cookies: Vec<String> = inbound
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| pair.split('=').next().map(str::trim) != Some(SESSION_COOKIE))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !cookies.is_empty() {
+        if let Ok(value) = HeaderValue::try_from(cookies.join("; ")) {
+            headers.insert(header::COOKIE, value);
+        }
+    }
+    if let Some((name, value)) = &upstream.auth {
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Ok(value) = HeaderValue::try_from(client.address.to_string()) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+    );
+    if let Some(host) = &client.host {
+        headers.insert("x-forwarded-host", host.clone());
+    } else {
+        headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+    }
+    if def.strip_prefix {
+        if let Ok(value) = HeaderValue::try_from(format!("/user/{user}/{}", def.name)) {
+            headers.insert("x-forwarded-prefix", value);
+        }
+    }
+    headers
+}
+
+/// Removes hop-by-hop headers and those `Connection` names; an upgrade
+/// keeps `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    let kept_upgrade = upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    if let Some(protocol) = kept_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+}
+
+/// An app may not set (or clear) warren's own session cookie.
+fn drop_session_cookie(headers: &mut HeaderMap) {
+    let prefix = format!("{SESSION_COOKIE}=");
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|value| {
+            !value
+                .to_str()
+                .is_ok_and(|text| text.trim_start().starts_with(&prefix))
+        })
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+/// Copies a WebSocket's bytes both ways until either side closes, telling
+/// the worker while bytes move.
+async fn splice(
+    inbound: hyper::upgrade::OnUpgrade,
+    outbound: hyper::upgrade::OnUpgrade,
+    hub: Arc<AppsHub>,
+    user: warren_protocol::UserCtx,
+    app: String,
+) {
+    let (inbound, outbound) = match tokio::try_join!(inbound, outbound) {
+        Ok(both) => both,
+        Err(err) => {
+            tracing::debug!(error = %err, "an app's WebSocket upgrade failed");
+            return;
+        }
+    };
+    let moved = Arc::new(AtomicU64::new(0));
+    let mut client = Counted {
+        inner: TokioIo::new(inbound),
+        moved: moved.clone(),
+    };
+    let mut app_side = TokioIo::new(outbound);
+    let toucher = {
+        let moved = moved.clone();
+        let hub = hub.clone();
+        let user = user.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut seen = 0;
+            loop {
+                tokio::time::sleep(TOUCH_EVERY).await;
+                let now = moved.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    let op = Op::Apps(AppOp::Touch { name: app.clone() });
+                    let _ = hub.pool().call(&user, op).await;
+                }
+            }
+        })
+    };
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut app_side).await;
+    toucher.abort();
+}
+
+/// A stream that counts the bytes through it.
+struct Counted<S> {
+    inner: S,
+    moved: Arc<AtomicU64>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.moved.fetch_add(read as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.moved.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The answer while the app is not running: a page that reloads itself for
+/// a browser, JSON for an API client.
+fn not_running(info: &AppInfo, def: &AppDef, html: bool) -> Response {
+    let (status, code, message) = match info.state {
+        State_::Failed => (
+            StatusCode::BAD_GATEWAY,
+            "app_failed",
+            format!(
+                "{} failed: {}. Start it again with POST /api/v1/me/apps/{}/start.",
+                def.title,
+                info.message.as_deref().unwrap_or("no reason given"),
+                def.name
+            ),
+        ),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "app_starting",
+            format!("{} is starting", def.title),
+        ),
+    };
+    let mut response = if html {
+        let escape = |text: &str| {
+            text.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let refresh = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "<meta http-equiv=\"refresh\" content=\"1\">"
+        } else {
+            ""
+        };
+        let tail = if info.output_tail.is_empty() || status != StatusCode::BAD_GATEWAY {
+            String::new()
+        } else {
+            format!("<pre>{}</pre>", escape(&info.output_tail.join("\n")))
+        };
+        let page = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
+             <meta name=\"viewport\" content=\"width=device-width\">\
+             <title>{title}</title></head><body><main><h1>{title}</h1><p>{message}</p>{tail}\
+             </main></body></html>",
+            title = escape(&def.title),
+            message = escape(&message),
+        );
+        let mut response = (status, page).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        response
+    } else {
+        let body = serde_json::json!({
+            "error": { "code": code, "message": message },
+            "state": info.state.as_str(),
+            "output_tail": if status == StatusCode::BAD_GATEWAY { info.output_tail.clone() } else { Vec::new() },
+        });
+        (status, axum::Json(body)).into_response()
+    };
+    let headers = response.headers_mut();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    response
+}
+
+/// Connects to the app a pool key names.
+#[derive(Clone)]
+struct Connector {
+    endpoints: moka::sync::Cache<String, AppEndpoint>,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = AppConnection;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<AppConnection>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, target: Uri) -> Self::Future {
+        let endpoint = target.host().and_then(|host| self.endpoints.get(host));
+        Box::pin(async move {
+            let Some(endpoint) = endpoint else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such app launch",
+                ));
+            };
+            let connect = async {
+                match endpoint {
+                    AppEndpoint::Unix(path) => {
+                        use std::os::unix::ffi::OsStrExt;
+                        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&path));
+                        tokio::net::UnixStream::connect(path)
+                            .await
+                            .map(|s| AppConnection::Unix(TokioIo::new(s)))
+                    }
+                    AppEndpoint::Tcp(port) => {
+                        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                        stream.set_nodelay(true)?;
+                        Ok(AppConnection::Tcp(TokioIo::new(stream)))
+                    }
+                }
+            };
+            tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })?
+        })
+    }
+}
+
+/// A connection to an app.
+enum AppConnection {
+    Unix(TokioIo<tokio::net::UnixStream>),
+    Tcp(TokioIo<tokio::net::TcpStream>),
+}
+
+impl Connection for AppConnection {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for AppConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            AppConnection::Unix(io) => Pin::new(io).poll_read(cx, buf),
+            AppConnection::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for AppConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            AppConnection::Unix(io) => Pin::new(io).poll_write(cx, buf),
+            AppConnection::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            AppConnection::Unix(io) => Pin::new(io).poll_flush(cx),
+            AppConnection::Tcp(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            AppConnection::Unix(io) => Pin::new(io).poll_shutdown(cx),
+            AppConnection::Tcp(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
