@@ -28,6 +28,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let sandbox = Arc::new(probe_sandbox(&args));
     let metrics = Arc::new(Metrics::new());
     metrics.set_sandbox_levels(&sandbox.report().levels());
+    let apps_config = match &args.apps {
+        Some(path) => {
+            let config = crate::apps::AppsConfig::load(path, data_dir)?;
+            info!(
+                apps = %config.apps.keys().cloned().collect::<Vec<_>>().join(" "),
+                file = %path.display(),
+                "users' apps"
+            );
+            Some(config)
+        }
+        None => None,
+    };
     let url = args.store.url();
     let store = Store::open(&url, metrics.auth().request_queries())
         .await
@@ -102,18 +114,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::recorder::lose_all_at_start(&store, &master_id)
         .await
         .context("cannot mark the tasks of the last run lost")?;
-    let apps_config = match &args.apps {
-        Some(path) => {
-            let config = crate::apps::AppsConfig::load(path, data_dir)?;
-            info!(
-                apps = %config.apps.keys().cloned().collect::<Vec<_>>().join(" "),
-                file = %path.display(),
-                "users' apps"
-            );
-            Some(config)
-        }
-        None => None,
-    };
     let pool = Pool::start(pool_config, metrics.pool())?;
     let apps =
         apps_config.map(|config| crate::apps::AppsHub::new(config, pool.clone(), metrics.apps()));

@@ -1,0 +1,627 @@
+//! Users' apps through the real master and worker, with a small real app
+//! (`tests/apps/fixture_app.py`, Debian's python3 as the user's uid in the
+//! sandbox): start on first request, the proxy's headers and streaming,
+//! crashes, failures, idle stop, limits, who may reach whose app, and a
+//! worker's death. The real applications (Jupyter Server, OpenCode,
+//! code-server) are in `real_apps.rs`.
+
+use reqwest::Method;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use warren_tests::accounts::Caller;
+use warren_tests::{Server, ServerOptions};
+
+fn fixture_dir() -> String {
+    format!("{}/apps", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An app definition of the fixture: `listen` unix or tcp, `env` entries
+/// beside its secret, and extra lines.
+fn fixture(name: &str, listen: &str, env: &str, extra: &str) -> String {
+    let dir = fixture_dir();
+    let (flag, strip) = match listen {
+        "tcp" => (
+            "--port\", \"{port}",
+            "strip_prefix = true\nready_path = \"/health\"",
+        ),
+        _ => (
+            "--socket\", \"{socket}\", \"--prefix\", \"{base_url}",
+            "ready_path = \"{base_url}health\"",
+        ),
+    };
+    let env = if env.is_empty() {
+        String::new()
+    } else {
+        format!(", {env}")
+    };
+    format!(
+        r#"
+[apps.{name}]
+command = ["/usr/bin/python3", "{dir}/fixture_app.py", "{flag}"]
+listen = "{listen}"
+{strip}
+auth = "bearer:{{secret}}"
+env = {{ FIXTURE_SECRET = "{{secret}}"{env} }}
+read_execute = ["{dir}"]
+{extra}
+"#
+    )
+}
+
+/// A server with `apps` (TOML) and users `names`; `None` (said loudly)
+/// where this machine cannot run the sandbox and nothing requires it.
+async fn server_with_apps(
+    apps: &str,
+    options: ServerOptions,
+    names: &[&str],
+) -> Option<(Server, Caller, Vec<Caller>, tempfile::TempDir)> {
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        assert!(
+            !warren_tests::sandbox_required(),
+            "the apps' tests need /usr/bin/python3"
+        );
+        eprintln!("*** SKIPPED: no /usr/bin/python3 for the fixture app");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("apps.toml");
+    std::fs::write(&file, apps).expect("write apps.toml");
+    let options = options
+        .arg("--apps")
+        .arg(file.to_str().expect("utf-8 path"));
+    let server = Server::ready(&options).await;
+    let (_, ready) = server.get_json("/readyz").await;
+    if let Some(why) = ready["sandbox"]["refused"].as_str() {
+        assert!(
+            !warren_tests::sandbox_required(),
+            "the sandbox is required here (WARREN_REQUIRE_SANDBOX=1) but refused: {why}"
+        );
+        eprintln!("*** SKIPPED: this machine cannot run the sandbox ({why})");
+        return None;
+    }
+    let admin = Caller::admin(&server).await;
+    let callers = warren_tests::accounts::users_on(&server, &admin, names).await;
+    Some((server, admin, callers, dir))
+}
+
+/// GET through the proxy: status and body as JSON (or a string).
+async fn get(caller: &Caller, path: &str) -> (u16, Value) {
+    caller.get(path).await
+}
+
+/// The caller's app `name` as `/me/apps` shows it.
+async fn app_state(caller: &Caller, name: &str) -> Value {
+    let (status, list) = caller.get("/api/v1/me/apps").await;
+    assert_eq!(status, 200, "{list}");
+    list["apps"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .find(|app| app["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no app {name} in {list}"))
+}
+
+/// GETs `path` until it answers 200 (an app starting or restarting
+/// answers 503 meanwhile).
+async fn get_when_up(caller: &Caller, path: &str, patience: Duration) -> Value {
+    let deadline = Instant::now() + patience;
+    loop {
+        let (status, body) = get(caller, path).await;
+        if status == 200 {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline && (status == 503 || status == 502),
+            "GET {path}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn uid_of(caller: &Caller) -> u32 {
+    caller.login["user"]["uid"].as_u64().expect("uid") as u32
+}
+
+#[tokio::test]
+async fn an_app_starts_on_first_request_and_the_proxy_passes_only_what_it_should() {
+    let apps = fixture("fix", "unix", "", "") + &fixture("fixtcp", "tcp", "", "");
+    let Some((server, _admin, users, _dir)) =
+        server_with_apps(&apps, ServerOptions::workers(2), &["alice"]).await
+    else {
+        return;
+    };
+    let alice = &users[0];
+    assert_eq!(app_state(alice, "fix").await["state"], "stopped");
+    // A browser: its session in a cookie.
+    let browser = Caller::login(&server, "alice", "alice-password").await;
+    assert!(browser.via_cookie);
+
+    // The first request starts it and is answered, not refused.
+    let started = Instant::now();
+    let mut cookies = reqwest::header::HeaderMap::new();
+    let both = format!("warren_session={}; theirs=kept", browser.token);
+    cookies.insert("cookie", both.parse().expect("header"));
+    let response = browser
+        .request(Method::GET, "/user/alice/fix/echo/x?q=1")
+        .headers(cookies)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    let echo: Value = response.json().await.expect("json");
+    eprintln!("first request answered in {:?}", started.elapsed());
+    assert_eq!(echo["path"], "/user/alice/fix/echo/x?q=1", "{echo}");
+    assert_eq!(echo["uid"], uid_of(alice), "the app runs as the user's uid");
+    let headers = &echo["headers"];
+    let cookie = headers["cookie"].as_str().unwrap_or("");
+    assert!(!cookie.contains("warren_session"), "{headers}");
+    assert!(cookie.contains("theirs=kept"), "{headers}");
+    let auth = headers["authorization"].as_str().expect("auth");
+    assert!(
+        auth.starts_with("Bearer ") && auth.len() == 7 + 64,
+        "{auth}"
+    );
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    // A client's own credential never reaches the app.
+    let (_, echo) = get(alice, "/user/alice/fix/echo").await;
+    assert_eq!(echo["headers"]["authorization"], auth, "{echo}");
+    assert!(!echo.to_string().contains(&alice.token));
+    let app = app_state(alice, "fix").await;
+    assert_eq!(app["state"], "running", "{app}");
+    assert!(
+        app["memory_bytes"].as_u64().unwrap_or(0) > 1_000_000,
+        "{app}"
+    );
+
+    // TCP, prefix stripped.
+    let echo = get_when_up(alice, "/user/alice/fixtcp/echo/y", Duration::from_secs(20)).await;
+    assert_eq!(echo["path"], "/echo/y");
+    assert_eq!(echo["headers"]["x-forwarded-prefix"], "/user/alice/fixtcp");
+
+    // Bodies stream both ways, whole.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(&body);
+        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let response = alice
+        .request(Method::POST, "/user/alice/fix/echo")
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    let echo: Value = response.json().await.expect("json");
+    assert_eq!(echo["length"], 3_000_000);
+    assert_eq!(echo["sha256"], digest);
+
+    // An event stream arrives as it is written, not at its end.
+    let started = Instant::now();
+    let mut response = alice
+        .request(Method::GET, "/user/alice/fix/events")
+        .send()
+        .await
+        .expect("GET events");
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.expect("chunk").expect("some bytes");
+    assert!(String::from_utf8_lossy(&first).contains("tick 0"));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the first event took {:?} (the stream lasts 2 s)",
+        started.elapsed()
+    );
+
+    // A trailing-slash-less URL is redirected beneath the app.
+    let response = alice
+        .request(Method::GET, "/user/alice/fix?a=b")
+        .send()
+        .await
+        .expect("GET");
+    // (Followed: the app has no page at its root.)
+    assert!(
+        response.url().as_str().ends_with("/user/alice/fix/?a=b"),
+        "{}",
+        response.url()
+    );
+
+    // A cross-site POST with the cookie is refused before the app.
+    let mut evil = reqwest::header::HeaderMap::new();
+    evil.insert("origin", "https://evil.example".parse().expect("header"));
+    let response = browser
+        .request(Method::POST, "/user/alice/fix/echo")
+        .headers(evil)
+        .body("x")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 403);
+
+    // An unknown app is a 404; no login is a 401.
+    assert_eq!(get(alice, "/user/alice/nope/").await.0, 404);
+    let (status, _) = server.get_json("/user/alice/fix/echo").await;
+    assert_eq!(status, 401);
+
+    let metrics = server.metrics().await;
+    assert_eq!(
+        warren_tests::metric_value(&metrics, "warren_apps_running", "app=\"fix\""),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        warren_tests::metric_value(
+            &metrics,
+            "warren_proxy_requests_total",
+            "app=\"fix\",status=\"200\""
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{metrics}"
+    );
+    assert!(metrics.contains("warren_app_start_duration_seconds_bucket{"));
+    assert_eq!(
+        warren_tests::metric_value(
+            &metrics,
+            "warren_app_starts_total",
+            "app=\"fix\",result=\"running\""
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn no_one_else_reaches_a_users_app() {
+    let apps = fixture("fix", "unix", "", "") + &fixture("fixtcp", "tcp", "", "");
+    let Some((server, admin, users, _dir)) =
+        server_with_apps(&apps, ServerOptions::workers(2), &["alice", "bob"]).await
+    else {
+        return;
+    };
+    let (alice, bob) = (&users[0], &users[1]);
+    get_when_up(alice, "/user/alice/fix/echo", Duration::from_secs(20)).await;
+    let echo = get_when_up(alice, "/user/alice/fixtcp/echo", Duration::from_secs(20)).await;
+
+    // By path: a 404 for bob, his token, and an administrator.
+    for caller in [bob, &bob.bearer(), &admin] {
+        for path in [
+            "/user/alice/fix/echo",
+            "/user/alice/fixtcp/echo",
+            "/user/alice/fix/",
+        ] {
+            let (status, body) = get(caller, path).await;
+            assert_eq!(status, 404, "{path}: {body}");
+        }
+    }
+
+    // By socket and by port, from bob's own process.
+    let socket = format!(
+        "{}/users/{}/scratch/apps/fix.sock",
+        server.data_dir.display(),
+        alice.user_id()
+    );
+    let port = {
+        // The app's port is the one its process listens on: ask the kernel.
+        let pid = echo["pid"].as_u64().expect("pid") as u32;
+        listening_port(pid).expect("the TCP app listens")
+    };
+    let script = format!(
+        r#"
+import socket, urllib.request, urllib.error
+try:
+    s = socket.socket(socket.AF_UNIX); s.connect("{socket}"); print("socket: connected")
+except OSError as e:
+    print("socket: refused", e.errno)
+try:
+    urllib.request.urlopen("http://127.0.0.1:{port}/echo", timeout=5); print("port: answered")
+except urllib.error.HTTPError as e:
+    print("port: status", e.code)
+except OSError as e:
+    print("port: unreachable", e)
+"#
+    );
+    let (status, task) = bob
+        .post(
+            "/api/v1/tasks",
+            serde_json::json!({"command": ["/usr/bin/python3", "-c", script]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_str().expect("id");
+    let output = task_output(bob, id).await;
+    assert!(output.contains("socket: refused"), "{output}");
+    assert!(
+        output.contains("port: status 403") || output.contains("port: unreachable"),
+        "{output}"
+    );
+}
+
+/// The TCP port `pid` listens on.
+fn listening_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().to_string();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+        if *state != "0A" || !inodes.iter().any(|i| i == inode) {
+            return None;
+        }
+        u16::from_str_radix(local.split(':').nth(1)?, 16).ok()
+    })
+}
+
+async fn task_output(caller: &Caller, id: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, task) = caller.get(&format!("/api/v1/tasks/{id}")).await;
+        if task["state"] != "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task still running: {task}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = caller
+        .request(Method::GET, &format!("/api/v1/tasks/{id}/output"))
+        .send()
+        .await
+        .expect("output");
+    response.text().await.expect("text")
+}
+
+#[tokio::test]
+async fn a_crashed_app_is_restarted_and_one_that_keeps_crashing_fails() {
+    let apps = fixture("fix", "unix", "", "")
+        + &fixture("broken", "unix", "FIXTURE_FAIL = \"no licence key\"", "");
+    let Some((_server, _admin, users, _dir)) =
+        server_with_apps(&apps, ServerOptions::workers(1), &["alice"]).await
+    else {
+        return;
+    };
+    let alice = &users[0];
+    let first = get_when_up(alice, "/user/alice/fix/echo", Duration::from_secs(20)).await;
+    let pid = first["pid"].as_u64().expect("pid") as u32;
+    warren_tests::send_signal(pid, rustix::process::Signal::KILL);
+    // Restarted on its own, and the next request is answered.
+    let again = get_when_up(alice, "/user/alice/fix/echo", Duration::from_secs(20)).await;
+    assert_ne!(again["pid"], first["pid"]);
+    let app = app_state(alice, "fix").await;
+    assert_eq!(app["state"], "running");
+    assert_eq!(app["restarts"], 1, "{app}");
+
+    // An app that exits at once is retried, then fails with its output.
+    let (status, body) = alice
+        .post("/api/v1/me/apps/broken/start", Value::Null)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let failed = warren_tests::eventually(Duration::from_secs(60), || async {
+        app_state(alice, "broken").await["state"] == "failed"
+    })
+    .await;
+    let app = app_state(alice, "broken").await;
+    assert!(failed, "{app}");
+    assert!(
+        app["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("crashed 5 times"),
+        "{app}"
+    );
+    let tail = app["output_tail"].to_string();
+    assert!(tail.contains("no licence key"), "{app}");
+    // The proxy says so too, with the output, and does not retry alone.
+    let (status, body) = get(alice, "/user/alice/broken/").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "app_failed");
+    assert!(body["output_tail"].to_string().contains("no licence key"));
+}
+
+#[tokio::test]
+async fn slow_starts_fail_idle_apps_stop_and_browsers_see_a_starting_page() {
+    let apps = fixture(
+        "slow",
+        "unix",
+        "FIXTURE_START_DELAY = \"30\"",
+        "start_timeout = \"1500ms\"",
+    ) + &fixture("lazy", "unix", "FIXTURE_START_DELAY = \"4\"", "")
+        + &fixture("idle", "unix", "", "idle_timeout = \"2s\"");
+    let Some((_server, _admin, users, _dir)) =
+        server_with_apps(&apps, ServerOptions::workers(1), &["alice"]).await
+    else {
+        return;
+    };
+    let alice = &users[0];
+
+    // Starting: a page that reloads for a browser, 503 + Retry-After else.
+    let response = alice
+        .request(Method::GET, "/user/alice/lazy/health")
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let page = response.text().await.expect("page");
+    assert!(
+        page.contains("http-equiv=\"refresh\"") && page.contains("starting"),
+        "{page}"
+    );
+    let (status, body) = get(alice, "/user/alice/lazy/health").await;
+    if status == 503 {
+        assert_eq!(body["error"]["code"], "app_starting", "{body}");
+    }
+
+    // Not up within start_timeout: failed, saying so.
+    let _ = get(alice, "/user/alice/slow/health").await;
+    let failed = warren_tests::eventually(Duration::from_secs(15), || async {
+        app_state(alice, "slow").await["state"] == "failed"
+    })
+    .await;
+    let app = app_state(alice, "slow").await;
+    assert!(failed, "{app}");
+    assert!(
+        app["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("within 1500 ms"),
+        "{app}"
+    );
+
+    // No traffic for idle_timeout: stopped, its processes gone.
+    let echo = get_when_up(alice, "/user/alice/idle/echo", Duration::from_secs(20)).await;
+    let pid = echo["pid"].as_u64().expect("pid") as u32;
+    let stopped = warren_tests::eventually(Duration::from_secs(15), || async {
+        app_state(alice, "idle").await["state"] == "stopped"
+    })
+    .await;
+    assert!(stopped, "{}", app_state(alice, "idle").await);
+    assert!(
+        warren_tests::eventually(Duration::from_secs(10), || async {
+            !warren_tests::process_alive(pid)
+        })
+        .await
+    );
+    let app = app_state(alice, "idle").await;
+    assert!(
+        app["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("without traffic"),
+        "{app}"
+    );
+    // And the next request starts it again.
+    get_when_up(alice, "/user/alice/idle/echo", Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn stopping_limits_admins_disabling_and_a_workers_death() {
+    // A top-level key comes before the tables.
+    let apps = "max_running_per_user = 1\n".to_string()
+        + &fixture("fix", "unix", "", "max_running = 1")
+        + &fixture("other", "unix", "", "");
+    let Some((server, admin, users, _dir)) =
+        server_with_apps(&apps, ServerOptions::workers(1), &["alice", "bob"]).await
+    else {
+        return;
+    };
+    let (alice, bob) = (&users[0], &users[1]);
+    let echo = get_when_up(alice, "/user/alice/fix/echo", Duration::from_secs(20)).await;
+    let pid = echo["pid"].as_u64().expect("pid") as u32;
+
+    // One of each per user, one `fix` on the server.
+    let (status, body) = alice.post("/api/v1/me/apps/other/start", Value::Null).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_apps");
+    let (status, body) = get(bob, "/user/bob/fix/echo").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_apps");
+
+    // Administrators see it, and stop it.
+    let (status, list) = admin.get("/api/v1/admin/apps").await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list["apps"].as_array().expect("apps");
+    assert!(
+        listed.iter().any(|app| app["username"] == "alice"
+            && app["name"] == "fix"
+            && app["state"] == "running"),
+        "{list}"
+    );
+    let path = format!("/api/v1/admin/apps/{}/fix/stop", alice.user_id());
+    let (status, body) = admin.post(&path, Value::Null).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(app_state(alice, "fix").await["state"], "stopped");
+    assert!(
+        warren_tests::eventually(Duration::from_secs(10), || async {
+            !warren_tests::process_alive(pid)
+        })
+        .await
+    );
+    // Room again, for bob now.
+    let echo = get_when_up(bob, "/user/bob/fix/echo", Duration::from_secs(20)).await;
+    let bob_pid = echo["pid"].as_u64().expect("pid") as u32;
+    // Stop by the user; stopping what is stopped is fine.
+    let (status, _) = bob.post("/api/v1/me/apps/fix/stop", Value::Null).await;
+    assert_eq!(status, 204);
+    let (status, _) = bob.post("/api/v1/me/apps/fix/stop", Value::Null).await;
+    assert_eq!(status, 204);
+    assert_eq!(app_state(bob, "fix").await["state"], "stopped");
+    assert!(
+        warren_tests::eventually(Duration::from_secs(10), || async {
+            !warren_tests::process_alive(bob_pid)
+        })
+        .await
+    );
+    let (status, _) = bob.post("/api/v1/me/apps/nope/stop", Value::Null).await;
+    assert_eq!(status, 404);
+
+    // A disabled user's apps stop.
+    let echo = get_when_up(alice, "/user/alice/other/echo", Duration::from_secs(20)).await;
+    let pid = echo["pid"].as_u64().expect("pid") as u32;
+    let (status, body) = admin
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/admin/users/{}", alice.user_id()),
+            Some(serde_json::json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        warren_tests::eventually(Duration::from_secs(15), || async {
+            !warren_tests::process_alive(pid)
+        })
+        .await,
+        "a disabled user's app still runs"
+    );
+
+    // A worker's death takes its apps; the next request starts them again.
+    let echo = get_when_up(bob, "/user/bob/other/echo", Duration::from_secs(20)).await;
+    let pid = echo["pid"].as_u64().expect("pid") as u32;
+    let worker = server.worker_pids()[0];
+    warren_tests::send_signal(worker, rustix::process::Signal::KILL);
+    assert!(
+        warren_tests::eventually(Duration::from_secs(15), || async {
+            !warren_tests::process_alive(pid)
+        })
+        .await,
+        "the app outlived its worker"
+    );
+    let again = get_when_up(bob, "/user/bob/other/echo", Duration::from_secs(30)).await;
+    assert_ne!(again["pid"], echo["pid"]);
+}
+
+#[tokio::test]
+async fn a_bad_apps_file_stops_the_server_with_the_key_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("apps.toml");
+    std::fs::write(
+        &file,
+        "[apps.jupyter]\ncommand = [\"jupyter\", \"--sock\", \"{sock}\"]\n",
+    )
+    .expect("write");
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(warren_tests::warren_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .arg("--apps")
+        .arg(&file)
+        .output()
+        .expect("run warren");
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("[apps.jupyter]") && log.contains("unknown placeholder {sock}"),
+        "{log}"
+    );
+    // Nothing was set up first.
+    assert!(!data.path().join("warren.db").exists());
+}
