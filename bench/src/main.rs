@@ -24,6 +24,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod apps;
 mod bare;
 mod echo;
 mod files;
@@ -59,6 +60,8 @@ enum Command {
     /// Users' terminals: keystroke to echo beside a local PTY, and the
     /// memory of idle terminals and WebSockets.
     Terminals(TerminalsArgs),
+    /// Users' apps: spawn overhead, proxied requests, memory per app.
+    Apps(AppsArgs),
     /// Run warren's server (started by `http`, not by hand): exactly
     /// `warren serve`, with its arguments.
     #[command(hide = true)]
@@ -174,6 +177,35 @@ pub struct TerminalsArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct AppsArgs {
+    /// Spawns measured in (a), each way (one user each).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub samples: u32,
+    /// Measuring time of (b), each way, in seconds.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub seconds: Duration,
+    /// Connections of (b).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Apps running at once in (c) (one user each).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub running: u32,
+    /// An apps file to take the app from (default: the repository's
+    /// fixture app, tests/apps/fixture_app.py).
+    #[arg(long, requires = "app")]
+    pub apps_file: Option<std::path::PathBuf>,
+    /// The app of --apps-file to measure.
+    #[arg(long, requires = "apps_file")]
+    pub app: Option<String>,
+    /// Number of worker processes of the warren under test.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Write the results as JSON to stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct TasksArgs {
     /// Spawns measured one at a time in (a), of each kind.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -248,6 +280,9 @@ fn main() -> ExitCode {
         ),
         Command::Tasks(args) => report_failure(
             on_runtime(tasks::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
+        ),
+        Command::Apps(args) => report_failure(
+            on_runtime(apps::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
         ),
         Command::Terminals(args) => report_failure(
             on_runtime(terminals::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),

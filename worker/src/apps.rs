@@ -38,8 +38,11 @@ const CRASH_WINDOW: Duration = Duration::from_secs(60);
 /// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(16);
-/// Between readiness probes.
-const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// Between readiness probes: often at first (most apps answer within a
+/// second or two, and each wait adds to the user's), then less.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+const PROBE_EVERY_LATER: Duration = Duration::from_millis(100);
+const PROBE_OFTEN_FOR: Duration = Duration::from_secs(3);
 /// One probe's patience.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Output lines kept, and the longest line kept whole.
@@ -817,17 +820,23 @@ async fn wait_ready(
     header: Option<&(String, String)>,
     deadline: Duration,
 ) -> Result<(), ()> {
-    let until = Instant::now() + deadline;
+    let started = Instant::now();
+    let until = started + deadline;
     loop {
-        if let Ok(Ok(true)) =
-            tokio::time::timeout(PROBE_TIMEOUT, probe(endpoint, path, header)).await
-        {
+        let probed = tokio::time::timeout(PROBE_TIMEOUT, probe(endpoint, path, header));
+        if let Ok(Ok(true)) = probed.await {
             return Ok(());
         }
-        if Instant::now() + PROBE_EVERY >= until {
+        let pause = if started.elapsed() < PROBE_OFTEN_FOR {
+            PROBE_EVERY
+        } else {
+            PROBE_EVERY_LATER
+        };
+        let now = Instant::now();
+        if now >= until {
             return Err(());
         }
-        tokio::time::sleep(PROBE_EVERY).await;
+        tokio::time::sleep(pause.min(until - now)).await;
     }
 }
 
