@@ -51,6 +51,8 @@ pub struct AppView {
     pub last_activity_at: Option<String>,
     /// Resident memory of its processes, bytes (0 unless running).
     pub memory_bytes: u64,
+    /// Its main process, while it runs or starts.
+    pub pid: Option<u32>,
     /// Restarts after crashes since it was last started.
     pub restarts: u32,
     /// Why it failed or stopped.
@@ -70,6 +72,7 @@ impl AppView {
             since: info.map(|info| rfc3339(info.since_ms)),
             last_activity_at: info.map(|info| rfc3339(info.last_activity_ms)),
             memory_bytes: info.map_or(0, |info| info.memory_bytes),
+            pid: info.and_then(|info| info.pid),
             restarts: info.map_or(0, |info| info.restarts),
             message: info.and_then(|info| info.message.clone()),
             output_tail: if failed {
