@@ -41,6 +41,16 @@ admin_password="schemathesis-admin-$RANDOM$RANDOM"
 user_password="schemathesis-user-$RANDOM$RANDOM"
 printf '%s\n' "$admin_password" >"$work/admin-password"
 mkdir "$work/data"
+# A users' app (the tests' fixture), so /me/apps and /admin/apps have one.
+fixture="$PWD/tests/apps"
+cat >"$work/apps.toml" <<APPS
+[apps.fixture]
+command = ["/usr/bin/python3", "$fixture/fixture_app.py", "--socket", "{socket}", "--prefix", "{base_url}"]
+ready_path = "{base_url}health"
+auth = "bearer:{secret}"
+env = { FIXTURE_SECRET = "{secret}" }
+read_execute = ["$fixture"]
+APPS
 # Generous login throttles (schemathesis itself calls /auth/login many times)
 # and token rate (so creating tokens is exercised, not only its 429).
 WARREN_LOG=info "$BINARY" serve \
@@ -52,6 +62,7 @@ WARREN_LOG=info "$BINARY" serve \
     --login-rate-per-account 100000 \
     --lockout-failures 100000 \
     --token-rate 100000 \
+    --apps "$work/apps.toml" \
     2>"$work/server.log" &
 server_pid=$!
 

@@ -303,7 +303,7 @@ async fn no_one_else_reaches_a_users_app() {
     let port = {
         // The app's port is the one its process listens on: ask the kernel.
         let pid = echo["pid"].as_u64().expect("pid") as u32;
-        listening_port(pid).expect("the TCP app listens")
+        warren_tests::listening_port(pid).expect("the TCP app listens")
     };
     let script = format!(
         r#"
@@ -334,31 +334,6 @@ except OSError as e:
         output.contains("port: status 403") || output.contains("port: unreachable"),
         "{output}"
     );
-}
-
-/// The TCP port `pid` listens on.
-fn listening_port(pid: u32) -> Option<u16> {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()?
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().to_string();
-            Some(
-                link.strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_string(),
-            )
-        })
-        .collect();
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
-        if *state != "0A" || !inodes.iter().any(|i| i == inode) {
-            return None;
-        }
-        u16::from_str_radix(local.split(':').nth(1)?, 16).ok()
-    })
 }
 
 async fn task_output(caller: &Caller, id: &str) -> String {

@@ -123,6 +123,15 @@ async fn pid_of(caller: &Caller, name: &str) -> u32 {
         .unwrap_or_else(|| panic!("no pid: {app}")) as u32
 }
 
+/// The app's pid while it runs.
+async fn running_pid(caller: &Caller, name: &str) -> Option<u32> {
+    let app = app(caller, name).await;
+    if app["state"] != "running" {
+        return None;
+    }
+    app["pid"].as_u64().map(|pid| pid as u32)
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -193,7 +202,10 @@ async fn lifecycle(server: &Server, caller: &Caller, name: &str, probe: &str) {
     let pid = pid_of(caller, name).await;
     warren_tests::send_signal(pid, rustix::process::Signal::KILL);
     let restarted = warren_tests::eventually(Duration::from_secs(90), || async {
-        caller.get(probe).await.0 == 200
+        running_pid(caller, name)
+            .await
+            .is_some_and(|new| new != pid)
+            && caller.get(probe).await.0 == 200
     })
     .await;
     assert!(
@@ -201,7 +213,6 @@ async fn lifecycle(server: &Server, caller: &Caller, name: &str, probe: &str) {
         "{name} not back after kill -9: {}",
         app(caller, name).await
     );
-    assert_ne!(pid_of(caller, name).await, pid);
     // kill -9 of the worker: the app's processes go with it; the next
     // request starts it again.
     let pid = pid_of(caller, name).await;
@@ -225,7 +236,12 @@ async fn lifecycle(server: &Server, caller: &Caller, name: &str, probe: &str) {
         warren_tests::processes_of(uid)
     );
     let (status, body) = when_up(caller, Method::GET, probe, None, Duration::from_secs(90)).await;
-    assert_eq!(status, 200, "{name} after its worker died: {body}");
+    assert_eq!(
+        status,
+        200,
+        "{name} after its worker died: {body}\n{}",
+        server.log()
+    );
 }
 
 #[tokio::test]
@@ -323,4 +339,161 @@ async fn jupyter_server_through_the_proxy() {
     assert!(output.contains("refused"), "{output}");
 
     lifecycle(&server, alice, "jupyter", &format!("{base}/api/status")).await;
+}
+
+#[tokio::test]
+async fn opencode_through_the_proxy() {
+    if !installed("opencode") {
+        return;
+    }
+    let Some((server, admin, users, _dir)) = server("10s", &["alice", "bob"]).await else {
+        return;
+    };
+    let (alice, bob) = (&users[0], &users[1]);
+    let base = "/user/alice/opencode";
+    let started = Instant::now();
+    let (status, sessions) = when_up(
+        alice,
+        Method::GET,
+        &format!("{base}/session"),
+        None,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(status, 200, "{sessions}");
+    assert!(sessions.is_array(), "{sessions}");
+    eprintln!(
+        "opencode answered through the proxy after {:?}",
+        started.elapsed()
+    );
+
+    // Its event stream arrives through the proxy as it is written.
+    let mut events = alice
+        .request(Method::GET, &format!("{base}/event"))
+        .send()
+        .await
+        .expect("GET /event");
+    assert_eq!(events.status(), 200);
+    assert!(events.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
+    let first = tokio::time::timeout(Duration::from_secs(10), events.chunk())
+        .await
+        .expect("an event within 10 s")
+        .expect("chunk")
+        .expect("bytes");
+    assert!(
+        String::from_utf8_lossy(&first).contains("server.connected"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    // A session created is listed, and announced on the stream.
+    let (status, session) = alice
+        .send(
+            Method::POST,
+            &format!("{base}/session"),
+            Some(json!({"title": "from warren"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{session}");
+    let id = session["id"].as_str().expect("id").to_string();
+    let (_, sessions) = alice.get(&format!("{base}/session")).await;
+    assert!(sessions.to_string().contains(&id), "{sessions}");
+    let announced = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut seen = String::new();
+        while let Ok(Some(chunk)) = events.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains(&id) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(announced, Ok(true), "the new session on the event stream");
+    drop(events);
+
+    // Nobody else: not by path, not by its port without the secret.
+    for caller in [bob, &admin] {
+        assert_eq!(caller.get(&format!("{base}/session")).await.0, 404);
+    }
+    let port = warren_tests::listening_port(pid_of(alice, "opencode").await).expect("port");
+    let output = task_output(
+        bob,
+        &format!(
+            "import urllib.request, urllib.error\ntry:\n urllib.request.urlopen('http://127.0.0.1:{port}/session', timeout=10); print('answered')\nexcept urllib.error.HTTPError as e:\n print('status', e.code)\n"
+        ),
+    )
+    .await;
+    assert!(output.contains("status 401"), "{output}");
+
+    lifecycle(&server, alice, "opencode", &format!("{base}/global/health")).await;
+}
+
+#[tokio::test]
+async fn code_server_through_the_proxy() {
+    if !installed("code-server") {
+        return;
+    }
+    let Some((server, _admin, users, _dir)) = server("8s", &["alice"]).await else {
+        return;
+    };
+    let alice = &users[0];
+    let base = "/user/alice/code";
+    let started = Instant::now();
+    let (status, body) = when_up(
+        alice,
+        Method::GET,
+        &format!("{base}/healthz"),
+        None,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    eprintln!(
+        "code-server answered through the proxy after {:?}",
+        started.elapsed()
+    );
+
+    // The workbench page (after its redirect to ./?folder=…) and an asset.
+    let response = alice
+        .request(Method::GET, &format!("{base}/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("GET workbench");
+    assert_eq!(response.status(), 200);
+    let page_url = response.url().clone();
+    assert!(
+        page_url.path().starts_with(&format!("{base}/")),
+        "{page_url}"
+    );
+    let page = response.text().await.expect("page");
+    assert!(page.contains("workbench"), "{page}");
+    let asset = page
+        .split(['"', '\''])
+        .find(|part| part.contains("/static/") && (part.ends_with(".css") || part.ends_with(".js")))
+        .unwrap_or_else(|| panic!("no static asset in the page: {page}"))
+        .to_string();
+    let asset_url = page_url.join(&asset).expect("asset URL");
+    let response = alice
+        .request(Method::GET, asset_url.path())
+        .send()
+        .await
+        .expect("GET asset");
+    assert_eq!(response.status(), 200, "{asset_url}");
+    assert!(!response.bytes().await.expect("asset").is_empty());
+
+    // Its WebSocket upgrade passes through (101).
+    let token = uuid::Uuid::new_v4();
+    let socket = websocket(
+        &server,
+        alice,
+        &format!("{base}/?reconnectionToken={token}&reconnection=false&skipWebSocketFrames=false"),
+    )
+    .await;
+    drop(socket);
+
+    lifecycle(&server, alice, "code", &format!("{base}/healthz")).await;
 }

@@ -240,6 +240,13 @@ fn check(name: &str, raw: RawApp, data_dir: &Path) -> Result<AppDef, String> {
                 .into(),
         );
     }
+    if listen == AppListen::Tcp && raw.command.iter().any(|arg| arg.contains("{secret}")) {
+        return Err(
+            "an app on TCP must get {secret} through env, not command: every local user \
+             can read a process's arguments"
+                .into(),
+        );
+    }
     if !raw.ready_path.starts_with('/') && !raw.ready_path.starts_with("{base_url}") {
         return Err(format!(
             "ready_path = {:?} must start with / or {{base_url}}",

@@ -170,9 +170,11 @@ async fn forward(
     };
     let answer = match send(target, headers.clone(), body).await {
         Ok(answer) => answer,
-        Err(err) if err.is_connect() && retryable => {
-            // The app died (or restarted) since we last asked: ask again,
-            // which restarts it if need be, and try once more.
+        Err(_) if retryable => {
+            // The app died (or restarted) since we last asked, or took a
+            // pooled connection down with it: ask again, which restarts
+            // it if need be, and try once more (a bodiless GET, HEAD or
+            // OPTIONS: safe to repeat).
             hub.forget(user.id, &def.name);
             let upstream = match hub.upstream(def, &user, START_WAIT).await {
                 Ok(Ok(upstream)) => upstream,
