@@ -565,6 +565,10 @@ pub struct AppInfo {
     /// Where it answers, and the launch's secret (only in an
     /// [`AppOp::Ensure`]'s reply, only while running).
     pub endpoint: Option<(AppEndpoint, String)>,
+    /// The uid its processes run as: whoever listens on its endpoint must
+    /// be it (the proxy checks, so a path or port another user took over
+    /// never gets the user's requests).
+    pub owner_uid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

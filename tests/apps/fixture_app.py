@@ -6,7 +6,7 @@ sandbox, with Debian's /usr/bin/python3).
     fixture_app.py (--socket PATH | --port N) [--prefix /user/x/app]
 
 Requests must carry `Authorization: Bearer $FIXTURE_SECRET` (403
-otherwise). Routes (below the prefix):
+otherwise), unless FIXTURE_SECRET is unset (an app with `auth = "none"`). Routes (below the prefix):
     GET  /health        200 "ok"
     GET  /echo...       JSON: method, path, headers, pid, uid
     POST /echo...       JSON: the same, and the body's length and sha256
@@ -38,7 +38,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         sys.stdout.flush()
 
     def authorized(self):
-        if self.headers.get("Authorization") != "Bearer " + secret:
+        if secret and self.headers.get("Authorization") != "Bearer " + secret:
             self.reply(403, b"forbidden\n", "text/plain")
             return False
         return True

@@ -272,7 +272,19 @@ async fn an_app_starts_on_first_request_and_the_proxy_passes_only_what_it_should
 
 #[tokio::test]
 async fn no_one_else_reaches_a_users_app() {
-    let apps = fixture("fix", "unix", "", "") + &fixture("fixtcp", "tcp", "", "");
+    let dir = fixture_dir();
+    // An app with no credential of its own (as code-server runs): only
+    // where its socket is keeps others out.
+    let open = format!(
+        r#"
+[apps.open]
+command = ["/usr/bin/python3", "{dir}/fixture_app.py", "--socket", "{{socket}}"]
+strip_prefix = true
+ready_path = "/health"
+read_execute = ["{dir}"]
+"#
+    );
+    let apps = fixture("fix", "unix", "", "") + &fixture("fixtcp", "tcp", "", "") + &open;
     let Some((server, admin, users, _dir)) =
         server_with_apps(&apps, ServerOptions::workers(2), &["alice", "bob"]).await
     else {
@@ -334,6 +346,49 @@ except OSError as e:
         output.contains("port: status 403") || output.contains("port: unreachable"),
         "{output}"
     );
+
+    // bob points his own socket directory at alice's (he owns scratch/,
+    // so he may): warren (root) following that path must still never
+    // hand bob's requests to alice's app.
+    let bob_first = get_when_up(bob, "/user/bob/open/echo", Duration::from_secs(20)).await;
+    assert_eq!(bob_first["uid"], uid_of(bob));
+    get_when_up(alice, "/user/alice/open/echo", Duration::from_secs(20)).await;
+    let alice_apps = format!(
+        "{}/users/{}/scratch/apps",
+        server.data_dir.display(),
+        alice.user_id()
+    );
+    let script = format!(
+        "import os\ns = os.environ['TMPDIR']\nos.rename(s + '/apps', s + '/apps-old')\n\
+         os.symlink({alice_apps:?}, s + '/apps')\nprint('swapped')\n"
+    );
+    let (status, task) = bob
+        .post(
+            "/api/v1/tasks",
+            serde_json::json!({"command": ["/usr/bin/python3", "-c", script]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{task}");
+    let output = task_output(bob, task["id"].as_str().expect("id")).await;
+    assert!(output.contains("swapped"), "{output}");
+    // Concurrent requests need new connections to bob's app's path.
+    let requests = (0..6).map(|_| async { get(bob, "/user/bob/open/events").await });
+    let answers = futures_util::future::join_all(requests).await;
+    let requests = (0..6).map(|_| async { get(bob, "/user/bob/open/echo").await });
+    let answers2 = futures_util::future::join_all(requests).await;
+    for (status, body) in answers.iter().chain(&answers2) {
+        assert!(
+            !body
+                .to_string()
+                .contains(&format!("\"uid\": {}", uid_of(alice)))
+                && !(status == &200 && body["uid"] == uid_of(alice)),
+            "bob reached alice's app: {status} {body}"
+        );
+    }
+    // And alice's own app still answers her.
+    let (status, echo) = get(alice, "/user/alice/open/echo").await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["uid"], uid_of(alice));
 }
 
 async fn task_output(caller: &Caller, id: &str) -> String {

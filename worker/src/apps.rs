@@ -88,6 +88,8 @@ struct Inner {
     run: u64,
     stop: CancellationToken,
     pid: Option<u32>,
+    /// The uid the app runs as (whose its socket must be).
+    owner: Option<u32>,
     group: Option<Arc<Group>>,
     endpoint: Option<(AppEndpoint, String)>,
     restarts: u32,
@@ -123,6 +125,7 @@ impl App {
             } else {
                 None
             },
+            owner_uid: inner.owner,
         }
     }
 
@@ -249,6 +252,7 @@ impl Apps {
                             run: 0,
                             stop: CancellationToken::new(),
                             pid: None,
+                            owner: None,
                             group: None,
                             endpoint: None,
                             restarts: 0,
@@ -488,8 +492,17 @@ impl Apps {
             ready_path,
         } = launched;
         let pid = child.id();
+        // Whose the app's socket must be: its process's uid (a path the
+        // user controls could lead elsewhere; the kernel says who listens).
+        let owner = pid.and_then(|pid| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/{pid}"))
+                .ok()
+                .map(|m| m.uid())
+        });
         let current = app.update(run, |inner| {
             inner.pid = pid;
+            inner.owner = owner;
             inner.group = Some(group.clone());
         });
         if !current {
@@ -498,7 +511,13 @@ impl Apps {
             return Ended::Stopped;
         }
         let deadline = Duration::from_millis(spec.start_timeout_ms.max(1));
-        let probing = wait_ready(&endpoint, &ready_path, ready_header.as_ref(), deadline);
+        let probing = wait_ready(
+            &endpoint,
+            owner,
+            &ready_path,
+            ready_header.as_ref(),
+            deadline,
+        );
         let outcome = tokio::select! {
             ready = probing => ready.map_err(|()| Ended::Failed(format!(
                 "it did not answer {ready_path} with a 2xx within {} ms",
@@ -579,8 +598,8 @@ impl Apps {
                         socket.display()
                     ));
                 }
-                let uid = user.uid;
-                crate::ops::blocking(move || prepare_socket_dir(&dir, &socket, uid))
+                let (uid, name) = (user.uid, spec.name.clone());
+                crate::ops::blocking(move || prepare_socket_dir(&dir, &name, uid))
                     .await
                     .map_err(|err| format!("cannot prepare the app's socket: {err}"))?;
                 AppEndpoint::Unix(bytes)
@@ -725,41 +744,49 @@ fn free_port() -> std::io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// `<scratch>/apps`, the user's own and closed to others; an old socket
-/// file removed.
+/// `<scratch>/apps`, the user's own and closed to others, with no old
+/// socket `name` in it. The user owns `scratch/` and may swap `apps` for a
+/// symbolic link at any moment, so everything happens through descriptors
+/// opened without following links: this (root) process never creates,
+/// changes or removes anything elsewhere.
 fn prepare_socket_dir(
     scratch: &std::path::Path,
-    socket: &std::path::Path,
+    name: &str,
     uid: Option<u32>,
 ) -> Result<(), OpError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let io = |err: std::io::Error| OpError::Internal(err.to_string());
-    let dir = scratch.join("apps");
-    for dir in [scratch, dir.as_path()] {
-        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(err) => return Err(io(err)),
-        }
-        let meta = std::fs::symlink_metadata(dir).map_err(io)?;
-        if !meta.is_dir() {
-            return Err(OpError::Internal(format!(
-                "{} is not a directory",
-                dir.display()
-            )));
-        }
-        if let Some(uid) = uid {
-            if meta.uid() != uid {
-                std::os::unix::fs::lchown(dir, Some(uid), Some(uid)).map_err(io)?;
-            }
-        }
-        if meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    use rustix::fs::{AtFlags, Mode, OFlags, CWD};
+    let io =
+        |err: rustix::io::Errno| OpError::Internal(format!("the apps' socket directory: {err}"));
+    let dir_flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+    // `<users>/<id>/` is warren's (root's), so `scratch` itself is not the
+    // user's to replace; it is made by the sandbox before any launch.
+    std::fs::create_dir_all(scratch).map_err(|err| OpError::Internal(err.to_string()))?;
+    let scratch = rustix::fs::openat(CWD, scratch, dir_flags, Mode::empty()).map_err(io)?;
+    match rustix::fs::mkdirat(&scratch, "apps", Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(err) => return Err(io(err)),
+    }
+    let apps = rustix::fs::openat(&scratch, "apps", dir_flags, Mode::empty()).map_err(|err| {
+        OpError::Internal(format!(
+            "scratch/apps is not a directory warren can use ({err}); remove it"
+        ))
+    })?;
+    let stat = rustix::fs::fstat(&apps).map_err(io)?;
+    if let Some(uid) = uid {
+        if stat.st_uid != uid {
+            rustix::fs::fchown(
+                &apps,
+                Some(rustix::process::Uid::from_raw(uid)),
+                Some(rustix::process::Gid::from_raw(uid)),
+            )
+            .map_err(io)?;
         }
     }
-    match std::fs::remove_file(socket) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+    if stat.st_mode & 0o077 != 0 {
+        rustix::fs::fchmod(&apps, Mode::from_raw_mode(0o700)).map_err(io)?;
+    }
+    match rustix::fs::unlinkat(&apps, format!("{name}.sock"), AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
         Err(err) => Err(io(err)),
     }
 }
@@ -816,6 +843,7 @@ fn exit_words(status: std::io::Result<std::process::ExitStatus>, when: &str) -> 
 /// Probes `path` until a 2xx or `deadline`.
 async fn wait_ready(
     endpoint: &AppEndpoint,
+    owner: Option<u32>,
     path: &str,
     header: Option<&(String, String)>,
     deadline: Duration,
@@ -823,7 +851,7 @@ async fn wait_ready(
     let started = Instant::now();
     let until = started + deadline;
     loop {
-        let probed = tokio::time::timeout(PROBE_TIMEOUT, probe(endpoint, path, header));
+        let probed = tokio::time::timeout(PROBE_TIMEOUT, probe(endpoint, owner, path, header));
         if let Ok(Ok(true)) = probed.await {
             return Ok(());
         }
@@ -840,9 +868,12 @@ async fn wait_ready(
     }
 }
 
-/// One `GET path` over a fresh connection: whether it answered 2xx.
+/// One `GET path` over a fresh connection: whether it answered 2xx. A
+/// Unix socket must be `owner`'s (else nothing is sent: no secret goes to
+/// another user's listener).
 async fn probe(
     endpoint: &AppEndpoint,
+    owner: Option<u32>,
     path: &str,
     header: Option<&(String, String)>,
 ) -> std::io::Result<bool> {
@@ -857,6 +888,10 @@ async fn probe(
             use std::os::unix::ffi::OsStrExt;
             let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
             let mut stream = tokio::net::UnixStream::connect(path).await?;
+            let peer = rustix::net::sockopt::socket_peercred(&stream)?;
+            if owner.is_some_and(|owner| peer.uid.as_raw() != owner) {
+                return Ok(false);
+            }
             stream.write_all(request.as_bytes()).await?;
             stream.read_exact(&mut head[..12]).await?
         }

@@ -58,8 +58,9 @@ pub struct AppsHub {
     live: Mutex<HashMap<(UserId, String), (u32, AppState)>>,
     /// What the proxy knows of running apps, briefly.
     upstreams: moka::sync::Cache<(UserId, String), Arc<Upstream>>,
-    /// Pool keys to endpoints, for the proxy's connector.
-    pub(crate) endpoints: moka::sync::Cache<String, AppEndpoint>,
+    /// Pool keys to endpoints and the uid that must be listening there,
+    /// for the proxy's connector.
+    pub(crate) endpoints: moka::sync::Cache<String, (AppEndpoint, Option<u32>)>,
 }
 
 impl AppsHub {
@@ -200,7 +201,8 @@ impl AppsHub {
                 .collect::<String>()
         };
         let pool_key = format!("app-{digest}.invalid");
-        self.endpoints.insert(pool_key.clone(), endpoint.clone());
+        self.endpoints
+            .insert(pool_key.clone(), (endpoint.clone(), info.owner_uid));
         let upstream = Arc::new(Upstream {
             endpoint,
             auth,

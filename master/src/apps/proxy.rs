@@ -543,7 +543,7 @@ fn not_running(info: &AppInfo, def: &AppDef, html: bool) -> Response {
 /// Connects to the app a pool key names.
 #[derive(Clone)]
 struct Connector {
-    endpoints: moka::sync::Cache<String, AppEndpoint>,
+    endpoints: moka::sync::Cache<String, (AppEndpoint, Option<u32>)>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -558,23 +558,43 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, target: Uri) -> Self::Future {
         let endpoint = target.host().and_then(|host| self.endpoints.get(host));
         Box::pin(async move {
-            let Some(endpoint) = endpoint else {
+            let Some((endpoint, owner)) = endpoint else {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "no such app launch",
                 ));
+            };
+            // Whoever listens must be the app's uid: the socket's path is in
+            // a directory the user controls, and a port is anyone's once
+            // the app is gone.
+            let foreign = |listener: Option<u32>| {
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("the app's endpoint is held by uid {listener:?}, not {owner:?}"),
+                )
             };
             let connect = async {
                 match endpoint {
                     AppEndpoint::Unix(path) => {
                         use std::os::unix::ffi::OsStrExt;
                         let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&path));
-                        tokio::net::UnixStream::connect(path)
-                            .await
-                            .map(|s| AppConnection::Unix(TokioIo::new(s)))
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        let peer = rustix::net::sockopt::socket_peercred(&stream)?;
+                        if owner.is_some_and(|owner| owner != peer.uid.as_raw()) {
+                            return Err(foreign(Some(peer.uid.as_raw())));
+                        }
+                        Ok(AppConnection::Unix(TokioIo::new(stream)))
                     }
                     AppEndpoint::Tcp(port) => {
                         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                        if let Some(owner) = owner {
+                            let listener = crate::http::peer::listener_owner(
+                                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                            );
+                            if listener != Some(owner) {
+                                return Err(foreign(listener));
+                            }
+                        }
                         stream.set_nodelay(true)?;
                         Ok(AppConnection::Tcp(TokioIo::new(stream)))
                     }
