@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 use warren_master::apps::{AppDef, AppsConfig};
 use warren_protocol::{AppListen, AppSpec};
 
+/// The uid (and gid) an app started directly runs as when the bench is root.
+const NOBODY: u32 = 65534;
+
 /// How often a starting app is asked again, on both sides of (a).
 const RETRY_EVERY: Duration = Duration::from_millis(5);
 
@@ -448,6 +451,18 @@ struct DirectApp {
 impl DirectApp {
     async fn start(def: &AppDef, user: &str, dir: &Path) -> Result<DirectApp> {
         std::fs::create_dir_all(dir.join("workspace"))?;
+        // As root, the app runs as `nobody`, as it would as a user (some
+        // apps refuse root), in a directory of its own.
+        let root = rustix::process::geteuid().is_root();
+        if root {
+            use std::os::unix::fs::PermissionsExt;
+            for path in [dir.parent().unwrap_or(dir), dir] {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))?;
+            }
+            for path in [dir.to_path_buf(), dir.join("workspace")] {
+                std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY))?;
+            }
+        }
         let socket = dir.join("app.sock");
         let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
             .local_addr()?
@@ -468,6 +483,9 @@ impl DirectApp {
         let argv: Vec<String> = spec.argv.iter().map(|a| fill(a)).collect();
         let started = Instant::now();
         let mut command = tokio::process::Command::new(&argv[0]);
+        if root {
+            command.uid(NOBODY).gid(NOBODY);
+        }
         command
             .args(&argv[1..])
             .current_dir(dir.join("workspace"))
