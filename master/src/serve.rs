@@ -174,6 +174,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     tokio::spawn(purger.run(auth.user_events(), stop.child_token()));
     if let Some(apps) = &apps {
+        tokio::spawn(apps.clone().keep_in_use(stop.child_token()));
         tokio::spawn(crate::apps::stop_for_gone_users(
             apps.clone(),
             store.counting(metrics.auth().background_queries()),

@@ -10,7 +10,7 @@ otherwise), unless FIXTURE_SECRET is unset (an app with `auth = "none"`). Routes
     GET  /health        200 "ok"
     GET  /echo...       JSON: method, path, headers, pid, uid
     POST /echo...       JSON: the same, and the body's length and sha256
-    GET  /events        text/event-stream: "tick N" every 100 ms, 20 times
+    GET  /events?n=N    text/event-stream: "tick K" every 100 ms, N times (20)
     GET  /crash         the process exits at once (code 3)
 Environment: FIXTURE_START_DELAY (seconds before listening),
 FIXTURE_FAIL (print it and exit 2 at once).
@@ -81,7 +81,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Connection", "close")
             self.end_headers()
-            for n in range(20):
+            query = self.path.split("?", 1)[1] if "?" in self.path else ""
+            count = 20
+            for pair in query.split("&"):
+                if pair.startswith("n="):
+                    count = int(pair[2:])
+            for n in range(count):
                 self.wfile.write(("data: tick %d\n\n" % n).encode())
                 self.wfile.flush()
                 time.sleep(0.1)

@@ -504,9 +504,19 @@ async fn slow_starts_fail_idle_apps_stop_and_browsers_see_a_starting_page() {
         "{app}"
     );
 
-    // No traffic for idle_timeout: stopped, its processes gone.
+    // No traffic for idle_timeout: stopped, its processes gone. An answer
+    // still streaming is traffic the whole time (4 s against 2 s here).
     let echo = get_when_up(alice, "/user/alice/idle/echo", Duration::from_secs(20)).await;
     let pid = echo["pid"].as_u64().expect("pid") as u32;
+    let response = alice
+        .request(Method::GET, "/user/alice/idle/events?n=40")
+        .send()
+        .await
+        .expect("GET events");
+    assert_eq!(response.status(), 200);
+    let stream = response.text().await.expect("the whole stream");
+    assert!(stream.contains("tick 39"), "{stream}");
+    assert_eq!(app_state(alice, "idle").await["state"], "running");
     let stopped = warren_tests::eventually(Duration::from_secs(15), || async {
         app_state(alice, "idle").await["state"] == "stopped"
     })

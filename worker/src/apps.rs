@@ -272,7 +272,12 @@ impl Apps {
                 AppState::Failed if !retry => None,
                 AppState::Stopped | AppState::Failed => {
                     if !may_start {
-                        return Ok(Reply::App(info_unlocked(&app, inner)));
+                        // The master fills in the server's limit.
+                        return Err(OpError::TooManyApps {
+                            app: spec.name.clone(),
+                            limit: 0,
+                            per_user: false,
+                        });
                     }
                     self.launcher.check()?;
                     if spec.max_per_user > 0 {
@@ -494,12 +499,7 @@ impl Apps {
         let pid = child.id();
         // Whose the app's socket must be: its process's uid (a path the
         // user controls could lead elsewhere; the kernel says who listens).
-        let owner = pid.and_then(|pid| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(format!("/proc/{pid}"))
-                .ok()
-                .map(|m| m.uid())
-        });
+        let owner = pid.and_then(process_uid);
         let current = app.update(run, |inner| {
             inner.pid = pid;
             inner.owner = owner;
@@ -642,7 +642,12 @@ impl Apps {
             argv,
             cwd: String::new(),
             env,
-            group: format!("app-{}-{}", spec.name, &secret[..8]),
+            // Its own random name: cgroup paths are readable by everyone.
+            group: format!(
+                "app-{}-{}",
+                spec.name,
+                &random_secret().map_err(|err| format!("no randomness: {err}"))?[..12]
+            ),
             stdin: std::process::Stdio::null(),
             stdout: writer.into(),
             stderr: writer_too.into(),
@@ -676,11 +681,6 @@ struct Launched {
     secret: String,
     ready_header: Option<(String, String)>,
     ready_path: String,
-}
-
-fn info_unlocked(app: &App, inner: MutexGuard<'_, Inner>) -> AppInfo {
-    drop(inner);
-    app.info(false)
 }
 
 fn check_spec(spec: &AppSpec) -> Result<(), OpError> {
@@ -840,6 +840,37 @@ fn exit_words(status: std::io::Result<std::process::ExitStatus>, when: &str) -> 
     }
 }
 
+/// The real uid of process `pid` (from its status: the `/proc/<pid>`
+/// directory is root's for a program that cannot be read).
+fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The uid owning the TCP socket listening on 127.0.0.1:`port`, if any
+/// (from `/proc/net/tcp`): who a connection to that port reaches.
+pub fn listener_owner(port: u16) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    listener_in(&text, port)
+}
+
+/// [`listener_owner`] over the text of `/proc/net/tcp`.
+fn listener_in(text: &str, port: u16) -> Option<u32> {
+    // 127.0.0.1 as the kernel writes it (its 32 bits little-endian).
+    let wanted = format!("0100007F:{port:04X}");
+    text.lines().skip(1).find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1)?;
+        let state = fields.nth(1)?;
+        if !local.eq_ignore_ascii_case(&wanted) || state != "0A" {
+            return None;
+        }
+        // tx_queue:rx_queue tr:tm->when retrnsmt uid
+        fields.nth(3)?.parse().ok()
+    })
+}
+
 /// Probes `path` until a 2xx or `deadline`.
 async fn wait_ready(
     endpoint: &AppEndpoint,
@@ -897,6 +928,11 @@ async fn probe(
         }
         AppEndpoint::Tcp(port) => {
             let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await?;
+            // Until the app binds its port another user may hold it: the
+            // credential goes to the app's uid only.
+            if owner.is_some_and(|owner| listener_owner(*port) != Some(owner)) {
+                return Ok(false);
+            }
             stream.write_all(request.as_bytes()).await?;
             stream.read_exact(&mut head[..12]).await?
         }
@@ -904,4 +940,27 @@ async fn probe(
     // "HTTP/1.1 200"
     let status = &head[9..read.min(12)];
     Ok(head.starts_with(b"HTTP/1.") && status.first() == Some(&b'2'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_listening_socket_on_loopback_is_a_listener() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 200001        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:A3C2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000 200002        0 2 1 0000000000000000 20 4 30 10 -1
+   2: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 100 0 0 10 0
+";
+        assert_eq!(listener_in(table, 8080), Some(200001));
+        assert_eq!(listener_in(table, 0xA3C2), None);
+        assert_eq!(listener_in(table, 80), None);
+    }
+
+    #[test]
+    fn a_process_uid_is_its_real_uid() {
+        let own = rustix::process::getuid().as_raw();
+        assert_eq!(process_uid(std::process::id()), Some(own));
+    }
 }

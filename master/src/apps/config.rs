@@ -253,16 +253,49 @@ fn check(name: &str, raw: RawApp, data_dir: &Path) -> Result<AppDef, String> {
             raw.ready_path
         ));
     }
+    // A request target once filled in (the readiness probe sends it as is).
+    let sample = raw
+        .ready_path
+        .replace("{base_url}", &format!("/user/someone/{name}/"))
+        .replace("{user}", "someone")
+        .replace("{socket}", "/s")
+        .replace("{port}", "1")
+        .replace("{workspace}", "/w")
+        .replace("{secret}", "0");
+    let target_ok = sample.bytes().all(|b| b.is_ascii_graphic())
+        && axum::http::uri::PathAndQuery::try_from(sample.as_str()).is_ok();
+    if !target_ok {
+        return Err(format!(
+            "ready_path = {:?} is not a request target (no spaces or control characters)",
+            raw.ready_path
+        ));
+    }
     let start_timeout = duration("start_timeout", raw.start_timeout, DEFAULT_START_TIMEOUT)?;
-    if start_timeout.is_zero() {
-        return Err("start_timeout must be more than 0".into());
+    if start_timeout < Duration::from_millis(100) {
+        return Err("start_timeout must be at least 100ms".into());
     }
     let idle_timeout = duration("idle_timeout", raw.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
+    if !idle_timeout.is_zero() && idle_timeout < Duration::from_secs(1) {
+        return Err("idle_timeout must be at least 1s, or 0 for never".into());
+    }
     for path in raw.read_execute.iter().chain(&raw.read_only) {
         if !path.is_absolute() {
             return Err(format!("{} is not an absolute path", path.display()));
         }
-        if path.starts_with(data_dir) || data_dir.starts_with(path) {
+        if path
+            .components()
+            .any(|part| part == std::path::Component::ParentDir)
+        {
+            return Err(format!(
+                "{} holds '..': name the directory itself",
+                path.display()
+            ));
+        }
+        // Symbolic links resolved (where the path exists), on both sides.
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        let data_real = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let overlaps = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+        if overlaps(path, data_dir) || overlaps(&real, &data_real) {
             return Err(format!(
                 "{} overlaps the data directory {}: apps may never be granted it",
                 path.display(),
@@ -351,6 +384,15 @@ fn parse_auth(text: &str) -> Result<AppAuth, String> {
     };
     if auth != AppAuth::None && !text.contains("{secret}") {
         return Err(bad("an auth must send {secret}, the launch's secret"));
+    }
+    // What the proxy will send must be a header it can send.
+    if let Some((name, value)) = auth.header("someone", "0123456789abcdef") {
+        let valid = axum::http::HeaderName::try_from(name).is_ok()
+            && axum::http::HeaderValue::try_from(value)
+                .is_ok_and(|value| !value.as_bytes().iter().any(|b| b.is_ascii_control()));
+        if !valid {
+            return Err(bad("not a valid header name and value"));
+        }
     }
     Ok(auth)
 }

@@ -58,6 +58,9 @@ pub struct AppsHub {
     live: Mutex<HashMap<(UserId, String), (u32, AppState)>>,
     /// What the proxy knows of running apps, briefly.
     upstreams: moka::sync::Cache<(UserId, String), Arc<Upstream>>,
+    /// Proxied requests in progress (bodies still moving), by user and app:
+    /// an app is never stopped as idle while one lasts.
+    in_flight: Mutex<HashMap<(UserId, String), InFlight>>,
     /// Pool keys to endpoints and the uid that must be listening there,
     /// for the proxy's connector.
     pub(crate) endpoints: moka::sync::Cache<String, (AppEndpoint, Option<u32>)>,
@@ -73,6 +76,7 @@ impl AppsHub {
             pool,
             metrics,
             live: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             upstreams: moka::sync::Cache::builder()
                 .time_to_live(ENDPOINT_TTL)
                 .max_capacity(100_000)
@@ -150,18 +154,21 @@ impl AppsHub {
             may_start: self.may_start(def, user.id),
             retry,
         };
-        match self.pool.call(user, Op::Apps(op)).await? {
-            Reply::App(info) if info.state == AppState::Stopped => {
-                Err(PoolError::Op(OpError::TooManyApps {
-                    app: def.name.clone(),
-                    limit: def.max_running,
-                    per_user: false,
-                }))
-            }
-            Reply::App(info) => Ok(info),
-            other => Err(PoolError::Op(OpError::Internal(format!(
+        match self.pool.call(user, Op::Apps(op)).await {
+            Ok(Reply::App(info)) => Ok(info),
+            Ok(other) => Err(PoolError::Op(OpError::Internal(format!(
                 "unexpected reply {other:?}"
             )))),
+            Err(PoolError::Op(OpError::TooManyApps {
+                app,
+                per_user: false,
+                ..
+            })) => Err(PoolError::Op(OpError::TooManyApps {
+                app,
+                limit: def.max_running,
+                per_user: false,
+            })),
+            Err(err) => Err(err),
         }
     }
 
@@ -229,6 +236,10 @@ impl AppsHub {
         match state {
             AppState::Starting | AppState::Running => {
                 self.lock_live().insert((user, name.clone()), (slot, state));
+                // A restart has a new endpoint and secret.
+                if state == AppState::Starting {
+                    self.upstreams.invalidate(&(user, name.clone()));
+                }
             }
             AppState::Stopped | AppState::Failed => {
                 self.lock_live().remove(&(user, name.clone()));
@@ -289,6 +300,102 @@ impl AppsHub {
 
 fn paths(paths: &[std::path::PathBuf]) -> Vec<String> {
     paths.iter().map(|p| p.display().to_string()).collect()
+}
+
+struct InFlight {
+    user: UserCtx,
+    count: usize,
+    last_touch: std::time::Instant,
+}
+
+/// A proxied request (or WebSocket) in progress: the app counts as used
+/// until this is dropped.
+pub struct InFlightGuard {
+    hub: Arc<AppsHub>,
+    key: (UserId, String),
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut in_flight = self.hub.lock_in_flight();
+        if let Some(entry) = in_flight.get_mut(&self.key) {
+            entry.count -= 1;
+            if entry.count == 0 {
+                in_flight.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl AppsHub {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, String), InFlight>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks a proxied request to `app` of `user` in progress.
+    pub fn begin(self: &Arc<Self>, user: &UserCtx, app: &str) -> InFlightGuard {
+        let key = (user.id, app.to_string());
+        self.lock_in_flight()
+            .entry(key.clone())
+            .or_insert_with(|| InFlight {
+                user: user.clone(),
+                count: 0,
+                last_touch: std::time::Instant::now(),
+            })
+            .count += 1;
+        InFlightGuard {
+            hub: self.clone(),
+            key,
+        }
+    }
+
+    /// How often an app in use is told so: well within its idle timeout.
+    pub fn touch_every(&self, app: &str) -> Duration {
+        let idle = self.def(app).map_or(Duration::ZERO, |def| def.idle_timeout);
+        (idle / 3).clamp(Duration::from_millis(300), Duration::from_secs(10))
+    }
+
+    /// Tells the worker the app is in use.
+    pub async fn touch(&self, user: &UserCtx, app: &str) {
+        let op = Op::Apps(AppOp::Touch {
+            name: app.to_string(),
+        });
+        let _ = self.pool.call(user, op).await;
+    }
+
+    /// Until `stop`: tells the workers of the apps with requests in
+    /// progress that they are in use (a long download or event stream is
+    /// traffic the whole time it lasts).
+    pub async fn keep_in_use(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut ticks = tokio::time::interval(Duration::from_millis(300));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let due: Vec<(UserCtx, String)> = {
+                let mut in_flight = self.lock_in_flight();
+                let now = std::time::Instant::now();
+                in_flight
+                    .iter_mut()
+                    .filter(|((_, app), entry)| {
+                        now.duration_since(entry.last_touch) >= self.touch_every(app)
+                    })
+                    .map(|((_, app), entry)| {
+                        entry.last_touch = now;
+                        (entry.user.clone(), app.clone())
+                    })
+                    .collect()
+            };
+            for (user, app) in due {
+                let hub = self.clone();
+                tokio::spawn(async move { hub.touch(&user, &app).await });
+            }
+        }
+    }
 }
 
 /// Stops the apps of each user the feed names who was deleted or disabled,

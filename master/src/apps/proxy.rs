@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use warren_protocol::{AppEndpoint, AppInfo, AppOp, AppState as State_, Op};
+use warren_protocol::{AppEndpoint, AppInfo, AppState as State_};
 
 /// How long a request waits for an app that is starting before the
 /// "starting" answer.
@@ -36,10 +36,6 @@ const START_WAIT: Duration = Duration::from_secs(3);
 
 /// How long connecting to an app may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// While a WebSocket moves bytes, the worker hears of it this often (so
-/// the app is not stopped as idle).
-const TOUCH_EVERY: Duration = Duration::from_secs(30);
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -130,6 +126,15 @@ async fn forward(
     let upgrade = parts.headers.contains_key(header::UPGRADE);
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let principal = authenticate_request(&parts, state, !safe || upgrade).await?;
+    // An app does what it likes with a GET (and a GET starts it): a token
+    // that may only read warren's API may not use apps at all.
+    if let crate::auth::CredentialKind::Token {
+        scope: crate::auth::Scope::Read,
+        ..
+    } = principal.kind
+    {
+        return Err(ApiError::Forbidden("a read-only token cannot use apps").into());
+    }
     // Another user's app does not exist, for anyone.
     if principal.username != name {
         return Err(ApiError::NotFound.into());
@@ -148,6 +153,8 @@ async fn forward(
         return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response());
     }
     let user = principal.ctx.clone();
+    // In use from here until the answer's last byte.
+    let in_use = hub.begin(&user, &def.name);
     let upstream = match hub.upstream(def, &user, START_WAIT).await {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(info)) => return Err(Refusal::NotRunning(info, Box::new(def.clone()))),
@@ -201,6 +208,7 @@ async fn forward(
         let Some(inbound) = inbound_upgrade else {
             return Err(ApiError::BadGateway("the app switched protocols unasked".into()).into());
         };
+        drop(in_use);
         tokio::spawn(splice(
             inbound,
             outbound,
@@ -210,7 +218,11 @@ async fn forward(
         ));
         return Ok(Response::from_parts(answer_parts, Body::empty()));
     }
-    Ok(Response::from_parts(answer_parts, Body::new(answer_body)))
+    let body = InUse {
+        inner: answer_body,
+        _guard: in_use,
+    };
+    Ok(Response::from_parts(answer_parts, Body::new(body)))
 }
 
 /// The app could not be reached: 502, and the app is looked up afresh next
@@ -364,16 +376,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// An app may not set (or clear) warren's own session cookie.
+/// An app may not set (or clear) warren's own session cookie: a
+/// `Set-Cookie` whose name is `warren_session` as a browser reads it
+/// (surrounding whitespace trimmed), or that is not text at all, is dropped.
 fn drop_session_cookie(headers: &mut HeaderMap) {
-    let prefix = format!("{SESSION_COOKIE}=");
     let kept: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()
         .filter(|value| {
-            !value
-                .to_str()
-                .is_ok_and(|text| text.trim_start().starts_with(&prefix))
+            let Ok(text) = std::str::from_utf8(value.as_bytes()) else {
+                return false;
+            };
+            let pair = text.split(';').next().unwrap_or("");
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            !name.trim().eq_ignore_ascii_case(SESSION_COOKIE)
         })
         .cloned()
         .collect();
@@ -405,26 +421,50 @@ async fn splice(
         moved: moved.clone(),
     };
     let mut app_side = TokioIo::new(outbound);
+    // A WebSocket is traffic while bytes move (an open, silent one is not).
     let toucher = {
         let moved = moved.clone();
-        let hub = hub.clone();
-        let user = user.clone();
-        let app = app.clone();
+        let every = hub.touch_every(&app);
         tokio::spawn(async move {
             let mut seen = 0;
             loop {
-                tokio::time::sleep(TOUCH_EVERY).await;
+                tokio::time::sleep(every).await;
                 let now = moved.load(Ordering::Relaxed);
                 if now != seen {
                     seen = now;
-                    let op = Op::Apps(AppOp::Touch { name: app.clone() });
-                    let _ = hub.pool().call(&user, op).await;
+                    hub.touch(&user, &app).await;
                 }
             }
         })
     };
     let _ = tokio::io::copy_bidirectional(&mut client, &mut app_side).await;
     toucher.abort();
+}
+
+/// An answer's body that keeps its app in use until it is done.
+struct InUse {
+    inner: hyper::body::Incoming,
+    _guard: super::InFlightGuard,
+}
+
+impl hyper::body::Body for InUse {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A stream that counts the bytes through it.
@@ -482,6 +522,11 @@ fn not_running(info: &AppInfo, def: &AppDef, html: bool) -> Response {
                 info.message.as_deref().unwrap_or("no reason given"),
                 def.name
             ),
+        ),
+        State_::Stopped => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "app_stopped",
+            format!("{} was stopped while starting; try again", def.title),
         ),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -588,9 +633,7 @@ impl tower_service::Service<Uri> for Connector {
                     AppEndpoint::Tcp(port) => {
                         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
                         if let Some(owner) = owner {
-                            let listener = crate::http::peer::listener_owner(
-                                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                            );
+                            let listener = warren_worker::apps::listener_owner(port);
                             if listener != Some(owner) {
                                 return Err(foreign(listener));
                             }
@@ -658,5 +701,36 @@ impl hyper::rt::Write for AppConnection {
             AppConnection::Unix(io) => Pin::new(io).poll_shutdown(cx),
             AppConnection::Tcp(io) => Pin::new(io).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_cannot_set_the_session_cookie_however_it_spells_it() {
+        let mut headers = HeaderMap::new();
+        for cookie in [
+            "warren_session=evil; Path=/",
+            "warren_session =evil; Path=/api",
+            "\twarren_session\t=evil3",
+            "WARREN_SESSION=x",
+            "theirs=kept; Path=/",
+            "_xsrf=abc",
+        ] {
+            headers.append(header::SET_COOKIE, HeaderValue::from_str(cookie).unwrap());
+        }
+        headers.append(
+            header::SET_COOKIE,
+            HeaderValue::from_bytes(b"warren_session=\xff").unwrap(),
+        );
+        drop_session_cookie(&mut headers);
+        let left: Vec<&str> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["theirs=kept; Path=/", "_xsrf=abc"]);
     }
 }

@@ -29,27 +29,6 @@ pub fn socket_owner(peer: SocketAddr) -> Option<u32> {
     }
 }
 
-/// The uid owning the socket listening on `address` (IPv4), if any: who
-/// a connection to it reaches.
-pub fn listener_owner(address: SocketAddr) -> Option<u32> {
-    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    listener_in(&text, address)
-}
-
-fn listener_in(text: &str, address: SocketAddr) -> Option<u32> {
-    let wanted = proc_address(address);
-    text.lines().skip(1).find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let local = fields.nth(1)?;
-        let state = fields.nth(1)?;
-        if !local.eq_ignore_ascii_case(&wanted) || state != "0A" {
-            return None;
-        }
-        // tx_queue:rx_queue tr:tm->when retrnsmt uid
-        fields.nth(3)?.parse().ok()
-    })
-}
-
 /// [`socket_owner`] over the text of a `/proc/net/tcp{,6}` table.
 fn owner_in(text: &str, peer: SocketAddr) -> Option<u32> {
     let wanted = proc_address(peer);
@@ -99,9 +78,6 @@ mod tests {
         let listener: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         assert_eq!(owner_in(TCP, listener), Some(0));
         assert_eq!(owner_in(TCP, "127.0.0.1:1".parse().unwrap()), None);
-        // Only a listening socket is a listener.
-        assert_eq!(listener_in(TCP, listener), Some(0));
-        assert_eq!(listener_in(TCP, peer), None);
     }
 
     #[test]

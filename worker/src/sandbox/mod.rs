@@ -642,14 +642,22 @@ impl Sandbox {
     /// directory (Landlock grants whole subtrees).
     fn check_extra_paths(&self, launch: &Launch) -> Result<(), SpawnError> {
         for path in launch.read_execute.iter().chain(&launch.read_only) {
-            let overlaps = self
-                .config
-                .data_dir
-                .as_deref()
-                .is_some_and(|data| path.starts_with(data) || data.starts_with(path));
-            if !path.is_absolute() || overlaps {
+            let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            let overlaps = self.config.data_dir.as_deref().is_some_and(|data| {
+                let data_real = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+                [
+                    (path.as_path(), data),
+                    (real.as_path(), data_real.as_path()),
+                ]
+                .iter()
+                .any(|(p, d)| p.starts_with(d) || d.starts_with(p))
+            });
+            let climbs = path
+                .components()
+                .any(|part| part == std::path::Component::ParentDir);
+            if !path.is_absolute() || overlaps || climbs {
                 return Err(SpawnError::Command(format!(
-                    "{} cannot be granted: paths must be absolute and outside the data directory",
+                    "{} cannot be granted: paths must be absolute, without '..', and outside the data directory",
                     path.display()
                 )));
             }
