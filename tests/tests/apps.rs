@@ -330,7 +330,12 @@ except urllib.error.HTTPError as e:
     print("port: status", e.code)
 except OSError as e:
     print("port: unreachable", e)
-"#
+import os
+print("sees the app:", os.path.exists("/proc/{pid}"), "sees its own:", os.path.exists("/proc/%d" % os.getpid()))
+others = [p for p in os.listdir("/proc") if p.isdigit() and os.stat("/proc/" + p).st_uid != os.getuid()]
+print("others:", len(others))
+"#,
+        pid = echo["pid"]
     );
     let (status, task) = bob
         .post(
@@ -346,6 +351,13 @@ except OSError as e:
         output.contains("port: status 403") || output.contains("port: unreachable"),
         "{output}"
     );
+    // Nor see it: another uid's processes (an app's port in its arguments)
+    // are not in a user's /proc.
+    assert!(
+        output.contains("sees the app: False sees its own: True"),
+        "{output}"
+    );
+    assert!(output.contains("others: 0"), "{output}");
 
     // bob points his own socket directory at alice's (he owns scratch/,
     // so he may): warren (root) following that path must still never

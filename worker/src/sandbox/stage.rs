@@ -132,6 +132,10 @@ fn confine_and_exec(spec: &ExecSpec, status: &OwnedFd) -> Result<Infallible, Fai
     if spec.network_none {
         isolate_network()?;
     }
+    if spec.uid.is_some() {
+        // Before the Landlock rules, which name the new /proc.
+        hide_other_processes()?;
+    }
     let ruleset = match &spec.landlock {
         Some(rules) => Some(
             super::landlock::build(rules)
@@ -248,6 +252,34 @@ fn set_rlimits(spec: &ExecSpec) -> Result<(), Failure> {
             )
         })?;
     }
+    Ok(())
+}
+
+/// A mount namespace of its own whose `/proc` shows only the processes of
+/// the command's own uid (`hidepid=invisible`): another user's commands,
+/// their arguments (an app's port among them) and their very existence are
+/// out of sight. Nothing else changes: every other mount is the host's, no
+/// longer propagated either way.
+fn hide_other_processes() -> Result<(), Failure> {
+    use rustix::mount::{MountFlags, MountPropagationFlags};
+    // SAFETY: NEWNS does not unshare the descriptor table (the reason the
+    // call is unsafe) and this process has a single thread.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+        .map_err(|e| setup("unshare(CLONE_NEWNS)")(e.into()))?;
+    // Private first: a mount made here must not reach the host's namespace.
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| setup("making the mounts private")(e.into()))?;
+    rustix::mount::mount(
+        "proc",
+        "/proc",
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        c"hidepid=invisible",
+    )
+    .map_err(|e| setup("mounting /proc with hidepid")(e.into()))?;
     Ok(())
 }
 
