@@ -342,6 +342,52 @@ pub async fn users_on(server: &Server, admin: &Caller, users: &[&str]) -> Vec<Ca
     callers
 }
 
+/// The caller's web app `name` as `GET /api/v1/me/apps` shows it.
+pub async fn app_of(caller: &Caller, name: &str) -> Value {
+    let (status, list) = caller.get("/api/v1/me/apps").await;
+    assert_eq!(status, 200, "{list}");
+    list["apps"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .find(|app| app["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no app {name} in {list}"))
+}
+
+/// Whether `server` may run users' processes; loudly not (or a failure
+/// where the sandbox is required: `WARREN_REQUIRE_SANDBOX=1`).
+pub async fn sandboxed(server: &Server) -> bool {
+    let (_, ready) = server.get_json("/readyz").await;
+    match ready["sandbox"]["refused"].as_str() {
+        None => true,
+        Some(why) => {
+            assert!(
+                !crate::sandbox_required(),
+                "the sandbox is required here (WARREN_REQUIRE_SANDBOX=1) but refused: {why}"
+            );
+            eprintln!("*** SKIPPED: this machine cannot run the sandbox ({why})");
+            false
+        }
+    }
+}
+
+/// A server (with `options`), its admin and its users `names`; `None`
+/// (said loudly) where this machine cannot run the sandbox and nothing
+/// requires it.
+pub async fn sandboxed_server(
+    options: &crate::ServerOptions,
+    names: &[&str],
+) -> Option<(Server, Caller, Vec<Caller>)> {
+    let server = Server::ready(options).await;
+    if !sandboxed(&server).await {
+        return None;
+    }
+    let admin = Caller::admin(&server).await;
+    let callers = users_on(&server, &admin, names).await;
+    Some((server, admin, callers))
+}
+
 /// Runs each async `fn scenario(db: Database)` named as two tests: on
 /// SQLite (`sqlite::scenario`) and on a fresh PostgreSQL database
 /// (`postgres::scenario`, skipped loudly when PostgreSQL is unreachable).

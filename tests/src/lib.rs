@@ -588,3 +588,8 @@ pub fn listening_port(pid: u32) -> Option<u16> {
         u16::from_str_radix(local.split(':').nth(1)?, 16).ok()
     })
 }
+
+/// Whether process `pid` is gone within `patience`.
+pub async fn process_ends(pid: u32, patience: Duration) -> bool {
+    eventually(patience, || async { !process_alive(pid) }).await
+}

@@ -69,18 +69,8 @@ async fn server_with_apps(
     let options = options
         .arg("--apps")
         .arg(file.to_str().expect("utf-8 path"));
-    let server = Server::ready(&options).await;
-    let (_, ready) = server.get_json("/readyz").await;
-    if let Some(why) = ready["sandbox"]["refused"].as_str() {
-        assert!(
-            !warren_tests::sandbox_required(),
-            "the sandbox is required here (WARREN_REQUIRE_SANDBOX=1) but refused: {why}"
-        );
-        eprintln!("*** SKIPPED: this machine cannot run the sandbox ({why})");
-        return None;
-    }
-    let admin = Caller::admin(&server).await;
-    let callers = warren_tests::accounts::users_on(&server, &admin, names).await;
+    let (server, admin, callers) =
+        warren_tests::accounts::sandboxed_server(&options, names).await?;
     Some((server, admin, callers, dir))
 }
 
@@ -89,17 +79,22 @@ async fn get(caller: &Caller, path: &str) -> (u16, Value) {
     caller.get(path).await
 }
 
-/// The caller's app `name` as `/me/apps` shows it.
 async fn app_state(caller: &Caller, name: &str) -> Value {
-    let (status, list) = caller.get("/api/v1/me/apps").await;
-    assert_eq!(status, 200, "{list}");
-    list["apps"]
-        .as_array()
-        .expect("apps")
-        .iter()
-        .find(|app| app["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no app {name} in {list}"))
+    warren_tests::accounts::app_of(caller, name).await
+}
+
+/// Waits (up to `patience`) until the caller's app `name` is in `state`
+/// and its message says `why`; the app.
+async fn ends_up(caller: &Caller, name: &str, state: &str, why: &str, patience: Duration) -> Value {
+    let reached = warren_tests::eventually(patience, || async {
+        app_state(caller, name).await["state"] == state
+    })
+    .await;
+    let app = app_state(caller, name).await;
+    assert!(reached, "{name} not {state}: {app}");
+    let message = app["message"].as_str().unwrap_or("");
+    assert!(message.contains(why), "{name}: {app}");
+    app
 }
 
 /// GETs `path` until it answers 200 (an app starting or restarting
@@ -443,19 +438,14 @@ async fn a_crashed_app_is_restarted_and_one_that_keeps_crashing_fails() {
         .post("/api/v1/me/apps/broken/start", Value::Null)
         .await;
     assert_eq!(status, 200, "{body}");
-    let failed = warren_tests::eventually(Duration::from_secs(60), || async {
-        app_state(alice, "broken").await["state"] == "failed"
-    })
+    let app = ends_up(
+        alice,
+        "broken",
+        "failed",
+        "crashed 5 times",
+        Duration::from_secs(60),
+    )
     .await;
-    let app = app_state(alice, "broken").await;
-    assert!(failed, "{app}");
-    assert!(
-        app["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("crashed 5 times"),
-        "{app}"
-    );
     let tail = app["output_tail"].to_string();
     assert!(tail.contains("no licence key"), "{app}");
     // The proxy says so too, with the output, and does not retry alone.
@@ -502,19 +492,14 @@ async fn slow_starts_fail_idle_apps_stop_and_browsers_see_a_starting_page() {
 
     // Not up within start_timeout: failed, saying so.
     let _ = get(alice, "/user/alice/slow/health").await;
-    let failed = warren_tests::eventually(Duration::from_secs(15), || async {
-        app_state(alice, "slow").await["state"] == "failed"
-    })
+    ends_up(
+        alice,
+        "slow",
+        "failed",
+        "within 1500 ms",
+        Duration::from_secs(15),
+    )
     .await;
-    let app = app_state(alice, "slow").await;
-    assert!(failed, "{app}");
-    assert!(
-        app["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("within 1500 ms"),
-        "{app}"
-    );
 
     // No traffic for idle_timeout: stopped, its processes gone. An answer
     // still streaming is traffic the whole time (4 s against 2 s here).
@@ -529,25 +514,15 @@ async fn slow_starts_fail_idle_apps_stop_and_browsers_see_a_starting_page() {
     let stream = response.text().await.expect("the whole stream");
     assert!(stream.contains("tick 39"), "{stream}");
     assert_eq!(app_state(alice, "idle").await["state"], "running");
-    let stopped = warren_tests::eventually(Duration::from_secs(15), || async {
-        app_state(alice, "idle").await["state"] == "stopped"
-    })
+    ends_up(
+        alice,
+        "idle",
+        "stopped",
+        "without traffic",
+        Duration::from_secs(15),
+    )
     .await;
-    assert!(stopped, "{}", app_state(alice, "idle").await);
-    assert!(
-        warren_tests::eventually(Duration::from_secs(10), || async {
-            !warren_tests::process_alive(pid)
-        })
-        .await
-    );
-    let app = app_state(alice, "idle").await;
-    assert!(
-        app["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("without traffic"),
-        "{app}"
-    );
+    assert!(warren_tests::process_ends(pid, Duration::from_secs(10)).await);
     // And the next request starts it again.
     get_when_up(alice, "/user/alice/idle/echo", Duration::from_secs(20)).await;
 }
@@ -589,12 +564,7 @@ async fn stopping_limits_admins_disabling_and_a_workers_death() {
     let (status, body) = admin.post(&path, Value::Null).await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(app_state(alice, "fix").await["state"], "stopped");
-    assert!(
-        warren_tests::eventually(Duration::from_secs(10), || async {
-            !warren_tests::process_alive(pid)
-        })
-        .await
-    );
+    assert!(warren_tests::process_ends(pid, Duration::from_secs(10)).await);
     // Room again, for bob now.
     let echo = get_when_up(bob, "/user/bob/fix/echo", Duration::from_secs(20)).await;
     let bob_pid = echo["pid"].as_u64().expect("pid") as u32;
@@ -604,12 +574,7 @@ async fn stopping_limits_admins_disabling_and_a_workers_death() {
     let (status, _) = bob.post("/api/v1/me/apps/fix/stop", Value::Null).await;
     assert_eq!(status, 204);
     assert_eq!(app_state(bob, "fix").await["state"], "stopped");
-    assert!(
-        warren_tests::eventually(Duration::from_secs(10), || async {
-            !warren_tests::process_alive(bob_pid)
-        })
-        .await
-    );
+    assert!(warren_tests::process_ends(bob_pid, Duration::from_secs(10)).await);
     let (status, _) = bob.post("/api/v1/me/apps/nope/stop", Value::Null).await;
     assert_eq!(status, 404);
 
@@ -625,10 +590,7 @@ async fn stopping_limits_admins_disabling_and_a_workers_death() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(
-        warren_tests::eventually(Duration::from_secs(15), || async {
-            !warren_tests::process_alive(pid)
-        })
-        .await,
+        warren_tests::process_ends(pid, Duration::from_secs(15)).await,
         "a disabled user's app still runs"
     );
 
@@ -638,10 +600,7 @@ async fn stopping_limits_admins_disabling_and_a_workers_death() {
     let worker = server.worker_pids()[0];
     warren_tests::send_signal(worker, rustix::process::Signal::KILL);
     assert!(
-        warren_tests::eventually(Duration::from_secs(15), || async {
-            !warren_tests::process_alive(pid)
-        })
-        .await,
+        warren_tests::process_ends(pid, Duration::from_secs(15)).await,
         "the app outlived its worker"
     );
     let again = get_when_up(bob, "/user/bob/other/echo", Duration::from_secs(30)).await;

@@ -71,18 +71,8 @@ async fn server(
     let options = ServerOptions::workers(2)
         .arg("--apps")
         .arg(file.to_str().expect("utf-8"));
-    let server = Server::ready(&options).await;
-    let (_, ready) = server.get_json("/readyz").await;
-    if let Some(why) = ready["sandbox"]["refused"].as_str() {
-        assert!(
-            !warren_tests::sandbox_required(),
-            "the sandbox is required here but refused: {why}"
-        );
-        eprintln!("*** SKIPPED: this machine cannot run the sandbox ({why})");
-        return None;
-    }
-    let admin = Caller::admin(&server).await;
-    let callers = warren_tests::accounts::users_on(&server, &admin, names).await;
+    let (server, admin, callers) =
+        warren_tests::accounts::sandboxed_server(&options, names).await?;
     Some((server, admin, callers, dir))
 }
 
@@ -105,15 +95,7 @@ async fn when_up(
 }
 
 async fn app(caller: &Caller, name: &str) -> Value {
-    let (status, list) = caller.get("/api/v1/me/apps").await;
-    assert_eq!(status, 200, "{list}");
-    list["apps"]
-        .as_array()
-        .expect("apps")
-        .iter()
-        .find(|app| app["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {name} in {list}"))
+    warren_tests::accounts::app_of(caller, name).await
 }
 
 async fn pid_of(caller: &Caller, name: &str) -> u32 {
@@ -190,10 +172,7 @@ async fn lifecycle(server: &Server, caller: &Caller, name: &str, probe: &str) {
         app(caller, name).await
     );
     assert!(
-        warren_tests::eventually(Duration::from_secs(15), || async {
-            !warren_tests::process_alive(pid)
-        })
-        .await,
+        warren_tests::process_ends(pid, Duration::from_secs(15)).await,
         "{name}'s process outlived its idle stop"
     );
     // Started again by a request; kill -9 → restarted, answering again.
@@ -220,10 +199,7 @@ async fn lifecycle(server: &Server, caller: &Caller, name: &str, probe: &str) {
         warren_tests::send_signal(worker, rustix::process::Signal::KILL);
     }
     assert!(
-        warren_tests::eventually(Duration::from_secs(15), || async {
-            !warren_tests::process_alive(pid)
-        })
-        .await,
+        warren_tests::process_ends(pid, Duration::from_secs(15)).await,
         "{name} outlived its worker"
     );
     let uid = caller.login["user"]["uid"].as_u64().expect("uid") as u32;

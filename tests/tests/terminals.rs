@@ -13,34 +13,12 @@ use warren_tests::{Server, ServerOptions};
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn sandboxed(server: &Server) -> bool {
-    let (_, ready) = server.get_json("/readyz").await;
-    match ready["sandbox"]["refused"].as_str() {
-        None => true,
-        Some(why) => {
-            assert!(
-                !warren_tests::sandbox_required(),
-                "the sandbox is required here (WARREN_REQUIRE_SANDBOX=1) but refused: {why}"
-            );
-            eprintln!("*** SKIPPED: this machine cannot run the sandbox ({why})");
-            false
-        }
-    }
-}
-
-/// A server (with `options`) and its users `names`; `None` (said loudly)
-/// where this machine cannot run the sandbox and nothing requires it.
+/// A server (with `options`) and its users `names`, where the sandbox runs.
 async fn server_with(
     options: ServerOptions,
     names: &[&str],
 ) -> Option<(Server, Caller, Vec<Caller>)> {
-    let server = Server::ready(&options).await;
-    if !sandboxed(&server).await {
-        return None;
-    }
-    let admin = Caller::admin(&server).await;
-    let callers = warren_tests::accounts::users_on(&server, &admin, names).await;
-    Some((server, admin, callers))
+    warren_tests::accounts::sandboxed_server(&options, names).await
 }
 
 /// Waits for `socket`'s close frame.
