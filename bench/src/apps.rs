@@ -472,14 +472,15 @@ impl DirectApp {
             base_url: format!("/user/{user}/{}/", def.name),
             ..spec_of(def)
         };
-        let fill = |text: &str| {
-            text.replace("{socket}", &socket.display().to_string())
-                .replace("{port}", &port.to_string())
-                .replace("{base_url}", &spec.base_url)
-                .replace("{workspace}", &dir.join("workspace").display().to_string())
-                .replace("{user}", user)
-                .replace("{secret}", &secret)
+        let placeholders = warren_worker::apps::Placeholders {
+            socket: socket.display().to_string(),
+            port: port.to_string(),
+            base_url: spec.base_url.clone(),
+            workspace: dir.join("workspace").display().to_string(),
+            user: user.to_string(),
+            secret: secret.clone(),
         };
+        let fill = |text: &str| placeholders.fill(text);
         let argv: Vec<String> = spec.argv.iter().map(|a| fill(a)).collect();
         let started = Instant::now();
         // At the priority warren gives users' processes (nice 10,

@@ -18,7 +18,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
-use warren_protocol::{FileOp, Op, Role, UserCtx};
+use warren_protocol::{FileOp, Op, UserCtx};
 
 /// How often every user directory is checked against the tombstones.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
@@ -85,15 +85,7 @@ impl Purger {
         if !home.exists() && !aside.exists() {
             return;
         }
-        let ctx = UserCtx {
-            id: user.into(),
-            name: String::new(),
-            role: Role::User,
-            quota_bytes: 0,
-            quota_files: 0,
-            uid: None,
-            limits: Default::default(),
-        };
+        let ctx = UserCtx::only_id(user.into());
         match self.pool.call(&ctx, Op::Files(FileOp::Purge)).await {
             Ok(_) => info!(%user, "removed the files of a deleted user"),
             Err(err) => warn!(

@@ -126,6 +126,22 @@ pub struct UserCtx {
     pub limits: ProcessLimits,
 }
 
+impl UserCtx {
+    /// A user known by id alone (deleted, or only to be routed to their
+    /// worker: the worker's slot follows from the id).
+    pub fn only_id(id: UserId) -> UserCtx {
+        UserCtx {
+            id,
+            name: String::new(),
+            role: Role::User,
+            quota_bytes: 0,
+            quota_files: 0,
+            uid: None,
+            limits: ProcessLimits::default(),
+        }
+    }
+}
+
 /// Limits on a user's processes. `0` means "no limit" for every field but
 /// `cpu_weight`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]

@@ -264,6 +264,13 @@ impl Apps {
                 })
                 .clone()
         };
+        // Counted before the app's own lock is taken (locks go map, then
+        // app, everywhere).
+        let others_running = if spec.max_per_user > 0 {
+            self.count_of(user.id, &app)
+        } else {
+            0
+        };
         let start = {
             let mut inner = app.lock();
             App::touch(&mut inner);
@@ -280,15 +287,12 @@ impl Apps {
                         });
                     }
                     self.launcher.check()?;
-                    if spec.max_per_user > 0 {
-                        let running = self.count_of(user.id, &app);
-                        if running >= spec.max_per_user as usize {
-                            return Err(OpError::TooManyApps {
-                                app: spec.name.clone(),
-                                limit: spec.max_per_user,
-                                per_user: true,
-                            });
-                        }
+                    if spec.max_per_user > 0 && others_running >= spec.max_per_user as usize {
+                        return Err(OpError::TooManyApps {
+                            app: spec.name.clone(),
+                            limit: spec.max_per_user,
+                            per_user: true,
+                        });
                     }
                     inner.user = user.clone();
                     inner.spec = spec.clone();
@@ -609,17 +613,22 @@ impl Apps {
                     .map_err(|err| format!("cannot find a free port on 127.0.0.1: {err}"))?,
             ),
         };
-        let filler = Fill {
-            user,
-            spec,
+        let (socket, port) = match &endpoint {
+            AppEndpoint::Unix(path) => (String::from_utf8_lossy(path).into_owned(), String::new()),
+            AppEndpoint::Tcp(port) => (String::new(), port.to_string()),
+        };
+        let filler = Placeholders {
+            socket,
+            port,
+            base_url: spec.base_url.clone(),
             workspace: self
                 .users_dir
                 .join(user.id.to_string())
                 .join("workspace")
                 .display()
                 .to_string(),
-            endpoint: &endpoint,
-            secret: &secret,
+            user: user.name.clone(),
+            secret: secret.clone(),
         };
         let argv = spec
             .argv
@@ -703,27 +712,26 @@ fn check_spec(spec: &AppSpec) -> Result<(), OpError> {
 }
 
 /// Fills in an app definition's placeholders.
-struct Fill<'a> {
-    user: &'a UserCtx,
-    spec: &'a AppSpec,
-    workspace: String,
-    endpoint: &'a AppEndpoint,
-    secret: &'a str,
+/// The values of an app definition's placeholders for one launch.
+pub struct Placeholders {
+    pub socket: String,
+    pub port: String,
+    pub base_url: String,
+    pub workspace: String,
+    pub user: String,
+    pub secret: String,
 }
 
-impl Fill<'_> {
-    fn fill(&self, template: &str) -> String {
-        let (socket, port) = match self.endpoint {
-            AppEndpoint::Unix(path) => (String::from_utf8_lossy(path).into_owned(), String::new()),
-            AppEndpoint::Tcp(port) => (String::new(), port.to_string()),
-        };
+impl Placeholders {
+    /// `template` with every placeholder replaced.
+    pub fn fill(&self, template: &str) -> String {
         template
-            .replace("{socket}", &socket)
-            .replace("{port}", &port)
-            .replace("{base_url}", &self.spec.base_url)
+            .replace("{socket}", &self.socket)
+            .replace("{port}", &self.port)
+            .replace("{base_url}", &self.base_url)
             .replace("{workspace}", &self.workspace)
-            .replace("{user}", &self.user.name)
-            .replace("{secret}", self.secret)
+            .replace("{user}", &self.user)
+            .replace("{secret}", &self.secret)
     }
 }
 

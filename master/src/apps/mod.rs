@@ -20,6 +20,7 @@ pub use config::{AppDef, AppsConfig};
 
 use crate::metrics::AppMetrics;
 use crate::pool::{Pool, PoolError};
+use axum::http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -39,13 +40,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 pub struct Upstream {
     pub endpoint: AppEndpoint,
     /// The header proving the proxy to the app (from the launch's secret).
-    pub auth: Option<(http_header::HeaderName, http_header::HeaderValue)>,
+    pub auth: Option<(HeaderName, HeaderValue)>,
     /// The proxy's connection pool key: changes with every launch.
     pub key: String,
-}
-
-mod http_header {
-    pub use axum::http::{HeaderName, HeaderValue};
 }
 
 /// The apps of this server.
@@ -193,8 +190,8 @@ impl AppsHub {
             .header(&user.name, &secret)
             .and_then(|(name, value)| {
                 Some((
-                    http_header::HeaderName::try_from(name).ok()?,
-                    http_header::HeaderValue::try_from(value).ok()?,
+                    HeaderName::try_from(name).ok()?,
+                    HeaderValue::try_from(value).ok()?,
                 ))
             });
         // The secret's digest names the launch: a restarted app gets fresh
@@ -426,16 +423,7 @@ pub async fn stop_for_gone_users(
         };
         if gone {
             // Only the id matters to the worker (and to the slot it is on).
-            let ctx = UserCtx {
-                id: id.into(),
-                name: String::new(),
-                role: warren_protocol::Role::User,
-                quota_bytes: 0,
-                quota_files: 0,
-                uid: None,
-                limits: Default::default(),
-            };
-            hub.stop_all(&ctx).await;
+            hub.stop_all(&UserCtx::only_id(id.into())).await;
         }
     }
 }

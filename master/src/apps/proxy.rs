@@ -13,7 +13,7 @@
 //! (a restarted app never gets an old connection).
 
 use super::{AppDef, AppsHub, Upstream};
-use crate::http::extract::{authenticate_request, SESSION_COOKIE};
+use crate::http::extract::{authenticate_request, ClientInfo, SESSION_COOKIE};
 use crate::http::{ApiError, AppState};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -164,7 +164,7 @@ async fn forward(
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
     let target = upstream_target(def, &upstream, &path, rest.unwrap_or(""), parts.uri.query())?;
-    let client = ClientInfoLite::of(state, &parts);
+    let client = ClientInfo::of(&parts, &state.web);
     let headers = outbound_headers(&parts.headers, &upstream, &client, def, name, upgrade);
     let retryable = safe && !has_body(&parts.headers);
     let method = parts.method.clone();
@@ -175,7 +175,7 @@ async fn forward(
         *outbound.headers_mut() = headers;
         proxy.client.request(outbound)
     };
-    let answer = match send(target, headers.clone(), body).await {
+    let answer = match send(target, headers, body).await {
         Ok(answer) => answer,
         Err(_) if retryable => {
             // The app died (or restarted) since we last asked, or took a
@@ -260,28 +260,6 @@ fn upstream_target(
     Uri::try_from(target).map_err(|err| ApiError::BadRequest(format!("bad request target: {err}")))
 }
 
-/// Who the client is, for `X-Forwarded-*`.
-struct ClientInfoLite {
-    address: std::net::IpAddr,
-    tls: bool,
-    host: Option<HeaderValue>,
-}
-
-impl ClientInfoLite {
-    fn of(state: &AppState, parts: &axum::http::request::Parts) -> Self {
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip());
-        let (address, tls) = state.web.client_of(&parts.headers, peer);
-        ClientInfoLite {
-            address,
-            tls,
-            host: parts.headers.get(header::HOST).cloned(),
-        }
-    }
-}
-
 fn has_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
@@ -295,7 +273,7 @@ fn has_body(headers: &HeaderMap) -> bool {
 fn outbound_headers(
     inbound: &HeaderMap,
     upstream: &Upstream,
-    client: &ClientInfoLite,
+    client: &ClientInfo,
     def: &AppDef,
     user: &str,
     upgrade: bool,
@@ -331,14 +309,14 @@ fn outbound_headers(
     if let Some((name, value)) = &upstream.auth {
         headers.insert(name.clone(), value.clone());
     }
-    if let Ok(value) = HeaderValue::try_from(client.address.to_string()) {
+    if let Ok(value) = HeaderValue::try_from(client.client.address.to_string()) {
         headers.insert("x-forwarded-for", value);
     }
     headers.insert(
         "x-forwarded-proto",
         HeaderValue::from_static(if client.tls { "https" } else { "http" }),
     );
-    if let Some(host) = &client.host {
+    if let Some(host) = inbound.get(header::HOST) {
         headers.insert("x-forwarded-host", host.clone());
     } else {
         headers.insert(header::HOST, HeaderValue::from_static("localhost"));

@@ -4,6 +4,7 @@
 //! served at `/user/{name}/{app}/` (see `crate::apps::proxy`).
 
 use super::rfc3339;
+use super::terminals::unexpected;
 use crate::apps::{AppDef, AppsHub, STOP_GRACE};
 use crate::http::error::ErrorBody;
 use crate::http::extract::{Admin, ApiPath, Authed};
@@ -119,7 +120,7 @@ fn def<'a>(hub: &'a AppsHub, name: &str) -> Result<&'a AppDef, ApiError> {
 async fn infos_of(hub: &AppsHub, user: &UserCtx) -> Result<Vec<AppInfo>, ApiError> {
     match hub.pool().call(user, Op::Apps(AppOp::List)).await? {
         Reply::Apps(infos) => Ok(infos),
-        other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -250,7 +251,7 @@ async fn list_all_apps(
             .call_slot(slot, &admin.ctx, Op::Apps(AppOp::ListAll))
             .await?;
         let Reply::Apps(infos) = reply else {
-            return Err(ApiError::Internal(format!("unexpected reply {reply:?}")));
+            return Err(unexpected(reply));
         };
         for info in infos {
             let Some(def) = hub.def(&info.name) else {

@@ -214,7 +214,7 @@ async fn open_terminal(
     }
 }
 
-fn unexpected(reply: Reply) -> ApiError {
+pub(super) fn unexpected(reply: Reply) -> ApiError {
     ApiError::Internal(format!("unexpected reply from the worker: {reply:?}"))
 }
 
