@@ -10,6 +10,7 @@ mod error;
 pub mod extract;
 pub mod listener;
 pub mod peer;
+pub mod ui;
 
 pub use api::files::Transfers;
 pub use api::tasks::TaskSettings;
@@ -140,7 +141,8 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .merge(api)
-        .merge(api::files::routes());
+        .merge(api::files::routes())
+        .merge(ui::routes());
     #[cfg(debug_assertions)]
     let router = router.nest("/debug", debug::routes());
     let proxy = crate::apps::proxy::routes(state.clone());
