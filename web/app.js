@@ -77,19 +77,18 @@ async function loadMe() {
 }
 
 function renderTop(current) {
+  const brand = h("a", { class: "brand", href: "#/" }, h("img", { src: "/ui/favicon.svg", alt: "" }), "warren");
   if (!me) {
-    top.hidden = true;
-    top.replaceChildren();
+    top.replaceChildren(brand);
     return;
   }
-  top.hidden = false;
   const links = navItems
     .filter(([, , adminOnly]) => !adminOnly || me.role === "admin")
     .map(([route, label]) =>
       h("li", {}, h("a", { href: `#/${route}`, "aria-current": route === current ? "page" : undefined }, label)));
   const signOut = h("button", { type: "button", class: "small", onclick: () => signOutNow(signOut) }, "Sign out");
   top.replaceChildren(
-    h("a", { class: "brand", href: "#/" }, h("img", { src: "/ui/favicon.svg", alt: "" }), "warren"),
+    brand,
     h("nav", { "aria-label": "Main" }, h("ul", {}, links)),
     h("div", { class: "who" }, h("span", {}, "Signed in as ", h("strong", {}, me.username)), signOut),
   );

@@ -150,6 +150,9 @@ export function toast(message, kind = "ok") {
  */
 export async function busy(button, action, alertEl) {
   const spinner = h("span", { class: "spinner", "aria-hidden": "true" });
+  // A disabled button loses focus to <body>; give it back afterwards so a
+  // keyboard user stays where they were.
+  const hadFocus = button && document.activeElement === button;
   if (button) {
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
@@ -168,6 +171,8 @@ export async function busy(button, action, alertEl) {
       spinner.remove();
       button.disabled = false;
       button.removeAttribute("aria-busy");
+      const lost = document.activeElement === document.body || document.activeElement === null;
+      if (hadFocus && button.isConnected && lost) button.focus();
     }
   }
 }
@@ -194,7 +199,7 @@ export function dialog({ title, fields = [], body = null, confirm = "OK", danger
           value: spec.type === "checkbox" ? undefined : spec.value ?? "",
           checked: spec.type === "checkbox" ? Boolean(spec.value) : undefined,
           required: spec.required ? true : undefined,
-          autocomplete: "off",
+          autocomplete: spec.autocomplete || "off",
           spellcheck: "false",
           min: spec.min,
         });
@@ -236,7 +241,10 @@ export function dialog({ title, fields = [], body = null, confirm = "OK", danger
     });
     document.body.append(el);
     el.showModal();
-    const first = inputs.length ? el.querySelector("input, select") : ok;
+    // A confirmation that destroys something starts on Cancel, so a stray
+    // Enter does not delete.
+    const cancelButton = el.querySelector(".actions button[type=button]");
+    const first = inputs.length ? el.querySelector("input, select") : danger && cancelButton ? cancelButton : ok;
     if (first) {
       first.focus();
       if (first.select && first.type === "text") {
@@ -294,8 +302,9 @@ export async function usageBlock() {
       meter.max = usage.quota_bytes || 1;
       meter.value = usage.bytes_used;
       meter.high = meter.max * 0.9;
+      // The second quota counts entries: files, folders and links.
       text.textContent = `${bytes(usage.bytes_used)} of ${bytes(usage.quota_bytes)} used · ` +
-        `${usage.files} of ${usage.quota_files} files`;
+        `${usage.entries.toLocaleString()} of ${usage.quota_files.toLocaleString()} entries`;
     } catch (err) {
       text.textContent = `Storage use unknown: ${describe(err)}`;
     }

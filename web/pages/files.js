@@ -29,11 +29,11 @@ export async function render(holder, ctx) {
 
   const usage = await usageBlock();
   const rows = h("tbody", {});
-  const table = h("table", {},
+  const table = h("table", { class: "files-table" },
     h("caption", {}, `Contents of ${dir || "Workspace"}`),
     h("thead", {}, h("tr", {},
       h("th", { scope: "col" }, "Name"),
-      h("th", { scope: "col", class: "num" }, "Size"),
+      h("th", { scope: "col", class: "num optional" }, "Size"),
       h("th", { scope: "col", class: "optional" }, "Modified"),
       h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
     rows);
@@ -97,7 +97,7 @@ export async function render(holder, ctx) {
         link,
         h("span", { class: "visually-hidden" }, ` (${kindLabel})`),
         entry.name_valid === false ? h("span", { class: "badge bad" }, "name not UTF-8") : null)),
-      h("td", { class: "num nowrap" }, isDir ? "—" : bytes(entry.size)),
+      h("td", { class: "num nowrap optional" }, isDir ? "—" : bytes(entry.size)),
       h("td", { class: "optional nowrap" }, when(entry.modified)),
       h("td", { class: "row-actions" }, download, rename, remove));
   }

@@ -41,7 +41,6 @@ export async function render(holder, ctx) {
     }
   });
   holder.append(h("div", { class: "login" },
-    h("div", { class: "brand" }, h("img", { src: "/ui/favicon.svg", alt: "" }), "warren"),
     h("h1", {}, "Sign in to warren"),
     form));
   queueMicrotask(() => username.focus());

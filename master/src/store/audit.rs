@@ -36,6 +36,8 @@ pub struct AuditFilter {
     pub event: Option<String>,
     /// Only events at or after this time (ms since the epoch).
     pub since: Option<i64>,
+    /// Only events older than this one (by id): the next page after it.
+    pub before: Option<i64>,
     pub limit: i64,
 }
 
@@ -139,12 +141,14 @@ impl Store {
                     OR subject = $1) \
                AND (CAST($2 AS TEXT) IS NULL OR event = $2) \
                AND (CAST($3 AS BIGINT) IS NULL OR at >= $3) \
+               AND (CAST($5 AS BIGINT) IS NULL OR id < $5) \
              ORDER BY id DESC LIMIT $4",
         )
         .bind(filter.user.clone())
         .bind(filter.event.clone())
         .bind(filter.since)
         .bind(filter.limit)
+        .bind(filter.before)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -203,6 +207,20 @@ mod tests {
         let found = store.query_audit(&dave_logins).await.expect("query");
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].actor_name.as_deref(), Some("Dave"));
+        // Paging by id: a page of two, then what is older than its last.
+        let first = AuditFilter {
+            limit: 2,
+            ..all.clone()
+        };
+        let page = store.query_audit(&first).await.expect("query");
+        assert_eq!(page.len(), 2);
+        let next = AuditFilter {
+            before: Some(page[1].id),
+            ..first
+        };
+        let rest = store.query_audit(&next).await.expect("query");
+        assert_eq!(rest.len(), 1);
+        assert!(rest[0].id < page[1].id);
         let future = AuditFilter {
             since: Some(now_ms() + 60_000),
             ..all

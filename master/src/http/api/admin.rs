@@ -435,6 +435,10 @@ pub struct AuditQuery {
         pattern = r"^([0-9]{1,15}|(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z)$"
     )]
     since: Option<String>,
+    /// Paging: only events older than the event with this id (pass the
+    /// last `id` of a page to get the next one).
+    #[param(minimum = 1)]
+    before: Option<i64>,
     /// 1-1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
@@ -468,6 +472,7 @@ async fn audit(
         user: query.user,
         event: query.event,
         since,
+        before: query.before,
         limit,
     };
     Ok(Json(state.auth.store().query_audit(&filter).await?))
