@@ -9,6 +9,9 @@
 //! - `warren-bench files`: the workspace files API (a small file's GET,
 //!   a large file up and down, the servers' memory meanwhile) beside a
 //!   bare handler and a local file copy (see [`files`]).
+//! - `warren-bench ui`: the web UI: `GET /` and `GET /ui/app.js` one at a
+//!   time, `GET /` revalidated (304) and from many connections, and what
+//!   the embedded assets add to the binary (see [`ui`]).
 //! - `warren-bench serve` and `warren-bench bare-server` (hidden): the two
 //!   servers `http` and `files` measure; `serve` is exactly `warren serve`.
 //! - `warren-bench echo-server` (hidden): the bare tokio + Unix socket +
@@ -33,6 +36,7 @@ mod micro;
 mod report;
 mod tasks;
 mod terminals;
+mod ui;
 
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
@@ -62,6 +66,9 @@ enum Command {
     Terminals(TerminalsArgs),
     /// Users' apps: spawn overhead, proxied requests, memory per app.
     Apps(AppsArgs),
+    /// The web UI: `GET /` and an asset one at a time, revalidated, and
+    /// from many connections; the assets' size in the binary.
+    Ui(UiArgs),
     /// Run warren's server (started by `http`, not by hand): exactly
     /// `warren serve`, with its arguments.
     #[command(hide = true)]
@@ -238,6 +245,30 @@ pub struct TasksArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct UiArgs {
+    /// Timed requests of each one-at-a-time series ((a) `GET /`, (b)
+    /// `GET /ui/app.js`, (c) `GET /` revalidated).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub requests: u32,
+    /// Untimed requests before each of those series.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub warmup: u32,
+    /// Keep-alive connections of (d), `GET /` back to back.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Measuring time of (d), in seconds (fractions allowed), after a
+    /// warm-up of a tenth of it (0.2 to 1 s).
+    #[arg(long, default_value = "5", value_parser = parse_seconds)]
+    pub seconds: Duration,
+    /// Number of worker processes of the warren under test.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Write the results as JSON to stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A positive, finite number of seconds.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -287,6 +318,9 @@ fn main() -> ExitCode {
         Command::Terminals(args) => report_failure(
             on_runtime(terminals::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
         ),
+        Command::Ui(args) => report_failure(
+            on_runtime(ui::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
+        ),
         Command::Serve(args) => run_serve(*args),
         Command::BareServer(args) => report_failure(bare::serve(&args)),
     }
@@ -335,6 +369,17 @@ mod tests {
     #[test]
     fn the_cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ui_defaults_are_the_documented_ones() {
+        let Command::Ui(args) = Cli::try_parse_from(["warren-bench", "ui"]).unwrap().command else {
+            panic!("not the ui command");
+        };
+        assert_eq!((args.requests, args.warmup), (2000, 200));
+        assert_eq!((args.concurrency, args.workers), (16, 2));
+        assert_eq!(args.seconds, Duration::from_secs(5));
+        assert!(!args.json);
     }
 
     #[test]
