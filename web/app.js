@@ -214,6 +214,19 @@ document.getElementById("skip").addEventListener("click", (event) => {
   main.focus();
 });
 
+// A table that scrolls sideways (phone width) must be reachable by the
+// keyboard: every .table-wrap is a focusable region named by its table's
+// caption, whenever a page adds one.
+function labelScrollRegions(root) {
+  for (const wrap of root.querySelectorAll(".table-wrap:not([tabindex])")) {
+    const caption = wrap.querySelector("caption");
+    wrap.setAttribute("tabindex", "0");
+    wrap.setAttribute("role", "region");
+    wrap.setAttribute("aria-label", caption ? `${caption.textContent} (table)` : "Table");
+  }
+}
+new MutationObserver(() => labelScrollRegions(main)).observe(main, { childList: true, subtree: true });
+
 window.addEventListener("hashchange", route);
 
 (async () => {
