@@ -972,6 +972,71 @@ document.getElementById('form').submit();
     });
   });
 
+  await flow('keyboard', async () => {
+    await ensureSignedIn();
+    // What the focused element is, and whether a focus ring shows.
+    const focused = () => page.evaluate(() => {
+      const el = document.activeElement;
+      const style = getComputedStyle(el);
+      return {
+        name: (el.getAttribute('aria-label') || el.textContent || '').trim(),
+        tag: el.tagName,
+        ring: style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2,
+      };
+    });
+    const tabTo = async (name, limit = 40) => {
+      for (let i = 0; i < limit; i++) {
+        await page.keyboard.press('Tab');
+        const now = await focused();
+        if (now.name === name) {
+          if (!now.ring) fail(`"${name}" has the keyboard focus but no visible focus ring`);
+          return now;
+        }
+      }
+      fail(`"${name}" not reached with ${limit} presses of Tab`);
+      return null;
+    };
+    await step('load #/ → h1 "Home"', () => load(page, '#/', 'Home', 'home'));
+    await step('the first Tab reaches "Skip to content", with a visible focus ring', async () => {
+      await page.keyboard.press('Tab');
+      const now = await focused();
+      if (now.name !== 'Skip to content') fail(`the first Tab focuses ${JSON.stringify(now.name)} (${now.tag}), want "Skip to content"`);
+      if (!now.ring) fail('"Skip to content" shows no focus ring');
+    });
+    await step('Tab to "Files" in the navigation, Enter → Files', async () => {
+      await tabTo('Files');
+      await page.keyboard.press('Enter');
+      await usable(page, 'Files');
+    });
+    await step('"New folder" with the keyboard alone: Enter, type, Enter creates it', async () => {
+      await tabTo('New folder');
+      await page.keyboard.press('Enter');
+      await visible(page.getByRole('dialog'), 'the "New folder" dialog');
+      const field = await focused();
+      if (field.tag !== 'INPUT') fail(`the dialog opened with the focus on ${field.tag} ${JSON.stringify(field.name)}, want its "Folder name" field`);
+      await page.keyboard.type('kbd-folder');
+      await page.keyboard.press('Enter');
+      await hidden(page.getByRole('dialog'), 'the dialog after Enter');
+      await visible(page.getByRole('link', exact('kbd-folder')), 'link "kbd-folder" in the table');
+    });
+    await step('"Delete kbd-folder" by keyboard starts on Cancel; Escape keeps the folder, Enter on "Delete" removes it', async () => {
+      await tabTo('Delete kbd-folder', 80);
+      await page.keyboard.press('Enter');
+      await visible(page.getByRole('dialog'), 'the delete confirmation');
+      const start = await focused();
+      if (start.name !== 'Cancel') fail(`a destructive confirmation opens on ${JSON.stringify(start.name)}, want "Cancel"`);
+      await page.keyboard.press('Escape');
+      await hidden(page.getByRole('dialog'), 'the confirmation after Escape');
+      await visible(page.getByRole('link', exact('kbd-folder')), 'link "kbd-folder" still there after Escape');
+      await page.getByRole('button', exact('Delete kbd-folder')).focus();
+      await page.keyboard.press('Enter');
+      await visible(page.getByRole('dialog'), 'the delete confirmation');
+      await tabTo('Delete', 3);
+      await page.keyboard.press('Enter');
+      await hidden(page.getByRole('link', exact('kbd-folder')), 'link "kbd-folder" after deleting it');
+    });
+  });
+
   await flow('sign-out', async () => {
     await ensureSignedIn();
     await step('"Sign out" → "Sign in to warren", the session ended', async () => {
