@@ -288,6 +288,7 @@ async function usersTab(section, ctx) {
   const editUser = async (user, opener) => {
     const limits = user.limits || {};
     const text = (n) => (n === null || n === undefined ? "" : String(n));
+    const overrides = { ...(limits.process || {}) };
     let updated = null;
     let unchanged = false;
     const open = dialog({
@@ -303,7 +304,15 @@ async function usersTab(section, ctx) {
           hint: "Files, folders and links the user may have. Empty: the server's default." },
         { name: "sessions", label: "Maximum sessions", value: text(limits.max_sessions),
           hint: "1 to 1000 at once; a new sign-in ends the oldest. Empty: the server's default." },
-        { name: "password", label: "New password", type: "password",
+        { name: "memory", label: "Memory limit (bytes)", value: text(overrides.memory),
+          hint: "For all of the user's processes together (cgroup memory.max); a size such as 2GiB; 0: none. Empty: the server's default." },
+        { name: "pids", label: "Process limit", value: text(overrides.pids),
+          hint: "Processes and threads at once (cgroup pids.max); 0: none. Empty: the server's default." },
+        { name: "tasks", label: "Tasks at once", value: text(overrides.tasks),
+          hint: "1 to 10000. Empty: the server's default." },
+        { name: "cpu_weight", label: "CPU weight", value: text(overrides.cpu_weight),
+          hint: "1 to 10000 (100 is an equal share). Empty: the server's default." },
+        { name: "password", label: "New password", type: "password", autocomplete: "new-password",
           hint: "Empty: unchanged. A new password signs the user out everywhere and revokes their API tokens." },
       ],
       confirm: "Save",
@@ -322,6 +331,23 @@ async function usersTab(section, ctx) {
           throw new Error("The maximum sessions must be a whole number from 1 to 1000, or empty for the default.");
         }
         if (sessions !== (limits.max_sessions ?? null)) patch.max_sessions = sessions;
+        // Process limits: the other overrides (set through the API) are kept.
+        const process = { ...overrides };
+        const memory = parseSize(values.memory);
+        if (memory === undefined) throw new Error("The memory limit must be a number of bytes (or a size such as 2GiB), 0 for none, or empty for the default.");
+        const pids = parseCount(values.pids, 0);
+        if (pids === undefined) throw new Error("The process limit must be a whole number, 0 for none, or empty for the default.");
+        const tasks = parseCount(values.tasks, 1);
+        if (tasks === undefined || (tasks !== null && tasks > 10000)) throw new Error("Tasks at once must be a whole number from 1 to 10000, or empty for the default.");
+        const weight = parseCount(values.cpu_weight, 1);
+        if (weight === undefined || (weight !== null && weight > 10000)) throw new Error("The CPU weight must be a whole number from 1 to 10000, or empty for the default.");
+        for (const [key, value] of [["memory", memory], ["pids", pids], ["tasks", tasks], ["cpu_weight", weight]]) {
+          if (value === null) delete process[key];
+          else process[key] = value;
+        }
+        if (JSON.stringify(process) !== JSON.stringify(overrides)) {
+          patch.limits = Object.keys(process).length ? process : null;
+        }
         if (values.password) {
           const length = new TextEncoder().encode(values.password).length;
           if (length < 10) throw new Error("The new password is too short: use at least 10 characters.");
@@ -336,10 +362,6 @@ async function usersTab(section, ctx) {
         updated.changedRole = "role" in patch;
       },
     });
-    // Browsers fill a saved password into a field named "password" unless
-    // told it is a new one, which would silently reset the user's password.
-    const passwordInput = document.querySelector("dialog[open] input[name='password']");
-    if (passwordInput) passwordInput.autocomplete = "new-password";
     const done = await open;
     if (!done) {
       opener.focus();
