@@ -4,7 +4,7 @@
 // where ctx = { me, rest, query, refreshMe }. Routes are hashes
 // (#/files/docs), so the server serves one page and the API stays apart.
 
-import { api, h, whenSignedOut, toast } from "./lib.js";
+import { api, h, whenSignedOut, toast, describe } from "./lib.js";
 
 const pages = {
   "": { title: "Home", load: () => import("./pages/home.js") },
@@ -42,11 +42,18 @@ function parseHash() {
   const slash = path.indexOf("/");
   const name = slash === -1 ? path : path.slice(0, slash);
   let rest = slash === -1 ? "" : path.slice(slash + 1);
+  let parts;
   try {
-    rest = rest.split("/").map(decodeURIComponent).join("/");
+    parts = rest.split("/").map(decodeURIComponent);
   } catch {
-    // A malformed escape: show the path as typed.
+    return { name: "", rest: "", query: new URLSearchParams(), bad: true };
   }
+  // "." and ".." would let a link make the page ask for another API path
+  // than the one it names (browsers collapse them): never a page.
+  if (parts.some((part) => part === "." || part === "..")) {
+    return { name: "", rest: "", query: new URLSearchParams(), bad: true };
+  }
+  rest = parts.join("/");
   return { name, rest, query: new URLSearchParams(search) };
 }
 
@@ -98,13 +105,30 @@ async function signOutNow(button) {
   button.disabled = true;
   try {
     await api("POST", "/auth/logout", { quiet401: true });
-  } catch {
-    // Signed out either way: the session is gone or will expire.
+  } catch (err) {
+    // 401: the session had already ended. Anything else: it has not, and
+    // saying "signed out" would leave a live session behind.
+    if (err.status !== 401) {
+      button.disabled = false;
+      toast(`Could not sign out: ${describe(err)}`, "error");
+      return;
+    }
   }
   me = null;
+  signOuts?.postMessage("signed-out");
   location.hash = "#/login";
   toast("You are signed out.");
 }
+
+// Other tabs of this browser share the cookie: when one signs out, they
+// show the sign-in page too instead of the last user's data.
+const signOuts = "BroadcastChannel" in window ? new BroadcastChannel("warren-session") : null;
+signOuts?.addEventListener("message", () => {
+  if (!me) return;
+  me = null;
+  history.replaceState(null, "", "#/login");
+  route();
+});
 
 async function route() {
   const mine = ++generation;
@@ -116,8 +140,10 @@ async function route() {
     }
     cleanup = null;
   }
-  const { name, rest, query } = parseHash();
-  let page = pages[name];
+  const { name, rest, query, bad } = parseHash();
+  // Dialogs belong to the page that opened them.
+  for (const open of document.querySelectorAll("dialog")) open.close();
+  let page = bad ? undefined : pages[name];
   if (!page) {
     page = { title: "Not found", load: async () => ({ render: notFound }) };
   }

@@ -287,9 +287,23 @@ function relative(date) {
   return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
 }
 
+/**
+ * Text from users (file names, commands, user agents, audit fields) as it
+ * can be shown: control characters and bidirectional or invisible
+ * formatting characters become visible marks such as ⟨U+202E⟩, so a name
+ * cannot disguise itself (rtl⟨U+202E⟩txt.exe shown as "rtlexe.txt").
+ */
+export function shown(text) {
+  return String(text ?? "").replace(
+    /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/g,
+    (c) => `⟨U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`);
+}
+
 /** A workspace path for a URL: each component percent-encoded. */
 export function encodePath(path) {
-  return path.split("/").filter(Boolean).map(encodeURIComponent).join("/");
+  const parts = path.split("/").filter(Boolean);
+  if (parts.some((part) => part === "." || part === "..")) throw new Error(`Not a workspace path: ${path}`);
+  return parts.map(encodeURIComponent).join("/");
 }
 
 /** The storage line shared by Home and Files. */

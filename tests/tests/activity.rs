@@ -346,3 +346,46 @@ async fn a_client_that_stops_reading_is_dropped_and_memory_stays_flat() {
         "the send timeout closed the stalled client: {timeouts:?}"
     );
 }
+
+/// A feed ends when the credential that opened it does: a logout ends a
+/// user's, and an administrator's demotion ends their admin feed, at once
+/// (not at a next request: a feed has none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_ends_with_its_credential() {
+    let (server, admin, callers) = server_with(ServerOptions::workers(1), &["xena", "yuri"]).await;
+    let (xena, yuri) = (&callers[0], &callers[1]);
+
+    let mut feed = Events::open(xena, "/api/v1/activity").await;
+    let (status, body) = xena.post("/api/v1/auth/logout", json!({})).await;
+    assert_eq!(status, 204, "{body}");
+    let started = Instant::now();
+    while feed.next(Duration::from_secs(10)).await.is_some() {}
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Yuri is made an administrator, opens the admin feed, and is demoted.
+    let path = format!("/api/v1/admin/users/{}", yuri.user_id());
+    let (status, body) = admin
+        .send(Method::PATCH, &path, Some(json!({"role": "admin"})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let yuri = Caller::login(&server, "yuri", "yuri-password").await;
+    let mut feed = Events::open(&yuri, "/api/v1/admin/activity").await;
+    let (status, body) = admin
+        .send(Method::PATCH, &path, Some(json!({"role": "user"})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    // An event after the demotion must not reach the old admin feed.
+    put(&admin, "after-demotion.txt", "x").await;
+    while feed.next(Duration::from_secs(10)).await.is_some() {}
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!feed.raw.contains("after-demotion"), "{}", feed.raw);
+}

@@ -453,3 +453,56 @@ async fn stuck_input_held_devices_and_socket_floods_leave_nothing_behind() {
     assert_eq!(u16::from(refused.code), 1008, "{refused:?}");
     assert!(refused.reason.contains("16"), "{refused:?}");
 }
+
+/// A credential that ends ends the sockets it opened at once (`1008`), not
+/// at their next request: a logout, and an administrator disabling the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_session_or_a_disabled_user_closes_open_terminal_sockets_at_once() {
+    let Some((server, admin, callers)) =
+        server_with(ServerOptions::workers(1), &["vera", "walt"]).await
+    else {
+        return;
+    };
+    let (vera, walt) = (&callers[0], &callers[1]);
+
+    // Vera signs out (the same session, elsewhere): her open socket closes.
+    let id = open(vera).await;
+    let mut socket = connect(&server, &id, &bearer(vera)).await.expect("upgrade");
+    socket
+        .send(Message::Binary(b"echo al''ive\n".to_vec().into()))
+        .await
+        .expect("type");
+    read_until(&mut socket, "alive").await;
+    let (status, body) = vera.post("/api/v1/auth/logout", json!({})).await;
+    assert_eq!(status, 204, "{body}");
+    let started = std::time::Instant::now();
+    let frame = close_frame(&mut socket).await;
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    assert!(frame.reason.contains("session ended"), "{frame:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Walt is disabled by an administrator while attached.
+    let id = open(walt).await;
+    let mut socket = connect(&server, &id, &bearer(walt)).await.expect("upgrade");
+    socket
+        .send(Message::Binary(b"echo al''ive\n".to_vec().into()))
+        .await
+        .expect("type");
+    read_until(&mut socket, "alive").await;
+    let (status, body) = admin
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/users/{}", walt.user_id()),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let frame = close_frame(&mut socket).await;
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    // And nothing typed after the disabling can reach the shell.
+    assert!(connect(&server, &id, &bearer(walt)).await.is_err());
+}

@@ -1,7 +1,7 @@
 // The signed-in user's own account: their password, where they are signed
 // in, their API tokens, and their settings (the theme).
 
-import { api, h, field, toast, busy, dialog, describe, when } from "../lib.js";
+import { api, h, field, toast, busy, dialog, describe, when, shown } from "../lib.js";
 
 export async function render(holder, ctx) {
   // Everything the page shows, fetched together before the page appears.
@@ -159,6 +159,7 @@ function sessionsSection(initial) {
 /** "Firefox on Linux" from a User-Agent header; the header itself if unknown. */
 export function describeDevice(ua) {
   if (!ua) return "Unknown device";
+  ua = shown(ua);
   const browsers = [
     [/Edg(e|A|iOS)?\//, "Edge"],
     [/OPR\//, "Opera"],

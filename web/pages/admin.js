@@ -3,7 +3,7 @@
 // #/admin/users (the default), #/admin/sessions, #/admin/audit,
 // #/admin/usage, #/admin/workers, #/admin/apps.
 
-import { api, h, field, toast, busy, dialog, describe, when, bytes, ApiError } from "../lib.js";
+import { api, h, field, toast, busy, dialog, describe, when, bytes, ApiError, shown } from "../lib.js";
 import { describeDevice } from "./account.js";
 
 const TABS = [
@@ -624,10 +624,10 @@ function auditRow(entry) {
   return h("tr", {},
     h("td", {}, exact(entry.at_ms)),
     h("td", { class: "mono" }, entry.event),
-    h("td", {}, actor || h("span", { class: "muted" }, "—")),
-    h("td", {}, entry.subject || h("span", { class: "muted" }, "—")),
-    h("td", { class: "optional mono" }, entry.address || "—"),
-    h("td", { class: "optional" }, entry.detail || ""));
+    h("td", {}, actor ? shown(actor) : h("span", { class: "muted" }, "—")),
+    h("td", {}, entry.subject ? shown(entry.subject) : h("span", { class: "muted" }, "—")),
+    h("td", { class: "optional mono" }, entry.address ? shown(entry.address) : "—"),
+    h("td", { class: "optional" }, shown(entry.detail || "")));
 }
 
 /** Milliseconds → the value of a datetime-local input, in local time. */

@@ -3,7 +3,7 @@
 // the shared templates at the top level.
 
 import {
-  api, h, busy, toast, describe, dialog, bytes, when, usageBlock, encodePath, errorOf,
+  api, h, busy, toast, describe, dialog, bytes, when, usageBlock, encodePath, errorOf, shown,
 } from "../lib.js";
 
 /** Uploads running at once; the rest wait their turn. */
@@ -12,19 +12,24 @@ const PARALLEL_UPLOADS = 2;
 export async function render(holder, ctx) {
   const dir = ctx.rest.split("/").filter(Boolean).join("/");
   let listing;
+  let answer;
   try {
-    listing = await api("GET", dir ? `/files/${encodePath(dir)}` : "/files");
+    answer = await api("GET", dir ? `/files/${encodePath(dir)}` : "/files", { raw: true });
   } catch (err) {
     holder.append(h("h1", {}, "Files"), crumbs(dir),
-      h("p", { class: "alert", role: "alert" }, err.status === 404 ? `There is no folder “${dir}”.` : describe(err)),
+      h("p", { class: "alert", role: "alert" }, err.status === 404 ? `There is no folder “${shown(dir)}”.` : describe(err)),
       h("p", {}, h("a", { href: "#/files" }, "Back to your workspace")));
     return undefined;
   }
-  if (!listing || !Array.isArray(listing.entries)) {
-    // A file, not a folder: show it on its own page.
+  // A file has an ETag, a folder's listing none: a file is shown on its
+  // own page (handed over at most once, so the two pages never bounce).
+  if (answer.headers.get("etag")) {
+    answer.body?.cancel();
+    if (ctx.handedOver) throw new Error(`${shown(dir)} is neither a folder nor a file warren can show.`);
     history.replaceState(null, "", `#/file/${encodePath(dir)}`);
-    return (await import("./file.js")).render(holder, ctx);
+    return (await import("./file.js")).render(holder, { ...ctx, handedOver: true });
   }
+  listing = await answer.json();
   ctx.setTitle(dir ? `${dir.split("/").pop()} · Files` : "Files");
 
   const usage = await usageBlock();
@@ -71,26 +76,39 @@ export async function render(holder, ctx) {
   function row(entry) {
     const path = pathOf(entry.name);
     const isDir = entry.kind === "dir";
-    const link = isDir
-      ? h("a", { href: `#/files/${encodePath(path)}` }, entry.name)
-      : entry.kind === "file"
-        ? h("a", { href: `#/file/${encodePath(path)}` }, entry.name)
-        : h("span", {}, entry.name);
+    const label = shown(entry.name);
+    // A name made by a user's own program that the API's path rules refuse
+    // (control or invisible characters, not UTF-8) is shown, marked, but
+    // offers no action that would only fail.
+    const usable = label === entry.name && entry.name_valid !== false;
+    const link = !usable
+      ? h("span", {}, label)
+      : isDir
+        ? h("a", { href: `#/files/${encodePath(path)}` }, label)
+        : entry.kind === "file"
+          ? h("a", { href: `#/file/${encodePath(path)}` }, label)
+          : h("span", {}, label);
     const kindLabel = { dir: "Folder", file: "File", symlink: "Link", fifo: "FIFO", socket: "Socket", device: "Device" }[entry.kind] || entry.kind;
-    const rename = h("button", {
-      type: "button", class: "small", "aria-label": `Rename ${entry.name}`,
-      onclick: () => renameEntry(entry),
-    }, "Rename");
-    const remove = h("button", {
-      type: "button", class: "small danger", "aria-label": `Delete ${entry.name}`,
-      onclick: () => deleteEntry(entry),
-    }, "Delete");
-    const download = entry.kind === "file"
-      ? h("a", {
-        class: "button small", href: `/api/v1/files/${encodePath(path)}`, download: entry.name,
-        "aria-label": `Download ${entry.name}`,
-      }, "Download")
-      : null;
+    let actions;
+    if (usable) {
+      const rename = h("button", {
+        type: "button", class: "small", "aria-label": `Rename ${label}`,
+        onclick: () => renameEntry(entry),
+      }, "Rename");
+      const remove = h("button", {
+        type: "button", class: "small danger", "aria-label": `Delete ${label}`,
+        onclick: () => deleteEntry(entry),
+      }, "Delete");
+      const download = entry.kind === "file"
+        ? h("a", {
+          class: "button small", href: `/api/v1/files/${encodePath(path)}`, download: entry.name,
+          "aria-label": `Download ${label}`,
+        }, "Download")
+        : null;
+      actions = [download, rename, remove];
+    } else {
+      actions = h("span", { class: "hint" }, "This name cannot be used here: rename or delete it from a terminal, or delete its folder.");
+    }
     return h("tr", {},
       h("td", {}, h("div", { class: "name-cell" },
         h("span", { class: "icon", "aria-hidden": "true" }, isDir ? "▸" : "·"),
@@ -99,19 +117,20 @@ export async function render(holder, ctx) {
         entry.name_valid === false ? h("span", { class: "badge bad" }, "name not UTF-8") : null)),
       h("td", { class: "num nowrap optional" }, isDir ? "—" : bytes(entry.size)),
       h("td", { class: "optional nowrap" }, when(entry.modified)),
-      h("td", { class: "row-actions" }, download, rename, remove));
+      h("td", { class: "row-actions" }, actions));
   }
 
   async function renameEntry(entry) {
     const values = await dialog({
       title: `Rename ${entry.name}`,
-      fields: [{ name: "to", label: "New name", value: entry.name, required: true, hint: "A new name, or a path such as archive/old.txt to move it." }],
+      fields: [{ name: "to", label: "New name", value: entry.name, required: true, hint: "A new name, or a path to move it: archive/old.txt is in this folder, /archive/old.txt at the top of your workspace." }],
       confirm: "Rename",
       submit: async ({ to }) => {
-        const target = to.trim().replace(/^\/+/, "");
+        const typed = to.trim();
+        const target = typed.replace(/^\/+/, "");
         if (!target) throw new Error("Enter a name.");
         if (target === entry.name) return;
-        const destination = target.includes("/") ? target : pathOf(target);
+        const destination = typed.startsWith("/") ? target : pathOf(target);
         await api("POST", `/files/${encodePath(pathOf(entry.name))}?op=move`, { json: { to: destination } });
       },
     });
@@ -176,10 +195,10 @@ export async function render(holder, ctx) {
 
   function enqueue(files) {
     for (const file of files) {
-      const progress = h("progress", { max: "100", value: "0", "aria-label": `Upload of ${file.name}` });
+      const progress = h("progress", { max: "100", value: "0", "aria-label": `Upload of ${shown(file.name)}` });
       const status = h("span", { class: "muted nowrap" }, "Waiting…");
-      const cancel = h("button", { type: "button", class: "small", "aria-label": `Cancel upload of ${file.name}` }, "Cancel");
-      const name = h("span", {}, file.name);
+      const cancel = h("button", { type: "button", class: "small", "aria-label": `Cancel upload of ${shown(file.name)}` }, "Cancel");
+      const name = h("span", {}, shown(file.name));
       const item = h("li", {}, h("div", {}, name, " ", status), progress, cancel);
       const job = { file, item, progress, status, cancel, name, xhr: null, cancelled: false };
       cancel.addEventListener("click", () => {
@@ -209,20 +228,32 @@ export async function render(holder, ctx) {
     job.status.remove();
     job.progress.remove();
     job.cancel.remove();
-    job.name.textContent = text;
+    job.name.textContent = shown(text);
     job.name.className = cls;
     setTimeout(() => job.item.remove(), 8000);
   }
 
-  function upload(job) {
+  // Each file is a PUT of its own bytes (no multipart: the name is exactly
+  // the file's), with If-None-Match: * so an existing file is never
+  // replaced unasked: on 412 the user chooses to replace it or skip it.
+  function upload(job, replace = false) {
     return new Promise((resolve) => {
-      const form = new FormData();
-      form.append("file", job.file, job.file.name);
+      let target;
+      try {
+        target = `/api/v1/files/${encodePath(pathOf(job.file.name))}`;
+      } catch (err) {
+        finish(job, `${job.file.name} was not uploaded: ${err.message}`, "error-text");
+        resolve();
+        return;
+      }
       const xhr = new XMLHttpRequest();
       job.xhr = xhr;
       requests.add(xhr);
-      xhr.open("POST", dir ? `/api/v1/upload/${encodePath(dir)}` : "/api/v1/upload");
+      xhr.open("PUT", target);
+      xhr.setRequestHeader("content-type", "application/octet-stream");
+      if (!replace) xhr.setRequestHeader("if-none-match", "*");
       job.status.textContent = "0 %";
+      job.progress.value = 0;
       xhr.upload.addEventListener("progress", (event) => {
         if (!event.lengthComputable) return;
         const percent = Math.floor((event.loaded / event.total) * 100);
@@ -232,24 +263,40 @@ export async function render(holder, ctx) {
       xhr.addEventListener("loadend", async () => {
         requests.delete(xhr);
         if (job.cancelled) return resolve();
-        if (xhr.status === 201) {
+        if (xhr.status === 200 || xhr.status === 201) {
           finish(job, `${job.file.name} uploaded`, "");
           toast(`${job.file.name} uploaded.`);
           reload().catch(() => {});
-        } else {
-          let why = "the connection failed";
-          if (xhr.status) {
-            why = describe(await errorOf(new Response(xhr.responseText, {
-              status: xhr.status,
-              headers: { "content-type": "application/json", "retry-after": xhr.getResponseHeader("retry-after") || "" },
-            })));
-          }
-          finish(job, `${job.file.name} was not uploaded: ${why}`, "error-text");
-          toast(`${job.file.name} was not uploaded: ${why}`, "error");
+          return resolve();
         }
+        if (xhr.status === 412 && !replace) {
+          job.status.textContent = "Already exists";
+          const choice = await dialog({
+            title: `Replace ${shown(job.file.name)}?`,
+            body: h("p", {}, `A file named ${shown(job.file.name)} is already in this folder. Replace it with the one you are uploading?`),
+            confirm: "Replace",
+            cancel: "Skip",
+            danger: true,
+          });
+          if (choice && !job.cancelled) {
+            await upload(job, true);
+          } else if (!job.cancelled) {
+            finish(job, `${job.file.name}: skipped, the existing file was kept`, "muted");
+          }
+          return resolve();
+        }
+        let why = "the connection failed";
+        if (xhr.status) {
+          why = describe(await errorOf(new Response(xhr.responseText, {
+            status: xhr.status,
+            headers: { "content-type": "application/json", "retry-after": xhr.getResponseHeader("retry-after") || "" },
+          })));
+        }
+        finish(job, `${job.file.name} was not uploaded: ${why}`, "error-text");
+        toast(`${job.file.name} was not uploaded: ${why}`, "error");
         resolve();
       });
-      xhr.send(form);
+      xhr.send(job.file);
     });
   }
 
@@ -289,7 +336,13 @@ export async function render(holder, ctx) {
     h("div", { class: "card" }, h("div", { class: "table-wrap" }, table), emptyNote, more));
   if (!dir) page.append(await templatesCard(reload));
   holder.append(page);
-  return () => requests.forEach((xhr) => xhr.abort());
+  return () => {
+    // Leaving the page cancels what has not finished, queued uploads
+    // included (they would otherwise start unseen).
+    for (const job of queue) job.cancelled = true;
+    queue.length = 0;
+    requests.forEach((xhr) => xhr.abort());
+  };
 }
 
 /** The breadcrumb trail of `dir`: Workspace / a / b. */
@@ -302,8 +355,8 @@ export function crumbs(dir) {
     const path = parts.slice(0, index + 1).join("/");
     const last = index === parts.length - 1;
     items.push(h("li", {}, last
-      ? h("span", { "aria-current": "page" }, part)
-      : h("a", { href: `#/files/${encodePath(path)}` }, part)));
+      ? h("span", { "aria-current": "page" }, shown(part))
+      : h("a", { href: `#/files/${encodePath(path)}` }, shown(part))));
   });
   return h("nav", { class: "breadcrumb", "aria-label": "Breadcrumb" }, h("ol", {}, items));
 }

@@ -2,6 +2,7 @@
 // recent tasks, open terminals — each with the action it needs.
 
 import { api, h, busy, toast, describe, badge, when, usageBlock, pageHead, ApiError } from "../lib.js";
+import { commandText } from "./tasks.js";
 
 export async function render(holder, ctx) {
   const [usage, apps, tasks, terminals] = await Promise.all([
@@ -103,7 +104,4 @@ function terminalsView(answer) {
 }
 
 /** A task's argv as the line a person would type. */
-export function commandText(argv) {
-  if (argv.length === 3 && argv[0] === "/bin/sh" && argv[1] === "-c") return argv[2];
-  return argv.map((arg) => (/^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", "'\\''")}'`)).join(" ");
-}
+export { commandText };

@@ -4,7 +4,7 @@
 //   #/tasks        the form and the history (newest first, "Load more")
 //   #/tasks/<id>   one task: its state, its output as it comes, Cancel/Delete
 
-import { api, h, field, toast, busy, dialog, describe, when, badge, bytes, pageHead } from "../lib.js";
+import { api, h, field, toast, busy, dialog, describe, when, badge, bytes, pageHead, shown } from "../lib.js";
 
 /** Rows asked for at a time in the history. */
 const PAGE = 50;
@@ -445,9 +445,9 @@ function clean(text) {
 
 /** A task's command as a person typed it. */
 export function commandText(command) {
-  if (!Array.isArray(command)) return String(command || "");
-  if (command.length === 3 && command[0] === "/bin/sh" && command[1] === "-c") return command[2];
-  return command.map(quote).join(" ");
+  if (!Array.isArray(command)) return shown(String(command || ""));
+  if (command.length === 3 && command[0] === "/bin/sh" && command[1] === "-c") return shown(command[2]);
+  return shown(command.map(quote).join(" "));
 }
 
 function quote(arg) {

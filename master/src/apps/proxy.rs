@@ -209,12 +209,17 @@ async fn forward(
             return Err(ApiError::BadGateway("the app switched protocols unasked".into()).into());
         };
         drop(in_use);
+        // The socket lives on after this request: it ends when the
+        // caller's credential does.
+        let auth = state.auth.clone();
+        let revoked = async move { auth.watch(principal, false).ended().await };
         tokio::spawn(splice(
             inbound,
             outbound,
             hub.clone(),
             user,
             def.name.clone(),
+            revoked,
         ));
         return Ok(Response::from_parts(answer_parts, Body::empty()));
     }
@@ -385,6 +390,7 @@ async fn splice(
     hub: Arc<AppsHub>,
     user: warren_protocol::UserCtx,
     app: String,
+    revoked: impl std::future::Future<Output = ()>,
 ) {
     let (inbound, outbound) = match tokio::try_join!(inbound, outbound) {
         Ok(both) => both,
@@ -415,7 +421,10 @@ async fn splice(
             }
         })
     };
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut app_side).await;
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut app_side) => {}
+        () = revoked => tracing::debug!("an app's WebSocket ended with its session"),
+    }
     toucher.abort();
 }
 

@@ -290,11 +290,94 @@ pub struct Auth {
     /// Bumped by every invalidation; a cache fill that started before a
     /// bump is not inserted.
     generation: AtomicU64,
+    /// Told the generation after every invalidation, so long-lived streams
+    /// (terminals, event streams, followed output, apps' WebSockets) look
+    /// at their credential again at once: see [`CredentialWatch`].
+    changes: tokio::sync::watch::Sender<u64>,
     /// Every user the revocation feed names (deleted, disabled, changed),
     /// for whoever has more to do about them than forgetting credentials.
     user_events: tokio::sync::broadcast::Sender<Uuid>,
     config: AuthConfig,
     metrics: AuthMetrics,
+}
+
+/// How often a [`CredentialWatch`] looks at the absolute expiry when
+/// nothing was invalidated.
+const WATCH_EXPIRY_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether a credential still stands, for a stream that lives on after the
+/// request that opened it. A request is checked when it arrives; a stream
+/// has no next request, so it holds one of these: [`CredentialWatch::ended`]
+/// resolves once the credential is logged out, revoked, its user disabled,
+/// deleted, given a new password (here, through another master or the CLI)
+/// or it expires, and [`CredentialWatch::holds`] answers before each thing
+/// the stream sends, so nothing goes out after the end is known. It looks
+/// again only after an invalidation (a still valid credential is then a
+/// cache hit) and every 30 s for the absolute expiry; idle expiry does not
+/// apply (an open stream is the user's activity). While the database
+/// cannot answer, the credential is taken to stand and looked at again at
+/// the next change.
+pub struct CredentialWatch {
+    auth: Arc<Auth>,
+    principal: Arc<Principal>,
+    admin: bool,
+    changes: tokio::sync::watch::Receiver<u64>,
+    /// The invalidation generation last looked at in full.
+    seen: u64,
+    expiry: tokio::time::Interval,
+}
+
+impl CredentialWatch {
+    /// Whether the credential still stands (and belongs to an
+    /// administrator, if asked). Costs nothing unless something was
+    /// invalidated since the last look.
+    pub async fn holds(&mut self) -> bool {
+        let now = *self.changes.borrow();
+        if now == self.seen {
+            return true;
+        }
+        let holds = self.look().await;
+        if holds {
+            self.seen = now;
+        }
+        holds
+    }
+
+    /// Resolves once the credential no longer stands.
+    pub async fn ended(&mut self) {
+        loop {
+            if *self.changes.borrow() != self.seen {
+                if !self.holds().await {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        // The Auth is gone, and with it the server.
+                        return;
+                    }
+                }
+                _ = self.expiry.tick() => {
+                    if !self.look().await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn look(&self) -> bool {
+        match self.auth.recheck(&self.principal).await {
+            Ok(now) => !self.admin || now.is_admin(),
+            Err(AuthError::Unauthenticated) => false,
+            Err(err) => {
+                debug!(error = %err, "cannot look at a stream's credential again");
+                true
+            }
+        }
+    }
 }
 
 impl Auth {
@@ -319,6 +402,7 @@ impl Auth {
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             generation: AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
             user_events: tokio::sync::broadcast::Sender::new(1024),
             background_store: store.counting(metrics.background_queries()),
             store,
@@ -601,6 +685,73 @@ impl Auth {
     fn forget(&self, token_hash: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate(token_hash);
+        self.announce_change();
+    }
+
+    /// Wakes every [`CredentialWatch`].
+    fn announce_change(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        self.changes.send_replace(generation);
+    }
+
+    /// A watch on `principal`'s credential for a stream that lives on after
+    /// its request (a terminal, an event stream, followed output, an app's
+    /// WebSocket): see [`CredentialWatch`]. With `admin`, the credential
+    /// must also still belong to an administrator.
+    pub fn watch(self: &Arc<Self>, principal: Arc<Principal>, admin: bool) -> CredentialWatch {
+        let changes = self.changes.subscribe();
+        let seen = *changes.borrow();
+        let mut expiry = tokio::time::interval_at(
+            tokio::time::Instant::now() + WATCH_EXPIRY_EVERY,
+            WATCH_EXPIRY_EVERY,
+        );
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        CredentialWatch {
+            auth: self.clone(),
+            principal,
+            admin,
+            changes,
+            seen,
+            expiry,
+        }
+    }
+
+    /// `principal`'s credential as it stands now (from the cache, else the
+    /// database), without counting as its use.
+    async fn recheck(&self, principal: &Principal) -> Result<Arc<Principal>, AuthError> {
+        let now = store::now_ms();
+        let current = match self.cache.get(&principal.token_hash) {
+            Some(current) => current,
+            None => {
+                let api_token = matches!(principal.kind, CredentialKind::Token { .. });
+                let found = self
+                    .store
+                    .credential_by_hash(&principal.token_hash, api_token)
+                    .await?;
+                let (user, expires_at) = match found {
+                    None => return Err(AuthError::Unauthenticated),
+                    Some(store::Credential::Session(session, user)) => (user, session.expires_at),
+                    Some(store::Credential::Token(token, user)) => {
+                        (user, token.expires_at.unwrap_or(i64::MAX))
+                    }
+                };
+                if user.disabled || user.id != principal.user_id {
+                    return Err(AuthError::Unauthenticated);
+                }
+                Arc::new(Principal::new(
+                    &user,
+                    principal.kind,
+                    principal.token_hash.clone(),
+                    expires_at,
+                    principal.last_seen.load(Ordering::Relaxed),
+                    &self.config,
+                ))
+            }
+        };
+        if now >= current.expires_at {
+            return Err(AuthError::Unauthenticated);
+        }
+        Ok(current)
     }
 
     /// Drops every cached credential of `user` from this master's cache.
@@ -614,6 +765,7 @@ impl Auth {
             warn!(error = %err, "cannot invalidate by user; clearing the whole cache");
             self.cache.invalidate_all();
         }
+        self.announce_change();
     }
 
     /// Ends the caller's own session (logout).

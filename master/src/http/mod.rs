@@ -312,6 +312,7 @@ async fn around(State(state): State<AppState>, request: Request, next: Next) -> 
         .map(|info| info.0.ip());
     let tls = state.web.client_of(request.headers(), peer).1;
     let api = request.uri().path().starts_with("/api/");
+    let operational = matches!(request.uri().path(), "/readyz" | "/metrics" | "/healthz");
     let refusal = oversized(&request);
     let file_op = match refusal {
         Some(_) => None,
@@ -376,7 +377,9 @@ async fn around(State(state): State<AppState>, request: Request, next: Next) -> 
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
-    if api && !headers.contains_key(header::CACHE_CONTROL) {
+    // API answers, and the operational ones (an admin's /readyz details,
+    // /metrics), are never kept by a shared cache.
+    if (api || operational) && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     if tls {

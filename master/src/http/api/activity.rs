@@ -12,6 +12,7 @@
 //! accepts no byte at all.
 
 use crate::activity::{Activity, ActivitySummary};
+use crate::auth::{CredentialWatch, Principal};
 use crate::http::error::ErrorBody;
 use crate::http::extract::{Admin, Authed};
 use crate::http::AppState;
@@ -61,7 +62,7 @@ enum Audience {
     security(("cookie" = []), ("bearer" = []))
 )]
 async fn activity(State(state): State<AppState>, Authed(principal): Authed) -> Response {
-    stream(&state, Audience::User(principal.user_id))
+    stream(&state, Audience::User(principal.user_id), principal)
 }
 
 /// Everyone's live activity with users' names, and worker restarts
@@ -74,12 +75,22 @@ async fn activity(State(state): State<AppState>, Authed(principal): Authed) -> R
     ),
     security(("cookie" = []), ("bearer" = []))
 )]
-async fn admin_activity(State(state): State<AppState>, _: Admin) -> Response {
-    stream(&state, Audience::Admin)
+async fn admin_activity(State(state): State<AppState>, Admin(principal): Admin) -> Response {
+    stream(&state, Audience::Admin, principal)
 }
 
-fn stream(state: &AppState, audience: Audience) -> Response {
-    let events = feed(state.activity.subscribe(), state.activity.clone(), audience);
+/// The stream ends when the caller's credential does (a logout, a
+/// revocation, the user disabled or, for the admin stream, no longer an
+/// administrator), not only when the client leaves.
+fn stream(state: &AppState, audience: Audience, principal: Arc<Principal>) -> Response {
+    let admin = matches!(audience, Audience::Admin);
+    let watch = state.auth.watch(principal, admin);
+    let events = feed(
+        state.activity.subscribe(),
+        state.activity.clone(),
+        audience,
+        watch,
+    );
     let mut response = Sse::new(events)
         .keep_alive(
             KeepAlive::new()
@@ -102,6 +113,8 @@ struct FeedState {
     audience: Audience,
     summary_tick: tokio::time::Interval,
     last_summary: Option<ActivitySummary>,
+    /// The caller's credential: nothing is sent once it has ended.
+    watch: CredentialWatch,
 }
 
 /// The stream's events: the audience's share of the hub's events, and for
@@ -111,6 +124,7 @@ fn feed(
     receiver: Receiver<Arc<Activity>>,
     hub: Arc<crate::activity::ActivityHub>,
     audience: Audience,
+    watch: CredentialWatch,
 ) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
     let mut summary_tick = tokio::time::interval(SUMMARY_INTERVAL);
     summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,6 +134,7 @@ fn feed(
         audience,
         summary_tick,
         last_summary: None,
+        watch,
     };
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
@@ -127,7 +142,8 @@ fn feed(
                 Audience::User(id) => Some(id),
                 Audience::Admin => None,
             };
-            tokio::select! {
+            let event = tokio::select! {
+                () = state.watch.ended() => return None,
                 received = state.receiver.recv() => match received {
                     Ok(event) => {
                         let shown = match state.audience {
@@ -140,7 +156,7 @@ fn feed(
                         let Ok(event_json) = Event::default().event("activity").json_data(event.as_ref()) else {
                             continue;
                         };
-                        return Some((Ok(event_json), state));
+                        event_json
                     }
                     Err(RecvError::Lagged(missed)) => {
                         tracing::debug!(missed, "an activity client fell behind; its stream ends");
@@ -158,9 +174,14 @@ fn feed(
                     let Ok(event) = Event::default().event("summary").json_data(summary) else {
                         continue;
                     };
-                    return Some((Ok(event), state));
+                    event
                 }
+            };
+            // An invalidation may have come between the event and now.
+            if !state.watch.holds().await {
+                return None;
             }
+            return Some((Ok(event), state));
         }
     })
 }

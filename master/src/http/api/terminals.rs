@@ -10,6 +10,7 @@
 
 use super::rfc3339;
 use super::tasks::{check, StartTask, TaskCommand};
+use crate::auth::Principal;
 use crate::http::error::ErrorBody;
 use crate::http::extract::{ApiJson, ApiPath, Authed, AuthedWriter};
 use crate::http::{ApiError, AppState};
@@ -21,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -323,7 +325,6 @@ async fn attach(
     terminal_op(&state, &principal.ctx, TerminalOp::Get { id }).await?;
     let upgrade =
         upgrade.map_err(|err| ApiError::BadRequest(format!("this route is a WebSocket: {err}")))?;
-    let user = principal.ctx.clone();
     Ok(upgrade
         // tungstenite's defaults (a 128 KiB read buffer, 64 MiB messages)
         // are for bulk transfers; a terminal's frames are keystrokes and
@@ -333,21 +334,27 @@ async fn attach(
         .max_write_buffer_size(MAX_MESSAGE)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| bridge(state, user, id, socket))
+        .on_upgrade(move |socket| bridge(state, principal, id, socket))
         .into_response())
 }
 
 /// Carries bytes between the WebSocket and the terminal's stream until
 /// either ends.
-async fn bridge(state: AppState, user: UserCtx, id: TerminalId, mut socket: WebSocket) {
+async fn bridge(state: AppState, principal: Arc<Principal>, id: TerminalId, mut socket: WebSocket) {
     let metrics = state.metrics.terminals();
     metrics.websocket_opened();
+    let user = &principal.ctx;
     let reason = match state
         .pool
-        .open_stream(&user, StreamKind::TerminalAttach { id })
+        .open_stream(user, StreamKind::TerminalAttach { id })
         .await
     {
-        Ok(stream) => carry(&state, &user, id, &mut socket, stream).await,
+        Ok(stream) => {
+            // A logout, a revocation or the user's disabling ends the
+            // socket at once, not only new requests.
+            let mut watch = state.auth.watch(principal.clone(), false);
+            carry(&state, user, id, &mut socket, stream, watch.ended()).await
+        }
         Err(err) => Close::Error(format!("cannot attach: {err}")),
     };
     let (code, text) = match reason {
@@ -386,14 +393,19 @@ async fn carry(
     id: TerminalId,
     socket: &mut WebSocket,
     stream: warren_protocol::stream::Stream,
+    revoked: impl std::future::Future<Output = ()>,
 ) -> Close {
     let metrics = state.metrics.terminals();
+    tokio::pin!(revoked);
     let (mut sender, mut receiver) = stream.split();
     let mut pings = tokio::time::interval(PING_EVERY);
     pings.tick().await;
     let mut heard = Instant::now();
     let close = loop {
         tokio::select! {
+            () = &mut revoked => {
+                break Close::Refused("the session ended: sign in again".into());
+            }
             from_worker = receiver.recv() => match from_worker {
                 Some(Ok(bytes)) => {
                     let event = match warren_protocol::codec::decode_message::<TerminalEvent>(&bytes) {
