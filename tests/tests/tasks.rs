@@ -469,3 +469,48 @@ async fn old_finished_tasks_are_removed_beyond_the_history() {
     assert_eq!(listed, [&ids[5], &ids[4], &ids[3]].map(String::as_str));
     assert_eq!(alice.get(&format!("/api/v1/tasks/{}", ids[0])).await.0, 404);
 }
+
+/// A followed output may last as long as its task: when the caller's
+/// session ends it is cut at once (an incomplete body, not the clean end
+/// that means the task ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_output_is_cut_when_the_session_ends() {
+    let (_server, callers) = server_with(ServerOptions::workers(1), &["zoe"]).await;
+    let zoe = &callers[0];
+    let id = started(zoe, json!({"command": "echo one; sleep 60"})).await;
+    let mut response = zoe
+        .request(
+            Method::GET,
+            &format!("/api/v1/tasks/{id}/output?follow=true"),
+        )
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(response.status(), 200);
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"one\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("the first output comes")
+            .expect("a chunk")
+            .expect("not the end yet");
+        seen.extend_from_slice(&chunk);
+    }
+    let (status, body) = zoe.post("/api/v1/auth/logout", json!({})).await;
+    assert_eq!(status, 204, "{body}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match response.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+    })
+    .await
+    .expect("the followed output stops within 5 s of the logout");
+    assert!(
+        ended.is_err(),
+        "the transfer is cut, not ended as if the task had"
+    );
+}
