@@ -460,6 +460,11 @@ async fn audit(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be 1-1000".into()));
     }
+    if query.before.is_some_and(|before| before < 1) {
+        return Err(ApiError::BadRequest(
+            "before must be an event's id (1 or more)".into(),
+        ));
+    }
     let since = match query.since.as_deref() {
         None => None,
         Some(text) => Some(parse_time(text).ok_or_else(|| {
