@@ -339,3 +339,14 @@ export function badge(state) {
 export function pageHead(title, ...actions) {
   return h("div", { class: "page-head" }, h("h1", {}, title), actions.length ? h("div", { class: "actions" }, actions) : null);
 }
+
+/** Removes a table row and keeps keyboard focus nearby. */
+export function removeRow(row, fallback) {
+  const sibling = row.nextElementSibling || row.previousElementSibling;
+  const hadFocus = row.contains(document.activeElement) || document.activeElement === document.body;
+  row.remove();
+  if (!hadFocus) return;
+  const target = sibling && sibling.querySelector("button:not([disabled])");
+  if (target) target.focus();
+  else if (fallback) fallback.focus();
+}

@@ -1,7 +1,7 @@
 // The signed-in user's own account: their password, where they are signed
 // in, their API tokens, and their settings (the theme).
 
-import { api, h, field, toast, busy, dialog, describe, when, shown } from "../lib.js";
+import { api, h, field, toast, busy, dialog, describe, when, shown, removeRow } from "../lib.js";
 
 export async function render(holder, ctx) {
   // Everything the page shows, fetched together before the page appears.
@@ -188,16 +188,6 @@ export function describeDevice(ua) {
   return system ? `${browser[1]} on ${system[1]}` : browser[1];
 }
 
-/** Removes a table row and keeps keyboard focus nearby. */
-function removeRow(row, fallback) {
-  const sibling = row.nextElementSibling || row.previousElementSibling;
-  const hadFocus = row.contains(document.activeElement) || document.activeElement === document.body;
-  row.remove();
-  if (!hadFocus) return;
-  const target = sibling && sibling.querySelector("button:not([disabled])");
-  if (target) target.focus();
-  else if (fallback) fallback.focus();
-}
 
 // ---------------------------------------------------------------- API tokens
 

@@ -3,7 +3,7 @@
 // #/admin/users (the default), #/admin/sessions, #/admin/audit,
 // #/admin/usage, #/admin/workers, #/admin/apps.
 
-import { api, h, field, toast, busy, dialog, describe, when, bytes, ApiError, shown } from "../lib.js";
+import { api, h, field, toast, busy, dialog, describe, when, bytes, ApiError, shown, removeRow } from "../lib.js";
 import { describeDevice } from "./account.js";
 
 const TABS = [
@@ -77,6 +77,21 @@ function card(id, title, actions, ...children) {
     children);
 }
 
+/**
+ * A tab's first load into `body` (a failure shown there, with a way to try
+ * again), its "Refresh" button wired to `load`, and the card put in place.
+ */
+async function firstLoad(section, box, body, refresh, load) {
+  refresh.addEventListener("click", () => busy(refresh, load));
+  try {
+    await load();
+  } catch (err) {
+    body.replaceChildren(failed(err, () => busy(null, load)));
+  }
+  section.append(box);
+  return undefined;
+}
+
 /** A card showing why its data did not load, with a way to try again. */
 function failed(err, retry) {
   const again = h("button", { type: "button", onclick: retry }, "Try again");
@@ -84,16 +99,6 @@ function failed(err, retry) {
 }
 
 
-/** Removes a table row and keeps keyboard focus nearby. */
-function removeRow(row, fallback) {
-  const sibling = row.nextElementSibling || row.previousElementSibling;
-  const hadFocus = row.contains(document.activeElement) || document.activeElement === document.body;
-  row.remove();
-  if (!hadFocus) return;
-  const target = sibling && sibling.querySelector("button:not([disabled])");
-  if (target) target.focus();
-  else if (fallback) fallback.focus();
-}
 
 /** A timestamp in full (the audit log wants seconds, not "3 h ago"). */
 function exact(value) {
@@ -468,14 +473,7 @@ async function sessionsTab(section, ctx) {
   };
 
   filter.addEventListener("input", show);
-  refresh.addEventListener("click", () => busy(refresh, load));
-  try {
-    await load();
-  } catch (err) {
-    body.replaceChildren(failed(err, () => busy(null, load)));
-  }
-  section.append(box);
-  return undefined;
+  return firstLoad(section, box, body, refresh, load);
 }
 
 // ---------------------------------------------------------------- Audit log
@@ -664,14 +662,7 @@ async function usageTab(section) {
       ], usage.map(usageRow)));
   };
 
-  refresh.addEventListener("click", () => busy(refresh, load));
-  try {
-    await load();
-  } catch (err) {
-    body.replaceChildren(failed(err, () => busy(null, load)));
-  }
-  section.append(box);
-  return undefined;
+  return firstLoad(section, box, body, refresh, load);
 }
 
 function usageRow(entry) {
@@ -901,14 +892,7 @@ async function appsTab(section) {
     return row;
   };
 
-  refresh.addEventListener("click", () => busy(refresh, load));
-  try {
-    await load();
-  } catch (err) {
-    body.replaceChildren(failed(err, () => busy(null, load)));
-  }
-  section.append(box);
-  return undefined;
+  return firstLoad(section, box, body, refresh, load);
 }
 
 function appState(value) {
