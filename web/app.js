@@ -50,7 +50,7 @@ function parseHash() {
   }
   // "." and ".." would let a link make the page ask for another API path
   // than the one it names (browsers collapse them): never a page.
-  if (parts.some((part) => part === "." || part === "..")) {
+  if (parts.some((part) => part === "." || part === ".." || part.includes("/"))) {
     return { name: "", rest: "", query: new URLSearchParams(), bad: true };
   }
   rest = parts.join("/");

@@ -294,8 +294,10 @@ function relative(date) {
  * cannot disguise itself (rtl⟨U+202E⟩txt.exe shown as "rtlexe.txt").
  */
 export function shown(text) {
+  // Controls, format characters (bidi overrides, zero-width, tags), line
+  // and paragraph separators, and the fillers that render as nothing.
   return String(text ?? "").replace(
-    /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/g,
+    /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\u115f\u1160\u3164\uffa0\u034f\u180b-\u180f]/gu,
     (c) => `⟨U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`);
 }
 

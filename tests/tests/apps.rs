@@ -209,6 +209,33 @@ async fn an_app_starts_on_first_request_and_the_proxy_passes_only_what_it_should
         started.elapsed()
     );
 
+    // A stream outlives its request: it is cut (not ended cleanly) as soon
+    // as the session that opened it ends.
+    let other = Caller::login(&server, "alice", "alice-password").await;
+    let mut response = other
+        .request(Method::GET, "/user/alice/fix/events?n=300")
+        .send()
+        .await
+        .expect("GET events");
+    assert_eq!(response.status(), 200);
+    response.chunk().await.expect("chunk").expect("some bytes");
+    let (status, body) = other
+        .post("/api/v1/auth/logout", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match response.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+    })
+    .await
+    .expect("the app's stream stops within 5 s of the logout (it lasts 30 s)");
+    assert!(ended.is_err(), "cut, not ended as if the app had finished");
+
     // A trailing-slash-less URL is redirected beneath the app.
     let response = alice
         .request(Method::GET, "/user/alice/fix?a=b")

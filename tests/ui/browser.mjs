@@ -706,7 +706,11 @@ document.getElementById('form').submit();
       return found;
     });
     await step(`Users: create "${USER_B}" with the form`, async () => {
+      // The same h1 before and after: wait for the page to be replaced, so
+      // the form filled is the new page's, not the one going away.
+      const before = await page.locator('main h1').elementHandle();
       await page.getByRole('navigation', exact('Administration')).getByRole('link', exact('Users')).click();
+      await before?.waitForElementState('hidden', { timeout: PATIENCE }).catch(() => {});
       await usable(page, 'Administration');
       const form = main(page);
       await form.getByLabel('Username', { exact: true }).fill(USER_B);

@@ -106,7 +106,7 @@ function sessionsSection(initial) {
       const who = describeDevice(session.user_agent);
       const where = session.address || "unknown address";
       const row = h("tr", {},
-        h("td", {}, h("span", { title: session.user_agent || undefined }, who),
+        h("td", {}, h("span", { title: session.user_agent ? shown(session.user_agent) : undefined }, who),
           session.current ? [" ", h("span", { class: "badge good" }, "This session")] : null),
         h("td", { class: "mono" }, session.address || "—"),
         h("td", { class: "optional" }, when(session.created_at)),

@@ -4,7 +4,8 @@
 //   #/activity          your events (GET /api/v1/activity)
 //   #/activity?all=1    everyone's, with names (GET /api/v1/admin/activity)
 
-import { api, h, encodePath } from "../lib.js";
+import { api, h, encodePath, shown } from "../lib.js";
+import { commandText } from "./tasks.js";
 
 /** Events kept on the page; older ones are dropped. */
 const KEEP = 200;
@@ -173,15 +174,23 @@ function timeOf(ms) {
 function sentence(event, commands, mine) {
   const taskLink = (text, code = true) => {
     const props = { class: code ? "mono" : undefined, title: text.length > 120 ? text : undefined };
-    const shown = text.length > 120 ? `${text.slice(0, 119)}…` : text;
+    const short = text.length > 120 ? `${text.slice(0, 119)}…` : text;
     return mine && event.task
-      ? h("a", { href: `#/tasks/${encodeURIComponent(event.task)}`, ...props }, shown)
-      : h("span", props, shown);
+      ? h("a", { href: `#/tasks/${encodeURIComponent(event.task)}`, ...props }, short)
+      : h("span", props, short);
   };
-  const fileLink = (path, folder) => mine
-    ? h("a", { href: `#/${folder ? "files" : "file"}/${encodePath(path)}`, class: "mono" }, path)
-    : h("span", { class: "mono" }, path);
-  const path = (p) => h("span", { class: "mono" }, p || "/");
+  const fileLink = (path, folder) => {
+    // Only a path the API would take is a link (a user's program may have
+    // made others); every path is shown with its odd characters marked.
+    let href = null;
+    try {
+      href = mine && shown(path) === path ? `#/${folder ? "files" : "file"}/${encodePath(path)}` : null;
+    } catch {
+      href = null;
+    }
+    return href ? h("a", { href, class: "mono" }, path) : h("span", { class: "mono" }, shown(path));
+  };
+  const path = (p) => h("span", { class: "mono" }, p ? shown(p) : "/");
   switch (event.type) {
     case "task_started":
       return h("span", {}, "Task started: ", taskLink(commandText(event.command)),
@@ -204,7 +213,7 @@ function sentence(event, commands, mine) {
       return h("span", {}, "Created folder ", fileLink(event.path, true));
     case "worker_down":
       return h("span", {}, `Worker ${event.slot} (process ${event.worker_pid}) went down`,
-        event.reason ? `: ${event.reason}` : "", ". Its tasks are lost.");
+        event.reason ? `: ${shown(event.reason)}` : "", ". Its tasks are lost.");
     case "worker_up":
       return h("span", {}, `Worker ${event.slot} came up (process ${event.worker_pid}).`);
     default:
@@ -213,7 +222,7 @@ function sentence(event, commands, mine) {
 }
 
 function finishedWords(event) {
-  const extra = event.error ? ` (${event.error})` : "";
+  const extra = event.error ? ` (${shown(event.error)})` : "";
   switch (event.state) {
     case "exited":
       return `Task finished with exit code ${event.exit_code}${extra}`;
@@ -230,8 +239,3 @@ function finishedWords(event) {
   }
 }
 
-function commandText(command) {
-  if (!Array.isArray(command)) return String(command || "");
-  if (command.length === 3 && command[0] === "/bin/sh" && command[1] === "-c") return command[2];
-  return command.map((arg) => (/^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`)).join(" ");
-}

@@ -444,7 +444,7 @@ async function sessionsTab(section, ctx) {
     const device = describeDevice(session.user_agent);
     const row = h("tr", {},
       h("td", {}, user),
-      h("td", {}, h("span", { title: session.user_agent || undefined }, device),
+      h("td", {}, h("span", { title: session.user_agent ? shown(session.user_agent) : undefined }, device),
         session.current ? [" ", h("span", { class: "badge good" }, "This session")] : null),
       h("td", { class: "optional mono" }, session.address || "—"),
       h("td", { class: "optional" }, when(session.created_at)),

@@ -227,7 +227,10 @@ async fn forward(
         inner: answer_body,
         _guard: in_use,
     };
-    Ok(Response::from_parts(answer_parts, Body::new(body)))
+    // An answer may stream for as long as the app likes (OpenCode's event
+    // stream): it is cut when the caller's credential ends.
+    let body = crate::http::cut_when_revoked(&state.auth, principal, Body::new(body));
+    Ok(Response::from_parts(answer_parts, body))
 }
 
 /// The app could not be reached: 502, and the app is looked up afresh next

@@ -290,10 +290,10 @@ pub struct Auth {
     /// Bumped by every invalidation; a cache fill that started before a
     /// bump is not inserted.
     generation: AtomicU64,
-    /// Told the generation after every invalidation, so long-lived streams
-    /// (terminals, event streams, followed output, apps' WebSockets) look
-    /// at their credential again at once: see [`CredentialWatch`].
-    changes: tokio::sync::watch::Sender<u64>,
+    /// Told what every invalidation dropped, so a long-lived stream
+    /// (terminal, event stream, followed output, an app's answer) whose
+    /// credential it was looks again at once: see [`CredentialWatch`].
+    changes: tokio::sync::broadcast::Sender<Invalidated>,
     /// Every user the revocation feed names (deleted, disabled, changed),
     /// for whoever has more to do about them than forgetting credentials.
     user_events: tokio::sync::broadcast::Sender<Uuid>,
@@ -301,69 +301,102 @@ pub struct Auth {
     metrics: AuthMetrics,
 }
 
-/// How often a [`CredentialWatch`] looks at the absolute expiry when
-/// nothing was invalidated.
-const WATCH_EXPIRY_EVERY: Duration = Duration::from_secs(30);
+/// What an invalidation dropped from the cache.
+#[derive(Debug, Clone)]
+pub enum Invalidated {
+    /// One credential, by its token's hash.
+    Credential(String),
+    /// Every credential of a user (disabled, deleted, a new password, a
+    /// new role or limits).
+    User(Uuid),
+}
 
 /// Whether a credential still stands, for a stream that lives on after the
 /// request that opened it. A request is checked when it arrives; a stream
 /// has no next request, so it holds one of these: [`CredentialWatch::ended`]
 /// resolves once the credential is logged out, revoked, its user disabled,
-/// deleted, given a new password (here, through another master or the CLI)
-/// or it expires, and [`CredentialWatch::holds`] answers before each thing
-/// the stream sends, so nothing goes out after the end is known. It looks
-/// again only after an invalidation (a still valid credential is then a
-/// cache hit) and every 30 s for the absolute expiry; idle expiry does not
-/// apply (an open stream is the user's activity). While the database
-/// cannot answer, the credential is taken to stand and looked at again at
-/// the next change.
+/// deleted, given a new password or (with `admin`) no longer an
+/// administrator, here, through another master or the CLI, or once it
+/// expires; [`CredentialWatch::holds`] answers before each thing the stream
+/// sends, so nothing goes out after the end is known. It looks at the
+/// credential again (the cache, else one query) only when an invalidation
+/// names it or its user, so other users' logouts cost it nothing; the
+/// absolute expiry is a timer. Idle expiry does not apply: an open stream
+/// is the user's activity. While the database cannot answer, the
+/// credential is taken to stand and looked at again at the next change.
 pub struct CredentialWatch {
     auth: Arc<Auth>,
+    changes: tokio::sync::broadcast::Receiver<Invalidated>,
     principal: Arc<Principal>,
     admin: bool,
-    changes: tokio::sync::watch::Receiver<u64>,
-    /// The invalidation generation last looked at in full.
-    seen: u64,
-    expiry: tokio::time::Interval,
+    /// An invalidation named this credential (or more were missed than the
+    /// channel holds) and it was not looked at since.
+    stale: bool,
 }
 
 impl CredentialWatch {
+    fn concerns(&self, invalidated: &Invalidated) -> bool {
+        match invalidated {
+            Invalidated::Credential(hash) => *hash == self.principal.token_hash,
+            Invalidated::User(user) => *user == self.principal.user_id,
+        }
+    }
+
+    /// Notes every invalidation received so far.
+    fn drain(&mut self) {
+        use tokio::sync::broadcast::error::TryRecvError;
+        loop {
+            match self.changes.try_recv() {
+                Ok(invalidated) => self.stale |= self.concerns(&invalidated),
+                Err(TryRecvError::Lagged(_)) => self.stale = true,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn expired(&self) -> bool {
+        store::now_ms() >= self.principal.expires_at
+    }
+
     /// Whether the credential still stands (and belongs to an
-    /// administrator, if asked). Costs nothing unless something was
-    /// invalidated since the last look.
+    /// administrator, if asked). Costs nothing unless an invalidation named
+    /// it since the last look.
     pub async fn holds(&mut self) -> bool {
-        let now = *self.changes.borrow();
-        if now == self.seen {
+        self.drain();
+        if self.expired() {
+            return false;
+        }
+        if !self.stale {
             return true;
         }
         let holds = self.look().await;
-        if holds {
-            self.seen = now;
-        }
+        self.stale = false;
         holds
     }
 
     /// Resolves once the credential no longer stands.
     pub async fn ended(&mut self) {
+        use tokio::sync::broadcast::error::RecvError;
         loop {
-            if *self.changes.borrow() != self.seen {
-                if !self.holds().await {
-                    return;
-                }
-                continue;
+            if !self.holds().await {
+                return;
             }
+            let left = self
+                .principal
+                .expires_at
+                .saturating_sub(store::now_ms())
+                .max(0);
+            // Far-off expiries (API tokens without one) are not timers.
+            let left = Duration::from_millis(u64::try_from(left).unwrap_or(0))
+                .min(Duration::from_secs(86_400));
             tokio::select! {
-                changed = self.changes.changed() => {
-                    if changed.is_err() {
-                        // The Auth is gone, and with it the server.
-                        return;
-                    }
-                }
-                _ = self.expiry.tick() => {
-                    if !self.look().await {
-                        return;
-                    }
-                }
+                received = self.changes.recv() => match received {
+                    Ok(invalidated) => self.stale |= self.concerns(&invalidated),
+                    Err(RecvError::Lagged(_)) => self.stale = true,
+                    // The Auth is gone, and with it the server.
+                    Err(RecvError::Closed) => return,
+                },
+                () = tokio::time::sleep(left) => {}
             }
         }
     }
@@ -402,7 +435,7 @@ impl Auth {
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             generation: AtomicU64::new(0),
-            changes: tokio::sync::watch::Sender::new(0),
+            changes: tokio::sync::broadcast::Sender::new(1024),
             user_events: tokio::sync::broadcast::Sender::new(1024),
             background_store: store.counting(metrics.background_queries()),
             store,
@@ -685,34 +718,25 @@ impl Auth {
     fn forget(&self, token_hash: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate(token_hash);
-        self.announce_change();
-    }
-
-    /// Wakes every [`CredentialWatch`].
-    fn announce_change(&self) {
-        let generation = self.generation.load(Ordering::Acquire);
-        self.changes.send_replace(generation);
+        // No receiver is fine.
+        let _ = self
+            .changes
+            .send(Invalidated::Credential(token_hash.to_string()));
     }
 
     /// A watch on `principal`'s credential for a stream that lives on after
     /// its request (a terminal, an event stream, followed output, an app's
-    /// WebSocket): see [`CredentialWatch`]. With `admin`, the credential
-    /// must also still belong to an administrator.
+    /// answer or WebSocket): see [`CredentialWatch`]. With `admin`, the
+    /// credential must also still belong to an administrator.
     pub fn watch(self: &Arc<Self>, principal: Arc<Principal>, admin: bool) -> CredentialWatch {
-        let changes = self.changes.subscribe();
-        let seen = *changes.borrow();
-        let mut expiry = tokio::time::interval_at(
-            tokio::time::Instant::now() + WATCH_EXPIRY_EVERY,
-            WATCH_EXPIRY_EVERY,
-        );
-        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         CredentialWatch {
             auth: self.clone(),
+            changes: self.changes.subscribe(),
             principal,
             admin,
-            changes,
-            seen,
-            expiry,
+            // Once at the start: an invalidation between the request's
+            // authentication and now would otherwise go unseen.
+            stale: true,
         }
     }
 
@@ -765,15 +789,17 @@ impl Auth {
             warn!(error = %err, "cannot invalidate by user; clearing the whole cache");
             self.cache.invalidate_all();
         }
-        self.announce_change();
+        let _ = self.changes.send(Invalidated::User(user));
     }
 
     /// Ends the caller's own session (logout).
     pub async fn logout(&self, principal: &Principal, client: &Client) -> Result<(), AuthError> {
-        self.forget(&principal.token_hash);
+        // The database first: a stream woken by the invalidation then finds
+        // the session gone.
         self.store
             .delete_session_by_hash(&principal.token_hash)
             .await?;
+        self.forget(&principal.token_hash);
         self.audit(AuditEntry {
             event: "logout",
             actor_id: Some(principal.user_id.to_string()),

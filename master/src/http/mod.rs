@@ -210,6 +210,35 @@ fn is_operator(state: &AppState, parts: &axum::http::request::Parts) -> bool {
     }
 }
 
+/// A response body that may last long after its request (a followed task
+/// output, an app's event stream): it fails (the client sees the transfer
+/// cut, not a clean end) as soon as the caller's credential ends.
+pub fn cut_when_revoked(
+    auth: &Arc<crate::auth::Auth>,
+    principal: Arc<crate::auth::Principal>,
+    body: axum::body::Body,
+) -> axum::body::Body {
+    use futures_util::StreamExt;
+    let mut watch = auth.watch(principal, false);
+    let revoked: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        Box::pin(async move { watch.ended().await });
+    let data = body.into_data_stream();
+    let cut = futures_util::stream::unfold(Some((data, revoked)), |parts| async move {
+        let (mut data, mut revoked) = parts?;
+        tokio::select! {
+            item = data.next() => item.map(|item| (item, Some((data, revoked)))),
+            () = &mut revoked => {
+                let ended = std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the session ended",
+                );
+                Some((Err(axum::Error::new(ended)), None))
+            }
+        }
+    });
+    axum::body::Body::from_stream(cut)
+}
+
 /// Why a request is refused before it reaches a handler: a request target
 /// or headers larger than warren accepts (hyper's own, larger limits answer
 /// without warren's JSON body).

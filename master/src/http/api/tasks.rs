@@ -794,7 +794,7 @@ async fn task_output(
         let marker = (output.info.dropped > 0).then(|| dropped_marker(output.info.dropped));
         let response = output.respond(StatusCode::OK, marker, None, transfer);
         return Ok(if query.follow {
-            cut_when_revoked(&state, principal.clone(), response)
+            response.map(|body| crate::http::cut_when_revoked(&state.auth, principal.clone(), body))
         } else {
             response
         });
@@ -816,7 +816,8 @@ async fn task_output(
         }
         // Open-ended: no Content-Range can be promised, so a plain 200.
         let response = output.respond(StatusCode::OK, None, None, transfer);
-        return Ok(cut_when_revoked(&state, principal.clone(), response));
+        return Ok(response
+            .map(|body| crate::http::cut_when_revoked(&state.auth, principal.clone(), body)));
     }
     // Where the output ends now decides the range: ask once to learn it,
     // then for exactly the bytes of the range.
@@ -855,33 +856,6 @@ async fn task_output(
         Some((content_range, last - first + 1)),
         transfer,
     ))
-}
-
-/// A followed output may last as long as its task (days): it fails (the
-/// client sees the transfer cut, not a clean end) as soon as the caller's
-/// credential ends, like a terminal's socket.
-fn cut_when_revoked(state: &AppState, principal: Arc<Principal>, response: Response) -> Response {
-    use futures_util::StreamExt;
-    let auth = state.auth.clone();
-    response.map(|body| {
-        let revoked: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-            Box::pin(async move { auth.watch(principal, false).ended().await });
-        let data = body.into_data_stream();
-        let cut = futures_util::stream::unfold(Some((data, revoked)), |parts| async move {
-            let (mut data, mut revoked) = parts?;
-            tokio::select! {
-                item = data.next() => item.map(|item| (item, Some((data, revoked)))),
-                () = &mut revoked => {
-                    let ended = std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        "the session ended",
-                    );
-                    Some((Err(axum::Error::new(ended)), None))
-                }
-            }
-        });
-        Body::from_stream(cut)
-    })
 }
 
 /// A 416 naming where the output ends (`Content-Range: bytes */N`).
