@@ -74,6 +74,8 @@ const SIZES = [[1280, 800], [360, 740]];
 const SCHEMES = ['light', 'dark'];
 /** A page must be usable this soon after navigation (issue 13). */
 const USABLE_MS = 1000;
+/** The most cumulative layout shift a page load may have ("good" in Core Web Vitals). */
+const MAX_LAYOUT_SHIFT = 0.1;
 /** How long to wait for something the UI should show. */
 const PATIENCE = 10_000;
 const USER_B = 'uitest-bob';
@@ -85,6 +87,7 @@ const started = Date.now();
 const failures = [];
 const warnings = [];
 const timings = [];
+const shifts = [];
 const axeRuns = [];
 let currentFlow = '';
 let currentStep = '';
@@ -279,6 +282,17 @@ async function load(page, route, h1, name) {
   const title = await page.title();
   if (!/ · warren$/.test(title)) fail(`document.title is ${JSON.stringify(title)}; the contract says "<Page> · warren"`);
   if (ms > USABLE_MS) log(`  SLOW ${name}: usable after ${ms} ms (limit ${USABLE_MS})`);
+  // No layout jump on load: the cumulative layout shift of the load, as
+  // the browser measures it (Core Web Vitals call under 0.1 good).
+  const shift = await page.evaluate(() => new Promise((resolve) => {
+    let total = 0;
+    new PerformanceObserver((list) => {
+      for (const entry of list.getEntries()) if (!entry.hadRecentInput) total += entry.value;
+    }).observe({ type: 'layout-shift', buffered: true });
+    setTimeout(() => resolve(total), 100);
+  }));
+  shifts.push({ name, shift });
+  if (shift >= MAX_LAYOUT_SHIFT) fail(`${name}: the page jumped while loading (cumulative layout shift ${shift.toFixed(3)}, limit ${MAX_LAYOUT_SHIFT})`);
   return response;
 }
 
@@ -1058,6 +1072,8 @@ document.getElementById('form').submit();
       const slow = timings.filter((t) => t.ms > USABLE_MS).sort((a, b) => b.ms - a.ms);
       const worst = [...timings].sort((a, b) => b.ms - a.ms)[0];
       log(`      worst: ${worst.name} ${worst.ms} ms over ${timings.length} loads`);
+      const jumpiest = [...shifts].sort((a, b) => b.shift - a.shift)[0];
+      if (jumpiest) log(`      largest layout shift of a load: ${jumpiest.name} ${jumpiest.shift.toFixed(3)} (limit ${MAX_LAYOUT_SHIFT})`);
       if (slow.length) fail(`usable after more than ${USABLE_MS} ms: ${slow.map((t) => `${t.name} ${t.ms} ms`).join(', ')}`);
     });
   });
