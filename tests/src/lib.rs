@@ -403,6 +403,22 @@ pub fn child_pids(parent: u32) -> Vec<u32> {
     pids
 }
 
+/// How a streamed response body ends within `patience`: `Some(true)` cut
+/// (the transfer failed), `Some(false)` a clean end, `None` still going.
+pub async fn body_end(response: &mut reqwest::Response, patience: Duration) -> Option<bool> {
+    tokio::time::timeout(patience, async {
+        loop {
+            match response.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return false,
+                Err(_) => return true,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
 /// Polls `condition` every 20 ms until it holds or `patience` passes.
 pub async fn eventually<F, Fut>(patience: Duration, mut condition: F) -> bool
 where
