@@ -409,12 +409,9 @@ async fn start_checked(
             spawn_micros,
         }) => {
             state.metrics.tasks().observe_spawn(spawn_micros);
-            let update = TaskUpdate::Started {
-                worker_pid,
-                pid,
-                started_ms,
-            };
-            let record = store.update_task(id, &update).await?.unwrap_or(record);
+            // The start is told before it is recorded: the recorder tells an
+            // end only once the start is recorded, so the feed can never
+            // show a task's end before its start.
             state.activity.publish(
                 principal.user_id,
                 Some(&principal.username),
@@ -424,7 +421,14 @@ async fn start_checked(
                     cwd: record.cwd.clone(),
                 },
             );
-            // A short task's end may already be recorded.
+            let update = TaskUpdate::Started {
+                worker_pid,
+                pid,
+                started_ms,
+            };
+            let record = store.update_task(id, &update).await?.unwrap_or(record);
+            // A short task's end may already be recorded (before the start
+            // was, so the recorder left telling it to this handler).
             if record.state != TaskState::Running {
                 state.activity.publish(
                     principal.user_id,
