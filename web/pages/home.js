@@ -104,4 +104,3 @@ function terminalsView(answer) {
 }
 
 /** A task's argv as the line a person would type. */
-export { commandText };

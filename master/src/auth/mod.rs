@@ -655,38 +655,9 @@ impl Auth {
                 self.unknown.insert(hash, ());
                 return Err(AuthError::Unauthenticated);
             }
-            Some(store::Credential::Session(session, user)) => {
-                if user.disabled {
-                    return Err(AuthError::Unauthenticated);
-                }
-                Principal::new(
-                    &user,
-                    CredentialKind::Session { id: session.id },
-                    hash.clone(),
-                    session.expires_at,
-                    session.last_seen_at,
-                    &self.config,
-                )
-            }
-            Some(store::Credential::Token(token, user)) => {
-                let Some(scope) = Scope::parse(&token.scope) else {
-                    return Err(AuthError::Unauthenticated);
-                };
-                if user.disabled {
-                    return Err(AuthError::Unauthenticated);
-                }
-                Principal::new(
-                    &user,
-                    CredentialKind::Token {
-                        id: token.id,
-                        scope,
-                    },
-                    hash.clone(),
-                    token.expires_at.unwrap_or(i64::MAX),
-                    token.last_used_at.unwrap_or(token.created_at),
-                    &self.config,
-                )
-            }
+            Some(found) => self
+                .principal_of(found, hash.clone())
+                .ok_or(AuthError::Unauthenticated)?,
         };
         let principal = Arc::new(principal);
         if self.generation.load(Ordering::Acquire) == generation {
@@ -698,6 +669,39 @@ impl Auth {
             }
         }
         self.check_live(principal, now)
+    }
+
+    /// The caller a stored credential stands for; `None` when its user is
+    /// disabled or an API token's scope is not one warren knows.
+    fn principal_of(&self, found: store::Credential, hash: String) -> Option<Principal> {
+        let (user, kind, expires_at, last_seen) = match found {
+            store::Credential::Session(session, user) => (
+                user,
+                CredentialKind::Session { id: session.id },
+                session.expires_at,
+                session.last_seen_at,
+            ),
+            store::Credential::Token(token, user) => (
+                user,
+                CredentialKind::Token {
+                    id: token.id,
+                    scope: Scope::parse(&token.scope)?,
+                },
+                token.expires_at.unwrap_or(i64::MAX),
+                token.last_used_at.unwrap_or(token.created_at),
+            ),
+        };
+        if user.disabled {
+            return None;
+        }
+        Some(Principal::new(
+            &user,
+            kind,
+            hash,
+            expires_at,
+            last_seen,
+            &self.config,
+        ))
     }
 
     /// Absolute and idle expiry; a live credential's `last_seen` moves on.
@@ -751,25 +755,13 @@ impl Auth {
                 let found = self
                     .store
                     .credential_by_hash(&principal.token_hash, api_token)
-                    .await?;
-                let (user, expires_at) = match found {
-                    None => return Err(AuthError::Unauthenticated),
-                    Some(store::Credential::Session(session, user)) => (user, session.expires_at),
-                    Some(store::Credential::Token(token, user)) => {
-                        (user, token.expires_at.unwrap_or(i64::MAX))
-                    }
-                };
-                if user.disabled || user.id != principal.user_id {
-                    return Err(AuthError::Unauthenticated);
-                }
-                Arc::new(Principal::new(
-                    &user,
-                    principal.kind,
-                    principal.token_hash.clone(),
-                    expires_at,
-                    principal.last_seen.load(Ordering::Relaxed),
-                    &self.config,
-                ))
+                    .await?
+                    .ok_or(AuthError::Unauthenticated)?;
+                let current = self
+                    .principal_of(found, principal.token_hash.clone())
+                    .filter(|current| current.user_id == principal.user_id)
+                    .ok_or(AuthError::Unauthenticated)?;
+                Arc::new(current)
             }
         };
         if now >= current.expires_at {
