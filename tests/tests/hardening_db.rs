@@ -15,7 +15,7 @@ use warren_tests::{eventually, Server, ServerOptions, SmallFs};
 fn is_outage(status: u16, body: &Value) -> bool {
     matches!(
         (status, body["error"]["code"].as_str()),
-        (507, Some("disk_full")) | (503, Some("busy"))
+        (507, Some("disk_full")) | (503, Some("busy" | "database_unavailable"))
     )
 }
 

@@ -259,6 +259,31 @@ fn refused(refusal: Refusal) -> AuthError {
     }
 }
 
+/// Where this master is in the revocation feed.
+struct Feed {
+    /// The last event applied.
+    last: i64,
+    /// When the feed was last read.
+    last_read: std::time::Instant,
+    /// Since when reads fail, and how many did in a row.
+    failing_since: Option<std::time::Instant>,
+    failures: u32,
+    /// No read before this (back-off while reads fail).
+    retry_at: Option<std::time::Instant>,
+}
+
+impl Feed {
+    fn new(last: i64) -> Feed {
+        Feed {
+            last,
+            last_read: std::time::Instant::now(),
+            failing_since: None,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+}
+
 /// A successful login.
 pub struct Login {
     pub user: User,
@@ -309,7 +334,38 @@ pub enum Invalidated {
     /// Every credential of a user (disabled, deleted, a new password, a
     /// new role or limits).
     User(Uuid),
+    /// Every credential: the revocation feed could not be read for so long
+    /// that events may have been pruned before this master saw them.
+    Everything,
 }
+
+/// How long a credential stays in the cache without being read from the
+/// database again, however it is used: a backstop, since the revocation
+/// feed invalidates entries at once. It also bounds how long a credential
+/// revoked elsewhere keeps working here while this master cannot read the
+/// feed (a database outage, or a network cut between this host and it).
+pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// How long revocation events stay in `auth_events` (the background loop
+/// prunes older ones).
+pub const FEED_RETENTION: Duration = Duration::from_secs(3600);
+
+// A master that could not read the feed for a while and then resumes reads
+// every event after the last one it applied, unless events were pruned
+// meanwhile. Those are older than the retention, so older than any entry
+// still cached (its fill read the database after they were written):
+// pruning can never hide a revocation from a live cache entry.
+const _: () = assert!(CREDENTIAL_CACHE_TTL.as_secs() < FEED_RETENTION.as_secs());
+
+/// After this long without reading the feed, the cache is emptied and every
+/// watched stream looks at its credential again when the feed is read
+/// again: a stream outlives the cache's TTL, so a pruned event could be
+/// one it needed.
+const FEED_GAP_LIMIT: Duration = Duration::from_secs(FEED_RETENTION.as_secs() / 2);
+
+/// The longest wait between two reads of the feed while they fail (each
+/// failed read already took the database's connection timeout).
+const FEED_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Whether a credential still stands, for a stream that lives on after the
 /// request that opened it. A request is checked when it arrives; a stream
@@ -339,6 +395,7 @@ impl CredentialWatch {
         match invalidated {
             Invalidated::Credential(hash) => *hash == self.principal.token_hash,
             Invalidated::User(user) => *user == self.principal.user_id,
+            Invalidated::Everything => true,
         }
     }
 
@@ -427,7 +484,7 @@ impl Auth {
             cache: moka::sync::Cache::builder()
                 .max_capacity(200_000)
                 // A backstop only: revocations invalidate entries at once.
-                .time_to_live(Duration::from_secs(600))
+                .time_to_live(CREDENTIAL_CACHE_TTL)
                 .support_invalidation_closures()
                 .build(),
             unknown: moka::sync::Cache::builder()
@@ -1032,13 +1089,14 @@ impl Auth {
     /// Follows the revocation feed, writes batched `last_seen` times, and
     /// keeps the database and rate-limit state tidy, until `stop`.
     pub async fn run_background(self: Arc<Self>, stop: CancellationToken) {
-        let mut last_event = match self.background_store.last_event_id().await {
+        let last_event = match self.background_store.last_event_id().await {
             Ok(id) => id,
             Err(err) => {
                 warn!(error = %err, "cannot read the revocation feed; following from the start");
                 0
             }
         };
+        let mut feed = Feed::new(last_event);
         let mut poll = tokio::time::interval(self.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(self.config.flush_interval);
@@ -1055,7 +1113,7 @@ impl Auth {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = poll.tick() => last_event = self.follow_feed(last_event).await,
+                _ = poll.tick() => self.follow_feed(&mut feed).await,
                 _ = flush.tick() => {
                     self.flush_last_seen().await;
                     self.count_sessions().await;
@@ -1068,10 +1126,35 @@ impl Auth {
         self.flush_last_seen().await;
     }
 
-    async fn follow_feed(&self, after: i64) -> i64 {
-        match self.background_store.events_after(after).await {
+    /// Applies the feed's events after the last one applied. While the
+    /// database cannot be read, cached credentials keep working (for up to
+    /// [`CREDENTIAL_CACHE_TTL`] since each was read) but revocations made
+    /// elsewhere cannot be learnt: reads back off (up to
+    /// [`FEED_MAX_BACKOFF`]), failures are logged once every few seconds,
+    /// and the next read resumes after the last event applied, so none is
+    /// missed (see [`FEED_RETENTION`] and [`FEED_GAP_LIMIT`]).
+    async fn follow_feed(&self, feed: &mut Feed) {
+        let now = std::time::Instant::now();
+        if feed.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        match self.background_store.events_after(feed.last).await {
             Ok(events) => {
-                let mut last = after;
+                if let Some(since) = feed.failing_since.take() {
+                    let gap = now.saturating_duration_since(feed.last_read);
+                    if gap >= FEED_GAP_LIMIT {
+                        self.forget_everything();
+                    }
+                    info!(
+                        outage = ?now.saturating_duration_since(since),
+                        failures = feed.failures,
+                        events = events.len(),
+                        "the revocation feed is readable again; applying what happened meanwhile"
+                    );
+                }
+                feed.last_read = now;
+                feed.failures = 0;
+                feed.retry_at = None;
                 for event in events {
                     match event.kind {
                         EventKind::Session => self.forget(&event.subject),
@@ -1087,15 +1170,41 @@ impl Auth {
                             }
                         },
                     }
-                    last = event.id;
+                    feed.last = event.id;
                 }
-                last
             }
             Err(err) => {
-                warn!(error = %err, "cannot read the revocation feed");
-                after
+                feed.failing_since.get_or_insert(now);
+                feed.failures = feed.failures.saturating_add(1);
+                let backoff = self
+                    .config
+                    .poll_interval
+                    .checked_mul(2u32.saturating_pow(feed.failures))
+                    .map_or(FEED_MAX_BACKOFF, |wait| wait.min(FEED_MAX_BACKOFF));
+                feed.retry_at = Some(std::time::Instant::now() + backoff);
+                if let Some(left_out) = store::OUTAGE_LOG.admit("revocation feed") {
+                    warn!(
+                        error = %err,
+                        left_out,
+                        after_event = feed.last,
+                        "cannot read the revocation feed; cached credentials stay valid, \
+                         revocations made elsewhere apply once it is read again"
+                    );
+                }
             }
         }
+    }
+
+    /// Drops every cached credential and has every watched stream look at
+    /// its credential again.
+    fn forget_everything(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+        let _ = self.changes.send(Invalidated::Everything);
+        warn!(
+            limit = ?FEED_GAP_LIMIT,
+            "the revocation feed was not read for too long: every cached credential is read again"
+        );
     }
 
     async fn flush_last_seen(&self) {
@@ -1119,7 +1228,12 @@ impl Auth {
                     principal.flushed.fetch_max(last, Ordering::Relaxed);
                 }
             }
-            Err(err) => warn!(error = %err, "cannot write last-seen times"),
+            // Kept (not marked flushed): written by the next flush.
+            Err(err) => {
+                if let Some(left_out) = store::OUTAGE_LOG.admit("last-seen times") {
+                    warn!(error = %err, left_out, "cannot write last-seen times");
+                }
+            }
         }
     }
 
@@ -1157,7 +1271,7 @@ impl Auth {
         self.token_creations.shrink();
         match self
             .background_store
-            .prune(Duration::from_secs(3600), self.config.idle_timeout)
+            .prune(FEED_RETENTION, self.config.idle_timeout)
             .await
         {
             Ok(0) => {}
@@ -1170,7 +1284,11 @@ impl Auth {
     pub async fn count_sessions(&self) {
         match self.background_store.count_sessions().await {
             Ok(n) => self.metrics.set_sessions(n),
-            Err(err) => warn!(error = %err, "cannot count sessions"),
+            Err(err) => {
+                if let Some(left_out) = store::OUTAGE_LOG.admit("count sessions") {
+                    warn!(error = %err, left_out, "cannot count sessions");
+                }
+            }
         }
     }
 }

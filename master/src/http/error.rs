@@ -5,7 +5,7 @@ use crate::auth::password::PasswordError;
 use crate::auth::throttle::retry_after_secs;
 use crate::auth::AuthError;
 use crate::pool::PoolError;
-use crate::store::{Outage, StoreError};
+use crate::store::{Outage, StoreError, OUTAGE_LOG};
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,11 @@ use warren_protocol::OpError;
 
 /// `Retry-After` of a start refused at the user's task limit.
 pub const TASK_LIMIT_RETRY_AFTER_SECS: u64 = 2;
+
+/// `Retry-After` of a request refused because the accounts database is out
+/// of reach: an outage rarely ends within a second, and every retry costs
+/// up to the connection timeout.
+pub const DATABASE_RETRY_AFTER_SECS: u64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -48,6 +53,9 @@ pub enum ApiError {
     TooManyRequests(Duration),
     #[error("{0}")]
     Busy(String),
+    /// The accounts database is out of reach: nothing was read or changed.
+    #[error("{0}")]
+    DatabaseUnavailable(String),
     #[error("{0}")]
     RequestTimeout(String),
     /// The server's disk is full: nothing was stored.
@@ -119,6 +127,9 @@ impl ApiError {
             }
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::DatabaseUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
@@ -193,6 +204,7 @@ impl IntoResponse for ApiError {
             ApiError::Pool(PoolError::Op(
                 OpError::TooManyTasks { .. } | OpError::TooManyApps { .. },
             )) => Some(TASK_LIMIT_RETRY_AFTER_SECS),
+            ApiError::DatabaseUnavailable(_) => Some(DATABASE_RETRY_AFTER_SECS),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };
@@ -240,20 +252,35 @@ impl From<StoreError> for ApiError {
             // The credential in use was revoked while the request ran.
             StoreError::Stale => ApiError::Unauthenticated,
             StoreError::Limit(why) => ApiError::Conflict(why),
+            // Nothing was stored: the client must know the change did not
+            // happen (a logout that failed leaves its session valid). While
+            // the cause lasts every such request fails alike, so the log
+            // gets one line per kind every few seconds (`OUTAGE_LOG`), with
+            // the count of those left out.
             other => match other.outage() {
-                // Nothing was stored: the client must know the change did
-                // not happen (a logout that failed leaves its session valid).
                 Some(Outage::DiskFull) => {
-                    warn!(error = %other, "database write refused: disk full");
+                    if let Some(left_out) = OUTAGE_LOG.admit("request: disk full") {
+                        warn!(error = %other, left_out, "database write refused: disk full");
+                    }
                     ApiError::DiskFull(
                         "the server's disk is full; nothing was changed, try again later".into(),
                     )
                 }
                 Some(Outage::Unavailable) => {
-                    warn!(error = %other, "database unavailable");
-                    ApiError::Busy(
-                        "the accounts database is unavailable; nothing was changed, try again"
+                    if let Some(left_out) = OUTAGE_LOG.admit("request: database unavailable") {
+                        warn!(error = %other, left_out, "database unavailable");
+                    }
+                    ApiError::DatabaseUnavailable(
+                        "the accounts database is unavailable; nothing was changed, try again later"
                             .into(),
+                    )
+                }
+                Some(Outage::Busy) => {
+                    if let Some(left_out) = OUTAGE_LOG.admit("request: database busy") {
+                        warn!(error = %other, left_out, "database busy");
+                    }
+                    ApiError::Busy(
+                        "the accounts database is busy; nothing was changed, try again".into(),
                     )
                 }
                 None => ApiError::Internal(other.to_string()),

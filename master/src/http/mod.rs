@@ -424,43 +424,100 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// 200 when every slot is up and the database answers, else 503. The body
-/// says only that, except to an operator (see [`is_operator`]) or an
-/// administrator, who also see each slot and the database's status.
+/// How long readiness waits for the database before calling it
+/// unavailable: a probe must answer before its caller gives up on it, even
+/// while every connection attempt hangs.
+pub const READINESS_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What `/readyz` (and systemd's `READY=1`, see `crate::notify`) is
+/// decided on.
+pub struct Readiness {
+    pub ready: bool,
+    pub slots: Vec<crate::pool::SlotReport>,
+    pub workers_ready: bool,
+    /// `Err` says why the database cannot serve: `unavailable: …`,
+    /// `disk_full: …` (see [`crate::store::StoreError::status_text`]).
+    pub database: Result<(), String>,
+}
+
+impl Readiness {
+    /// Short, secret-free names of what is not ready (`workers`,
+    /// `database_unavailable`, `database_disk_full`, `database`): empty
+    /// when ready.
+    pub fn reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if !self.workers_ready {
+            reasons.push("workers");
+        }
+        if let Err(why) = &self.database {
+            reasons.push(if why.starts_with("unavailable") {
+                "database_unavailable"
+            } else if why.starts_with("disk_full") {
+                "database_disk_full"
+            } else {
+                "database"
+            });
+        }
+        reasons
+    }
+}
+
+/// Every slot up, and the database answering and able to store (within
+/// [`READINESS_DATABASE_TIMEOUT`]).
+pub async fn readiness(state: &AppState, store: &crate::store::Store) -> Readiness {
+    let slots = state.pool.report();
+    let workers_ready = slots
+        .iter()
+        .all(|slot| slot.state == crate::pool::supervisor::SlotState::Up);
+    let probe = async {
+        store.ping().await.map_err(|err| err.status_text())?;
+        store.check_writable().await
+    };
+    let database = match tokio::time::timeout(READINESS_DATABASE_TIMEOUT, probe).await {
+        Ok(found) => found,
+        Err(_) => Err(format!(
+            "unavailable: no answer within {} s",
+            READINESS_DATABASE_TIMEOUT.as_secs()
+        )),
+    };
+    Readiness {
+        ready: workers_ready && database.is_ok(),
+        slots,
+        workers_ready,
+        database,
+    }
+}
+
+/// 200 when every slot is up and the database answers, else 503 with the
+/// short reasons (`workers`, `database_unavailable`...). The body says
+/// only that, except to an operator (see [`is_operator`]) or an
+/// administrator, who also see each slot and the database's status (its
+/// error, e.g. `unavailable: …`).
 async fn readyz(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _) = request.into_parts();
     let details = is_operator(&state, &parts)
         || extract::Authed::from_request_parts(&mut parts, &state)
             .await
             .is_ok_and(|authed| authed.0.is_admin());
-    let slots = state.pool.report();
-    let workers_ready = slots
-        .iter()
-        .all(|slot| slot.state == crate::pool::supervisor::SlotState::Up);
-    let store = state.auth.store();
-    let database = match store.ping().await {
-        Ok(()) => store.check_writable().await,
-        Err(err) => Err(err.to_string()),
-    };
-    let ready = workers_ready && database.is_ok();
-    let status = if ready {
-        StatusCode::OK
+    let readiness = readiness(&state, state.auth.store()).await;
+    let (status, summary) = if readiness.ready {
+        (StatusCode::OK, "ready")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
     };
-    let summary = if ready { "ready" } else { "not_ready" };
-    if !details {
-        return (status, Json(serde_json::json!({ "status": summary }))).into_response();
+    let mut body = serde_json::json!({ "status": summary });
+    if !readiness.ready {
+        body["reasons"] = readiness.reasons().into();
     }
-    let body = serde_json::json!({
-        "status": summary,
-        "database": match &database {
+    if details {
+        body["database"] = match &readiness.database {
             Ok(()) => "ok".to_string(),
             Err(err) => err.clone(),
-        },
-        "workers": slots,
-        "sandbox": sandbox_json(&state.sandbox),
-    });
+        }
+        .into();
+        body["workers"] = serde_json::json!(readiness.slots);
+        body["sandbox"] = sandbox_json(&state.sandbox);
+    }
     (status, Json(body)).into_response()
 }
 

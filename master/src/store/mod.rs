@@ -9,11 +9,13 @@
 //! `warren_db_queries_total` so "no query per request" can be measured.
 
 mod audit;
+mod log_limit;
 mod sessions;
 mod tasks;
 mod users;
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord};
+pub use log_limit::{LogLimit, OUTAGE_LOG};
 pub use sessions::{ApiTokenRow, Credential, NewApiToken, NewSession, SessionRow};
 pub use tasks::{LostTasks, NewTask, TaskCursor, TaskFilter, TaskRecord, TaskUpdate};
 pub use users::{LimitOverrides, NewUser, Role, UidRange, User, UserPatch};
@@ -74,10 +76,15 @@ pub enum Outage {
     /// The disk (or a database quota) is full: SQLite `SQLITE_FULL`,
     /// PostgreSQL `53100`, or `ENOSPC` on a socket or file.
     DiskFull,
-    /// The database is out of reach, restarting, contended or short of
-    /// memory: a lost connection, a pool that timed out, SQLite busy or I/O
-    /// errors, PostgreSQL classes 08, 53, 57P and serialization failures.
+    /// The database is out of reach, restarting or short of resources: a
+    /// lost or refused connection, a pool that timed out (no connection
+    /// within [`ACQUIRE_TIMEOUT_POSTGRES`]), SQLite I/O errors, PostgreSQL
+    /// classes 08, 53 (but a full disk), 57P and a missing database.
     Unavailable,
+    /// The database answers but refused this statement for contention: a
+    /// serialization failure or deadlock, a lock not available, a statement
+    /// cancelled, SQLite busy or locked. Trying again soon may work.
+    Busy,
 }
 
 impl StoreError {
@@ -90,7 +97,31 @@ impl StoreError {
             _ => None,
         }
     }
+
+    /// How `/readyz` describes this error to an operator: its kind first
+    /// (`unavailable: `, `disk_full: `, `busy: ` or `error: `), then the
+    /// error (which never holds the URL's password).
+    pub fn status_text(&self) -> String {
+        let kind = match self.outage() {
+            Some(Outage::Unavailable) => "unavailable",
+            Some(Outage::DiskFull) => "disk_full",
+            Some(Outage::Busy) => "busy",
+            None => "error",
+        };
+        format!("{kind}: {self}")
+    }
 }
+
+/// How long a statement waits for a PostgreSQL connection before it fails
+/// `Unavailable`. sqlx retries a refused connection with back-off until
+/// this deadline, so it is also how long a request that needs the database
+/// takes to fail while PostgreSQL is down: short, so callers hear
+/// `503 database_unavailable` in seconds, not after half a minute.
+pub const ACQUIRE_TIMEOUT_POSTGRES: Duration = Duration::from_secs(3);
+
+/// The same for SQLite, which has no connection to lose: only contention
+/// for its few connections (one writer at a time) waits here.
+const ACQUIRE_TIMEOUT_SQLITE: Duration = Duration::from_secs(10);
 
 fn outage_of(err: &sqlx::Error) -> Option<Outage> {
     match err {
@@ -119,9 +150,11 @@ fn sqlite_outage(code: Option<&str>) -> Option<Outage> {
     let primary = code?.parse::<i32>().ok()? & 0xff;
     match primary {
         13 => Some(Outage::DiskFull), // SQLITE_FULL
-        // BUSY, LOCKED, NOMEM, READONLY (a file system remounted read-only),
-        // IOERR, CANTOPEN, PROTOCOL.
-        5 | 6 | 7 | 8 | 10 | 14 | 15 => Some(Outage::Unavailable),
+        // BUSY, LOCKED.
+        5 | 6 => Some(Outage::Busy),
+        // NOMEM, READONLY (a file system remounted read-only), IOERR,
+        // CANTOPEN, PROTOCOL.
+        7 | 8 | 10 | 14 | 15 => Some(Outage::Unavailable),
         _ => None,
     }
 }
@@ -131,7 +164,7 @@ fn postgres_outage(code: Option<&str>) -> Option<Outage> {
     let code = code?;
     match code {
         "53100" => Some(Outage::DiskFull),
-        "40001" | "40P01" | "55P03" | "57014" => Some(Outage::Unavailable),
+        "40001" | "40P01" | "55P03" | "57014" => Some(Outage::Busy),
         // 3D000: the database itself is gone (dropped, or not yet restored).
         _ if code.starts_with("08")
             || code.starts_with("53")
@@ -200,7 +233,10 @@ impl Store {
                 Backend::Sqlite => 4,
                 Backend::Postgres => 8,
             })
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(match backend {
+                Backend::Sqlite => ACQUIRE_TIMEOUT_SQLITE,
+                Backend::Postgres => ACQUIRE_TIMEOUT_POSTGRES,
+            })
             // A connection whose transaction could not be ended must never
             // serve another request. SQLite rolls a transaction back by
             // itself on some errors (SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY
@@ -334,7 +370,7 @@ impl Store {
         .execute(&self.pool)
         .await
         .map(|_| ())
-        .map_err(|err| StoreError::from(err).to_string());
+        .map_err(|err| StoreError::from(err).status_text());
         *last = Some((std::time::Instant::now(), found.clone()));
         found
     }
@@ -594,7 +630,8 @@ pub(crate) mod tests {
         // SQLITE_FULL, SQLITE_IOERR_WRITE (10 | 3 << 8), SQLITE_BUSY.
         assert_eq!(sqlite_outage(Some("13")), Some(Outage::DiskFull));
         assert_eq!(sqlite_outage(Some("778")), Some(Outage::Unavailable));
-        assert_eq!(sqlite_outage(Some("5")), Some(Outage::Unavailable));
+        assert_eq!(sqlite_outage(Some("5")), Some(Outage::Busy));
+        assert_eq!(sqlite_outage(Some("14")), Some(Outage::Unavailable));
         // SQLITE_CONSTRAINT_UNIQUE, SQLITE_ERROR, garbage.
         assert_eq!(sqlite_outage(Some("2067")), None);
         assert_eq!(sqlite_outage(Some("1")), None);
@@ -602,11 +639,18 @@ pub(crate) mod tests {
         assert_eq!(postgres_outage(Some("53100")), Some(Outage::DiskFull));
         assert_eq!(postgres_outage(Some("08006")), Some(Outage::Unavailable));
         assert_eq!(postgres_outage(Some("57P01")), Some(Outage::Unavailable));
-        assert_eq!(postgres_outage(Some("40001")), Some(Outage::Unavailable));
+        assert_eq!(postgres_outage(Some("40001")), Some(Outage::Busy));
+        assert_eq!(postgres_outage(Some("3D000")), Some(Outage::Unavailable));
         assert_eq!(postgres_outage(Some("23505")), None);
         assert_eq!(postgres_outage(Some("42601")), None);
         let lost = StoreError::Database(sqlx::Error::PoolTimedOut);
         assert_eq!(lost.outage(), Some(Outage::Unavailable));
+        assert!(
+            lost.status_text().starts_with("unavailable: "),
+            "{}",
+            lost.status_text()
+        );
+        assert!(StoreError::LastAdmin.status_text().starts_with("error: "));
         assert_eq!(StoreError::LastAdmin.outage(), None);
     }
 

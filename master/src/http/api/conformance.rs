@@ -1,6 +1,7 @@
 //! What every `/api/v1` operation can answer besides its own responses,
 //! added to the OpenAPI document in one place so that no handler can forget
-//! one: 401 on authenticated routes, 403 on admin routes, 400/415/422 on
+//! one: 401 on authenticated routes, 403 on admin routes, 503 where the
+//! accounts database may be needed, 400/415/422 on
 //! JSON bodies, 400 on query strings and workspace paths (with the path
 //! rules). `.ci/schemathesis.sh` checks the document against the server.
 
@@ -72,6 +73,17 @@ fn complete_operation(path: &str, op: &mut Operation) {
     }
     if path.starts_with("/api/v1/admin/") {
         ensure(op, "403", "Administrators only", None);
+    }
+    // A credential not in the session cache, a login or a sign-up reads
+    // the accounts database; while it is out of reach, that is a 503.
+    if secured || path.starts_with("/api/v1/auth/") {
+        ensure(
+            op,
+            "503",
+            "The accounts database is unavailable (`database_unavailable`, with \
+             `Retry-After`): nothing was changed",
+            Some("or the accounts database is unavailable: `database_unavailable`"),
+        );
     }
     let json_body = op
         .request_body
