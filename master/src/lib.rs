@@ -8,6 +8,7 @@
 //! - [`store`]: the accounts database (SQLite or PostgreSQL, via sqlx).
 //! - [`user_cli`]: `warren user …`, the operator's user management.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`notify`]: systemd's readiness notifications (`READY=1`, `STOPPING=1`).
 //! - [`recorder`]: task records kept in step with the workers' reports.
 //! - [`activity`]: the live activity feed (SSE) and its aggregates.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod cli;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod purge;
 pub mod recorder;

@@ -216,6 +216,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         apps: apps.map(crate::apps::proxy::Proxy::new),
     });
     let app = http::router(state.clone());
+    // systemd (Type=notify): READY=1 once ready, STOPPING=1 when draining.
+    tokio::spawn(crate::notify::run(state.clone(), stop.clone()));
     info!(
         header_read_timeout = ?limits.header_read_timeout,
         send_timeout = ?limits.send_timeout,

@@ -397,6 +397,8 @@ fn spawn_worker(config: &PoolConfig, slot: u32, socket: &Path) -> std::io::Resul
         .arg("--heartbeat-interval-ms")
         .arg(config.heartbeat_interval().as_millis().to_string())
         .stdin(Stdio::null())
+        // Only the master talks to systemd (`crate::notify`).
+        .env_remove(crate::notify::SOCKET_ENV)
         .kill_on_drop(true)
         .spawn()
 }
