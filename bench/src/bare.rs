@@ -42,7 +42,7 @@ pub fn router() -> Router {
 /// Serves until SIGTERM or SIGINT; logs `listening address=...` at start,
 /// in the same format as `warren serve`.
 pub fn serve(args: &BareArgs) -> Result<()> {
-    warren_master::init_tracing("info");
+    warren_master::init_tracing("info", warren_master::cli::LogFormat::Text);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -350,14 +350,14 @@ fn on_runtime<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> 
 /// Exactly what `warren serve` runs (`warren_master::main`): tracing at
 /// info, a multi-thread runtime, `serve::run`.
 fn run_serve(args: warren_master::cli::ServeArgs) -> ExitCode {
-    warren_master::init_tracing("info");
-    warren_master::run_serve(args)
+    warren_master::init_tracing("info", warren_master::cli::LogFormat::Text);
+    warren_master::run_serve(args, None)
 }
 
 /// Exactly `warren worker`, logging only warnings and errors so the
 /// benchmark's output stays its results.
 fn run_worker(args: warren_master::cli::WorkerArgs) -> ExitCode {
-    warren_master::init_tracing("warn");
+    warren_master::init_tracing("warn", warren_master::cli::LogFormat::Text);
     warren_master::run_worker(args)
 }
 

@@ -19,20 +19,41 @@ pub enum Command {
     /// Manage users in the database (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
+    /// Check a configuration file, or show the settings in effect.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run one worker process (started by `warren serve`, not by hand).
     #[command(hide = true)]
     Worker(WorkerArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file: every problem with its key and line
+    /// (exit status 1), or nothing wrong (0).
+    Check { file: PathBuf },
+    /// The settings `warren serve` would run with, given these flags, the
+    /// environment and --config, and where each came from (secrets hidden).
+    Print(Box<ServeArgs>),
+}
+
 /// Where the accounts database is: shared by `serve` and `user`.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
+    /// A TOML file of settings (see deploy/warren.toml): a flag beats a
+    /// WARREN_* variable, which beats the file, which beats the default.
+    #[arg(long, env = "WARREN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Directory for all state: database, users' files, worker sockets.
     #[arg(long, env = "WARREN_DATA_DIR", default_value = "./warren-data")]
     pub data_dir: PathBuf,
     /// `postgres://…` to use PostgreSQL [default: SQLite at DATA_DIR/warren.db].
     #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The database URL read from this file's first line (keeps a
+    /// password out of the process list and the configuration file).
+    #[arg(long, env = "WARREN_DATABASE_URL_FILE", value_name = "FILE")]
+    pub database_url_file: Option<PathBuf>,
     /// The uids (and gids) given to users, one each, for their processes
     /// and files when warren runs as root (FIRST-LAST, inclusive): set it
     /// alike for `serve` and `user`, outside any range used by real
@@ -42,10 +63,27 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    pub fn url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| crate::store::default_url(&self.data_dir))
+    /// The database URL: --database-url, the first line of
+    /// --database-url-file, or SQLite in the data directory.
+    pub fn url(&self) -> anyhow::Result<String> {
+        match (&self.database_url, &self.database_url_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "both --database-url and --database-url-file are set (flags, WARREN_* or the \
+                 configuration file): use one"
+            ),
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|err| {
+                    anyhow::anyhow!("cannot read --database-url-file {}: {err}", file.display())
+                })?;
+                let url = text.lines().next().unwrap_or_default().trim();
+                if url.is_empty() {
+                    anyhow::bail!("--database-url-file {} is empty", file.display());
+                }
+                Ok(url.to_string())
+            }
+            (None, None) => Ok(crate::store::default_url(&self.data_dir)),
+        }
     }
 }
 
@@ -338,6 +376,28 @@ pub struct ServeArgs {
     /// `Authorization: Bearer TOKEN`, the token being the file's first line.
     #[arg(long, env = "WARREN_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<PathBuf>,
+    /// What is logged: a level (`info`, `debug`) or per-module directives
+    /// (`info,warren_master::pool=debug`); SIGHUP applies a new one.
+    #[arg(long, env = "WARREN_LOG", default_value = "info", value_parser = parse_log_level)]
+    pub log_level: String,
+    /// `text` for people, `json` (one object per line) for journald and
+    /// log shippers.
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A `tracing` filter directive such as `info` or `warn,warren_master=debug`.
+fn parse_log_level(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map(|_| text.to_string())
+        .map_err(|err| format!("{text:?} is not a log level or filter: {err}"))
 }
 
 /// `https://host[:port]` (a path is allowed and ignored for the origin).
@@ -394,6 +454,11 @@ pub struct WorkerArgs {
     /// The v2 base cgroup the master made (or `auto`, `off`).
     #[arg(long, default_value = "auto")]
     pub cgroup_root: warren_worker::sandbox::CgroupRoot,
+    /// The master's --log-level and --log-format at the worker's start.
+    #[arg(long, default_value = "info", value_parser = parse_log_level)]
+    pub log_level: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 /// `KEY=VALUE` with a non-empty key free of `=` and NUL.

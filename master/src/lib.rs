@@ -1,6 +1,7 @@
 //! The warren master: the one process that talks to the network.
 //!
 //! - [`cli`]: the command line (`warren serve`, hidden `warren worker`).
+//! - [`config`]: the configuration file and where each setting came from.
 //! - [`serve`]: start-up and shutdown of `warren serve`.
 //! - [`pool`]: worker processes, routing by consistent hash, supervision.
 //! - [`http`]: the axum routes and the one error -> response mapping.
@@ -17,6 +18,7 @@ pub mod activity;
 pub mod apps;
 pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod notify;
@@ -31,17 +33,56 @@ use std::process::ExitCode;
 
 /// The `warren` binary's entry point.
 pub fn main() -> ExitCode {
-    use clap::Parser;
     dispatch_sandbox_stage();
-    let cli = cli::Cli::parse();
-    init_tracing("info");
-    match cli.command {
-        cli::Command::Worker(args) => run_worker(args),
-        cli::Command::Serve(args) => run_serve(*args),
-        cli::Command::User(command) => block_on(
-            tokio::runtime::Builder::new_current_thread(),
-            user_cli::run(command),
-        ),
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let parsed = match config::parse(&args) {
+        Ok(parsed) => parsed,
+        Err(config::ParseError::Clap(err)) => err.exit(),
+        Err(config::ParseError::File(problems)) => {
+            eprintln!("error: the configuration file has problems:\n{problems}");
+            return ExitCode::from(2);
+        }
+    };
+    match parsed.cli.command {
+        cli::Command::Worker(args) => {
+            init_tracing(&args.log_level, args.log_format);
+            run_worker(args)
+        }
+        cli::Command::Serve(ref args) => {
+            let args = (**args).clone();
+            init_tracing(&args.log_level, args.log_format);
+            run_serve(args, Some(parsed.matches))
+        }
+        cli::Command::User(command) => {
+            init_tracing("info", cli::LogFormat::Text);
+            block_on(
+                tokio::runtime::Builder::new_current_thread(),
+                user_cli::run(command),
+            )
+        }
+        cli::Command::Config(cli::ConfigCommand::Check { ref file }) => match config::check(file) {
+            Ok(checked) => {
+                println!(
+                    "{}: ok ({} settings{})",
+                    file.display(),
+                    checked.values.len(),
+                    if checked.apps.is_some() {
+                        ", app definitions"
+                    } else {
+                        ""
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                eprintln!("{problems}");
+                ExitCode::FAILURE
+            }
+        },
+        cli::Command::Config(cli::ConfigCommand::Print(_)) => {
+            print!("{}", config::print(&parsed));
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -57,11 +98,13 @@ pub fn dispatch_sandbox_stage() {
     }
 }
 
-/// Runs `warren serve` until it stops (on a thread per core).
-pub fn run_serve(args: cli::ServeArgs) -> ExitCode {
+/// Runs `warren serve` until it stops (on a thread per core). `matches`
+/// is the parsed command line, for SIGHUP to tell what a new configuration
+/// file changes (`None`: no reloading).
+pub fn run_serve(args: cli::ServeArgs, matches: Option<clap::ArgMatches>) -> ExitCode {
     block_on(
         tokio::runtime::Builder::new_multi_thread(),
-        serve::run(args),
+        serve::run(args, matches),
     )
 }
 
@@ -119,15 +162,48 @@ pub fn run_worker(args: cli::WorkerArgs) -> ExitCode {
     }
 }
 
-/// Logs to stderr; `WARREN_LOG` (an `EnvFilter` directive such as `debug`)
-/// overrides `default_level`.
-pub fn init_tracing(default_level: &str) {
+/// Replaces the log filter of the running process (SIGHUP).
+static LOG_FILTER: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// Logs to stderr at `level` (an `EnvFilter` directive such as `info` or
+/// `warn,warren_master=debug`), as text or one JSON object per line.
+pub fn init_tracing(level: &str, format: cli::LogFormat) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        cli::LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .try_init(),
+        cli::LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    if installed.is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// Applies a new log level to the running process.
+pub fn set_log_level(level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map_err(|err| err.to_string())?;
+    let handle = LOG_FILTER.get().ok_or("logging is not set up")?;
+    handle.reload(filter).map_err(|err| err.to_string())
 }

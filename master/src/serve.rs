@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren_worker::sandbox::{Sandbox, SandboxConfig};
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::Result<()> {
     let open_files = raise_open_file_limit();
     let metrics_token = match &args.metrics_token_file {
         Some(file) => Some(read_metrics_token(file)?),
@@ -28,9 +28,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let sandbox = Arc::new(probe_sandbox(&args));
     let metrics = Arc::new(Metrics::new());
     metrics.set_sandbox_levels(&sandbox.report().levels());
-    let apps_config = match &args.apps {
-        Some(path) => {
-            let config = crate::apps::AppsConfig::load(path, data_dir)?;
+    let apps_config = match apps_config(&args)? {
+        Some((path, config)) => {
             info!(
                 apps = %config.apps.keys().cloned().collect::<Vec<_>>().join(" "),
                 file = %path.display(),
@@ -40,7 +39,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let url = args.store.url();
+    let url = args.store.url()?;
     let store = Store::open(&url, metrics.auth().request_queries())
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(&url)))?
@@ -96,6 +95,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     command.args.push("--disk-reserve-inodes".into());
     command.args.push(args.inode_reserve.to_string().into());
     sandbox_worker_args(&sandbox, &mut command.args);
+    command.args.push("--log-level".into());
+    command.args.push(args.log_level.clone().into());
+    command.args.push("--log-format".into());
+    command.args.push(
+        match args.log_format {
+            crate::cli::LogFormat::Text => "text",
+            crate::cli::LogFormat::Json => "json",
+        }
+        .into(),
+    );
     let mut pool_config = PoolConfig::new(workers, data_dir.join("run"), command);
     pool_config.heartbeat_timeout = args.heartbeat_timeout;
     pool_config.unavailable_wait = args.unavailable_wait;
@@ -181,6 +190,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             auth.user_events(),
             stop.child_token(),
         ));
+    }
+    if let Some(matches) = matches {
+        tokio::spawn(reload_on_hangup(matches, auth.clone(), stop.child_token()));
     }
     let background = tokio::spawn(auth.clone().run_background(stop.child_token()));
     auth.count_sessions().await;
@@ -592,6 +604,110 @@ async fn single_user(store: &Store, file: Option<&Path>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The users' apps: `--apps FILE`, or `[apps.NAME]` tables of the
+/// configuration file.
+fn apps_config(
+    args: &ServeArgs,
+) -> anyhow::Result<Option<(std::path::PathBuf, crate::apps::AppsConfig)>> {
+    let data_dir = &args.store.data_dir;
+    if let Some(path) = &args.apps {
+        return Ok(Some((
+            path.clone(),
+            crate::apps::AppsConfig::load(path, data_dir)?,
+        )));
+    }
+    let Some(config) = &args.store.config else {
+        return Ok(None);
+    };
+    let file = crate::config::ConfigFile::load(config)?;
+    match file.apps {
+        Some(table) => Ok(Some((
+            config.clone(),
+            crate::apps::AppsConfig::from_table(table, config, data_dir)?,
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// On SIGHUP: reads the configuration file again and applies what can
+/// change while warren runs (the log level, users' default process
+/// limits); names every other changed setting as needing a restart. A
+/// file with problems changes nothing.
+async fn reload_on_hangup(
+    started: clap::ArgMatches,
+    auth: Arc<crate::auth::Auth>,
+    stop: CancellationToken,
+) {
+    use clap::FromArgMatches;
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler: the configuration cannot be reloaded");
+        return;
+    };
+    // What the last reload applied; `started` is what the settings that
+    // need a restart still are.
+    let mut last = started.clone();
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {}
+            () = stop.cancelled() => return,
+        }
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let parsed = match crate::config::parse(&args) {
+            Ok(parsed) => parsed,
+            Err(crate::config::ParseError::File(problems)) => {
+                warn!(problems = %problems, "SIGHUP: the configuration file has problems; nothing changed");
+                continue;
+            }
+            Err(crate::config::ParseError::Clap(err)) => {
+                warn!(error = %err.render(), "SIGHUP: the settings do not parse; nothing changed");
+                continue;
+            }
+        };
+        let leaf = parsed.leaf().clone();
+        let new = match ServeArgs::from_arg_matches(&leaf) {
+            Ok(new) => new,
+            Err(err) => {
+                warn!(error = %err.render(), "SIGHUP: the settings do not parse; nothing changed");
+                continue;
+            }
+        };
+        let applied = crate::config::changes(leaf_of(&last), &leaf).0;
+        let restart = crate::config::changes(leaf_of(&started), &leaf).1;
+        if let Err(err) = crate::set_log_level(&new.log_level) {
+            warn!(error = %err, "SIGHUP: cannot apply the log level");
+        }
+        auth.set_default_limits(new.process_limits());
+        let names = |settings: &[crate::config::Setting]| {
+            settings
+                .iter()
+                .map(crate::config::name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        info!(
+            applied = %names(&applied),
+            "SIGHUP: configuration reloaded (the log level and users' default process limits; \
+             workers keep the log level they started with)"
+        );
+        if !restart.is_empty() {
+            warn!(
+                settings = %names(&restart),
+                "SIGHUP: these changed settings take effect only after a restart"
+            );
+        }
+        last = parsed.matches;
+    }
+}
+
+/// The innermost subcommand's matches (those of `serve`).
+fn leaf_of(matches: &clap::ArgMatches) -> &clap::ArgMatches {
+    match matches.subcommand() {
+        Some((_, sub)) => leaf_of(sub),
+        None => matches,
+    }
 }
 
 async fn stop_on_signal(stop: CancellationToken) {

@@ -151,7 +151,7 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
 }
 
 async fn open(args: &StoreArgs) -> anyhow::Result<Store> {
-    let url = args.url();
+    let url = args.url()?;
     if args.database_url.is_none() && !args.data_dir.join("warren.db").exists() {
         bail!(
             "no database at {}: pass the server's --data-dir (or --database-url)",

@@ -75,6 +75,20 @@ pub struct Server {
     owned_data_dir: Option<tempfile::TempDir>,
 }
 
+/// The address in warren's "listening" line, as text or as JSON
+/// (`--log-format json`).
+fn listening_address(line: &str) -> Option<String> {
+    if let Some(at) = line.find("listening address=") {
+        let rest = &line[at + "listening address=".len()..];
+        return rest.split_whitespace().next().map(str::to_string);
+    }
+    let event: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = event.get("fields")?;
+    (fields.get("message")?.as_str()? == "listening")
+        .then(|| fields.get("address")?.as_str().map(str::to_string))
+        .flatten()
+}
+
 /// Options for [`Server::start`].
 #[derive(Default, Clone)]
 pub struct ServerOptions {
@@ -83,6 +97,8 @@ pub struct ServerOptions {
     pub binary: Option<PathBuf>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Variables the harness would set that this server must not have.
+    pub env_remove: Vec<String>,
     /// `--database-url`; SQLite in the data directory when `None`.
     pub database_url: Option<String>,
     /// Leave out `--admin-password-file` (to see the first-start password).
@@ -161,6 +177,9 @@ impl Server {
         for (key, value) in &options.env {
             command.env(key, value);
         }
+        for key in &options.env_remove {
+            command.env_remove(key);
+        }
         if let Some(url) = &options.database_url {
             command.arg("--database-url").arg(url);
         }
@@ -180,9 +199,7 @@ impl Server {
                 let mut address_tx = Some(address_tx);
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(at) = line.find("listening address=") {
-                        let rest = &line[at + "listening address=".len()..];
-                        let address = rest.split_whitespace().next().unwrap_or("").to_string();
+                    if let Some(address) = listening_address(&line) {
                         if let Some(tx) = address_tx.take() {
                             let _ = tx.send(address);
                         }

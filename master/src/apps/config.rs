@@ -126,6 +126,32 @@ impl AppsConfig {
             path: path.to_path_buf(),
             message: err.to_string(),
         })?;
+        Self::checked(file, path, data_dir)
+    }
+
+    /// The `[apps]` section of a configuration file (`path`): its
+    /// `[apps.NAME]` tables and `max_running_per_user`, as if they were an
+    /// apps file's.
+    pub fn from_table(
+        mut section: toml::Table,
+        path: &Path,
+        data_dir: &Path,
+    ) -> Result<AppsConfig, AppsConfigError> {
+        let mut file = toml::Table::new();
+        if let Some(max) = section.remove("max_running_per_user") {
+            file.insert("max_running_per_user".into(), max);
+        }
+        file.insert("apps".into(), toml::Value::Table(section));
+        let file: File = toml::Value::Table(file)
+            .try_into()
+            .map_err(|err: toml::de::Error| AppsConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!("[apps] {}", err.message()),
+            })?;
+        Self::checked(file, path, data_dir)
+    }
+
+    fn checked(file: File, path: &Path, data_dir: &Path) -> Result<AppsConfig, AppsConfigError> {
         let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         let mut apps = BTreeMap::new();
         for (name, raw) in file.apps {

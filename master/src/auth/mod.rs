@@ -180,6 +180,7 @@ impl Principal {
         expires_at: i64,
         last_seen: i64,
         config: &AuthConfig,
+        default_limits: warren_protocol::ProcessLimits,
     ) -> Self {
         Principal {
             user_id: user.id,
@@ -187,7 +188,7 @@ impl Principal {
             role: user.role,
             kind,
             token_hash,
-            ctx: ctx_of(user, config),
+            ctx: ctx_of(user, config, default_limits),
             expires_at,
             last_seen: AtomicI64::new(last_seen),
             flushed: AtomicI64::new(last_seen),
@@ -209,7 +210,11 @@ impl Principal {
 /// What the workers are told about `user`: the server's defaults (quotas,
 /// process limits) with the user's own values applied, and the user's uid
 /// only when warren runs as root.
-fn ctx_of(user: &User, config: &AuthConfig) -> UserCtx {
+fn ctx_of(
+    user: &User,
+    config: &AuthConfig,
+    default_limits: warren_protocol::ProcessLimits,
+) -> UserCtx {
     let default_quota = (config.default_quota_bytes, config.default_quota_files);
     UserCtx {
         id: UserId(*user.id.as_bytes()),
@@ -229,9 +234,9 @@ fn ctx_of(user: &User, config: &AuthConfig) -> UserCtx {
         } else {
             None
         },
-        limits: user.limits.map_or(config.default_limits, |own| {
-            own.apply(config.default_limits)
-        }),
+        limits: user
+            .limits
+            .map_or(default_limits, |own| own.apply(default_limits)),
     }
 }
 
@@ -323,6 +328,8 @@ pub struct Auth {
     /// for whoever has more to do about them than forgetting credentials.
     user_events: tokio::sync::broadcast::Sender<Uuid>,
     config: AuthConfig,
+    /// `config.default_limits`, replaceable by a reload.
+    default_limits: arc_swap::ArcSwap<warren_protocol::ProcessLimits>,
     metrics: AuthMetrics,
 }
 
@@ -496,6 +503,7 @@ impl Auth {
             user_events: tokio::sync::broadcast::Sender::new(1024),
             background_store: store.counting(metrics.background_queries()),
             store,
+            default_limits: arc_swap::ArcSwap::from_pointee(config.default_limits),
             config,
             metrics,
         }))
@@ -504,7 +512,20 @@ impl Auth {
     /// What a worker is told about `user` (for work not done on behalf of
     /// a caller holding their credentials, such as an admin's usage report).
     pub fn ctx_of(&self, user: &User) -> UserCtx {
-        ctx_of(user, &self.config)
+        ctx_of(user, &self.config, **self.default_limits.load())
+    }
+
+    /// New process limits for users without their own (SIGHUP): each
+    /// process started from now on gets them. Cached credentials carry
+    /// the old ones, so the cache is emptied (the next request of each
+    /// session reads it again; no session ends).
+    pub fn set_default_limits(&self, limits: warren_protocol::ProcessLimits) {
+        if **self.default_limits.load() == limits {
+            return;
+        }
+        self.default_limits.store(Arc::new(limits));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
     }
 
     pub fn store(&self) -> &Store {
@@ -758,6 +779,7 @@ impl Auth {
             expires_at,
             last_seen,
             &self.config,
+            **self.default_limits.load(),
         ))
     }
 
