@@ -22,6 +22,9 @@ pub enum Command {
     /// Check a configuration file, or show the settings in effect.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// A running server's worker pool: its state, or a graceful restart.
+    #[command(subcommand)]
+    Pool(PoolCommand),
     /// Run one worker process (started by `warren serve`, not by hand).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -35,6 +38,42 @@ pub enum ConfigCommand {
     /// The settings `warren serve` would run with, given these flags, the
     /// environment and --config, and where each came from (secrets hidden).
     Print(Box<ServeArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Each slot: state, worker pid, uptime, restarts, load, memory.
+    Status {
+        #[command(flatten)]
+        api: PoolArgs,
+    },
+    /// Restart workers gracefully: new requests wait, those in flight
+    /// finish (up to --grace), then the worker is replaced; users' tasks
+    /// and terminals on a restarted slot end with its worker.
+    Restart {
+        #[command(flatten)]
+        api: PoolArgs,
+        /// Every slot, one after another (each waits for the last to serve).
+        #[arg(long)]
+        rolling: bool,
+        /// Only this slot.
+        #[arg(long)]
+        slot: Option<u32>,
+        /// How long requests and streams in flight get to finish.
+        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+        grace: Duration,
+    },
+}
+
+/// How `warren pool` reaches the server.
+#[derive(Debug, Clone, Args)]
+pub struct PoolArgs {
+    /// warren's own HTTP listener (not the TLS front).
+    #[arg(long, env = "WARREN_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// An administrator's API token (its first line).
+    #[arg(long, env = "WARREN_ADMIN_TOKEN_FILE")]
+    pub token_file: PathBuf,
 }
 
 /// Where the accounts database is: shared by `serve` and `user`.

@@ -7,6 +7,7 @@
 //! - [`http`]: the axum routes and the one error -> response mapping.
 //! - [`auth`]: logins, sessions, API tokens, throttling, the session cache.
 //! - [`store`]: the accounts database (SQLite or PostgreSQL, via sqlx).
+//! - [`pool_cli`]: `warren pool …`, the pool's state and rolling restart.
 //! - [`user_cli`]: `warren user …`, the operator's user management.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`notify`]: systemd's readiness notifications (`READY=1`, `STOPPING=1`).
@@ -23,6 +24,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod pool;
+pub mod pool_cli;
 pub mod purge;
 pub mod recorder;
 pub mod serve;
@@ -58,6 +60,13 @@ pub fn main() -> ExitCode {
             block_on(
                 tokio::runtime::Builder::new_current_thread(),
                 user_cli::run(command),
+            )
+        }
+        cli::Command::Pool(command) => {
+            init_tracing("warn", cli::LogFormat::Text);
+            block_on(
+                tokio::runtime::Builder::new_current_thread(),
+                pool_cli::run(command),
             )
         }
         cli::Command::Config(cli::ConfigCommand::Check { ref file }) => match config::check(file) {

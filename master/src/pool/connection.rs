@@ -156,6 +156,16 @@ impl WorkerConnection {
         self.lock_pending().waiting.len()
     }
 
+    /// Byte streams open on this connection.
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// How long this worker has been connected.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     /// Time since the last heartbeat (or since the connection started).
     pub fn heartbeat_age(&self) -> std::time::Duration {
         let last = self.last_heartbeat_ms.load(Ordering::Relaxed);

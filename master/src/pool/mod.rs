@@ -24,6 +24,7 @@ use supervisor::{Backoff, SlotState, SlotStatus};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 use warren_protocol::stream::Stream;
 use warren_protocol::{Op, OpError, Reply, StreamKind, UserCtx};
 
@@ -127,6 +128,21 @@ pub enum PoolError {
     Start(String),
 }
 
+/// Why an operator's restart of a slot did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    #[error("there is no slot {0}")]
+    NoSuchSlot(u32),
+    #[error("slot {0} has no worker up to restart (it is starting or restarting)")]
+    NotUp(u32),
+    #[error("slot {0} is already being restarted")]
+    AlreadyDraining(u32),
+    #[error("slot {0}'s new worker did not come up in time")]
+    DidNotComeBack(u32),
+    #[error("the pool is shutting down")]
+    ShuttingDown,
+}
+
 /// One slot: the current worker connection, if any, and its status.
 pub(crate) struct Slot {
     index: u32,
@@ -134,6 +150,14 @@ pub(crate) struct Slot {
     /// Woken whenever `current` changes.
     changed: Notify,
     status: Mutex<SlotStatus>,
+    /// The pid of a worker being drained for an operator's restart (0:
+    /// none): new requests do not go to it, they wait for its successor.
+    draining_pid: std::sync::atomic::AtomicU32,
+    /// Until when (milliseconds after the pool's start) requests wait for
+    /// the drained worker's successor.
+    drain_until_ms: std::sync::atomic::AtomicU64,
+    /// Tells the supervisor to replace its worker (the drain is over).
+    replace: Notify,
 }
 
 impl Slot {
@@ -147,6 +171,13 @@ impl Slot {
 pub struct SlotReport {
     pub slot: u32,
     pub state: SlotState,
+    /// An operator's restart is draining it.
+    pub draining: bool,
+    /// How long its current worker has served.
+    pub uptime_ms: Option<u64>,
+    /// Byte streams (transfers, terminals, followed output) the master has
+    /// open to the worker.
+    pub master_streams: usize,
     pub restarts: u64,
     /// Requests the master has sent to this slot and not had answered.
     pub inflight_requests: usize,
@@ -196,6 +227,8 @@ pub struct Pool {
     metrics: PoolMetrics,
     stopping: CancellationToken,
     supervisors: Mutex<Vec<JoinHandle<()>>>,
+    /// The clock of the slots' drain deadlines.
+    started: Instant,
 }
 
 impl Pool {
@@ -217,6 +250,9 @@ impl Pool {
                     current: ArcSwapOption::empty(),
                     changed: Notify::new(),
                     status: Mutex::new(SlotStatus::default()),
+                    draining_pid: std::sync::atomic::AtomicU32::new(0),
+                    drain_until_ms: std::sync::atomic::AtomicU64::new(0),
+                    replace: Notify::new(),
                 })
             })
             .collect();
@@ -228,6 +264,7 @@ impl Pool {
             metrics,
             stopping: CancellationToken::new(),
             supervisors: Mutex::new(Vec::new()),
+            started: Instant::now(),
         });
         let mut supervisors = Vec::new();
         for slot in pool.slots.iter() {
@@ -321,7 +358,14 @@ impl Pool {
     ) -> Result<Arc<WorkerConnection>, PoolError> {
         let slot_state = &self.slots[slot as usize];
         let usable = |candidate: Option<Arc<WorkerConnection>>| {
-            candidate.filter(|c| stale.is_none_or(|s| !Arc::ptr_eq(s, c)) && !c.is_closed())
+            candidate.filter(|c| {
+                stale.is_none_or(|s| !Arc::ptr_eq(s, c))
+                    && !c.is_closed()
+                    && slot_state
+                        .draining_pid
+                        .load(std::sync::atomic::Ordering::Acquire)
+                        != c.pid
+            })
         };
         // The fast path, taken by every request while its worker is up: one
         // atomic load, no lock.
@@ -338,6 +382,16 @@ impl Pool {
             if let Some(connection) = usable(slot_state.current.load_full()) {
                 return Ok(connection);
             }
+            // While an operator's restart drains the slot, a request waits
+            // for the new worker as long as the drain may last.
+            let drain_until = slot_state
+                .drain_until_ms
+                .load(std::sync::atomic::Ordering::Acquire);
+            let deadline = match drain_until {
+                0 => deadline,
+                ms => deadline
+                    .max(self.started + Duration::from_millis(ms) + self.config.unavailable_wait),
+            };
             let wait = tokio::time::timeout_at(deadline.into(), changed);
             if wait.await.is_err() {
                 return Err(PoolError::WorkerUnavailable { slot });
@@ -360,6 +414,9 @@ impl Pool {
                 SlotReport {
                     slot: slot.index,
                     state: status.state,
+                    draining: slot.draining_pid.load(std::sync::atomic::Ordering::Acquire) != 0,
+                    uptime_ms: current.as_ref().map(|c| c.uptime().as_millis() as u64),
+                    master_streams: current.as_ref().map_or(0, |c| c.open_streams()),
                     restarts: status.restarts,
                     inflight_requests: current.as_ref().map_or(0, |c| c.inflight()),
                     worker_tasks: load.inflight_requests,
@@ -371,6 +428,82 @@ impl Pool {
                 }
             })
             .collect()
+    }
+
+    /// An operator's graceful restart of `slot`'s worker: new requests for
+    /// the slot wait (they are not refused); requests and streams in
+    /// flight get up to `grace` to finish; then the worker is replaced
+    /// (asked to stop, SIGKILL after the stop timeout; what its users
+    /// still run ends with it, as at any worker's end) and the call
+    /// returns once its successor serves.
+    pub async fn restart_slot(&self, slot: u32, grace: Duration) -> Result<(), RestartError> {
+        use std::sync::atomic::Ordering;
+        let state = self
+            .slots
+            .get(slot as usize)
+            .ok_or(RestartError::NoSuchSlot(slot))?;
+        if self.stopping.is_cancelled() {
+            return Err(RestartError::ShuttingDown);
+        }
+        let old = state.current.load_full().ok_or(RestartError::NotUp(slot))?;
+        // The longest a waiting request may need: the drain, the old
+        // worker's stop, the new one's start.
+        let wait = grace + self.config.stop_timeout + self.config.start_timeout;
+        let until = (self.started.elapsed() + wait).as_millis().max(1) as u64;
+        if state
+            .draining_pid
+            .compare_exchange(0, old.pid, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(RestartError::AlreadyDraining(slot));
+        }
+        state.drain_until_ms.store(until, Ordering::Release);
+        info!(
+            slot,
+            pid = old.pid,
+            grace_ms = grace.as_millis() as u64,
+            "draining the worker for a restart"
+        );
+        let drained = Instant::now() + grace;
+        // A request that took the connection just before the drain began
+        // registers within moments: give it those before looking.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while (old.inflight() > 0 || old.open_streams() > 0) && !old.is_closed() {
+            if Instant::now() >= drained {
+                warn!(
+                    slot,
+                    requests = old.inflight(),
+                    streams = old.open_streams(),
+                    "the drain's grace is over: replacing the worker with these still open"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        state.replace.notify_one();
+        let came_back = async {
+            loop {
+                let changed = state.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(new) = state.current.load_full() {
+                    if !Arc::ptr_eq(&new, &old) {
+                        return;
+                    }
+                }
+                changed.await;
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(self.config.stop_timeout + self.config.start_timeout, came_back) => {
+                outcome.map_err(|_| RestartError::DidNotComeBack(slot))
+            }
+            () = self.stopping.cancelled() => Err(RestartError::ShuttingDown),
+        };
+        state.drain_until_ms.store(0, Ordering::Release);
+        state.draining_pid.store(0, Ordering::Release);
+        state.changed.notify_waiters();
+        outcome
     }
 
     pub fn all_up(&self) -> bool {

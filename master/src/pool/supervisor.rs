@@ -137,6 +137,8 @@ pub fn bind(run_dir: &Path, slot: u32) -> std::io::Result<Listener> {
 enum End {
     Stopped,
     Failed(String),
+    /// An operator's restart: the worker was drained and let go.
+    Replaced,
 }
 
 /// Keeps slot `slot` served until `stopping` is cancelled.
@@ -157,6 +159,15 @@ pub(crate) async fn supervise(
             let reason = match run_once(&slot, &listener, &socket, &config, &stopping, &events).await {
                 End::Stopped => break,
                 End::Failed(reason) => reason,
+                End::Replaced => {
+                    // Not a failure: no back-off, no crash counted.
+                    slot.set_status(|status| {
+                        status.restarts += 1;
+                        status.state = SlotState::Restarting;
+                    });
+                    info!("worker replaced at an operator's request");
+                    continue;
+                }
             };
             metrics.count_restart(slot.index);
             let mut crashes = 0;
@@ -298,6 +309,7 @@ async fn run_once(
                     status.state = SlotState::Up;
                 });
             }
+            _ = slot.replace.notified() => break End::Replaced,
             _ = stopping.cancelled() => break End::Stopped,
         }
     };
@@ -314,7 +326,7 @@ async fn run_once(
     // Both halves of the socket went with their tasks: the worker sees EOF,
     // which is how a worker is asked to stop.
     let grace = match end {
-        End::Stopped => config.stop_timeout,
+        End::Stopped | End::Replaced => config.stop_timeout,
         End::Failed(_) => Duration::ZERO,
     };
     stop_child(&mut child, grace).await;
@@ -326,6 +338,7 @@ async fn run_once(
         worker_pid: pid,
         reason: match &end {
             End::Stopped => "stopped".to_string(),
+            End::Replaced => "restarted by an operator".to_string(),
             End::Failed(reason) => reason.clone(),
         },
     });

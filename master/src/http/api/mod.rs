@@ -9,6 +9,7 @@ mod auth;
 mod conformance;
 pub mod files;
 mod me;
+mod pool;
 pub mod tasks;
 pub mod terminals;
 mod workspace;
@@ -80,6 +81,7 @@ pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) 
     if mode == Mode::Multi {
         api = api
             .merge(admin::routes())
+            .merge(pool::routes())
             .merge(apps::admin_routes())
             .merge(workspace::admin_routes())
             .merge(activity::admin_routes());
