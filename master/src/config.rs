@@ -118,7 +118,7 @@ pub const SETTINGS: &[Setting] = &[
     s("sandbox_env", "sandbox", "env"),
     s("cgroup_root", "sandbox", "cgroup_root"),
     s("uid_range", "sandbox", "uid_range"),
-    s("apps", "apps", "file"),
+    r("apps", "apps", "file"),
     r("log_level", "log", "level"),
     s("log_format", "log", "format"),
 ];

@@ -192,7 +192,12 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
         ));
     }
     if let Some(matches) = matches {
-        tokio::spawn(reload_on_hangup(matches, auth.clone(), stop.child_token()));
+        tokio::spawn(reload_on_hangup(
+            matches,
+            auth.clone(),
+            apps.clone(),
+            stop.child_token(),
+        ));
     }
     let background = tokio::spawn(auth.clone().run_background(stop.child_token()));
     auth.count_sessions().await;
@@ -633,11 +638,12 @@ fn apps_config(
 
 /// On SIGHUP: reads the configuration file again and applies what can
 /// change while warren runs (the log level, users' default process
-/// limits); names every other changed setting as needing a restart. A
-/// file with problems changes nothing.
+/// limits, the app definitions); names every other changed setting as
+/// needing a restart. A file with problems changes nothing.
 async fn reload_on_hangup(
     started: clap::ArgMatches,
     auth: Arc<crate::auth::Auth>,
+    apps: Option<Arc<crate::apps::AppsHub>>,
     stop: CancellationToken,
 ) {
     use clap::FromArgMatches;
@@ -674,12 +680,35 @@ async fn reload_on_hangup(
                 continue;
             }
         };
+        let new_apps = match apps_config(&new) {
+            Ok(config) => config.map(|(_, config)| config),
+            Err(err) => {
+                warn!(error = %format!("{err:#}"), "SIGHUP: the app definitions have problems; nothing changed");
+                continue;
+            }
+        };
         let applied = crate::config::changes(leaf_of(&last), &leaf).0;
         let restart = crate::config::changes(leaf_of(&started), &leaf).1;
         if let Err(err) = crate::set_log_level(&new.log_level) {
             warn!(error = %err, "SIGHUP: cannot apply the log level");
         }
         auth.set_default_limits(new.process_limits());
+        match (&apps, new_apps) {
+            (Some(hub), config) => {
+                let change = hub.reload(config.unwrap_or_default()).await;
+                info!(
+                    added = %change.added.join(" "),
+                    changed = %change.changed.join(" "),
+                    removed = %change.removed.join(" "),
+                    "SIGHUP: app definitions reloaded (a changed app's running instances keep \
+                     their definition until they stop; removed apps' are stopped)"
+                );
+            }
+            (None, Some(_)) => {
+                warn!("SIGHUP: apps are defined now but were not at start: they need a restart")
+            }
+            (None, None) => {}
+        }
         let names = |settings: &[crate::config::Setting]| {
             settings
                 .iter()
@@ -689,8 +718,8 @@ async fn reload_on_hangup(
         };
         info!(
             applied = %names(&applied),
-            "SIGHUP: configuration reloaded (the log level and users' default process limits; \
-             workers keep the log level they started with)"
+            "SIGHUP: configuration reloaded (the log level, users' default process limits and \
+             app definitions; workers keep the log level they started with)"
         );
         if !restart.is_empty() {
             warn!(

@@ -652,3 +652,63 @@ async fn a_bad_apps_file_stops_the_server_with_the_key_named() {
     // Nothing was set up first.
     assert!(!data.path().join("warren.db").exists());
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_app_definitions_and_stops_removed_apps() {
+    let Some((server, _admin, users, dir)) = server_with_apps(
+        &fixture("one", "unix", "", ""),
+        ServerOptions::workers(1),
+        &["alice"],
+    )
+    .await
+    else {
+        return;
+    };
+    let alice = &users[0];
+    get_when_up(alice, "/user/alice/one/health", Duration::from_secs(20)).await;
+    assert_eq!(app_state(alice, "one").await["state"], "running");
+    let uid = uid_of(alice);
+    assert!(!warren_tests::processes_of(uid).is_empty());
+
+    // "one" goes, "two" comes.
+    std::fs::write(dir.path().join("apps.toml"), fixture("two", "unix", "", "")).expect("write");
+    server.signal(rustix::process::Signal::HUP);
+    let log = server.log_containing("app definitions reloaded").await;
+    let line = log
+        .lines()
+        .find(|line| line.contains("app definitions reloaded"))
+        .unwrap_or_else(|| panic!("no reload in:\n{log}"));
+    assert!(
+        line.contains("added=two") && line.contains("removed=one"),
+        "{line}"
+    );
+
+    assert_eq!(get(alice, "/user/alice/one/health").await.0, 404);
+    let (status, list) = alice.get("/api/v1/me/apps").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["apps"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .filter_map(|app| app["name"].as_str())
+        .collect();
+    assert_eq!(names, ["two"]);
+    // The removed app's processes were stopped; the new one starts.
+    assert!(
+        warren_tests::eventually(Duration::from_secs(10), || async {
+            warren_tests::processes_of(uid).is_empty()
+        })
+        .await,
+        "the removed app still runs: {:?}",
+        warren_tests::processes_of(uid)
+    );
+    get_when_up(alice, "/user/alice/two/health", Duration::from_secs(20)).await;
+
+    // A broken file changes nothing.
+    std::fs::write(dir.path().join("apps.toml"), "[apps.two]\nbogus = 1\n").expect("write");
+    server.signal(rustix::process::Signal::HUP);
+    server
+        .log_containing("the app definitions have problems")
+        .await;
+    assert_eq!(get(alice, "/user/alice/two/health").await.0, 200);
+}

@@ -107,7 +107,9 @@ pub struct AppDef {
 /// Every app the operator defined.
 #[derive(Debug, Clone, Default)]
 pub struct AppsConfig {
-    pub apps: BTreeMap<String, AppDef>,
+    /// Shared: a proxied request holds its app's definition while a
+    /// reload may replace the set.
+    pub apps: BTreeMap<String, std::sync::Arc<AppDef>>,
     pub max_running_per_user: u32,
 }
 
@@ -160,7 +162,7 @@ impl AppsConfig {
                 app: name.clone(),
                 message,
             })?;
-            apps.insert(name, def);
+            apps.insert(name, std::sync::Arc::new(def));
         }
         Ok(AppsConfig {
             apps,

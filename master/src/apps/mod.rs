@@ -47,7 +47,8 @@ pub struct Upstream {
 
 /// The apps of this server.
 pub struct AppsHub {
-    config: AppsConfig,
+    /// Replaced as a whole by a reload (SIGHUP).
+    config: arc_swap::ArcSwap<AppsConfig>,
     pool: Arc<Pool>,
     metrics: AppMetrics,
     /// Apps starting or running, by user and name, with their slot (from
@@ -69,7 +70,7 @@ impl AppsHub {
             metrics.declare(name);
         }
         Arc::new(AppsHub {
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
             pool,
             metrics,
             live: Mutex::new(HashMap::new()),
@@ -85,12 +86,56 @@ impl AppsHub {
         })
     }
 
-    pub fn config(&self) -> &AppsConfig {
-        &self.config
+    pub fn config(&self) -> Arc<AppsConfig> {
+        self.config.load_full()
     }
 
-    pub fn def(&self, name: &str) -> Option<&AppDef> {
-        self.config.apps.get(name)
+    pub fn def(&self, name: &str) -> Option<Arc<AppDef>> {
+        self.config.load().apps.get(name).cloned()
+    }
+
+    /// New definitions (SIGHUP): each start from now on uses them; an app
+    /// still running keeps the definition it started with until it stops,
+    /// except that running instances of an app no longer defined are
+    /// stopped. Returns what changed, for the log.
+    pub async fn reload(&self, config: AppsConfig) -> AppsReload {
+        let old = self.config.load_full();
+        let mut change = AppsReload::default();
+        for (name, def) in &config.apps {
+            match old.apps.get(name) {
+                None => change.added.push(name.clone()),
+                Some(before) if format!("{before:?}") != format!("{def:?}") => {
+                    change.changed.push(name.clone())
+                }
+                Some(_) => {}
+            }
+            self.metrics.declare(name);
+        }
+        change.removed = old
+            .apps
+            .keys()
+            .filter(|name| !config.apps.contains_key(*name))
+            .cloned()
+            .collect();
+        self.config.store(Arc::new(config));
+        let running: Vec<(UserId, String)> = self
+            .lock_live()
+            .keys()
+            .filter(|(_, name)| change.removed.contains(name))
+            .cloned()
+            .collect();
+        for (user, name) in running {
+            let op = Op::Apps(AppOp::Stop {
+                name: name.clone(),
+                grace_ms: STOP_GRACE.as_millis() as u64,
+            });
+            // Only the id matters to the worker (and to the slot it is on).
+            if let Err(err) = self.pool.call(&UserCtx::only_id(user), op).await {
+                tracing::warn!(app = %name, error = %err, "cannot stop an app no longer defined");
+            }
+            self.forget(user, &name);
+        }
+        change
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -113,7 +158,7 @@ impl AppsHub {
             auth: def.auth.clone(),
             start_timeout_ms: def.start_timeout.as_millis() as u64,
             idle_timeout_ms: def.idle_timeout.as_millis() as u64,
-            max_per_user: self.config.max_running_per_user,
+            max_per_user: self.config.load().max_running_per_user,
             read_execute: paths(&def.read_execute),
             read_only: paths(&def.read_only),
         }
@@ -275,7 +320,7 @@ impl AppsHub {
         for key in gone {
             self.upstreams.invalidate(&key);
         }
-        for name in self.config.apps.keys() {
+        for name in self.config.load().apps.keys() {
             self.metrics.set_running(name, self.running_of(name));
         }
     }
@@ -288,7 +333,7 @@ impl AppsHub {
         if let Err(err) = self.pool.call(user, Op::Apps(op)).await {
             tracing::warn!(user = %user.name, error = %err, "cannot stop a user's apps");
         }
-        let names: Vec<String> = self.config.apps.keys().cloned().collect();
+        let names: Vec<String> = self.config.load().apps.keys().cloned().collect();
         for name in names {
             self.forget(user.id, &name);
         }
@@ -397,6 +442,14 @@ impl AppsHub {
 
 /// Stops the apps of each user the feed names who was deleted or disabled,
 /// until `stop`.
+/// What a reload of the app definitions changed.
+#[derive(Debug, Default)]
+pub struct AppsReload {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
 pub async fn stop_for_gone_users(
     hub: Arc<AppsHub>,
     store: crate::store::Store,

@@ -143,6 +143,7 @@ async fn forward(
     let Some(def) = hub.def(app) else {
         return Err(ApiError::NotFound.into());
     };
+    let def = &*def;
     if rest.is_none() {
         // `/user/alice/jupyter` → `/user/alice/jupyter/`: relative links
         // in the app's pages resolve beneath it.

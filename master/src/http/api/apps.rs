@@ -113,7 +113,7 @@ fn hub(state: &AppState) -> Result<Arc<AppsHub>, ApiError> {
         .ok_or(ApiError::Missing("app"))
 }
 
-fn def<'a>(hub: &'a AppsHub, name: &str) -> Result<&'a AppDef, ApiError> {
+fn def(hub: &AppsHub, name: &str) -> Result<std::sync::Arc<AppDef>, ApiError> {
     hub.def(name).ok_or(ApiError::Missing("app"))
 }
 
@@ -260,7 +260,7 @@ async fn list_all_apps(
             apps.push(UserAppView {
                 user_id: Uuid::from_bytes(info.user.0),
                 username: info.user_name.clone(),
-                app: AppView::of(def, &info.user_name, Some(&info)),
+                app: AppView::of(&def, &info.user_name, Some(&info)),
             });
         }
     }
