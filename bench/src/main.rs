@@ -12,6 +12,9 @@
 //! - `warren-bench ui`: the web UI: `GET /` and `GET /ui/app.js` one at a
 //!   time, `GET /` revalidated (304) and from many connections, and what
 //!   the embedded assets add to the binary (see [`ui`]).
+//! - `warren-bench nginx`: a 1 KiB file read through nginx running
+//!   `deploy/nginx.conf`, beside nginx's own `return 200` and warren
+//!   directly (see [`nginx`]).
 //! - `warren-bench serve` and `warren-bench bare-server` (hidden): the two
 //!   servers `http` and `files` measure; `serve` is exactly `warren serve`.
 //! - `warren-bench echo-server` (hidden): the bare tokio + Unix socket +
@@ -33,6 +36,7 @@ mod echo;
 mod files;
 mod http;
 mod micro;
+mod nginx;
 mod report;
 mod tasks;
 mod terminals;
@@ -69,6 +73,9 @@ enum Command {
     /// The web UI: `GET /` and an asset one at a time, revalidated, and
     /// from many connections; the assets' size in the binary.
     Ui(UiArgs),
+    /// warren behind nginx (deploy/nginx.conf): a 1 KiB file read through
+    /// nginx beside nginx's `return 200` and warren directly.
+    Nginx(NginxArgs),
     /// Run warren's server (started by `http`, not by hand): exactly
     /// `warren serve`, with its arguments.
     #[command(hide = true)]
@@ -269,6 +276,29 @@ pub struct UiArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct NginxArgs {
+    /// Measuring time of each series, in seconds (fractions allowed), after
+    /// a warm-up of a tenth of it (0.2 to 1 s).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub seconds: Duration,
+    /// Keep-alive connections of each series.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Number of worker processes of the warren under test.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// The nginx executable (default: nginx on the PATH, or /usr/sbin/nginx).
+    #[arg(long)]
+    pub nginx: Option<std::path::PathBuf>,
+    /// The site file (default: the repository's deploy/nginx.conf).
+    #[arg(long)]
+    pub site: Option<std::path::PathBuf>,
+    /// Write the results as JSON to stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A positive, finite number of seconds.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -320,6 +350,9 @@ fn main() -> ExitCode {
         ),
         Command::Ui(args) => report_failure(
             on_runtime(ui::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
+        ),
+        Command::Nginx(args) => report_failure(
+            on_runtime(nginx::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
         ),
         Command::Serve(args) => run_serve(*args),
         Command::BareServer(args) => report_failure(bare::serve(&args)),
