@@ -3,8 +3,9 @@
 //! Deleting a user (API or CLI, on any master sharing the database) leaves a
 //! tombstone in `deleted_users` and a user event in the revocation feed.
 //! This task asks the user's worker to purge `<users>/<id>/` for each user
-//! the feed names who has a tombstone, and, at start and every
-//! [`SWEEP_EVERY`], for every user directory with a tombstone (deletions
+//! the feed names who has a tombstone, and, at start (once the workers are
+//! up, not before serve is ready) and every [`SWEEP_EVERY`], for every user
+//! directory with a tombstone (deletions
 //! made while this master was down, events missed, purges that failed).
 //! Only a tombstone makes files go: a
 //! database that merely lacks a user (a wrong `--database-url`, an old
@@ -23,6 +24,11 @@ use warren_protocol::{FileOp, Op, UserCtx};
 /// How often every user directory is checked against the tombstones.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
+/// The first sweep waits for every worker to be up (they do the purging),
+/// at most this long: listing every user's directory is work per user,
+/// which serve's start must not wait for, nor share the machine with.
+pub const FIRST_SWEEP_WAITS: Duration = Duration::from_secs(30);
+
 pub struct Purger {
     pub store: Store,
     pub pool: std::sync::Arc<Pool>,
@@ -31,9 +37,15 @@ pub struct Purger {
 }
 
 impl Purger {
-    /// Sweeps at once and every [`SWEEP_EVERY`], and purges each deleted
-    /// user the feed names, until `stop`.
+    /// Sweeps once the workers are up (see [`FIRST_SWEEP_WAITS`]) and
+    /// every [`SWEEP_EVERY`], and purges each deleted user the feed names,
+    /// until `stop`. Users the feed names meanwhile wait for the first
+    /// sweep (which looks at every directory if too many did).
     pub async fn run(self, mut users: broadcast::Receiver<Uuid>, stop: CancellationToken) {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = self.workers_up() => {}
+        }
         let mut sweeps = tokio::time::interval(SWEEP_EVERY);
         sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -47,6 +59,17 @@ impl Purger {
                     Err(RecvError::Closed) => return,
                 },
             }
+        }
+    }
+
+    /// Returns once every slot has a live worker, or after
+    /// [`FIRST_SWEEP_WAITS`].
+    async fn workers_up(&self) {
+        let deadline = tokio::time::Instant::now() + FIRST_SWEEP_WAITS;
+        while tokio::time::Instant::now() < deadline
+            && !self.pool.worker_pids().iter().all(Option::is_some)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

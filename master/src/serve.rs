@@ -74,7 +74,8 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
         Mode::Single => single_user(&store, args.password_file.as_deref()).await?,
     }
     // Users from before uids existed (or created while the range was
-    // full) get theirs now, before anyone can start a process.
+    // full) get theirs now, before anyone can start a process: one indexed
+    // look-up when every user has one, batches of thousands otherwise.
     match store.assign_missing_uids().await {
         Ok(0) => {}
         Ok(n) => info!(users = n, "gave users without a uid one from --uid-range"),
@@ -199,8 +200,11 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
             stop.child_token(),
         ));
     }
+    // Its first round counts the sessions (the `warren_sessions_active`
+    // gauge) at once, in the background: a count reads every session,
+    // which readiness must not wait for (nothing before readiness does
+    // work per user; see ARCHITECTURE.md).
     let background = tokio::spawn(auth.clone().run_background(stop.child_token()));
-    auth.count_sessions().await;
     protect_data_dir(data_dir, sandbox.report().decision.uid_switch, &url)?;
     let state = AppState::new(Shared {
         pool: pool.clone(),
@@ -511,7 +515,7 @@ pub fn read_secret_file(path: &Path) -> anyhow::Result<String> {
 /// On an empty database, creates `admin` with the password from `file` or a
 /// random one, printed once to stderr and nowhere else.
 async fn first_admin(store: &Store, file: Option<&Path>) -> anyhow::Result<()> {
-    if store.count_users().await? > 0 {
+    if store.has_users().await? {
         return Ok(());
     }
     let (password, generated) = match file {
