@@ -215,7 +215,17 @@ impl Recorder {
                         self.finished(record);
                     }
                 }
-                Err(err) => warn!(error = %err, "cannot check running tasks against the workers"),
+                // During an outage every round (every slot's check) fails
+                // alike: one line every few seconds says so.
+                Err(err) => {
+                    if let Some(left_out) = crate::store::OUTAGE_LOG.admit("check running tasks") {
+                        warn!(
+                            error = %err,
+                            left_out,
+                            "cannot check running tasks against the workers"
+                        );
+                    }
+                }
             }
         }
     }
@@ -256,7 +266,14 @@ impl Recorder {
                     return None;
                 }
                 Err(err) => {
-                    warn!(error = %err, attempt, retry_in = ?delay, "cannot {what}; retrying");
+                    // An outage's retries: one line every few seconds.
+                    let admitted = match err.outage() {
+                        None => Some(0),
+                        Some(_) => crate::store::OUTAGE_LOG.admit("record task events"),
+                    };
+                    if let Some(left_out) = admitted {
+                        warn!(error = %err, attempt, left_out, retry_in = ?delay, "cannot {what}; retrying");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_BACKOFF);
                 }
