@@ -15,6 +15,8 @@
 //! - `warren-bench nginx`: a 1 KiB file read through nginx running
 //!   `deploy/nginx.conf`, beside nginx's own `return 200` and warren
 //!   directly (see [`nginx`]).
+//! - `warren-bench startup`: `warren serve`'s time to ready with no users
+//!   and with 100,000, on SQLite and PostgreSQL (see [`startup`]).
 //! - `warren-bench serve` and `warren-bench bare-server` (hidden): the two
 //!   servers `http` and `files` measure; `serve` is exactly `warren serve`.
 //! - `warren-bench echo-server` (hidden): the bare tokio + Unix socket +
@@ -38,6 +40,7 @@ mod http;
 mod micro;
 mod nginx;
 mod report;
+mod startup;
 mod tasks;
 mod terminals;
 mod ui;
@@ -73,6 +76,8 @@ enum Command {
     /// The web UI: `GET /` and an asset one at a time, revalidated, and
     /// from many connections; the assets' size in the binary.
     Ui(UiArgs),
+    /// Start-up: spawn to `/readyz` 200 with no users and with 100,000.
+    Startup(StartupArgs),
     /// warren behind nginx (deploy/nginx.conf): a 1 KiB file read through
     /// nginx beside nginx's `return 200` and warren directly.
     Nginx(NginxArgs),
@@ -299,6 +304,30 @@ pub struct NginxArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct StartupArgs {
+    /// Users in the database of the second series (the first has none).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub users: u64,
+    /// Of them, those with a directory under `<data>/users` (made before
+    /// the timed starts; each takes a few file-system operations).
+    #[arg(long, default_value_t = 10_000)]
+    pub user_dirs: u64,
+    /// Timed starts of each series (after one untimed start).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runs: u32,
+    /// Number of worker processes of the warren under test.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Also measure PostgreSQL: a URL on which the bench may create (and
+    /// then drop) databases of its own, e.g. postgres://postgres@127.0.0.1/postgres.
+    #[arg(long)]
+    pub postgres: Option<String>,
+    /// Write the results as JSON to stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A positive, finite number of seconds.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -353,6 +382,9 @@ fn main() -> ExitCode {
         ),
         Command::Nginx(args) => report_failure(
             on_runtime(nginx::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
+        ),
+        Command::Startup(args) => report_failure(
+            on_runtime(startup::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
         ),
         Command::Serve(args) => run_serve(*args),
         Command::BareServer(args) => report_failure(bare::serve(&args)),
