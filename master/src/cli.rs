@@ -217,8 +217,16 @@ pub struct ServeArgs {
     /// of the file) instead of a random one printed once to stderr.
     #[arg(long, env = "WARREN_ADMIN_PASSWORD_FILE")]
     pub admin_password_file: Option<PathBuf>,
-    /// Let anyone create an account with POST /api/v1/auth/signup.
-    #[arg(long, env = "WARREN_ALLOW_SIGNUP")]
+    /// Let anyone create an account with POST /api/v1/auth/signup
+    /// (`--allow-signup false` turns off what the file turned on).
+    #[arg(
+        long,
+        env = "WARREN_ALLOW_SIGNUP",
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     pub allow_signup: bool,
     /// A proxy (CIDR, repeatable or comma-separated) whose X-Forwarded-For
     /// and X-Forwarded-Proto are believed.

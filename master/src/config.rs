@@ -555,15 +555,34 @@ fn leaf(matches: &ArgMatches) -> (Vec<String>, &ArgMatches) {
     (names, current)
 }
 
+/// The settings a subcommand other than `serve` and `config print` takes
+/// from the file: where the database is. (`warren user add` has a
+/// `--password-file` of its own, which is not `[auth] password_file`.)
+const STORE_SETTINGS: &[&str] = &["data_dir", "database_url", "database_url_file", "uid_range"];
+
 /// `command` with the file's values as the defaults of the subcommand at
-/// `path` (only the settings that subcommand has).
+/// `path`: every setting for `serve` and `config print`, the database's
+/// for the others.
 fn with_defaults(command: clap::Command, path: &[String], file: &ConfigFile) -> clap::Command {
+    let names: Vec<&str> = path.iter().map(String::as_str).collect();
+    let every = matches!(names.as_slice(), ["serve"] | ["config", "print"]);
+    with_defaults_at(command, path, file, every)
+}
+
+fn with_defaults_at(
+    command: clap::Command,
+    path: &[String],
+    file: &ConfigFile,
+    every: bool,
+) -> clap::Command {
     let Some((first, rest)) = path.split_first() else {
         let mut command = command;
         for value in &file.values {
-            if command
-                .get_arguments()
-                .any(|a| a.get_id() == value.setting.id)
+            let wanted = every || STORE_SETTINGS.contains(&value.setting.id);
+            if wanted
+                && command
+                    .get_arguments()
+                    .any(|a| a.get_id() == value.setting.id)
             {
                 let defaults: Vec<clap::builder::OsStr> = value
                     .values
@@ -576,7 +595,9 @@ fn with_defaults(command: clap::Command, path: &[String], file: &ConfigFile) -> 
         return command;
     };
     let rest = rest.to_vec();
-    command.mut_subcommand(first.as_str(), |sub| with_defaults(sub, &rest, file))
+    command.mut_subcommand(first.as_str(), |sub| {
+        with_defaults_at(sub, &rest, file, every)
+    })
 }
 
 impl Parsed {
@@ -843,21 +864,50 @@ mod tests {
     }
 
     #[test]
-    fn user_commands_take_the_database_from_the_file() {
-        let (_dir, path) =
-            file("[storage]\ndata_dir = \"/srv/warren\"\n[http]\nlisten = \"127.0.0.1:1\"\n");
-        let parsed = parse_args(&[
-            "warren",
-            "user",
-            "list",
-            "--config",
-            path.to_str().expect("utf-8"),
-        ])
-        .expect("parse");
+    fn user_commands_take_the_database_from_the_file_and_nothing_else() {
+        let (_dir, path) = file(
+            "[storage]\ndata_dir = \"/srv/warren\"\n[http]\nlisten = \"127.0.0.1:1\"\n\
+             [auth]\npassword_file = \"/etc/warren/single-user\"\n",
+        );
+        let path = path.to_str().expect("utf-8");
+        let parsed = parse_args(&["warren", "user", "list", "--config", path]).expect("parse");
         let Command::User(crate::cli::UserCommand::List { store }) = &parsed.cli.command else {
             panic!("not user list");
         };
         assert_eq!(store.data_dir, PathBuf::from("/srv/warren"));
+        // `user add --password-file` is the new user's, never the file's
+        // single-user password.
+        let parsed =
+            parse_args(&["warren", "user", "add", "bob", "--config", path]).expect("parse");
+        let Command::User(crate::cli::UserCommand::Add { password_file, .. }) = &parsed.cli.command
+        else {
+            panic!("not user add");
+        };
+        assert_eq!(password_file, &None);
+    }
+
+    #[test]
+    fn a_flag_turns_off_what_the_file_turned_on() {
+        let (_dir, path) = file("[auth]\nallow_signup = true\n");
+        let path = path.to_str().expect("utf-8");
+        let signup = |args: &[&str]| {
+            let parsed = parse_args(args).expect("parse");
+            let Command::Serve(serve) = parsed.cli.command else {
+                panic!("not serve");
+            };
+            serve.allow_signup
+        };
+        assert!(signup(&["warren", "serve", "--config", path]));
+        assert!(!signup(&[
+            "warren",
+            "serve",
+            "--config",
+            path,
+            "--allow-signup",
+            "false"
+        ]));
+        assert!(signup(&["warren", "serve", "--allow-signup"]));
+        assert!(!signup(&["warren", "serve"]));
     }
 
     fn problems(text: &str) -> Vec<(Option<usize>, String, String)> {

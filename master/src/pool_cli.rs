@@ -9,13 +9,16 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a plain question may take, connection included.
+const ANSWER: Duration = Duration::from_secs(30);
 
 pub async fn run(command: PoolCommand) -> anyhow::Result<()> {
     match command {
         PoolCommand::Status { api } => {
             let api = Api::new(&api)?;
-            let pool = api.call(Method::GET, "/api/v1/admin/pool").await?;
+            let pool = api.call(Method::GET, "/api/v1/admin/pool", ANSWER).await?;
             for slot in slots(&pool)? {
                 println!("{}", describe(slot));
             }
@@ -30,7 +33,7 @@ pub async fn run(command: PoolCommand) -> anyhow::Result<()> {
             let api = Api::new(&api)?;
             let targets: Vec<u64> = match (rolling, slot) {
                 (true, None) => {
-                    let pool = api.call(Method::GET, "/api/v1/admin/pool").await?;
+                    let pool = api.call(Method::GET, "/api/v1/admin/pool", ANSWER).await?;
                     slots(&pool)?
                         .iter()
                         .filter_map(|slot| slot["slot"].as_u64())
@@ -43,9 +46,14 @@ pub async fn run(command: PoolCommand) -> anyhow::Result<()> {
             for slot in targets {
                 let started = Instant::now();
                 let path = format!("/api/v1/admin/pool/{slot}/restart?grace_seconds={grace}");
-                let after = api.call(Method::POST, &path).await.with_context(|| {
-                    format!("slot {slot} was not restarted; the rest were not tried")
-                })?;
+                // The grace, a worker's stop and start, and a margin.
+                let patience = Duration::from_secs(grace + 60);
+                let after = api
+                    .call(Method::POST, &path, patience)
+                    .await
+                    .with_context(|| {
+                        format!("slot {slot} was not restarted; the rest were not tried")
+                    })?;
                 println!(
                     "restarted in {:.1}s: {}",
                     started.elapsed().as_secs_f64(),
@@ -114,22 +122,35 @@ impl Api {
     }
 
     /// `method path` with the token; the JSON answer, or the server's error.
-    async fn call(&self, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        patience: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
         let request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("authorization", format!("Bearer {}", self.token))
             .body(Body::empty())
             .context("cannot build the request")?;
-        let response = self
-            .client
-            .request(request)
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .with_context(|| format!("cannot reach warren at {}", self.base))?;
+            let status = response.status();
+            let body = axum::body::to_bytes(Body::new(response.into_body()), 1 << 20)
+                .await
+                .context("cannot read warren's answer")?;
+            anyhow::Ok((status, body))
+        };
+        let (status, body) = tokio::time::timeout(patience, exchange)
             .await
-            .with_context(|| format!("cannot reach warren at {}", self.base))?;
-        let status = response.status();
-        let body = axum::body::to_bytes(Body::new(response.into_body()), 1 << 20)
-            .await
-            .context("cannot read warren's answer")?;
+            .map_err(|_| {
+                anyhow::anyhow!("warren at {} did not answer within {patience:?}", self.base)
+            })??;
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         if status != StatusCode::OK {
             let message = json["error"]["message"].as_str().map_or_else(

@@ -18,6 +18,11 @@ use tracing::{info, warn};
 use warren_worker::sandbox::{Sandbox, SandboxConfig};
 
 pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::Result<()> {
+    // SIGHUP's default action ends the process: from the first moment on,
+    // it waits for the reload task instead (a reload sent while warren
+    // starts is applied once it runs).
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
     let open_files = raise_open_file_limit();
     let metrics_token = match &args.metrics_token_file {
         Some(file) => Some(read_metrics_token(file)?),
@@ -194,6 +199,7 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
     }
     if let Some(matches) = matches {
         tokio::spawn(reload_on_hangup(
+            hangup,
             matches,
             auth.clone(),
             apps.clone(),
@@ -314,7 +320,8 @@ fn probe_sandbox(args: &ServeArgs) -> Sandbox {
     config.cgroup_root = args.cgroup_root.clone();
     let sandbox = Sandbox::probe(config, true);
     sandbox.report().log();
-    if let Some(host) = loopback_database(args.store.database_url.as_deref()) {
+    let url = args.store.url().ok();
+    if let Some(host) = loopback_database(url.as_deref()) {
         if args.sandbox_network == warren_worker::sandbox::Network::Host {
             warn!(
                 database = host,
@@ -645,17 +652,13 @@ fn apps_config(
 /// limits, the app definitions); names every other changed setting as
 /// needing a restart. A file with problems changes nothing.
 async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
     started: clap::ArgMatches,
     auth: Arc<crate::auth::Auth>,
     apps: Option<Arc<crate::apps::AppsHub>>,
     stop: CancellationToken,
 ) {
     use clap::FromArgMatches;
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        warn!("cannot install the SIGHUP handler: the configuration cannot be reloaded");
-        return;
-    };
     // What the last reload applied; `started` is what the settings that
     // need a restart still are.
     let mut last = started.clone();
@@ -696,7 +699,14 @@ async fn reload_on_hangup(
         if let Err(err) = crate::set_log_level(&new.log_level) {
             warn!(error = %err, "SIGHUP: cannot apply the log level");
         }
-        auth.set_default_limits(new.process_limits());
+        // Emptying the credential cache while the database cannot be read
+        // would end every session until it returns: then the new limits
+        // reach sessions as they are next read instead.
+        let reachable = auth.store().ping().await.is_ok();
+        if !reachable {
+            warn!("SIGHUP: the database is unavailable: new default limits reach each session when it is next read from it");
+        }
+        auth.set_default_limits(new.process_limits(), reachable);
         match (&apps, new_apps) {
             (Some(hub), config) => {
                 let change = hub.reload(config.unwrap_or_default()).await;

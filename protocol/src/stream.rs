@@ -132,6 +132,11 @@ impl StreamRegistry {
         self.len() == 0
     }
 
+    /// Whether stream `id` is still open.
+    pub fn contains(&self, id: u64) -> bool {
+        self.lock().streams.contains_key(&id)
+    }
+
     fn get(&self, id: u64) -> Option<Arc<Entry>> {
         self.lock().streams.get(&id).cloned()
     }

@@ -208,5 +208,63 @@ async fn sighup_applies_the_log_level_and_names_what_needs_a_restart() {
     assert!(log.contains("[log] bogus"), "{log}");
     assert_eq!(server.get_json("/healthz").await.0, 200);
 
+    // Workers take no action on a SIGHUP of their own (`pkill -HUP warren`).
+    let workers = server.worker_pids();
+    for pid in &workers {
+        warren_tests::send_signal(*pid, rustix::process::Signal::HUP);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.worker_pids(), workers);
+    assert!(!server.log().contains("worker failed"), "{}", server.log());
+
     assert_eq!(non_json_lines(&server.log()), Vec::<String>::new());
+}
+
+#[test]
+fn a_sighup_while_warren_starts_does_not_end_it() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A database that refuses: the start takes seconds (the connection
+    // timeout), then fails on its own terms.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = refusing.local_addr().expect("address").port();
+    drop(refusing);
+    let mut child = Command::new(warren_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--sandbox",
+            "off",
+        ])
+        .arg("--database-url")
+        .arg(format!("postgres://warren@127.0.0.1:{port}/warren"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("WARREN_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    // The first line is logged once `serve` runs: then SIGHUPs while it
+    // waits for the database.
+    let mut log = String::new();
+    stderr.read_line(&mut log).expect("read");
+    for _ in 0..5 {
+        warren_tests::send_signal(child.id(), rustix::process::Signal::HUP);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read");
+    log.push_str(&rest);
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "ended by a signal? {status:?}\n{log}"
+    );
+    assert!(log.contains("cannot open the database"), "{log}");
 }

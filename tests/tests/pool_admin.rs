@@ -294,3 +294,110 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_restart_whose_caller_goes_away_still_ends_well() {
+    let server = Server::ready(&ServerOptions::workers(1)).await;
+    let admin = Caller::admin(&server).await;
+    let alice = users_on(&server, &admin, &["alice"]).await.remove(0);
+    let old_pid = server.worker_pids()[0];
+
+    // An upload keeps the drain waiting while the restart's caller gives up.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(tokio_stream_of(receiver));
+    let upload = tokio::spawn({
+        let alice = alice.clone_caller();
+        async move { put(&alice, "slow.bin", body).await }
+    });
+    sender.send(Ok(vec![b'a'; 1 << 16])).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let impatient = admin
+        .request(
+            Method::POST,
+            "/api/v1/admin/pool/0/restart?grace_seconds=30",
+        )
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(
+        impatient.is_err(),
+        "the restart answered before the drain: {impatient:?}"
+    );
+    assert_eq!(pool(&admin).await[0]["draining"], true);
+
+    // The drain goes on without its caller: the upload finishes, the
+    // worker is replaced, and the slot serves again.
+    sender.send(Ok(vec![b'b'; 16])).await.expect("send");
+    drop(sender);
+    let (status, body) = upload.await.expect("upload task");
+    assert!(status == 201 || status == 200, "upload: {status} {body}");
+    let replaced = warren_tests::eventually(Duration::from_secs(15), || async {
+        let slot = pool(&admin).await.remove(0);
+        slot["draining"] == false
+            && slot["state"] == "up"
+            && slot["pid"]
+                .as_u64()
+                .is_some_and(|pid| pid != u64::from(old_pid))
+    })
+    .await;
+    assert!(replaced, "{:?}", pool(&admin).await);
+    assert_eq!(alice.get("/api/v1/files").await.0, 200);
+    let (_, audit) = admin
+        .get("/api/v1/admin/audit?event=worker_restarted")
+        .await;
+    assert!(audit.to_string().contains("slot 0, grace 30s"), "{audit}");
+    // And a later restart is not refused as "already restarting".
+    let (status, after) = admin
+        .send(
+            Method::POST,
+            "/api/v1/admin/pool/0/restart?grace_seconds=1",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["restarts"], 2, "{after}");
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_during_the_drain_is_replaced_once() {
+    let server = Server::ready(&ServerOptions::workers(1)).await;
+    let admin = Caller::admin(&server).await;
+    let alice = users_on(&server, &admin, &["alice"]).await.remove(0);
+    let old_pid = server.worker_pids()[0];
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(tokio_stream_of(receiver));
+    let upload = tokio::spawn({
+        let alice = alice.clone_caller();
+        async move { put(&alice, "slow.bin", body).await }
+    });
+    sender.send(Ok(vec![b'a'; 1 << 16])).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restart = tokio::spawn({
+        let admin = admin.clone_caller();
+        async move {
+            admin
+                .send(
+                    Method::POST,
+                    "/api/v1/admin/pool/0/restart?grace_seconds=30",
+                    None,
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    warren_tests::send_signal(old_pid, rustix::process::Signal::KILL);
+    let (status, after) = restart.await.expect("restart task");
+    assert_eq!(status, 200, "{after}");
+    let new_pid = after["pid"].as_u64().expect("pid");
+    drop(sender);
+    let _ = upload.await;
+    // The successor is not replaced too by a leftover wake-up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let slot = pool(&admin).await.remove(0);
+    assert_eq!(slot["pid"].as_u64(), Some(new_pid), "{slot}");
+    assert_eq!(slot["restarts"], 1, "{slot}");
+    assert!(!server
+        .log()
+        .contains("worker replaced at an operator's request"));
+    assert_eq!(alice.get("/api/v1/files").await.0, 200);
+}

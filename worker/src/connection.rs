@@ -190,11 +190,17 @@ fn unsendable(frames: FrameSender) -> impl Fn(u64, warren_protocol::FrameError) 
 
 /// A terminal's Ctrl-C, `timeout`, or a service manager may signal the whole
 /// process group. The master decides when its workers stop (it drains first,
-/// then closes their sockets), so workers take no action on SIGINT/SIGTERM:
-/// once tokio has a handler registered, the default "terminate" is gone.
+/// then closes their sockets), so workers take no action on SIGINT/SIGTERM,
+/// nor on SIGHUP (a reload habit such as `pkill -HUP warren`, or a
+/// terminal's hangup, must not end every user's tasks): once tokio has a
+/// handler registered, the default "terminate" is gone.
 fn leave_stopping_to_the_master() -> Result<(), WorkerError> {
     use tokio::signal::unix::{signal, SignalKind};
-    for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ] {
         let _handler = signal(kind).map_err(WorkerError::Signals)?;
     }
     Ok(())

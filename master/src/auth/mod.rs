@@ -517,15 +517,19 @@ impl Auth {
 
     /// New process limits for users without their own (SIGHUP): each
     /// process started from now on gets them. Cached credentials carry
-    /// the old ones, so the cache is emptied (the next request of each
-    /// session reads it again; no session ends).
-    pub fn set_default_limits(&self, limits: warren_protocol::ProcessLimits) {
+    /// the old ones, so with `invalidate` the cache is emptied (the next
+    /// request of each session reads it again; no session ends); without
+    /// (the database cannot be read), they reach each session when it is
+    /// next read.
+    pub fn set_default_limits(&self, limits: warren_protocol::ProcessLimits, invalidate: bool) {
         if **self.default_limits.load() == limits {
             return;
         }
         self.default_limits.store(Arc::new(limits));
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate_all();
+        if invalidate {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.cache.invalidate_all();
+        }
     }
 
     pub fn store(&self) -> &Store {

@@ -40,6 +40,10 @@ pub(crate) struct WorkerConnection {
     frames: FrameSender,
     pending: Mutex<Pending>,
     streams: Arc<StreamRegistry>,
+    /// Ids of the streams that end by themselves (file transfers, a task's
+    /// output up to now), which a drain waits for; a terminal or followed
+    /// output lasts as long as its user likes and is not waited for.
+    transfers: Mutex<Vec<u64>>,
     next_id: AtomicU64,
     started: Instant,
     /// Milliseconds after `started` of the last heartbeat.
@@ -56,6 +60,7 @@ impl WorkerConnection {
             frames,
             pending: Mutex::new(Pending::default()),
             streams: StreamRegistry::new(),
+            transfers: Mutex::new(Vec::new()),
             // Id 0 is for connection-level frames (hello, heartbeat).
             next_id: AtomicU64::new(1),
             started: Instant::now(),
@@ -111,6 +116,11 @@ impl WorkerConnection {
 
     pub fn open_stream(&self, user: UserCtx, kind: StreamKind) -> Result<Stream, PoolError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ends_by_itself = match &kind {
+            StreamKind::TaskOutput { follow, .. } => !follow,
+            StreamKind::TerminalAttach { .. } => false,
+            _ => true,
+        };
         let unavailable = |_| PoolError::WorkerUnavailable { slot: self.slot };
         let stream = self
             .streams
@@ -122,6 +132,14 @@ impl WorkerConnection {
                 body: Body::Open(Open { user, kind }),
             })
             .map_err(|_| PoolError::WorkerUnavailable { slot: self.slot })?;
+        if ends_by_itself {
+            let mut transfers = self
+                .transfers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            transfers.retain(|id| self.streams.contains(*id));
+            transfers.push(id);
+        }
         Ok(stream)
     }
 
@@ -159,6 +177,17 @@ impl WorkerConnection {
     /// Byte streams open on this connection.
     pub fn open_streams(&self) -> usize {
         self.streams.len()
+    }
+
+    /// Streams open on this connection that end by themselves (see
+    /// `transfers`).
+    pub fn open_transfers(&self) -> usize {
+        let mut transfers = self
+            .transfers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        transfers.retain(|id| self.streams.contains(*id));
+        transfers.len()
     }
 
     /// How long this worker has been connected.

@@ -143,6 +143,25 @@ pub enum RestartError {
     ShuttingDown,
 }
 
+/// The longest part of a drain's grace that new requests are held for;
+/// after it (plus a worker's stop and start) they fail as for a worker
+/// that is down, so a long grace for a large transfer cannot stall a
+/// slot's other users.
+const MAX_REQUEST_HOLD: Duration = Duration::from_secs(30);
+
+/// Ends a slot's drain when dropped: the slot is routed again (to the new
+/// worker, or to the old one if the drain was called off).
+struct DrainGuard<'a>(&'a Slot);
+
+impl Drop for DrainGuard<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.0.drain_until_ms.store(0, Ordering::Release);
+        self.0.draining_pid.store(0, Ordering::Release);
+        self.0.changed.notify_waiters();
+    }
+}
+
 /// One slot: the current worker connection, if any, and its status.
 pub(crate) struct Slot {
     index: u32,
@@ -156,8 +175,9 @@ pub(crate) struct Slot {
     /// Until when (milliseconds after the pool's start) requests wait for
     /// the drained worker's successor.
     drain_until_ms: std::sync::atomic::AtomicU64,
-    /// Tells the supervisor to replace its worker (the drain is over).
-    replace: Notify,
+    /// Tells the supervisor to replace its worker (the drain is over); it
+    /// acts only while its worker's pid is `draining_pid`.
+    pub(crate) replace: Notify,
 }
 
 impl Slot {
@@ -431,11 +451,14 @@ impl Pool {
     }
 
     /// An operator's graceful restart of `slot`'s worker: new requests for
-    /// the slot wait (they are not refused); requests and streams in
+    /// the slot wait (they are not refused); requests and transfers in
     /// flight get up to `grace` to finish; then the worker is replaced
     /// (asked to stop, SIGKILL after the stop timeout; what its users
-    /// still run ends with it, as at any worker's end) and the call
-    /// returns once its successor serves.
+    /// still run, terminals and followed output included, ends with it, as
+    /// at any worker's end) and the call returns once its successor
+    /// serves. Run it as a task of its own (the HTTP handler does): if the
+    /// future is dropped half-way, the drain is called off (the slot is
+    /// routed to its worker again) rather than left hanging.
     pub async fn restart_slot(&self, slot: u32, grace: Duration) -> Result<(), RestartError> {
         use std::sync::atomic::Ordering;
         let state = self
@@ -446,10 +469,6 @@ impl Pool {
             return Err(RestartError::ShuttingDown);
         }
         let old = state.current.load_full().ok_or(RestartError::NotUp(slot))?;
-        // The longest a waiting request may need: the drain, the old
-        // worker's stop, the new one's start.
-        let wait = grace + self.config.stop_timeout + self.config.start_timeout;
-        let until = (self.started.elapsed() + wait).as_millis().max(1) as u64;
         if state
             .draining_pid
             .compare_exchange(0, old.pid, Ordering::AcqRel, Ordering::Acquire)
@@ -457,6 +476,13 @@ impl Pool {
         {
             return Err(RestartError::AlreadyDraining(slot));
         }
+        // From here on, however this ends, the slot is routed again.
+        let _draining = DrainGuard(state);
+        // New requests are held at most this long (then 503 as for any
+        // worker that is down), however long the grace.
+        let hold =
+            grace.min(MAX_REQUEST_HOLD) + self.config.stop_timeout + self.config.start_timeout;
+        let until = (self.started.elapsed() + hold).as_millis().max(1) as u64;
         state.drain_until_ms.store(until, Ordering::Release);
         info!(
             slot,
@@ -468,19 +494,23 @@ impl Pool {
         // A request that took the connection just before the drain began
         // registers within moments: give it those before looking.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        while (old.inflight() > 0 || old.open_streams() > 0) && !old.is_closed() {
+        while (old.inflight() > 0 || old.open_transfers() > 0) && !old.is_closed() {
             if Instant::now() >= drained {
                 warn!(
                     slot,
                     requests = old.inflight(),
-                    streams = old.open_streams(),
+                    transfers = old.open_transfers(),
                     "the drain's grace is over: replacing the worker with these still open"
                 );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        state.replace.notify_one();
+        // A worker that died meanwhile is being replaced by its supervisor
+        // already; the supervisor acts on `replace` only for the drained pid.
+        if !old.is_closed() {
+            state.replace.notify_one();
+        }
         let came_back = async {
             loop {
                 let changed = state.changed.notified();
@@ -494,16 +524,12 @@ impl Pool {
                 changed.await;
             }
         };
-        let outcome = tokio::select! {
+        tokio::select! {
             outcome = tokio::time::timeout(self.config.stop_timeout + self.config.start_timeout, came_back) => {
                 outcome.map_err(|_| RestartError::DidNotComeBack(slot))
             }
             () = self.stopping.cancelled() => Err(RestartError::ShuttingDown),
-        };
-        state.drain_until_ms.store(0, Ordering::Release);
-        state.draining_pid.store(0, Ordering::Release);
-        state.changed.notify_waiters();
-        outcome
+        }
     }
 
     pub fn all_up(&self) -> bool {

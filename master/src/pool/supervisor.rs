@@ -309,13 +309,22 @@ async fn run_once(
                     status.state = SlotState::Up;
                 });
             }
-            _ = slot.replace.notified() => break End::Replaced,
+            _ = slot.replace.notified() => {
+                // A permit left from a drain of an earlier worker is not
+                // for this one.
+                if slot.draining_pid.load(std::sync::atomic::Ordering::Acquire) == pid {
+                    break End::Replaced;
+                }
+            }
             _ = stopping.cancelled() => break End::Stopped,
         }
     };
 
     // Take the worker out of routing first, then fail what it held.
     slot.current.store(None);
+    if matches!(end, End::Replaced) {
+        slot.set_status(|status| status.state = SlotState::Restarting);
+    }
     connection.fail_all();
     writer.abort();
     let _ = writer.await;

@@ -486,17 +486,48 @@ pub fn now_ms() -> i64 {
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for
-/// messages and logs.
+/// messages and logs: the password of the authority (split at its last
+/// `@`, as a password may hold one) and of any `password` query parameter
+/// (`?password=`, `sslpassword=`) is hidden.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        // Not a URL we understand: show only what cannot be secret.
+        return if url.contains('=') || url.contains('@') {
+            "***".into()
+        } else {
+            url.to_string()
+        };
     };
-    match rest.split_once('@') {
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let (authority, path) = match before_query.find('/') {
+        Some(at) => before_query.split_at(at),
+        None => (before_query, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
         Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{credentials}@{host}"),
         },
-        None => url.to_string(),
+        None => authority.to_string(),
+    };
+    let query = query.map(|query| {
+        query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                    format!("{key}=***")
+                }
+                _ => pair.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(query) => format!("{scheme}://{authority}{path}?{query}"),
+        None => format!("{scheme}://{authority}{path}"),
     }
 }
 
@@ -511,6 +542,31 @@ fn uuid_of(row: &AnyRow, index: usize, table: &'static str) -> Result<uuid::Uuid
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_passwords() {
+        let cases = [
+            ("postgres://u:secret@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p@ss@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "postgres://h/db?user=u&password=QS&sslmode=require",
+                "postgres://h/db?user=u&password=***&sslmode=require",
+            ),
+            (
+                "postgres://h/db?sslpassword=x",
+                "postgres://h/db?sslpassword=***",
+            ),
+            (
+                "sqlite:///srv/warren.db?mode=rwc",
+                "sqlite:///srv/warren.db?mode=rwc",
+            ),
+            ("user=u password=x", "***"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 
     /// A store on a fresh SQLite file, removed with the returned directory.
     pub async fn sqlite_store() -> (Store, tempfile::TempDir) {

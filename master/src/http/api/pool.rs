@@ -142,27 +142,41 @@ async fn restart_slot(
             )))
         }
     };
-    let outcome = state
-        .pool
-        .restart_slot(slot, Duration::from_secs(grace))
-        .await;
-    let detail = match &outcome {
-        Ok(()) => format!("slot {slot}, grace {grace}s"),
-        Err(err) => format!("slot {slot}: {err}"),
+    // A task of its own: a client that goes away (a timeout, Ctrl-C of
+    // `warren pool restart`) must not cut a drain off half-way; the audit
+    // record is written whatever the client does.
+    let task = {
+        let state = state.clone();
+        let admin = admin.clone();
+        let address = info.client.address.to_string();
+        tokio::spawn(async move {
+            let outcome = state
+                .pool
+                .restart_slot(slot, Duration::from_secs(grace))
+                .await;
+            let detail = match &outcome {
+                Ok(()) => format!("slot {slot}, grace {grace}s"),
+                Err(err) => format!("slot {slot}: {err}"),
+            };
+            if !matches!(outcome, Err(RestartError::NoSuchSlot(_))) {
+                state
+                    .auth
+                    .audit_trusted(AuditEntry {
+                        event: "worker_restarted",
+                        actor_id: Some(admin.user_id.to_string()),
+                        actor_name: Some(admin.username.clone()),
+                        subject: None,
+                        address: Some(address),
+                        detail: Some(detail),
+                    })
+                    .await;
+            }
+            outcome
+        })
     };
-    if !matches!(outcome, Err(RestartError::NoSuchSlot(_))) {
-        state
-            .auth
-            .audit_trusted(AuditEntry {
-                event: "worker_restarted",
-                actor_id: Some(admin.user_id.to_string()),
-                actor_name: Some(admin.username.clone()),
-                subject: None,
-                address: Some(info.client.address.to_string()),
-                detail: Some(detail),
-            })
-            .await;
-    }
+    let outcome = task
+        .await
+        .map_err(|err| ApiError::Internal(format!("the restart failed: {err}")))?;
     match outcome {
         Ok(()) => {}
         Err(RestartError::NoSuchSlot(_)) => return Err(ApiError::Missing("slot")),

@@ -979,6 +979,9 @@ impl Output {
             HeaderValue::from_static("application/octet-stream"),
         );
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        // Followed output is a live stream: proxies such as nginx must pass
+        // it on as it comes, not buffer it.
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         headers.insert(DROPPED_HEADER, HeaderValue::from(info.dropped));
         headers.insert(WRITTEN_HEADER, HeaderValue::from(info.written));
         if let Some((content_range, len)) = part {
