@@ -113,7 +113,10 @@ async fn measure(args: &StartupArgs, users: u64, postgres: Option<&str>) -> Resu
     start_timed(&serve).await?;
     if users > 0 {
         let started = Instant::now();
-        fill(&url, postgres.is_some(), users).await?;
+        let count = i64::try_from(users).context("too many users")?;
+        warren_tests::bulk::fill_users(&url, postgres.is_some(), count, FIRST_UID)
+            .await
+            .context("cannot write the users")?;
         let users_dir = data_dir.join("users");
         for n in 1..=args.user_dirs.min(users) {
             let dir = users_dir.join(user_id(n)).join("workspace");
@@ -204,67 +207,9 @@ fn user_id(n: u64) -> String {
 }
 
 async fn connect(url: &str) -> Result<sqlx::AnyPool> {
-    sqlx::any::install_default_drivers();
-    sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
+    warren_tests::bulk::connect(url)
         .await
         .context("cannot connect to the database")
-}
-
-/// Writes users 1 to `users` (`user<n>`, uid `FIRST_UID + n`, the admin's
-/// password hash) and a live session of each, in one transaction.
-async fn fill(url: &str, postgres: bool, users: u64) -> Result<()> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_millis() as i64;
-    let (numbers, user_id, session_id, token_hash) = if postgres {
-        (
-            "SELECT generate_series(1, $1) AS i",
-            "lpad(to_hex(i), 8, '0') || '-0000-4000-8000-' || lpad(to_hex(i), 12, '0')",
-            "lpad(to_hex(i), 8, '0') || '-0000-4000-9000-' || lpad(to_hex(i), 12, '0')",
-            "lpad(to_hex(i), 64, '0')",
-        )
-    } else {
-        (
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
-             SELECT i FROM n",
-            "printf('%08x-0000-4000-8000-%012x', i, i)",
-            "printf('%08x-0000-4000-9000-%012x', i, i)",
-            "printf('%064x', i)",
-        )
-    };
-    let users = i64::try_from(users).context("too many users")?;
-    let pool = connect(url).await?;
-    let mut transaction = pool.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO users (id, username, password_hash, role, disabled, created_at, uid) \
-         SELECT {user_id}, 'user' || i, \
-                (SELECT password_hash FROM users WHERE username = 'admin'), \
-                'user', 0, $2, $3 + i \
-         FROM ({numbers}) AS numbers"
-    )))
-    .bind(users)
-    .bind(now_ms)
-    .bind(FIRST_UID)
-    .execute(&mut *transaction)
-    .await
-    .context("cannot write the users")?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO sessions (id, token_hash, user_id, created_at, expires_at, last_seen_at) \
-         SELECT {session_id}, {token_hash}, {user_id}, $2, $3, $2 \
-         FROM ({numbers}) AS numbers"
-    )))
-    .bind(users)
-    .bind(now_ms)
-    .bind(now_ms + 7 * 24 * 3600 * 1000)
-    .execute(&mut *transaction)
-    .await
-    .context("cannot write the sessions")?;
-    transaction.commit().await?;
-    pool.close().await;
-    Ok(())
 }
 
 /// A PostgreSQL database made for one measurement.

@@ -7,6 +7,7 @@
 //! `WARREN_BIN` to test another build.
 
 pub mod accounts;
+pub mod bulk;
 pub mod files;
 
 use std::io::{BufRead, BufReader};

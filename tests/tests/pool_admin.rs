@@ -100,28 +100,10 @@ async fn a_restart_lets_an_upload_in_flight_finish_and_holds_new_requests() {
 
     // An upload whose body arrives slowly: in flight when the restart
     // begins.
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let body = reqwest::Body::wrap_stream(tokio_stream_of(receiver));
-    let upload = tokio::spawn({
-        let alice = alice.clone_caller();
-        async move { put(&alice, "slow.bin", body).await }
-    });
-    sender.send(Ok(vec![b'a'; 1 << 16])).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sender, upload) = slow_upload(&alice).await;
 
     let started = Instant::now();
-    let restart = tokio::spawn({
-        let admin = admin.clone_caller();
-        async move {
-            admin
-                .send(
-                    Method::POST,
-                    "/api/v1/admin/pool/0/restart?grace_seconds=20",
-                    None,
-                )
-                .await
-        }
-    });
+    let restart = restart_in_background(&admin, 20);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let slots = pool(&admin).await;
     assert_eq!(slots[0]["draining"], true, "{slots:?}");
@@ -163,6 +145,32 @@ async fn a_restart_lets_an_upload_in_flight_finish_and_holds_new_requests() {
     assert!(
         bytes[..1 << 16].iter().all(|&b| b == b'a') && bytes[1 << 16..].iter().all(|&b| b == b'b')
     );
+}
+
+/// Slot 0's restart with `grace` seconds, answered when it is done.
+fn restart_in_background(admin: &Caller, grace: u32) -> tokio::task::JoinHandle<(u16, Value)> {
+    let admin = admin.clone_caller();
+    tokio::spawn(async move {
+        let path = format!("/api/v1/admin/pool/0/restart?grace_seconds={grace}");
+        admin.send(Method::POST, &path, None).await
+    })
+}
+
+type Chunks = tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>;
+
+/// An upload of `slow.bin` by `caller` that has sent 64 KiB of `a` and
+/// waits for more (send on the sender; drop it to finish): in flight for
+/// as long as the test likes.
+async fn slow_upload(caller: &Caller) -> (Chunks, tokio::task::JoinHandle<(u16, Value)>) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let body = reqwest::Body::wrap_stream(tokio_stream_of(receiver));
+    let upload = tokio::spawn({
+        let caller = caller.clone_caller();
+        async move { put(&caller, "slow.bin", body).await }
+    });
+    sender.send(Ok(vec![b'a'; 1 << 16])).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (sender, upload)
 }
 
 fn tokio_stream_of(
@@ -303,14 +311,7 @@ async fn a_restart_whose_caller_goes_away_still_ends_well() {
     let old_pid = server.worker_pids()[0];
 
     // An upload keeps the drain waiting while the restart's caller gives up.
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let body = reqwest::Body::wrap_stream(tokio_stream_of(receiver));
-    let upload = tokio::spawn({
-        let alice = alice.clone_caller();
-        async move { put(&alice, "slow.bin", body).await }
-    });
-    sender.send(Ok(vec![b'a'; 1 << 16])).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sender, upload) = slow_upload(&alice).await;
     let impatient = admin
         .request(
             Method::POST,
@@ -364,26 +365,8 @@ async fn a_worker_that_dies_during_the_drain_is_replaced_once() {
     let admin = Caller::admin(&server).await;
     let alice = users_on(&server, &admin, &["alice"]).await.remove(0);
     let old_pid = server.worker_pids()[0];
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let body = reqwest::Body::wrap_stream(tokio_stream_of(receiver));
-    let upload = tokio::spawn({
-        let alice = alice.clone_caller();
-        async move { put(&alice, "slow.bin", body).await }
-    });
-    sender.send(Ok(vec![b'a'; 1 << 16])).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let restart = tokio::spawn({
-        let admin = admin.clone_caller();
-        async move {
-            admin
-                .send(
-                    Method::POST,
-                    "/api/v1/admin/pool/0/restart?grace_seconds=30",
-                    None,
-                )
-                .await
-        }
-    });
+    let (sender, upload) = slow_upload(&alice).await;
+    let restart = restart_in_background(&admin, 30);
     tokio::time::sleep(Duration::from_millis(300)).await;
     warren_tests::send_signal(old_pid, rustix::process::Signal::KILL);
     let (status, after) = restart.await.expect("restart task");

@@ -64,7 +64,9 @@ async fn ready_within_a_second_with_100k_users(db: Database) {
         None => format!("sqlite://{}", data_dir.path().join("warren.db").display()),
     };
     let filled = Instant::now();
-    fill(&url, db.is_postgres(), first_uid).await;
+    warren_tests::bulk::fill_users(&url, db.is_postgres(), USERS, first_uid)
+        .await
+        .expect("write the users");
     let users_dir = data_dir.path().join("users");
     for n in (1..=USERS).step_by((USERS / USER_DIRS) as usize) {
         std::fs::create_dir_all(users_dir.join(user_id(n)).join("workspace"))
@@ -97,7 +99,9 @@ async fn ready_within_a_second_with_100k_users(db: Database) {
 
     // A database from before uids: every user is given one at start, in
     // batches (one statement per 10,000), before readiness.
-    let pool = connect(&url).await;
+    let pool = warren_tests::bulk::connect(&url)
+        .await
+        .expect("connect to the database");
     sqlx::query("UPDATE users SET uid = NULL WHERE username <> 'admin'")
         .execute(&pool)
         .await
@@ -142,67 +146,4 @@ async fn start_timed(data_dir: &std::path::Path, options: &ServerOptions) -> (Se
 /// The id of user number `n` (a valid UUID, made the same way in SQL).
 fn user_id(n: i64) -> String {
     format!("{n:08x}-0000-4000-8000-{n:012x}")
-}
-
-async fn connect(url: &str) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .expect("connect to the database")
-}
-
-/// Writes users 1 to [`USERS`] (`user<n>`, uid `first_uid + n`, the
-/// admin's password hash) and a live session of each, in one transaction.
-async fn fill(url: &str, postgres: bool, first_uid: i64) {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    // A user's id and a session's, and its token hash, from n.
-    let (numbers, user_id, session_id, token_hash) = if postgres {
-        (
-            "SELECT generate_series(1, $1) AS i",
-            "lpad(to_hex(i), 8, '0') || '-0000-4000-8000-' || lpad(to_hex(i), 12, '0')",
-            "lpad(to_hex(i), 8, '0') || '-0000-4000-9000-' || lpad(to_hex(i), 12, '0')",
-            "lpad(to_hex(i), 64, '0')",
-        )
-    } else {
-        (
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
-             SELECT i FROM n",
-            "printf('%08x-0000-4000-8000-%012x', i, i)",
-            "printf('%08x-0000-4000-9000-%012x', i, i)",
-            "printf('%064x', i)",
-        )
-    };
-    let pool = connect(url).await;
-    let mut transaction = pool.begin().await.expect("begin");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO users (id, username, password_hash, role, disabled, created_at, uid) \
-         SELECT {user_id}, 'user' || i, \
-                (SELECT password_hash FROM users WHERE username = 'admin'), \
-                'user', 0, $2, $3 + i \
-         FROM ({numbers}) AS numbers"
-    )))
-    .bind(USERS)
-    .bind(now_ms)
-    .bind(first_uid)
-    .execute(&mut *transaction)
-    .await
-    .expect("insert the users");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO sessions (id, token_hash, user_id, created_at, expires_at, last_seen_at) \
-         SELECT {session_id}, {token_hash}, {user_id}, $2, $3, $2 \
-         FROM ({numbers}) AS numbers"
-    )))
-    .bind(USERS)
-    .bind(now_ms)
-    .bind(now_ms + 7 * 24 * 3600 * 1000)
-    .execute(&mut *transaction)
-    .await
-    .expect("insert the sessions");
-    transaction.commit().await.expect("commit");
-    pool.close().await;
 }
