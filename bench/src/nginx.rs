@@ -32,9 +32,11 @@ use anyhow::{bail, Context, Result};
 use hyper::Method;
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
+use warren_tests::nginx::{
+    find_program, free_port, local_site, nginx_version, self_signed, Listen, MainConf,
+};
 
 /// Turns the three series take.
 pub const SLICES: u32 = 10;
@@ -163,7 +165,7 @@ pub async fn run(args: &NginxArgs) -> Result<NginxReport> {
         let token = account(direct, &warren.admin_password).await?;
         let nginx = Nginx::start(&nginx_binary, &openssl, dir.path(), &site, direct)?;
         let measured = measure(args, &nginx, direct, &token).await;
-        nginx.stop();
+        drop(nginx);
         let (through_nginx, nginx_return, direct) = measured?;
         Ok(NginxReport {
             machine: Machine::current(),
@@ -262,53 +264,10 @@ async fn measure(
     Ok((a, b, c))
 }
 
-/// `name` on the PATH, or in /usr/sbin (Debian's nginx).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// `nginx -v`'s `nginx/1.22.1`.
-fn nginx_version(binary: &Path) -> String {
-    Command::new(binary)
-        .arg("-v")
-        .output()
-        .ok()
-        .and_then(|output| {
-            let text = String::from_utf8_lossy(&output.stderr).into_owned();
-            text.split_whitespace()
-                .find(|word| word.starts_with("nginx/"))
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "nginx (version unknown)".into())
-}
-
-/// A port nothing listens on right now, on 127.0.0.1.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// `text` with every line that is exactly `from` (trimmed) replaced by `to`;
-/// an error if there is none, so the bench never measures a site file
-/// other than the one it claims.
-fn replace_line(text: &str, from: &str, to: &str) -> Result<String> {
-    if !text.lines().any(|line| line.trim() == from) {
-        bail!("the site file has no line {from:?} (the bench rewrites it)");
-    }
-    Ok(text
-        .lines()
-        .map(|line| if line.trim() == from { to } else { line })
-        .collect::<Vec<_>>()
-        .join("\n"))
-}
-
-/// nginx running the site file and the reference server.
+/// nginx running the site file and the reference server (stopped when
+/// dropped).
 struct Nginx {
-    child: Child,
+    _process: warren_tests::nginx::Nginx,
     /// The site file's (formerly TLS) listener.
     site: SocketAddr,
     /// The `return 200` server.
@@ -323,125 +282,49 @@ impl Nginx {
         site: &str,
         warren: SocketAddr,
     ) -> Result<Nginx> {
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        let made = Command::new(openssl)
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=127.0.0.1"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .context("cannot run openssl")?;
-        if !made.status.success() {
-            bail!(
-                "openssl req failed: {}",
-                String::from_utf8_lossy(&made.stderr)
-            );
-        }
-        let site_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let reference = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let redirect_port = free_port()?;
-        let text = replace_line(site, "listen 443 ssl;", &format!("listen {site_addr};"))?;
-        let text = replace_line(&text, "listen [::]:443 ssl;", "")?;
-        let text = replace_line(
-            &text,
-            "listen 80;",
-            &format!("listen 127.0.0.1:{redirect_port};"),
-        )?;
-        let text = replace_line(&text, "listen [::]:80;", "")?;
-        let text = replace_line(
-            &text,
-            "server 127.0.0.1:8080;",
-            &format!("server {warren};"),
-        )?;
-        let text = replace_line(
-            &text,
-            "ssl_certificate     /etc/ssl/warren/fullchain.pem;",
-            &format!("ssl_certificate {};", cert.display()),
-        )?;
-        let text = replace_line(
-            &text,
-            "ssl_certificate_key /etc/ssl/warren/privkey.pem;",
-            &format!("ssl_certificate_key {};", key.display()),
-        )?;
-        std::fs::write(dir.join("site.conf"), text).context("cannot write site.conf")?;
-        let user = if rustix::process::geteuid().is_root() {
-            "user root root;"
-        } else {
-            ""
+        let (cert, key) = self_signed(openssl, dir).map_err(anyhow::Error::msg)?;
+        let site_addr =
+            SocketAddr::from(([127, 0, 0, 1], free_port().map_err(anyhow::Error::msg)?));
+        let reference =
+            SocketAddr::from(([127, 0, 0, 1], free_port().map_err(anyhow::Error::msg)?));
+        let listen = Listen {
+            tls_port: site_addr.port(),
+            tls: false,
+            http_port: free_port().map_err(anyhow::Error::msg)?,
+            cert: &cert,
+            key: &key,
         };
-        let d = dir.display();
+        let text = local_site(
+            site,
+            &listen,
+            &[("server 127.0.0.1:8080;", format!("server {warren};"))],
+        )
+        .map_err(anyhow::Error::msg)?;
         let body = String::from_utf8_lossy(&body()).replace('\n', "\\n");
         // keepalive_requests: each load connection stands for many
         // clients; nginx's default (1000) would close it mid-series.
-        let main = format!(
-            "{user}\n\
-             daemon off;\n\
-             worker_processes 1;\n\
-             pid {d}/nginx.pid;\n\
-             error_log {d}/error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n\
-                 access_log off;\n\
-                 keepalive_requests 100000000;\n\
-                 client_body_temp_path {d}/client_body;\n\
-                 proxy_temp_path {d}/proxy;\n\
-                 fastcgi_temp_path {d}/fastcgi;\n\
-                 uwsgi_temp_path {d}/uwsgi;\n\
-                 scgi_temp_path {d}/scgi;\n\
-                 include {d}/site.conf;\n\
+        let main = MainConf {
+            worker_processes: 1,
+            worker_connections: 4096,
+            error_log_level: "warn",
+            access_log: false,
+            extra_http: format!(
+                "keepalive_requests 100000000;\n\
                  server {{\n\
                      listen {reference};\n\
                      default_type application/octet-stream;\n\
                      location / {{ return 200 \"{body}\"; }}\n\
-                 }}\n\
-             }}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), main).context("cannot write nginx.conf")?;
-        let mut child = Command::new(binary)
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let up = [site_addr, reference]
-                .iter()
-                .all(|address| std::net::TcpStream::connect(address).is_ok());
-            if up {
-                break;
-            }
-            let exited = child.try_wait().ok().flatten().is_some();
-            if exited || Instant::now() > deadline {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                bail!("nginx did not start:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                 }}"
+            ),
+        };
+        let process =
+            warren_tests::nginx::Nginx::start(binary, dir, &text, &main, &[site_addr, reference])
+                .map_err(anyhow::Error::msg)?;
         Ok(Nginx {
-            child,
+            _process: process,
             site: site_addr,
             reference,
         })
-    }
-
-    /// SIGTERM (the master stops its workers; SIGKILL would orphan them).
-    fn stop(mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -456,14 +339,5 @@ mod tests {
         assert!(is_body(&body));
         assert!(!is_body(&body[1..]));
         assert!(!body.contains(&b'"') && !body.contains(&b'$'));
-    }
-
-    #[test]
-    fn a_missing_line_is_an_error() {
-        assert_eq!(
-            replace_line("a\n  listen 80;\nb", "listen 80;", "listen 1;").unwrap(),
-            "a\nlisten 1;\nb"
-        );
-        assert!(replace_line("a\nb", "listen 80;", "x").is_err());
     }
 }

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod bulk;
 pub mod files;
+pub mod nginx;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
