@@ -137,6 +137,10 @@ pub enum UserCommand {
         /// Read the password from this file (first line) instead of asking.
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Several hosts: the host to hold the user's files [default: the
+        /// running host with the fewest users].
+        #[arg(long, value_parser = parse_host_name)]
+        host: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -431,6 +435,56 @@ pub struct ServeArgs {
     /// log shippers.
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// This host's name in a cluster of several hosts on one PostgreSQL
+    /// database (turns cluster mode on; needs --host-url and
+    /// --cluster-secret-file): lowercase letters, digits and `-`.
+    #[arg(long, env = "WARREN_HOST_NAME", value_parser = parse_host_name)]
+    pub host_name: Option<String>,
+    /// Where the other hosts reach this one: `http://ADDRESS:PORT` of this
+    /// server's own listener (not the TLS front), on a private network.
+    #[arg(long, env = "WARREN_HOST_URL", value_parser = parse_host_url)]
+    pub host_url: Option<String>,
+    /// The secret every host of the cluster shares (the file's first line,
+    /// at least 32 characters): it signs requests forwarded between hosts.
+    #[arg(long, env = "WARREN_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+}
+
+/// A host's name: 1-63 of `a-z`, `0-9` and `-`, starting with a letter or
+/// digit (it goes into a cookie and nginx's `map`).
+pub fn parse_host_name(text: &str) -> Result<String, String> {
+    let good = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-');
+    if good {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a host name: 1-63 lowercase letters, digits and '-', \
+             not starting with '-'"
+        ))
+    }
+}
+
+/// `http://HOST:PORT` with no path: where other hosts send this one's
+/// users' requests.
+fn parse_host_url(text: &str) -> Result<String, String> {
+    let rest = text.strip_prefix("http://").ok_or_else(|| {
+        format!(
+            "{text:?} is not an http://HOST:PORT URL (hosts talk plain HTTP on a private network)"
+        )
+    })?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(format!("{text:?} must be http://HOST:PORT with no path"));
+    }
+    authority
+        .parse::<axum::http::uri::Authority>()
+        .map_err(|err| format!("{text:?} is not an http://HOST:PORT URL: {err}"))?;
+    Ok(format!("http://{authority}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -121,6 +121,9 @@ pub const SETTINGS: &[Setting] = &[
     r("apps", "apps", "file"),
     r("log_level", "log", "level"),
     s("log_format", "log", "format"),
+    s("host_name", "cluster", "host_name"),
+    s("host_url", "cluster", "host_url"),
+    s("cluster_secret_file", "cluster", "secret_file"),
 ];
 
 /// Settings whose values are secrets: `config print` never shows them.

@@ -28,6 +28,11 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
         Some(file) => Some(read_metrics_token(file)?),
         None => None,
     };
+    let cluster_config = crate::cluster::ClusterConfig::from_args(
+        args.host_name.as_deref(),
+        args.host_url.as_deref(),
+        args.cluster_secret_file.as_deref(),
+    )?;
     let data_dir = &args.store.data_dir;
     create_private_dir(data_dir)?;
     let sandbox = Arc::new(probe_sandbox(&args));
@@ -182,6 +187,20 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
 
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
+    let cluster = match cluster_config {
+        Some(config) => {
+            let name = config.name.clone();
+            let cluster = crate::cluster::Cluster::start(
+                config,
+                store.counting(metrics.auth().background_queries()),
+                stop.child_token(),
+            )
+            .await?;
+            info!(host = %name, url = %cluster.url, "this host is part of a cluster");
+            Some(cluster)
+        }
+        None => None,
+    };
     let purger = crate::purge::Purger {
         store: store.counting(metrics.auth().background_queries()),
         pool: pool.clone(),
@@ -241,6 +260,7 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
             hang_up_grace: args.task_cancel_grace,
         },
         apps: apps.map(crate::apps::proxy::Proxy::new),
+        cluster,
     });
     let app = http::router(state.clone());
     // systemd (Type=notify): READY=1 once ready, STOPPING=1 when draining.
@@ -541,6 +561,7 @@ async fn first_admin(store: &Store, file: Option<&Path>) -> anyhow::Result<()> {
             username: "admin",
             password_hash: &hash.0,
             role: Role::Admin,
+            home_host: None,
         })
         .await;
     match created {
@@ -598,6 +619,7 @@ async fn single_user(store: &Store, file: Option<&Path>) -> anyhow::Result<()> {
                     username: SINGLE_USER_NAME,
                     password_hash: &hash,
                     role: Role::User,
+                    home_host: None,
                 })
                 .await?;
         }

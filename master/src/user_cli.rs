@@ -17,6 +17,7 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
             name,
             admin,
             password_file,
+            host,
             store,
         } => {
             let store = open(&store).await?;
@@ -26,11 +27,16 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
             let password = new_password(password_file.as_deref(), &name)?;
             let hash = tokio::task::spawn_blocking(move || hash_now(&password)).await??;
             let role = if admin { Role::Admin } else { Role::User };
+            let home_host = store
+                .choose_home_host(host.as_deref())
+                .await
+                .with_context(|| format!("cannot choose {name:?}'s home host"))?;
             let user = store
                 .create_user(NewUser {
                     username: &name,
                     password_hash: &hash,
                     role,
+                    home_host: home_host.as_deref(),
                 })
                 .await
                 .with_context(|| format!("cannot create {name:?}"))?;

@@ -168,6 +168,10 @@ pub struct Principal {
     pub ctx: UserCtx,
     /// Absolute expiry (ms since the epoch); `i64::MAX` for none.
     pub expires_at: i64,
+    /// The host that holds the user's files (cluster mode).
+    pub home_host: Option<Arc<str>>,
+    /// Set while the user's files move to that host.
+    pub moving_to: Option<Arc<str>>,
     last_seen: AtomicI64,
     flushed: AtomicI64,
 }
@@ -190,6 +194,8 @@ impl Principal {
             token_hash,
             ctx: ctx_of(user, config, default_limits),
             expires_at,
+            home_host: user.home_host.as_deref().map(Arc::from),
+            moving_to: user.moving_to.as_deref().map(Arc::from),
             last_seen: AtomicI64::new(last_seen),
             flushed: AtomicI64::new(last_seen),
         }

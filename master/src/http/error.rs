@@ -22,6 +22,10 @@ pub const TASK_LIMIT_RETRY_AFTER_SECS: u64 = 2;
 /// up to the connection timeout.
 pub const DATABASE_RETRY_AFTER_SECS: u64 = 3;
 
+/// `Retry-After` of a request whose user's home host is out of reach, or
+/// whose user is being moved: a restart or a move takes seconds.
+pub const HOST_RETRY_AFTER_SECS: u64 = 5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("no such route")]
@@ -68,6 +72,12 @@ pub enum ApiError {
     /// A user's app did not answer the proxy.
     #[error("{0}")]
     BadGateway(String),
+    /// The user's home host (cluster mode) is down or out of reach.
+    #[error("{0}")]
+    HostUnavailable(String),
+    /// The user's files are being moved to another host.
+    #[error("{0}")]
+    UserMoving(String),
     /// Details are logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -139,6 +149,8 @@ impl ApiError {
             ),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "app_unreachable"),
+            ApiError::HostUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "host_unavailable"),
+            ApiError::UserMoving(_) => (StatusCode::SERVICE_UNAVAILABLE, "user_moving"),
             ApiError::Pool(PoolError::WorkerUnavailable { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable")
             }
@@ -205,6 +217,7 @@ impl IntoResponse for ApiError {
                 OpError::TooManyTasks { .. } | OpError::TooManyApps { .. },
             )) => Some(TASK_LIMIT_RETRY_AFTER_SECS),
             ApiError::DatabaseUnavailable(_) => Some(DATABASE_RETRY_AFTER_SECS),
+            ApiError::HostUnavailable(_) | ApiError::UserMoving(_) => Some(HOST_RETRY_AFTER_SECS),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };
@@ -252,6 +265,7 @@ impl From<StoreError> for ApiError {
             // The credential in use was revoked while the request ran.
             StoreError::Stale => ApiError::Unauthenticated,
             StoreError::Limit(why) => ApiError::Conflict(why),
+            StoreError::BadHost(why) => ApiError::Unprocessable(why),
             // Nothing was stored: the client must know the change did not
             // happen (a logout that failed leaves its session valid). While
             // the cause lasts every such request fails alike, so the log

@@ -110,6 +110,8 @@ pub struct Shared {
     pub terminals: TerminalSettings,
     /// Users' apps (`--apps`): `None` without definitions.
     pub apps: Option<Arc<crate::apps::proxy::Proxy>>,
+    /// This host in its cluster (`--host-name`): `None` for a lone host.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
@@ -146,6 +148,7 @@ pub fn router(state: AppState) -> Router {
     #[cfg(debug_assertions)]
     let router = router.nest("/debug", debug::routes());
     let proxy = crate::apps::proxy::routes(state.clone());
+    let cluster = state.clone();
     router
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -155,6 +158,12 @@ pub fn router(state: AppState) -> Router {
         // After the layers: an app's pages keep their own headers, and
         // its bodies are as long and slow as they are.
         .merge(proxy)
+        // Outermost: a request for a user homed on another host goes
+        // there whole (see crate::cluster).
+        .layer(middleware::from_fn_with_state(
+            cluster,
+            crate::cluster::route,
+        ))
 }
 
 /// The router of the `--metrics-listen` listener: `/metrics`, `/healthz`

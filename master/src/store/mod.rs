@@ -9,12 +9,14 @@
 //! `warren_db_queries_total` so "no query per request" can be measured.
 
 mod audit;
+mod hosts;
 mod log_limit;
 mod sessions;
 mod tasks;
 mod users;
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord};
+pub use hosts::{HostRow, HostState, HOST_DOWN_AFTER_MS};
 pub use log_limit::{LogLimit, OUTAGE_LOG};
 pub use sessions::{ApiTokenRow, Credential, NewApiToken, NewSession, SessionRow};
 pub use tasks::{LostTasks, NewTask, TaskCursor, TaskFilter, TaskRecord, TaskUpdate};
@@ -57,6 +59,9 @@ pub enum StoreError {
     /// A per-user limit on rows of the accounts database.
     #[error("{0}")]
     Limit(String),
+    /// A home host that is not a running host of the cluster.
+    #[error("{0}")]
+    BadHost(String),
 }
 
 impl StoreError {

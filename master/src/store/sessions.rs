@@ -78,7 +78,8 @@ macro_rules! token_columns {
 macro_rules! joined_user_columns {
     () => {
         "u.id, u.username, u.role, u.disabled, u.created_at, \
-                                   u.last_login_at, u.max_sessions, u.storage_quota_bytes, u.file_quota, u.uid, u.limits"
+                                   u.last_login_at, u.max_sessions, u.storage_quota_bytes, u.file_quota, u.uid, u.limits, \
+                                   u.home_host, u.moving_to"
     };
 }
 
@@ -459,6 +460,7 @@ mod tests {
                 username: "carol",
                 password_hash: "h",
                 role: Role::User,
+                home_host: None,
             })
             .await
             .expect("user");

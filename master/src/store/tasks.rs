@@ -420,6 +420,7 @@ mod tests {
                 username: name,
                 password_hash: "h",
                 role: Role::User,
+                home_host: None,
             })
             .await
             .expect("create user")

@@ -53,6 +53,12 @@ pub struct User {
     pub uid: Option<i64>,
     /// The admin's overrides of the server's process limits.
     pub limits: Option<LimitOverrides>,
+    /// The host that holds the user's files (cluster mode; `None` outside
+    /// it and for users created before it).
+    pub home_host: Option<String>,
+    /// The host the user's files are being moved to (`warren user move`):
+    /// while set, the user's requests are refused everywhere.
+    pub moving_to: Option<String>,
 }
 
 /// An administrator's overrides of the server's process limits for one
@@ -217,6 +223,8 @@ pub struct NewUser<'a> {
     pub username: &'a str,
     pub password_hash: &'a str,
     pub role: Role,
+    /// The host to hold the user's files (cluster mode), else `None`.
+    pub home_host: Option<&'a str>,
 }
 
 /// A change to a user; `None` leaves a field alone. For the limits,
@@ -236,12 +244,13 @@ pub struct UserPatch {
 macro_rules! user_columns {
     () => {
         "id, username, role, disabled, created_at, last_login_at, \
-                            max_sessions, storage_quota_bytes, file_quota, uid, limits"
+                            max_sessions, storage_quota_bytes, file_quota, uid, limits, \
+                            home_host, moving_to"
     };
 }
 
 /// How many columns `user_columns!` names.
-pub(super) const USER_COLUMNS: usize = 11;
+pub(super) const USER_COLUMNS: usize = 13;
 
 pub(super) fn user_of(row: &AnyRow) -> Result<User> {
     user_at(row, 0)
@@ -269,6 +278,8 @@ pub(super) fn user_at(row: &AnyRow, at: usize) -> Result<User> {
                 })?,
             ),
         },
+        home_host: row.try_get(at + 11)?,
+        moving_to: row.try_get(at + 12)?,
     })
 }
 
@@ -308,6 +319,8 @@ impl Store {
             file_quota: None,
             uid: None,
             limits: None,
+            home_host: new.home_host.map(str::to_string),
+            moving_to: None,
         };
         for _ in 0..UID_ATTEMPTS {
             let uid = match self.free_uid().await {
@@ -323,8 +336,8 @@ impl Store {
             };
             self.count(1);
             let inserted = sqlx::query(
-                "INSERT INTO users (id, username, password_hash, role, disabled, created_at, uid) \
-                 VALUES ($1, $2, $3, $4, 0, $5, $6)",
+                "INSERT INTO users (id, username, password_hash, role, disabled, created_at, uid, \
+                 home_host) VALUES ($1, $2, $3, $4, 0, $5, $6, $7)",
             )
             .bind(user.id.to_string())
             .bind(&user.username)
@@ -332,6 +345,7 @@ impl Store {
             .bind(user.role.as_str())
             .bind(user.created_at)
             .bind(uid)
+            .bind(new.home_host)
             .execute(&self.pool)
             .await;
             match inserted {
@@ -803,6 +817,7 @@ mod tests {
                 username: "Alice",
                 password_hash: "h",
                 role: Role::User,
+                home_host: None,
             })
             .await
             .expect("create");
@@ -811,6 +826,7 @@ mod tests {
                 username: "alice",
                 password_hash: "h",
                 role: Role::Admin,
+                home_host: None,
             })
             .await
             .expect_err("conflict");
@@ -832,6 +848,7 @@ mod tests {
                 username: "bob",
                 password_hash: "h",
                 role: Role::User,
+                home_host: None,
             })
             .await
             .expect("create");
@@ -881,6 +898,7 @@ mod tests {
                         username: &format!("user{n}"),
                         password_hash: "h",
                         role: Role::User,
+                        home_host: None,
                     })
                     .await
             }));
@@ -913,6 +931,7 @@ mod tests {
                     username: name,
                     password_hash: "h",
                     role: Role::User,
+                    home_host: None,
                 })
                 .await
             }
@@ -988,6 +1007,7 @@ mod tests {
                 username: "low",
                 password_hash: "h",
                 role: Role::User,
+                home_host: None,
             })
             .await
             .expect("create");

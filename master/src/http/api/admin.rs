@@ -76,6 +76,10 @@ pub struct CreateUser {
     /// Default `user`.
     #[serde(default)]
     pub role: Option<Role>,
+    /// Several hosts: the host to hold the user's files (one that is up);
+    /// default: the running host with the fewest users.
+    #[serde(default)]
+    pub home_host: Option<String>,
 }
 
 /// Create a user.
@@ -97,6 +101,7 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     check_username(&new.username)?;
     password::check_policy(&new.password)?;
+    let home_host = super::home_host_of_new_user(&state, new.home_host.as_deref()).await?;
     let hash = state.auth.hasher().hash(&new.password).await?;
     let user = state
         .auth
@@ -105,6 +110,7 @@ async fn create_user(
             username: &new.username,
             password_hash: &hash,
             role: new.role.unwrap_or(Role::User),
+            home_host: home_host.as_deref(),
         })
         .await?;
     let detail = Some(format!("role {}", user.role.as_str()));

@@ -95,10 +95,16 @@ fn logged_in(
         "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
         login.token
     );
-    // For nginx's `hash $cookie_warren_route consistent` across hosts.
+    // Several hosts: nginx's `map $cookie_warren_route` sends the next
+    // request straight to the user's home host (see crate::cluster).
+    let route = match (&state.cluster, &login.user.home_host) {
+        (Some(_), Some(home)) => home.clone(),
+        (Some(cluster), None) => cluster.name.to_string(),
+        (None, _) => login.user.id.to_string(),
+    };
     let route = format!(
-        "warren_route={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
-        login.user.id
+        "{}={route}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        crate::cluster::ROUTE_COOKIE
     );
     let mut headers = HeaderMap::new();
     for cookie in [session, route] {
@@ -189,6 +195,7 @@ async fn signup(
     check_username(&request.username)?;
     password::check_policy(&request.password)?;
     state.auth.admit_signup(&info.client, &request.username)?;
+    let home_host = super::home_host_of_new_user(&state, None).await?;
     let hash = state.auth.hasher().hash(&request.password).await?;
     let user = state
         .auth
@@ -197,6 +204,7 @@ async fn signup(
             username: &request.username,
             password_hash: &hash,
             role: Role::User,
+            home_host: home_host.as_deref(),
         })
         .await?;
     state

@@ -8,6 +8,7 @@ mod apps;
 mod auth;
 mod conformance;
 pub mod files;
+mod hosts;
 mod me;
 mod pool;
 pub mod tasks;
@@ -82,6 +83,7 @@ pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) 
         api = api
             .merge(admin::routes())
             .merge(pool::routes())
+            .merge(hosts::routes())
             .merge(apps::admin_routes())
             .merge(workspace::admin_routes())
             .merge(activity::admin_routes());
@@ -122,6 +124,9 @@ pub struct UserView {
     /// server runs as root.
     pub uid: Option<i64>,
     pub limits: Limits,
+    /// Several hosts: the host that holds the user's files (`null` for a
+    /// lone host).
+    pub home_host: Option<String>,
 }
 
 /// Per-user limits; `null` means the server default.
@@ -136,6 +141,24 @@ pub struct Limits {
     pub process: Option<store::LimitOverrides>,
 }
 
+/// The home host of a user created now (see
+/// [`crate::store::Store::choose_home_host`]); `None` for a lone host,
+/// where asking for one is an error.
+pub async fn home_host_of_new_user(
+    state: &AppState,
+    wanted: Option<&str>,
+) -> Result<Option<String>, super::ApiError> {
+    if state.cluster.is_none() {
+        return match wanted {
+            Some(_) => Err(super::ApiError::Unprocessable(
+                "home_host: this server is not one of several hosts (--host-name)".into(),
+            )),
+            None => Ok(None),
+        };
+    }
+    Ok(state.auth.store().choose_home_host(wanted).await?)
+}
+
 impl From<&User> for UserView {
     fn from(user: &User) -> Self {
         UserView {
@@ -146,6 +169,7 @@ impl From<&User> for UserView {
             created_at: rfc3339(user.created_at),
             last_login_at: user.last_login_at.map(rfc3339),
             uid: user.uid,
+            home_host: user.home_host.clone(),
             limits: Limits {
                 max_sessions: user.max_sessions,
                 storage_quota_bytes: user.storage_quota_bytes,
