@@ -8,6 +8,7 @@
 //! Errors are `String`s (this crate has no error library); the tests
 //! `expect` them, the benchmarks turn them into their own errors.
 
+use crate::accounts::{session_cookie, Caller};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -246,8 +247,14 @@ impl MainConf {
             ""
         };
         let d = dir.display();
+        // Which upstream took each request, and by which route cookie
+        // (several hosts).
         let access_log = if self.access_log {
-            format!("access_log {d}/access.log;")
+            format!(
+                "log_format warren '$remote_addr \"$request\" $status \
+                 upstream=$upstream_addr route=$cookie_warren_route';\n\
+                 access_log {d}/access.log warren;"
+            )
         } else {
             "access_log off;".to_string()
         };
@@ -431,6 +438,59 @@ pub fn client_from(local: Ipv4Addr) -> reqwest::Client {
         .timeout(Duration::from_secs(120))
         .build()
         .expect("http client")
+}
+
+/// The cookies a login answer set (whole `Set-Cookie` headers).
+pub struct LoginCookies {
+    /// `warren_session=...`.
+    pub session: String,
+    /// The value of `warren_route` (several hosts: the user's home host).
+    pub route: Option<String>,
+}
+
+/// The value of the `warren_route` cookie a response sets, if it does.
+pub fn route_cookie(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|cookie| {
+            let value = cookie.strip_prefix("warren_route=")?;
+            Some(value.split(';').next()?.to_string())
+        })
+}
+
+/// Logs `username` (password `<username>-password`) in at `base_url` with
+/// `http` (and `headers`): a caller sending the session as a bearer token,
+/// and the cookies the answer set.
+pub async fn login_at(
+    http: &reqwest::Client,
+    base_url: &str,
+    username: &str,
+    headers: &[(&str, &str)],
+) -> (Caller, LoginCookies) {
+    let mut request = http
+        .post(format!("{base_url}/api/v1/auth/login"))
+        .json(&serde_json::json!({
+            "username": username,
+            "password": format!("{username}-password"),
+        }));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("POST /auth/login");
+    assert_eq!(response.status(), 200, "login as {username} at {base_url}");
+    let (token, session) = session_cookie(&response).expect("a session cookie");
+    let route = route_cookie(response.headers());
+    let login: serde_json::Value = response.json().await.expect("login body");
+    let caller = Caller {
+        token,
+        base_url: base_url.to_string(),
+        via_cookie: false,
+        http: http.clone(),
+        login,
+    };
+    (caller, LoginCookies { session, route })
 }
 
 /// `size` bytes of a fixed pseudo-random sequence, in 1 MiB chunks.

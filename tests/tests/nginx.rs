@@ -19,16 +19,16 @@
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use warren_tests::accounts::{session_cookie, Caller};
+use warren_tests::accounts::Caller;
 use warren_tests::nginx::{
-    chunks, client_from, free_port, local_site, read_until, self_signed, shipped_site, tools,
-    Listen, MainConf, Nginx, TlsTunnel,
+    chunks, client_from, free_port, local_site, login_at, read_until, self_signed, shipped_site,
+    tools, Listen, MainConf, Nginx, TlsTunnel,
 };
 use warren_tests::{Server, ServerOptions};
 
@@ -36,34 +36,6 @@ use warren_tests::{Server, ServerOptions};
 const CLIENT_VIA_NGINX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// Where the client that talks to warren directly connects from.
 const CLIENT_DIRECT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
-
-/// Logs `username` in at `base_url` with `http` (and `headers`): a caller
-/// sending the session as a bearer token, and the `Set-Cookie` header.
-async fn login_at(
-    http: &reqwest::Client,
-    base_url: &str,
-    username: &str,
-    headers: &[(&str, &str)],
-) -> (Caller, String) {
-    let mut request = http
-        .post(format!("{base_url}/api/v1/auth/login"))
-        .json(&json!({"username": username, "password": format!("{username}-password")}));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.expect("POST /auth/login");
-    assert_eq!(response.status(), 200, "login as {username} at {base_url}");
-    let (token, set_cookie) = session_cookie(&response).expect("a session cookie");
-    let login: Value = response.json().await.expect("login body");
-    let caller = Caller {
-        token,
-        base_url: base_url.to_string(),
-        via_cookie: false,
-        http: http.clone(),
-        login,
-    };
-    (caller, set_cookie)
-}
 
 /// The address the audit log recorded for `username`'s latest login.
 async fn login_address(admin: &Caller, username: &str) -> String {
@@ -158,7 +130,11 @@ async fn warren_behind_nginx_with_the_shipped_site_file() {
         admin.create_user(name, &format!("{name}-password")).await;
     }
     let (alice, set_cookie) = login_at(&via_nginx, &front, "alice", &[]).await;
-    assert!(set_cookie.contains("Secure"), "{set_cookie}");
+    assert!(
+        set_cookie.session.contains("Secure"),
+        "{}",
+        set_cookie.session
+    );
     assert_eq!(
         login_address(&admin, "alice").await,
         CLIENT_VIA_NGINX.to_string()
