@@ -428,6 +428,8 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
         // The client as the first host saw it: the trusted-proxy rules
         // apply to its peer and headers exactly as they did there.
         request.extensions_mut().insert(ConnectInfo(forwarded.peer));
+        // What the cluster's internal routes require (see `internal_caller`).
+        request.extensions_mut().insert(forwarded.clone());
         request.headers_mut().remove(FORWARDED_HEADER);
     }
     let path = request.uri().path();
@@ -483,6 +485,13 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
         }
     }
     response
+}
+
+/// The host (or `warren user move`) that signed this request, for the
+/// cluster's internal routes (`/internal/…`): anyone else gets a 404, as if
+/// they did not exist.
+pub fn internal_caller(parts: &axum::http::request::Parts) -> Result<&Forwarded, ApiError> {
+    parts.extensions.get::<Forwarded>().ok_or(ApiError::NotFound)
 }
 
 /// An answer made here rather than by a handler (outside `around`): JSON
