@@ -304,6 +304,12 @@ struct AppResultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostStatusLabels {
+    host: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppStatusLabels {
     app: String,
     status: u16,
@@ -405,9 +411,21 @@ pub struct Metrics {
     pool: PoolMetrics,
     auth: AuthMetrics,
     http: HttpMetrics,
+    forwarded: Family<HostStatusLabels, Counter>,
 }
 
 impl Metrics {
+    /// A request forwarded to `host`, the user's home host (several
+    /// hosts), answered `status` (503: the host is down or out of reach).
+    pub fn forwarded(&self, host: &str, status: u16) {
+        self.forwarded
+            .get_or_create(&HostStatusLabels {
+                host: host.into(),
+                status,
+            })
+            .inc();
+    }
+
     /// Sets `warren_sandbox_level{feature}` from the sandbox report.
     pub fn set_sandbox_levels(&self, levels: &[(&'static str, i64)]) {
         for (feature, level) in levels {
@@ -654,8 +672,15 @@ impl Metrics {
             "Requests proxied to users' apps, by app and status (502: unreachable)",
             apps.proxied.clone(),
         );
+        let forwarded = Family::<HostStatusLabels, Counter>::default();
+        registry.register(
+            "warren_forwarded_requests",
+            "Requests of users homed on another host, forwarded there, by host and status (503: down or unreachable)",
+            forwarded.clone(),
+        );
         Metrics {
             registry,
+            forwarded,
             apps,
             sandbox,
             tasks,

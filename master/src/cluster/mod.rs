@@ -472,7 +472,9 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
                     principal.username, cluster.name, forwarded.from
                 )));
             }
-            forward(&state, &cluster, home, principal.clone(), request).await
+            let response = forward(&state, &cluster, home, principal.clone(), request).await;
+            state.metrics.forwarded(home, response.status().as_u16());
+            response
         }
         _ => next.run(request).await,
     };
@@ -637,6 +639,9 @@ async fn forward(
         .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |info| info.0);
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers, upgrade);
+    // The home host's own `100 Continue` would not reach the client: the
+    // body is sent as it comes (the client got ours already).
+    headers.remove(header::EXPECT);
     let signed = cluster.signer.sign(
         &cluster.name,
         peer,
