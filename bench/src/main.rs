@@ -15,6 +15,9 @@
 //! - `warren-bench nginx`: a 1 KiB file read through nginx running
 //!   `deploy/nginx.conf`, beside nginx's own `return 200` and warren
 //!   directly (see [`nginx`]).
+//! - `warren-bench hosts`: two hosts on one PostgreSQL; a 1 KiB file read
+//!   at the user's home host beside the same read sent to the other host,
+//!   which forwards it (see [`hosts`]).
 //! - `warren-bench startup`: `warren serve`'s time to ready with no users
 //!   and with 100,000, on SQLite and PostgreSQL (see [`startup`]).
 //! - `warren-bench serve` and `warren-bench bare-server` (hidden): the two
@@ -36,6 +39,7 @@ mod apps;
 mod bare;
 mod echo;
 mod files;
+mod hosts;
 mod http;
 mod micro;
 mod nginx;
@@ -81,6 +85,9 @@ enum Command {
     /// warren behind nginx (deploy/nginx.conf): a 1 KiB file read through
     /// nginx beside nginx's `return 200` and warren directly.
     Nginx(NginxArgs),
+    /// Several hosts on one PostgreSQL: a 1 KiB file read at the user's
+    /// home host beside the same read forwarded by another host.
+    Hosts(HostsArgs),
     /// Run warren's server (started by `http`, not by hand): exactly
     /// `warren serve`, with its arguments.
     #[command(hide = true)]
@@ -305,6 +312,27 @@ pub struct NginxArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct HostsArgs {
+    /// Measuring time of each series, in seconds (fractions allowed), after
+    /// a warm-up of a tenth of it (0.2 to 1 s).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub seconds: Duration,
+    /// Keep-alive connections of the concurrent series.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Number of worker processes of each host.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// PostgreSQL on which the bench creates (and then drops) the hosts'
+    /// database.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pub postgres: String,
+    /// Write the results as JSON to stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct StartupArgs {
     /// Users in the database of the second series (the first has none).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -382,6 +410,9 @@ fn main() -> ExitCode {
         ),
         Command::Nginx(args) => report_failure(
             on_runtime(nginx::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
+        ),
+        Command::Hosts(args) => report_failure(
+            on_runtime(hosts::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
         ),
         Command::Startup(args) => report_failure(
             on_runtime(startup::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
