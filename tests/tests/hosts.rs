@@ -371,6 +371,25 @@ impl Fixture {
             )
             .await;
         assert_eq!(status, 422, "a user homed on an unknown host: {body}");
+        // Each host counts its users (the administrator, made before the
+        // cluster had a host, went to the first).
+        let (hosts, _) = host_states(&admin_a).await;
+        let users: BTreeMap<String, u64> = hosts["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .map(|host| {
+                (
+                    host["name"].as_str().unwrap_or_default().into(),
+                    host["users"].as_u64().unwrap_or(u64::MAX),
+                )
+            })
+            .collect();
+        assert_eq!(
+            users,
+            BTreeMap::from([("a".into(), 3), ("b".into(), 1)]),
+            "{hosts}"
+        );
 
         Some(Fixture {
             tunnel,
@@ -459,6 +478,23 @@ async fn kill_b(fx: &mut Fixture, on_b: &[(&Caller, &str)], on_a: &[(&Caller, &s
     })
     .await;
     assert!(down, "b is not down in {}", host_states(admin).await.0);
+    // A new user cannot be homed on a host that is down; without a host
+    // named, the one up is chosen.
+    let (status, body) = admin
+        .post(
+            "/api/v1/admin/users",
+            json!({"username": "erin", "password": "erin-password", "home_host": "b"}),
+        )
+        .await;
+    assert_eq!(status, 422, "a user homed on a host that is down: {body}");
+    let (status, body) = admin
+        .post(
+            "/api/v1/admin/users",
+            json!({"username": "erin", "password": "erin-password"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["home_host"], "a", "the only host up: {body}");
 }
 
 /// bob and carol logged in through nginx, carol with a file `c.txt` on a.
