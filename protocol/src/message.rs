@@ -266,6 +266,12 @@ pub enum FileOp {
     /// Removes everything of a deleted user (`<users>/<id>/`); done when
     /// there is nothing left, including when there was nothing.
     Purge,
+    /// Forgets everything this worker keeps of the user (open directories,
+    /// usage, the sweep of `tmp/`, staged writes) without removing or
+    /// refusing anything: their directory is about to be replaced or
+    /// removed by a move to another host (`warren user move`), and a later
+    /// move back must find them served again (unlike [`FileOp::Purge`]).
+    Evict,
     /// Puts in place, in order, the writes staged by
     /// [`StreamKind::WriteFile`] streams with `staged` ([`Reply::Written`]).
     CommitStaged {

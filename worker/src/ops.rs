@@ -42,6 +42,10 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
             });
         }
         FileOp::Purge => return workspaces.purge(user.id).map(|()| Reply::Done),
+        FileOp::Evict => {
+            workspaces.evict(user.id);
+            return Ok(Reply::Done);
+        }
         FileOp::CommitStaged { stages } => return workspaces.commit_staged(user.id, &stages),
         FileOp::DropStaged { stages } => {
             workspaces.drop_staged(user.id, &stages);
@@ -63,9 +67,11 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
         FileOp::CloneTemplate { name, to } => dirs.clone_template(workspaces, quota, &name, &to),
         FileOp::GetSettings => dirs.settings(),
         FileOp::PutSettings { json } => dirs.put_settings(workspaces, &json),
-        FileOp::Usage | FileOp::Purge | FileOp::CommitStaged { .. } | FileOp::DropStaged { .. } => {
-            Err(OpError::Internal("handled above".into()))
-        }
+        FileOp::Usage
+        | FileOp::Purge
+        | FileOp::Evict
+        | FileOp::CommitStaged { .. }
+        | FileOp::DropStaged { .. } => Err(OpError::Internal("handled above".into())),
     }
 }
 

@@ -636,6 +636,38 @@ impl Workspaces {
         remove_all(&aside)
     }
 
+    /// Forgets the user (a move to another host): their open directories
+    /// are closed, their usage, `tmp/` sweep and staged writes dropped, so
+    /// the next request opens whatever is then at `<users>/<id>/` afresh.
+    /// Nothing is removed and nothing refused (a purge's `purged` mark
+    /// would make a later move back to this host fail).
+    pub fn evict(&self, user: UserId) {
+        let lock = self.user_lock(user);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.dirs.invalidate(&user);
+        // Closes the descriptors now rather than at the cache's next turn.
+        self.dirs.run_pending_tasks();
+        self.lock_usage().remove(&user);
+        self.lock_stale().forget(user);
+        self.swept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&user);
+        let dropped: Vec<_> = {
+            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            let keys: Vec<_> = staged
+                .writes
+                .keys()
+                .filter(|(owner, _)| *owner == user)
+                .copied()
+                .collect();
+            keys.iter()
+                .filter_map(|key| staged.writes.remove(key))
+                .collect()
+        };
+        drop(dropped);
+    }
+
     /// Which of the disk reserve's floors (`"blocks"`, `"inodes"`) the users'
     /// file system is below now, if any: what users' own processes wrote
     /// (the files API never goes below them).
@@ -2468,6 +2500,31 @@ mod tests {
         }
         let usage = workspaces.usage(&dirs).expect("usage");
         assert_eq!((usage.bytes, usage.files, usage.entries), (8192, 2, 2));
+    }
+
+    /// An eviction closes the user's directories and forgets their usage
+    /// but removes nothing and refuses nothing: a directory put in place
+    /// afterwards (a move back) is served.
+    #[test]
+    fn an_eviction_forgets_the_user_without_refusing_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let users = dir.path().join("users");
+        let workspaces = Workspaces::new(users.clone());
+        let user = UserId([7; 16]);
+        let dirs = workspaces.open(user).expect("open");
+        std::fs::write(users.join(user.to_string()).join("workspace/a"), b"1").expect("write");
+        drop(dirs);
+        workspaces.evict(user);
+        assert!(workspaces.opened(user).is_none());
+        // Replaced behind the worker's back (a move back), then served.
+        let home = users.join(user.to_string());
+        std::fs::rename(&home, users.join("old")).expect("aside");
+        std::fs::create_dir_all(home.join("workspace")).expect("mkdir");
+        std::fs::write(home.join("workspace/b"), b"22").expect("write");
+        workspaces.evict(user);
+        let dirs = workspaces.open(user).expect("served again");
+        assert!(dirs.read_small("b", 100).is_ok());
+        assert!(users.join(user.to_string()).join("workspace/b").exists());
     }
 
     /// A purge takes everything of the user, finishes an earlier purge
