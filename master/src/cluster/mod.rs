@@ -16,6 +16,8 @@
 //!   client address it names (as the first host saw it) and never forwards
 //!   such a request again. Unsigned or badly signed, it is refused.
 
+pub mod moving;
+
 use crate::auth::Principal;
 use crate::http::extract::{cookie, SESSION_COOKIE};
 use crate::http::{ApiError, AppState};
@@ -493,7 +495,10 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
 /// cluster's internal routes (`/internal/…`): anyone else gets a 404, as if
 /// they did not exist.
 pub fn internal_caller(parts: &axum::http::request::Parts) -> Result<&Forwarded, ApiError> {
-    parts.extensions.get::<Forwarded>().ok_or(ApiError::NotFound)
+    parts
+        .extensions
+        .get::<Forwarded>()
+        .ok_or(ApiError::NotFound)
 }
 
 /// An answer made here rather than by a handler (outside `around`): JSON

@@ -78,6 +78,10 @@ pub enum ApiError {
     /// The user's files are being moved to another host.
     #[error("{0}")]
     UserMoving(String),
+    /// A move's copy arrived but is not what the source sent (refused
+    /// entries, a manifest mismatch): nothing changed.
+    #[error("{0}")]
+    MoveFailed(String),
     /// Details are logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -151,6 +155,7 @@ impl ApiError {
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "app_unreachable"),
             ApiError::HostUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "host_unavailable"),
             ApiError::UserMoving(_) => (StatusCode::SERVICE_UNAVAILABLE, "user_moving"),
+            ApiError::MoveFailed(_) => (StatusCode::BAD_GATEWAY, "move_failed"),
             ApiError::Pool(PoolError::WorkerUnavailable { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable")
             }

@@ -144,7 +144,9 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(api)
         .merge(api::files::routes())
-        .merge(ui::routes());
+        .merge(ui::routes())
+        // A move's signed calls between hosts (404 to anyone else).
+        .merge(crate::cluster::moving::routes());
     #[cfg(debug_assertions)]
     let router = router.nest("/debug", debug::routes());
     let proxy = crate::apps::proxy::routes(state.clone());

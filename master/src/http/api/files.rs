@@ -123,6 +123,11 @@ impl Transfers {
         }
     }
 
+    /// How many transfers of `user` are in progress (a move waits for none).
+    pub fn of(&self, user: UserId) -> u32 {
+        self.lock().get(&user).copied().unwrap_or(0)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<UserId, u32>> {
         self.active
             .lock()
