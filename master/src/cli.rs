@@ -188,6 +188,21 @@ pub enum UserCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Several hosts: move a user's files to another host. The user is
+    /// paused (503 user_moving) while their files are copied and checked;
+    /// on any failure nothing changes.
+    Move {
+        name: String,
+        /// The host to hold the user's files from now on (one that is up).
+        #[arg(long, value_parser = parse_host_name)]
+        to: String,
+        /// The cluster's shared secret (as for `serve`): signs the request
+        /// to the target host.
+        #[arg(long, env = "WARREN_CLUSTER_SECRET_FILE", value_name = "FILE")]
+        cluster_secret_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -559,9 +559,16 @@ fn leaf(matches: &ArgMatches) -> (Vec<String>, &ArgMatches) {
 }
 
 /// The settings a subcommand other than `serve` and `config print` takes
-/// from the file: where the database is. (`warren user add` has a
+/// from the file: where the database is, and the cluster's secret (only
+/// `warren user move` has that flag). (`warren user add` has a
 /// `--password-file` of its own, which is not `[auth] password_file`.)
-const STORE_SETTINGS: &[&str] = &["data_dir", "database_url", "database_url_file", "uid_range"];
+const STORE_SETTINGS: &[&str] = &[
+    "data_dir",
+    "database_url",
+    "database_url_file",
+    "uid_range",
+    "cluster_secret_file",
+];
 
 /// `command` with the file's values as the defaults of the subcommand at
 /// `path`: every setting for `serve` and `config print`, the database's

@@ -145,6 +145,20 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
                 user.username
             );
         }
+        UserCommand::Move {
+            name,
+            to,
+            cluster_secret_file,
+            store,
+        } => {
+            let file = cluster_secret_file.context(
+                "moving a user needs the cluster's secret: --cluster-secret-file \
+                 (WARREN_CLUSTER_SECRET_FILE, [cluster] secret_file)",
+            )?;
+            let secret = crate::cluster::read_secret(&file)?;
+            let store = open(&store).await?;
+            move_user(&store, &name, &to, &secret).await?;
+        }
         UserCommand::Delete { name, store } => {
             let store = open(&store).await?;
             let user = find(&store, &name).await?;
@@ -228,4 +242,92 @@ fn new_password(file: Option<&Path>, name: &str) -> anyhow::Result<String> {
     };
     password::check_policy(&password)?;
     Ok(password)
+}
+
+/// How long a move may take (a large directory over a slow link).
+const MOVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Asks host `to` to move `name` there (its signed internal route, which
+/// pulls the files from the user's home host), and says how it went.
+async fn move_user(store: &Store, name: &str, to: &str, secret: &[u8]) -> anyhow::Result<()> {
+    use crate::store::HostState;
+    let user = find(store, name).await?;
+    let Some(from) = user.home_host.clone() else {
+        bail!("{name} has no home host: is this database a cluster's?");
+    };
+    if from == to {
+        bail!("{name} is on host {to} already");
+    }
+    if let Some(moving) = &user.moving_to {
+        bail!("{name} is being moved to host {moving} already");
+    }
+    let host = store
+        .host(to)
+        .await?
+        .with_context(|| format!("no host is named {to} (see GET /api/v1/admin/hosts)"))?;
+    if host.state() != HostState::Up {
+        bail!("host {to} is not up: a user can only move to a running host");
+    }
+    println!(
+        "moving {name} from host {from} to host {to} ({})...",
+        host.url
+    );
+    let started = std::time::Instant::now();
+    let target = format!("/internal/v1/moves/{}", user.id);
+    let signed = crate::cluster::Signer::new(secret).sign(
+        "cli",
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        crate::store::now_ms(),
+        "POST",
+        &target,
+    );
+    let request = hyper::Request::builder()
+        .method(hyper::Method::POST)
+        .uri(format!("{}{target}", host.url))
+        .header(crate::cluster::FORWARDED_HEADER, signed)
+        .body(axum::body::Body::empty())
+        .context("cannot build the request")?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .with_context(|| format!("cannot reach host {to} at {}", host.url))?;
+        let status = response.status();
+        let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
+            .await
+            .context("cannot read the answer")?;
+        anyhow::Ok((status, body))
+    };
+    let (status, body) = tokio::time::timeout(MOVE_PATIENCE, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("host {to} did not finish within {MOVE_PATIENCE:?}"))??;
+    if status != hyper::StatusCode::OK {
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let message = json["error"]["message"].as_str().map_or_else(
+            || String::from_utf8_lossy(&body).into_owned(),
+            str::to_string,
+        );
+        bail!("{name} was not moved ({status}): {message}");
+    }
+    let outcome: crate::cluster::moving::MoveOutcome = serde_json::from_slice(&body)
+        .with_context(|| format!("host {to} answered something unexpected"))?;
+    let detail = format!(
+        "from {} to {}: {} bytes, {} files",
+        outcome.from, outcome.to, outcome.bytes, outcome.files
+    );
+    audit(store, "user_moved", &user, Some(detail)).await;
+    println!(
+        "moved {name} from host {} to host {} in {:.1}s: {} files, {} bytes",
+        outcome.from,
+        outcome.to,
+        started.elapsed().as_secs_f64(),
+        outcome.files,
+        outcome.bytes
+    );
+    if let Some(warning) = outcome.warning {
+        eprintln!("warning: {warning}");
+    }
+    Ok(())
 }

@@ -26,6 +26,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(end_session))
         .routes(routes!(end_user_sessions))
         .routes(routes!(unlock_user))
+        .routes(routes!(move_user))
         .routes(routes!(audit))
 }
 
@@ -427,6 +428,120 @@ async fn unlock_user(
         return Err(ApiError::Missing("user"));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveUser {
+    /// The host to hold the user's files from now on (one that is up).
+    pub to: String,
+}
+
+/// Several hosts: move a user's files to another host. The user is
+/// paused (their requests get 503 `user_moving`) while the target copies
+/// their files from their home host and checks them against a sha256
+/// manifest; then their home host is switched and the old copy removed.
+/// On any failure nothing changes. Answers once done.
+#[utoipa::path(
+    post, path = "/admin/users/{id}/move", tag = "admin",
+    params(("id" = Uuid, Path)),
+    request_body = MoveUser,
+    responses(
+        (status = 200, body = UserView, description = "Moved"),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "On that host already, or a move is under way", body = ErrorBody),
+        (status = 422, description = "Not a cluster, or no such host up", body = ErrorBody),
+        (status = 502, description = "The copy was refused (nothing changed)", body = ErrorBody),
+        (status = 503, description = "A host is unavailable (nothing changed)", body = ErrorBody),
+    ),
+    security(("cookie" = []), ("bearer" = []))
+)]
+async fn move_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    info: ClientInfo,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<MoveUser>,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::cluster::moving::MoveOutcome;
+    use axum::response::IntoResponse;
+    let cluster = state.cluster.clone().ok_or_else(|| {
+        ApiError::Unprocessable(
+            "this server is not part of a cluster (--host-name): there is no other host".into(),
+        )
+    })?;
+    let user = find(&state, id).await?;
+    let host = match state.auth.store().host(&body.to).await? {
+        Some(host) if host.state() == crate::store::HostState::Up => host,
+        Some(_) => {
+            return Err(ApiError::Unprocessable(format!(
+                "host {} is not up: a user can only move to a running host",
+                body.to
+            )))
+        }
+        None => {
+            return Err(ApiError::Unprocessable(format!(
+                "no host is named {:?} (see GET /api/v1/admin/hosts)",
+                body.to
+            )))
+        }
+    };
+    if user.home_host.as_deref() == Some(body.to.as_str()) {
+        return Err(ApiError::Conflict(format!(
+            "{} is on host {} already",
+            user.username, body.to
+        )));
+    }
+    if let Some(to) = &user.moving_to {
+        return Err(ApiError::Conflict(format!(
+            "{} is being moved to host {to} already",
+            user.username
+        )));
+    }
+    let target = format!("/internal/v1/moves/{id}");
+    let request = cluster.internal_request(
+        &host,
+        axum::http::Method::POST,
+        &target,
+        axum::body::Body::empty(),
+    )?;
+    let answer = cluster.send(request).await.map_err(|err| {
+        ApiError::HostUnavailable(format!("host {} did not answer: {err}", body.to))
+    })?;
+    let status = answer.status();
+    let bytes = axum::body::to_bytes(axum::body::Body::new(answer.into_body()), 1 << 20)
+        .await
+        .map_err(|err| {
+            ApiError::HostUnavailable(format!("host {} did not answer: {err}", body.to))
+        })?;
+    if status != StatusCode::OK {
+        // The target's own error, as it said it.
+        let json = [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )];
+        return Ok((status, json, bytes).into_response());
+    }
+    let outcome: MoveOutcome = serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::Internal(format!("host {}'s answer: {err}", body.to)))?;
+    let detail = Some(format!(
+        "from {} to {}: {} bytes, {} files{}",
+        outcome.from,
+        outcome.to,
+        outcome.bytes,
+        outcome.files,
+        outcome
+            .warning
+            .as_deref()
+            .map_or(String::new(), |why| format!("; {why}"))
+    ));
+    let user = find(&state, id).await?;
+    state
+        .auth
+        .audit_trusted(entry(&admin, &info, "user_moved", &user, detail))
+        .await;
+    Ok(Json(UserView::from(&user)).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
