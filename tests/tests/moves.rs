@@ -17,7 +17,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren_tests::accounts::{Caller, Database};
@@ -81,7 +82,8 @@ fn cli_move(database: &Database, secret: &Path, name: &str, to: &str) -> std::pr
 }
 
 /// Every entry under `root` but `tmp/` (not moved; made again by the
-/// worker): `d MODE`, `f MODE SHA256` or `l TARGET`.
+/// worker): `d MODE UID:GID`, `f MODE UID:GID SHA256` or `l TARGET`
+/// (names shown lossily when not UTF-8).
 fn tree(root: &Path) -> BTreeMap<String, String> {
     let mut all = every_entry(root);
     all.retain(|path, _| path != "tmp" && !path.starts_with("tmp/"));
@@ -101,18 +103,19 @@ fn every_entry(root: &Path) -> BTreeMap<String, String> {
                 .to_string();
             let meta = std::fs::symlink_metadata(&path).expect("lstat");
             let mode = meta.permissions().mode() & 0o7777;
+            let owner = format!("{}:{}", meta.uid(), meta.gid());
             let what = if meta.file_type().is_symlink() {
                 format!("l {}", std::fs::read_link(&path).expect("link").display())
             } else if meta.is_dir() {
                 pending.push(path.clone());
-                format!("d {mode:o}")
+                format!("d {mode:o} {owner}")
             } else {
                 let bytes = std::fs::read(&path).expect("read");
                 let hash: String = Sha256::digest(&bytes)
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect();
-                format!("f {mode:o} {hash}")
+                format!("f {mode:o} {owner} {hash}")
             };
             out.insert(rel, what);
         }
@@ -163,6 +166,14 @@ async fn a_user_moves_between_hosts_and_back_and_bad_moves_change_nothing() {
     assert_eq!(status, 201, "{body}");
     let id = body["id"].as_str().expect("id").to_string();
     let alice = Caller::login(&a, "alice", ALICE_PASSWORD).await;
+    let (status, body) = admin
+        .post(
+            "/api/v1/admin/users",
+            json!({"username": "bob", "password": "bob-password-1", "home_host": "b"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let bob = body["id"].as_str().expect("id").to_string();
 
     // Her files: one written through the API, 10 MiB; a nested
     // directory, a read-only file and a symlink made on the disk.
@@ -195,6 +206,40 @@ async fn a_user_moves_between_hosts_and_back_and_bad_moves_change_nothing() {
         admin.get(&format!("/api/v1/admin/users/{id}")).await.1["home_host"],
         "a"
     );
+
+    // A copy that fails (a name the move cannot carry: not UTF-8) changes
+    // nothing: she stays on a, served, her files intact, no staging on b.
+    let bad = workspace.join(std::ffi::OsStr::from_bytes(b"bad-\xff"));
+    std::fs::write(&bad, b"x").expect("write a non-UTF-8 name");
+    let with_bad = tree(&home_of(&a, &id));
+    let output = cli_move(&database, &secret, "alice", "b");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("503"), "{stderr}");
+    assert!(stderr.contains("UTF-8"), "{stderr}");
+    assert_eq!(
+        admin.get(&format!("/api/v1/admin/users/{id}")).await.1["home_host"],
+        "a"
+    );
+    let served = eventually(Duration::from_secs(5), || async {
+        file_text(&alice, "big.bin").await == (200, big.clone())
+    })
+    .await;
+    assert!(served, "alice is served on a again after a failed move");
+    assert_eq!(tree(&home_of(&a, &id)), with_bad);
+    let staged: Vec<_> = std::fs::read_dir(b.data_dir.join("users"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.contains(&id))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        staged.is_empty(),
+        "b keeps nothing of a failed move: {staged:?}"
+    );
+    std::fs::remove_file(&bad).expect("remove the bad name");
 
     // The CLI moves her to b.
     let output = cli_move(&database, &secret, "alice", "b");
@@ -278,4 +323,15 @@ async fn a_user_moves_between_hosts_and_back_and_bad_moves_change_nothing() {
     );
     assert_eq!(file_text(&alice, "big.bin").await, (200, big));
     assert_eq!(tree(&home_of(&a, &id)), back);
+    // bob's home host is down: he cannot be moved off it.
+    let (status, body) = admin
+        .post(
+            &format!("/api/v1/admin/users/{bob}/move"),
+            json!({"to": "a"}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "host_unavailable", "{body}");
+    let (_, user) = admin.get(&format!("/api/v1/admin/users/{bob}")).await;
+    assert_eq!(user["home_host"], "b", "{user}");
 }

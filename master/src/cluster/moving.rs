@@ -963,6 +963,14 @@ async fn archive(
             cluster_of(&state)?.name
         )));
     }
+    // What cannot be packed (a name that is not UTF-8, an unreadable
+    // directory) is said now, in the answer, rather than as a cut stream.
+    let walked = root.clone();
+    blocking(move || walk(&walked).map(drop))
+        .await
+        .map_err(|err| {
+            ApiError::Conflict(format!("{}'s files cannot be moved: {err}", user.username))
+        })?;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let username = user.username.clone();
     tokio::task::spawn_blocking(move || {
