@@ -897,6 +897,34 @@ mod tests {
     }
 
     #[test]
+    fn user_move_takes_the_cluster_secret_from_the_file() {
+        let (_dir, path) = file(
+            "[database]\nurl = \"postgres://db/warren\"\n\
+             [cluster]\nsecret_file = \"/etc/warren/cluster-secret\"\nhost_name = \"a\"\n",
+        );
+        let path = path.to_str().expect("utf-8");
+        let parsed = parse_args(&[
+            "warren", "user", "move", "alice", "--to", "b", "--config", path,
+        ])
+        .expect("parse");
+        let Command::User(crate::cli::UserCommand::Move {
+            cluster_secret_file,
+            store,
+            to,
+            ..
+        }) = &parsed.cli.command
+        else {
+            panic!("not user move");
+        };
+        assert_eq!(to, "b");
+        assert_eq!(
+            cluster_secret_file.as_deref(),
+            Some(std::path::Path::new("/etc/warren/cluster-secret"))
+        );
+        assert_eq!(store.database_url.as_deref(), Some("postgres://db/warren"));
+    }
+
+    #[test]
     fn a_flag_turns_off_what_the_file_turned_on() {
         let (_dir, path) = file("[auth]\nallow_signup = true\n");
         let path = path.to_str().expect("utf-8");

@@ -58,6 +58,10 @@ const TRANSFERS_WAIT: Duration = Duration::from_secs(30);
 /// How long the source waits for the user's tasks to be reported ended.
 const PROCESSES_WAIT: Duration = Duration::from_secs(10);
 
+/// How long the source may send nothing before the copy is abandoned
+/// (the user is paused meanwhile).
+const STALL: Duration = Duration::from_secs(60);
+
 /// The archive's last entry: the manifest (at the root of the user's
 /// directory, where only warren writes, so no user file has this name).
 pub const MANIFEST_NAME: &str = ".warren-manifest.json";
@@ -730,8 +734,15 @@ async fn pull(
     let mut body = Body::new(answer.into_body()).into_data_stream();
     let pump = tokio::spawn(async move {
         use futures_util::StreamExt;
-        while let Some(item) = body.next().await {
-            let item = item.map_err(std::io::Error::other);
+        loop {
+            let item = match tokio::time::timeout(STALL, body.next()).await {
+                Ok(Some(item)) => item.map_err(std::io::Error::other),
+                Ok(None) => return,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the source sent nothing for {} s", STALL.as_secs()),
+                )),
+            };
             let failed = item.is_err();
             if sender.send(item).await.is_err() || failed {
                 return;
