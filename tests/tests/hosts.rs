@@ -859,7 +859,6 @@ async fn requests_reach_the_home_host_through_nginx_or_the_other_host() {
 /// `warren user move alice --to b`: her files on b byte for byte and gone
 /// from a, her requests following wherever they land; then b's death.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "`warren user move` is not built yet"]
 async fn a_user_moves_to_another_host_with_her_files() {
     const TEST: &str = "two warren hosts behind nginx: moving a user";
     let Some(mut fx) = Fixture::start(TEST).await else {
