@@ -193,6 +193,7 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
             let cluster = crate::cluster::Cluster::start(
                 config,
                 store.counting(metrics.auth().background_queries()),
+                limits.cluster_peers.clone(),
                 stop.child_token(),
             )
             .await?;
@@ -445,6 +446,7 @@ fn connection_limits(args: &ServeArgs, open_files: Option<u64>) -> ConnectionLim
         max_connections,
         max_per_address,
         exempt: args.trusted_proxies.clone(),
+        cluster_peers: Default::default(),
     }
 }
 

@@ -56,6 +56,11 @@ const SIGNATURE_SKEW_MS: i64 = 30_000;
 /// How long connecting to another host may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The most requests one user may have forwarded through this host at
+/// once (streams included): one user cannot take every connection this host
+/// may open to another.
+pub const MAX_FORWARDED_PER_USER: usize = 64;
+
 /// The shortest cluster secret accepted.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -230,7 +235,12 @@ pub struct Cluster {
     store: Store,
     /// Every host as last read (every [`HEARTBEAT_EVERY`]).
     hosts: ArcSwap<Vec<HostRow>>,
+    /// The other hosts' addresses, for the listener's per-address cap.
+    peers: Arc<ArcSwap<Vec<std::net::IpAddr>>>,
     client: Client<HttpConnector, Body>,
+    /// Requests each user has being forwarded now (see
+    /// [`MAX_FORWARDED_PER_USER`]).
+    forwarding: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, usize>>,
 }
 
 impl Cluster {
@@ -240,6 +250,7 @@ impl Cluster {
     pub async fn start(
         config: ClusterConfig,
         store: Store,
+        peers: Arc<ArcSwap<Vec<std::net::IpAddr>>>,
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Cluster>> {
         if store.backend() != crate::store::Backend::Postgres {
@@ -257,6 +268,17 @@ impl Cluster {
             .register_host(&config.name, &config.url)
             .await
             .map_err(|err| anyhow::anyhow!("cannot register host {}: {err}", config.name))?;
+        // A move this host was driving when it stopped died with it: the
+        // user's files are still whole on their home host (the source
+        // removes its copy only after the switch).
+        match store.abandon_moves_to(&config.name).await {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                users = n,
+                "moves to this host were cut short by its restart: abandoned"
+            ),
+            Err(err) => warn!(error = %err, "cannot abandon the moves cut short by a restart"),
+        }
         if !others_before {
             let adopted = store.adopt_unhomed_users(&config.name).await?;
             if adopted > 0 {
@@ -279,10 +301,13 @@ impl Cluster {
             name: Arc::from(config.name.as_str()),
             url: config.url,
             signer: Signer::new(&config.secret),
-            hosts: ArcSwap::from_pointee(store.hosts().await?),
+            hosts: ArcSwap::from_pointee(Vec::new()),
+            peers,
             store,
             client,
+            forwarding: Default::default(),
         });
+        cluster.set_hosts(Arc::new(cluster.store.hosts().await?));
         tokio::spawn(cluster.clone().beat(stop));
         Ok(cluster)
     }
@@ -313,12 +338,29 @@ impl Cluster {
             // Without the database the last view stands: a host that was
             // up is still tried (and answers 503 itself if it must).
             if let Ok(hosts) = self.store.hosts().await {
-                self.hosts.store(Arc::new(hosts));
+                self.set_hosts(Arc::new(hosts));
             }
         }
         if let Err(err) = self.store.host_stopped(&self.name).await {
             warn!(host = %self.name, error = %err, "cannot mark this host stopped");
         }
+    }
+
+    /// A new view of the hosts, and of the other hosts' addresses.
+    fn set_hosts(&self, hosts: Arc<Vec<HostRow>>) {
+        let peers = hosts
+            .iter()
+            .filter(|host| host.name != *self.name)
+            .filter_map(|host| {
+                let authority = host.url.strip_prefix("http://")?;
+                let authority: axum::http::uri::Authority = authority.parse().ok()?;
+                let ip = authority.host().trim_matches(['[', ']']);
+                ip.parse::<std::net::IpAddr>().ok()
+            })
+            .map(|ip| ip.to_canonical())
+            .collect();
+        self.peers.store(Arc::new(peers));
+        self.hosts.store(hosts);
     }
 
     /// Every host as last read.
@@ -329,7 +371,7 @@ impl Cluster {
     /// Reads the hosts now (an admin's view, a move).
     pub async fn refresh(&self) -> crate::store::Result<Arc<Vec<HostRow>>> {
         let hosts = Arc::new(self.store.hosts().await?);
-        self.hosts.store(hosts.clone());
+        self.set_hosts(hosts.clone());
         Ok(hosts)
     }
 
@@ -474,7 +516,10 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
                     principal.username, cluster.name, forwarded.from
                 )));
             }
-            let response = forward(&state, &cluster, home, principal.clone(), request).await;
+            let Some(slot) = ForwardSlot::take(&cluster, principal.user_id) else {
+                return refusal(ApiError::TooManyRequests(Duration::from_secs(1)));
+            };
+            let response = forward(&state, &cluster, home, principal.clone(), request, slot).await;
             state.metrics.forwarded(home, response.status().as_u16());
             response
         }
@@ -512,6 +557,89 @@ fn refusal(err: ApiError) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// One of a user's [`MAX_FORWARDED_PER_USER`] forwarded requests, held
+/// until its answer (or its WebSocket) ends.
+struct ForwardSlot {
+    cluster: Arc<Cluster>,
+    user: uuid::Uuid,
+}
+
+impl ForwardSlot {
+    fn take(cluster: &Arc<Cluster>, user: uuid::Uuid) -> Option<ForwardSlot> {
+        let mut counts = cluster
+            .forwarding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(user).or_insert(0);
+        if *count >= MAX_FORWARDED_PER_USER {
+            return None;
+        }
+        *count += 1;
+        Some(ForwardSlot {
+            cluster: cluster.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for ForwardSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .cluster
+            .forwarding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Resolves once `home` is no longer up in this host's view (checked every
+/// heartbeat): a forwarded request to a host that hangs is not waited for
+/// past its heartbeat timeout.
+async fn host_goes_down(cluster: &Cluster, home: &str) {
+    loop {
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+        let up = cluster
+            .hosts()
+            .iter()
+            .any(|host| host.name == home && host.state() == HostState::Up);
+        if !up {
+            return;
+        }
+    }
+}
+
+/// A body that keeps its [`ForwardSlot`] until it is done.
+struct Slotted {
+    inner: hyper::body::Incoming,
+    _slot: ForwardSlot,
+}
+
+impl hyper::body::Body for Slotted {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// `warren_route=<host>`: not a secret, only where to send the next
@@ -603,6 +731,7 @@ async fn forward(
     home: &str,
     principal: Arc<Principal>,
     request: Request,
+    slot: ForwardSlot,
 ) -> Response {
     let hosts = cluster.hosts();
     let Some(host) = hosts.iter().find(|host| host.name == home) else {
@@ -664,7 +793,16 @@ async fn forward(
     *outbound.method_mut() = parts.method;
     *outbound.uri_mut() = uri;
     *outbound.headers_mut() = headers;
-    let mut answer = match cluster.client.request(outbound).await {
+    let sent = tokio::select! {
+        sent = cluster.client.request(outbound) => sent,
+        () = host_goes_down(cluster, home) => {
+            return refusal(ApiError::HostUnavailable(format!(
+                "{}'s files are on host {home}, which stopped answering; try again later",
+                principal.username
+            )));
+        }
+    };
+    let mut answer = match sent {
         Ok(answer) => answer,
         Err(err) => {
             info!(host = home, error = %err, "the home host did not answer a forwarded request");
@@ -693,6 +831,7 @@ async fn forward(
                     return;
                 }
             };
+            let _slot = slot;
             let (mut client, mut home) = (TokioIo::new(inbound), TokioIo::new(outbound));
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut client, &mut home) => {}
@@ -701,7 +840,11 @@ async fn forward(
         });
         return Response::from_parts(answer_parts, Body::empty());
     }
-    Response::from_parts(answer_parts, Body::new(answer_body))
+    let body = Slotted {
+        inner: answer_body,
+        _slot: slot,
+    };
+    Response::from_parts(answer_parts, Body::new(body))
 }
 
 #[cfg(test)]

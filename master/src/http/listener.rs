@@ -57,6 +57,10 @@ pub struct ConnectionLimits {
     pub max_per_address: usize,
     /// Peers not subject to `max_per_address` (the trusted proxies).
     pub exempt: Vec<IpNet>,
+    /// The other hosts of a cluster (kept current by its heartbeat loop):
+    /// every request one forwards comes from its address, so they too are
+    /// bounded by the global cap only.
+    pub cluster_peers: std::sync::Arc<arc_swap::ArcSwap<Vec<IpAddr>>>,
 }
 
 /// Why a connection was refused (a metric label).
@@ -114,7 +118,12 @@ impl Tracker {
         peer: IpAddr,
         drain: mpsc::Sender<()>,
     ) -> Result<ConnectionGuard, Refusal> {
-        let per_address = !self.limits.exempt.iter().any(|net| net.contains(&peer));
+        let per_address = !self.limits.exempt.iter().any(|net| net.contains(&peer))
+            && !self
+                .limits
+                .cluster_peers
+                .load()
+                .contains(&peer.to_canonical());
         let peer = address_key(peer);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if counts.total >= self.limits.max_connections {

@@ -170,7 +170,17 @@ impl Store {
     /// users; `None` outside cluster mode (no host registered, none asked).
     pub async fn choose_home_host(&self, wanted: Option<&str>) -> Result<Option<String>> {
         let Some(wanted) = wanted else {
-            return self.least_loaded_host().await;
+            let chosen = self.least_loaded_host().await?;
+            if chosen.is_none() && !self.hosts().await?.is_empty() {
+                // A cluster with no host up: a user created now would have
+                // no home, and each host would serve their files apart.
+                return Err(StoreError::BadHost(
+                    "no host of the cluster is up to hold the user's files; start one, \
+                     or name one that is (--host)"
+                        .into(),
+                ));
+            }
+            return Ok(chosen);
         };
         match self.host(wanted).await? {
             Some(host) if host.state() == HostState::Up => Ok(Some(host.name)),
@@ -220,6 +230,29 @@ impl Store {
         Self::push_event(&mut tx, "user", &user.to_string()).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Ends every move `to` was driving (it restarted: they died with it);
+    /// their users stay on their home host, served again. Returns how many.
+    pub async fn abandon_moves_to(&self, to: &str) -> Result<u64> {
+        self.count(1);
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM users WHERE moving_to = $1")
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut ended = 0;
+        for id in ids {
+            let Ok(user) = Uuid::parse_str(&id) else {
+                continue;
+            };
+            match self.end_move(user, to, false).await {
+                Ok(()) => ended += 1,
+                // Ended meanwhile by someone else.
+                Err(StoreError::Stale) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(ended)
     }
 
     /// Ends a move: the user is homed on `to` when `done`, else stays where
@@ -301,5 +334,36 @@ mod tests {
             store.least_loaded_host().await.unwrap().as_deref(),
             Some("b")
         );
+        // No host up at all: a new user is refused rather than left homeless.
+        store.host_stopped("b").await.unwrap();
+        assert!(matches!(
+            store.choose_home_host(None).await,
+            Err(StoreError::BadHost(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_move_cut_short_by_its_target_restarting_is_abandoned() {
+        let (store, _dir) = sqlite_store().await;
+        let user = store
+            .create_user(crate::store::NewUser {
+                username: "alice",
+                password_hash: "h",
+                role: crate::store::Role::User,
+                home_host: Some("a"),
+            })
+            .await
+            .unwrap();
+        store.begin_move(user.id, "a", "b").await.unwrap();
+        // A second move while one is under way is refused.
+        assert!(matches!(
+            store.begin_move(user.id, "a", "c").await,
+            Err(StoreError::Stale)
+        ));
+        assert_eq!(store.abandon_moves_to("c").await.unwrap(), 0);
+        assert_eq!(store.abandon_moves_to("b").await.unwrap(), 1);
+        let after = store.user_by_id(user.id).await.unwrap().unwrap();
+        assert_eq!(after.home_host.as_deref(), Some("a"));
+        assert_eq!(after.moving_to, None);
     }
 }

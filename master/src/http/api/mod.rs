@@ -148,15 +148,24 @@ pub async fn home_host_of_new_user(
     state: &AppState,
     wanted: Option<&str>,
 ) -> Result<Option<String>, super::ApiError> {
-    if state.cluster.is_none() {
+    let Some(cluster) = &state.cluster else {
         return match wanted {
             Some(_) => Err(super::ApiError::Unprocessable(
                 "home_host: this server is not one of several hosts (--host-name)".into(),
             )),
             None => Ok(None),
         };
+    };
+    match state.auth.store().choose_home_host(wanted).await {
+        Ok(Some(home)) => Ok(Some(home)),
+        // No host up in the database's view (a stalled heartbeat): this
+        // one is, answering this request. A user never goes without one.
+        Ok(None) | Err(store::StoreError::BadHost(_)) if wanted.is_none() => {
+            Ok(Some(cluster.name.to_string()))
+        }
+        Ok(None) => Ok(Some(cluster.name.to_string())),
+        Err(err) => Err(err.into()),
     }
-    Ok(state.auth.store().choose_home_host(wanted).await?)
 }
 
 impl From<&User> for UserView {
