@@ -628,3 +628,24 @@ pub fn listening_port(pid: u32) -> Option<u16> {
 pub async fn process_ends(pid: u32, patience: Duration) -> bool {
     eventually(patience, || async { !process_alive(pid) }).await
 }
+
+/// A wrapper that runs `warren` listening on `port`: the harness starts
+/// every server with `serve --listen 127.0.0.1:0`, but a cluster host's
+/// `--host-url` must name its port before it starts, so its
+/// `ServerOptions::binary` is this script, which `exec`s the same binary
+/// on `port` (anything but that command line is refused).
+pub fn listening_on(dir: &Path, name: &str, port: u16) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join(format!("warren-{name}"));
+    let text = format!(
+        "#!/bin/sh\n\
+         [ \"$1 $2 $3\" = 'serve --listen 127.0.0.1:0' ] || {{ echo \"unexpected: $*\" >&2; exit 64; }}\n\
+         shift 3\n\
+         exec '{}' serve --listen 127.0.0.1:{port} \"$@\"\n",
+        warren_binary().display()
+    );
+    std::fs::write(&script, text).expect("write the wrapper");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        .expect("make the wrapper executable");
+    script
+}

@@ -47,7 +47,7 @@ use warren_tests::nginx::{
     chunks, client_from, free_port, local_site, login_at, read_until, replace_line, route_cookie,
     self_signed, shipped_site, tools, Listen, MainConf, Nginx, TlsTunnel,
 };
-use warren_tests::{eventually, warren_binary, Server, ServerOptions};
+use warren_tests::{eventually, listening_on, warren_binary, Server, ServerOptions};
 
 /// Where nginx's clients connect from (through the TLS tunnel).
 const CLIENT_VIA_NGINX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -56,25 +56,6 @@ const CLIENT_DIRECT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 /// The site file's hosts: `a` at 10.0.0.11:8080, `b` at 10.0.0.12:8080.
 const SITE_A: &str = "10.0.0.11:8080";
 const SITE_B: &str = "10.0.0.12:8080";
-
-/// A wrapper that runs `warren` listening on `port` (see the module's
-/// documentation): the harness's `serve --listen 127.0.0.1:0` replaced,
-/// anything else refused.
-fn listening_on(dir: &Path, name: &str, port: u16) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let script = dir.join(format!("warren-{name}"));
-    let text = format!(
-        "#!/bin/sh\n\
-         [ \"$1 $2 $3\" = 'serve --listen 127.0.0.1:0' ] || {{ echo \"unexpected: $*\" >&2; exit 64; }}\n\
-         shift 3\n\
-         exec '{}' serve --listen 127.0.0.1:{port} \"$@\"\n",
-        warren_binary().display()
-    );
-    std::fs::write(&script, text).expect("write the wrapper");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
-        .expect("make the wrapper executable");
-    script
-}
 
 /// One host of the cluster.
 struct Host {

@@ -22,27 +22,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren_tests::accounts::{Caller, Database};
-use warren_tests::{eventually, warren_binary, Server, ServerOptions};
+use warren_tests::{eventually, listening_on, warren_binary, Server, ServerOptions};
 
 const ALICE_PASSWORD: &str = "alice-password-1";
-
-/// The harness starts `serve --listen 127.0.0.1:0`; a host's `--host-url`
-/// must name its port first, so each host runs through a wrapper that
-/// `exec`s the same binary on a port chosen here.
-fn listening_on(dir: &Path, name: &str, port: u16) -> PathBuf {
-    let script = dir.join(format!("warren-{name}"));
-    let text = format!(
-        "#!/bin/sh\n\
-         [ \"$1 $2 $3\" = 'serve --listen 127.0.0.1:0' ] || {{ echo \"unexpected: $*\" >&2; exit 64; }}\n\
-         shift 3\n\
-         exec '{}' serve --listen 127.0.0.1:{port} \"$@\"\n",
-        warren_binary().display()
-    );
-    std::fs::write(&script, text).expect("write the wrapper");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
-        .expect("make the wrapper executable");
-    script
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -340,7 +340,7 @@ fn outbound_headers(
 
 /// Removes hop-by-hop headers and those `Connection` names; an upgrade
 /// keeps `Connection: upgrade` and `Upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

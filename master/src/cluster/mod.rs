@@ -18,6 +18,7 @@
 
 pub mod moving;
 
+use crate::apps::proxy::strip_hop_by_hop;
 use crate::auth::Principal;
 use crate::http::extract::{cookie, SESSION_COOKIE};
 use crate::http::{ApiError, AppState};
@@ -25,7 +26,7 @@ use crate::store::{HostRow, HostState, Store};
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
@@ -684,42 +685,6 @@ fn forged(request: &Request, why: &str) -> Response {
     refusal(ApiError::Forbidden(
         "the X-Warren-Forwarded header is for warren's hosts only",
     ))
-}
-
-/// Headers that belong to one connection (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    let kept = upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-    if let Some(protocol) = kept {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol);
-    }
 }
 
 /// Sends the request to `home` and its answer back, streaming both ways;
