@@ -37,20 +37,7 @@ use std::time::Duration;
 
 /// Turns the two series of a pair take.
 pub const SLICES: u32 = 10;
-/// The file read, and the query that writes it.
-const FILE_PATH: &str = "/api/v1/files/bench/1k.txt";
-const FILE_PUT: &str = "/api/v1/files/bench/1k.txt?parents=true";
-/// One line of the file, 64 times: 1,024 bytes.
-const LINE: &[u8; 16] = b"0123456789abcde\n";
-const REPEAT: usize = 64;
-
-fn body() -> Vec<u8> {
-    LINE.repeat(REPEAT)
-}
-
-fn is_body(answer: &[u8]) -> bool {
-    answer.len() == LINE.len() * REPEAT && answer.chunks(LINE.len()).all(|line| line == LINE)
-}
+use crate::nginx::{body, is_body, FILE_PATH, FILE_PUT};
 
 #[derive(Debug, Serialize)]
 pub struct Settings {
@@ -195,7 +182,9 @@ impl HostsReport {
 }
 
 pub async fn run(args: &HostsArgs) -> Result<HostsReport> {
-    let database = Database::create(&args.postgres).await?;
+    let database = crate::startup::PostgresDatabase::create(&args.postgres)
+        .await
+        .with_context(|| format!("on {} (--postgres)", redact(&args.postgres)))?;
     let outcome = measure_on(args, &database.url).await;
     database.drop_it().await;
     let (seq_a, seq_b, con_a, con_b) = outcome?;
@@ -411,52 +400,6 @@ async fn measure(
         .try_into()
         .map_err(|_| anyhow::anyhow!("two pairs of series"))?;
     Ok((seq_a, seq_b, con_a, con_b))
-}
-
-/// The PostgreSQL database of one run.
-struct Database {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create(admin_url: &str) -> Result<Database> {
-        let name = format!("warren_bench_hosts_{}", random_hex(8)?);
-        let pool = warren_tests::bulk::connect(admin_url)
-            .await
-            .with_context(|| format!("cannot connect to {} (--postgres)", redact(admin_url)))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&pool)
-            .await
-            .context("cannot create a database (--postgres)")?;
-        pool.close().await;
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url, |(base, _)| base);
-        Ok(Database {
-            admin_url: admin_url.to_string(),
-            url: format!("{base}/{name}"),
-            name,
-        })
-    }
-
-    async fn drop_it(self) {
-        let dropped = async {
-            let pool = warren_tests::bulk::connect(&self.admin_url).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .execute(&pool)
-            .await?;
-            pool.close().await;
-            Ok::<_, anyhow::Error>(())
-        };
-        if let Err(err) = dropped.await {
-            eprintln!("warning: cannot drop the database {}: {err:#}", self.name);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -41,19 +41,19 @@ use warren_tests::nginx::{
 /// Turns the three series take.
 pub const SLICES: u32 = 10;
 /// The file read, and the query that writes it.
-const FILE_PATH: &str = "/api/v1/files/bench/1k.txt";
-const FILE_PUT: &str = "/api/v1/files/bench/1k.txt?parents=true";
+pub(crate) const FILE_PATH: &str = "/api/v1/files/bench/1k.txt";
+pub(crate) const FILE_PUT: &str = "/api/v1/files/bench/1k.txt?parents=true";
 /// One line of the file, 64 times: 1,024 bytes nginx can also `return`
 /// (no quote, no `$`).
 const LINE: &[u8; 16] = b"0123456789abcde\n";
 const REPEAT: usize = 64;
 
 /// The 1,024 bytes every answer must be.
-fn body() -> Vec<u8> {
+pub(crate) fn body() -> Vec<u8> {
     LINE.repeat(REPEAT)
 }
 
-fn is_body(answer: &[u8]) -> bool {
+pub(crate) fn is_body(answer: &[u8]) -> bool {
     answer.len() == LINE.len() * REPEAT && answer.chunks(LINE.len()).all(|line| line == LINE)
 }
 

@@ -212,15 +212,16 @@ async fn connect(url: &str) -> Result<sqlx::AnyPool> {
         .context("cannot connect to the database")
 }
 
-/// A PostgreSQL database made for one measurement.
-struct PostgresDatabase {
+/// A PostgreSQL database made for one measurement (also `hosts`'s), on
+/// the server of `admin_url`, dropped by [`PostgresDatabase::drop_it`].
+pub(crate) struct PostgresDatabase {
     admin_url: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl PostgresDatabase {
-    async fn create(admin_url: &str) -> Result<PostgresDatabase> {
+    pub(crate) async fn create(admin_url: &str) -> Result<PostgresDatabase> {
         let name = format!("warren_bench_{}", random_hex(8)?);
         let pool = connect(admin_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -238,7 +239,7 @@ impl PostgresDatabase {
         })
     }
 
-    async fn drop_it(self) {
+    pub(crate) async fn drop_it(self) {
         let dropped = async {
             let pool = connect(&self.admin_url).await?;
             sqlx::query(sqlx::AssertSqlSafe(format!(

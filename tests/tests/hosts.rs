@@ -498,19 +498,12 @@ async fn bob_and_carol(fx: &Fixture) -> (Caller, Caller) {
     (bob, carol)
 }
 
-/// Routing and forwarding: nginx's map, a host forwarding a user homed on
-/// the other (files, an upload, events, a terminal, a task's output), the
-/// route cookie, a forged forwarding header, logouts across hosts, and b's
-/// death for the users of each host.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_reach_the_home_host_through_nginx_or_the_other_host() {
-    const TEST: &str = "two warren hosts behind nginx: forwarding";
-    let Some(mut fx) = Fixture::start(TEST).await else {
-        return;
-    };
-    let (a, b, nginx) = (&fx.a, &fx.b, &fx.nginx);
-    let (front, via_nginx, direct) = (fx.front(), fx.via_nginx.clone(), fx.direct.clone());
-    let (local_a, local_b) = (fx.local_a.clone(), fx.local_b.clone());
+/// alice logs in through nginx and writes three files (one of 10 MiB)
+/// there, which nginx sends to her home host `a`: the opening of both
+/// tests. Returns her and the files' contents: small, nested, big.
+async fn alice_writes_through_nginx(fx: &Fixture) -> (Caller, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (nginx, front, via_nginx) = (&fx.nginx, fx.front(), fx.via_nginx.clone());
+    let local_a = fx.local_a.clone();
     // alice logs in through nginx (no route cookie yet: any host); the
     // answer names her home.
     let (alice, cookies) = login_at(&via_nginx, &front, "alice", &[]).await;
@@ -551,6 +544,23 @@ async fn requests_reach_the_home_host_through_nginx_or_the_other_host() {
         local_a,
         "nginx sends route a to host a"
     );
+    (alice, small, nested, big)
+}
+
+/// Routing and forwarding: nginx's map, a host forwarding a user homed on
+/// the other (files, an upload, events, a terminal, a task's output), the
+/// route cookie, a forged forwarding header, logouts across hosts, and b's
+/// death for the users of each host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_home_host_through_nginx_or_the_other_host() {
+    const TEST: &str = "two warren hosts behind nginx: forwarding";
+    let Some(mut fx) = Fixture::start(TEST).await else {
+        return;
+    };
+    let (a, b, nginx) = (&fx.a, &fx.b, &fx.nginx);
+    let (front, via_nginx, direct) = (fx.front(), fx.via_nginx.clone(), fx.direct.clone());
+    let local_b = fx.local_b.clone();
+    let (alice, small, _nested, big) = alice_writes_through_nginx(&fx).await;
 
     // The same requests straight to b: forwarded to a, the same answers,
     // and the cookie that sends the next one to a.
@@ -845,49 +855,9 @@ async fn a_user_moves_to_another_host_with_her_files() {
     let Some(mut fx) = Fixture::start(TEST).await else {
         return;
     };
-    let (a, b, nginx) = (&fx.a, &fx.b, &fx.nginx);
+    let (a, b) = (&fx.a, &fx.b);
     let (front, via_nginx, direct) = (fx.front(), fx.via_nginx.clone(), fx.direct.clone());
-    let local_a = fx.local_a.clone();
-    // alice logs in through nginx (no route cookie yet: any host); the
-    // answer names her home.
-    let (alice, cookies) = login_at(&via_nginx, &front, "alice", &[]).await;
-    assert_eq!(
-        cookies.route.as_deref(),
-        Some("a"),
-        "alice's login sets warren_route=a"
-    );
-    assert_eq!(alice.login["user"]["home_host"], "a", "{}", alice.login);
-    let (status, me) = alice.get("/api/v1/me").await;
-    assert_eq!(status, 200, "{me}");
-    assert_eq!(me["home_host"], "a", "{me}");
-
-    // Her files through nginx, with her route cookie: nginx sends them to a.
-    let small = b"hello from alice\n".to_vec();
-    let nested = b"nested\n".repeat(1000);
-    let big: Vec<u8> = chunks(10 << 20).flatten().collect();
-    for (path, bytes) in [
-        ("small.txt", &small),
-        ("docs/nested.txt", &nested),
-        ("big.bin", &big),
-    ] {
-        let put = send(
-            &alice,
-            &via_nginx,
-            &front,
-            Method::PUT,
-            &format!("/api/v1/files/{path}?parents=true"),
-            Some("a"),
-            Some(bytes.clone()),
-        )
-        .await;
-        assert_eq!(put.status, 201, "PUT {path} through nginx: {}", put.json());
-        assert_eq!(put.route(), None, "the route cookie was right: none set");
-    }
-    assert_eq!(
-        logged_upstream(nginx, "PUT /api/v1/files/big.bin").await,
-        local_a,
-        "nginx sends route a to host a"
-    );
+    let (alice, small, nested, big) = alice_writes_through_nginx(&fx).await;
 
     // Hashes of alice's files before the move.
     let files: Vec<(&str, Vec<u8>)> = vec![

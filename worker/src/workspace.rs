@@ -611,15 +611,7 @@ impl Workspaces {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(user);
-        self.dirs.invalidate(&user);
-        // Closes the descriptors now rather than at the cache's next turn.
-        self.dirs.run_pending_tasks();
-        self.lock_usage().remove(&user);
-        self.lock_stale().forget(user);
-        self.swept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&user);
+        self.forget_dirs(user);
         let home = self.users_dir.join(user.to_string());
         let aside = self.users_dir.join(format!(".purge-{user}"));
         match std::fs::rename(&home, &aside) {
@@ -636,14 +628,10 @@ impl Workspaces {
         remove_all(&aside)
     }
 
-    /// Forgets the user (a move to another host): their open directories
-    /// are closed, their usage, `tmp/` sweep and staged writes dropped, so
-    /// the next request opens whatever is then at `<users>/<id>/` afresh.
-    /// Nothing is removed and nothing refused (a purge's `purged` mark
-    /// would make a later move back to this host fail).
-    pub fn evict(&self, user: UserId) {
-        let lock = self.user_lock(user);
-        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Closes the user's open directories and drops what was counted and
+    /// swept of them (a purge, an eviction); the caller holds the user's
+    /// lock.
+    fn forget_dirs(&self, user: UserId) {
         self.dirs.invalidate(&user);
         // Closes the descriptors now rather than at the cache's next turn.
         self.dirs.run_pending_tasks();
@@ -653,6 +641,17 @@ impl Workspaces {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&user);
+    }
+
+    /// Forgets the user (a move to another host): their open directories
+    /// are closed, their usage, `tmp/` sweep and staged writes dropped, so
+    /// the next request opens whatever is then at `<users>/<id>/` afresh.
+    /// Nothing is removed and nothing refused (a purge's `purged` mark
+    /// would make a later move back to this host fail).
+    pub fn evict(&self, user: UserId) {
+        let lock = self.user_lock(user);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.forget_dirs(user);
         let dropped: Vec<_> = {
             let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
             let keys: Vec<_> = staged

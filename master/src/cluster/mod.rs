@@ -20,7 +20,7 @@ pub mod moving;
 
 use crate::apps::proxy::strip_hop_by_hop;
 use crate::auth::Principal;
-use crate::http::extract::{cookie, SESSION_COOKIE};
+use crate::http::extract::{cookie, credential};
 use crate::http::{ApiError, AppState};
 use crate::store::{HostRow, HostState, Store};
 use arc_swap::ArcSwap;
@@ -162,7 +162,7 @@ impl Signer {
             mac.update(part.as_bytes());
             mac.update(b"\n");
         }
-        hex(&mac.finalize().into_bytes())
+        crate::auth::token::hex(&mac.finalize().into_bytes())
     }
 
     pub fn sign(
@@ -216,16 +216,6 @@ impl Signer {
             peer,
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    out
 }
 
 /// This host in its cluster.
@@ -482,8 +472,8 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
         return next.run(request).await;
     }
     let principal = match credential(request.headers()) {
-        Some(token) => state.auth.authenticate(token).await.ok(),
-        None => None,
+        Ok(Some((token, _))) => state.auth.authenticate(token).await.ok(),
+        _ => None,
     };
     // Not authenticated (or the database is out): the handler answers.
     let Some(principal) = principal else {
@@ -651,17 +641,6 @@ pub fn set_route_cookie(headers: &mut HeaderMap, host: &str, tls: bool) {
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         headers.append(header::SET_COOKIE, value);
     }
-}
-
-/// The bearer token or session cookie, as the extractors find it.
-fn credential(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then_some(token.trim());
-    }
-    cookie(headers, SESSION_COOKIE)
 }
 
 /// A forwarding header nobody here signed: refused, and logged as the

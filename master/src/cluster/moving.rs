@@ -143,10 +143,6 @@ impl Manifest {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn utf8(path: &Path) -> Result<String, MoveError> {
     path.to_str()
         .map(str::to_string)
@@ -277,7 +273,7 @@ pub fn pack(root: &Path, out: impl Write) -> Result<Manifest, MoveError> {
                 path: rel,
                 kind: EntryKind::File,
                 size: meta.len(),
-                sha256: Some(hex(&reader.hash.finalize())),
+                sha256: Some(crate::auth::token::hex(&reader.hash.finalize())),
                 target: None,
             });
         }
@@ -498,7 +494,7 @@ pub fn scan(root: &Path) -> Result<Manifest, MoveError> {
                 path: rel,
                 kind: EntryKind::File,
                 size: reader.read,
-                sha256: Some(hex(&reader.hash.finalize())),
+                sha256: Some(crate::auth::token::hex(&reader.hash.finalize())),
                 target: None,
             }
         };

@@ -142,7 +142,7 @@ impl FromRequestParts<AppState> for ClientInfo {
 }
 
 /// The caller's secret: a bearer token or the session cookie.
-fn credential(headers: &HeaderMap) -> Result<Option<(&str, bool)>, ApiError> {
+pub(crate) fn credential(headers: &HeaderMap) -> Result<Option<(&str, bool)>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| ApiError::Unauthenticated)?;
         return match value.split_once(' ') {

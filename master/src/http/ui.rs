@@ -72,11 +72,7 @@ fn collect(dir: &'static Dir<'static>, into: &mut HashMap<&'static str, Asset>) 
 
 /// The first 16 bytes of a digest in hex: plenty to tell versions apart.
 fn hex16(digest: &[u8]) -> String {
-    use std::fmt::Write;
-    digest.iter().take(16).fold(String::new(), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
+    crate::auth::token::hex(&digest[..digest.len().min(16)])
 }
 
 fn content_type(path: &str) -> Option<&'static str> {
