@@ -8,7 +8,7 @@ use bincode::{Decode, Encode};
 use std::fmt;
 
 /// Bumped on every incompatible change to any type in this module.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Bytes a stream's receiver lets its sender have in flight before the sender
 /// must wait for a [`Body::Credit`]. Both ends start with this much credit.
@@ -222,9 +222,12 @@ pub enum Op {
 pub enum FileOp {
     /// Describes the entry at `path` ([`Reply::File`]); a regular file of at
     /// most [`INLINE_READ_LIMIT`] bytes comes with its content, read from the
-    /// very file described.
+    /// very file described. With `hand_over`, a larger regular file comes
+    /// as [`Reply::Opened`]: the worker opened it (read-only) and the
+    /// response frame carries that open descriptor (see [`crate::io`]).
     Read {
         path: String,
+        hand_over: bool,
     },
     /// Entries sorted by name, those after `after`, at most `limit`.
     List {
@@ -280,6 +283,42 @@ pub enum FileOp {
     /// Abandons staged writes (their temp files and reservations go).
     DropStaged {
         stages: Vec<u64>,
+    },
+    /// Starts an upload the master writes itself: the worker checks the
+    /// target (parents, precondition, quota for `expected` bytes if the
+    /// length is known), creates a temp file in the user's `tmp/` and
+    /// answers [`Reply::UploadOpened`], whose frame carries a write-only
+    /// descriptor of that temp file. The upload then waits for
+    /// [`FileOp::CommitUpload`] or [`FileOp::DropUpload`]; one whose temp
+    /// file is left unwritten for a few minutes is dropped.
+    BeginUpload {
+        path: String,
+        precondition: Precondition,
+        parents: bool,
+        /// Put in place by [`FileOp::CommitStaged`] later, not at once.
+        staged: bool,
+        /// The body's length, when the client said it.
+        expected: Option<u64>,
+    },
+    /// The master is about to write past what the upload has reserved:
+    /// reserve room (against the quota) for `total` bytes in all
+    /// ([`Reply::Reserved`]), or refuse.
+    ReserveUpload {
+        upload: u64,
+        total: u64,
+    },
+    /// The master wrote `len` bytes and stopped: fsync, check the size,
+    /// the precondition and the quota, and rename into place
+    /// ([`Reply::Written`] with one outcome), or keep it staged (the
+    /// outcome's `stage`).
+    CommitUpload {
+        upload: u64,
+        len: u64,
+    },
+    /// Abandons an upload (its temp file and reservation go); unknown ids
+    /// are ignored.
+    DropUpload {
+        upload: u64,
     },
 }
 
@@ -810,6 +849,32 @@ pub enum Reply {
     Terminals(Vec<TerminalInfo>),
     App(AppInfo),
     Apps(Vec<AppInfo>),
+    /// The answer to [`FileOp::Read`] with `hand_over` for a regular file
+    /// too large to come inline: the response frame carries the file's
+    /// open descriptor (read-only), which `entry` describes.
+    Opened {
+        entry: Entry,
+    },
+    /// The answer to [`FileOp::BeginUpload`]: the response frame carries
+    /// the temp file's descriptor (write-only, empty). `reserved`: bytes
+    /// the master may write before it must ask [`FileOp::ReserveUpload`].
+    UploadOpened {
+        upload: u64,
+        reserved: u64,
+    },
+    /// The answer to [`FileOp::ReserveUpload`]: bytes reserved in all.
+    Reserved {
+        reserved: u64,
+    },
+}
+
+impl Reply {
+    /// Whether a response frame with this reply carries one descriptor
+    /// (`SCM_RIGHTS`, see [`crate::io`]): exactly these replies do, and
+    /// only from a worker.
+    pub fn hands_over_descriptor(&self) -> bool {
+        matches!(self, Reply::Opened { .. } | Reply::UploadOpened { .. })
+    }
 }
 
 /// What kind of byte stream an [`Open`] asks for.

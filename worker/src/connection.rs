@@ -10,7 +10,7 @@ use crate::ops::{self, WorkerIdentity};
 use crate::tasks::launch::Launcher;
 use crate::tasks::Tasks;
 use crate::terminals::Terminals;
-use crate::workspace::Workspaces;
+use crate::workspace::{Passable, Workspaces};
 use crate::{WorkerConfig, WorkerError};
 use futures_util::StreamExt;
 use interprocess::local_socket::tokio::{prelude::*, Stream as LocalStream};
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info};
-use warren_protocol::io::{handshake, write_frames, SharedConnection};
+use warren_protocol::io::{handshake, write_frames};
 use warren_protocol::stream::{FrameSender, StreamRegistry};
 use warren_protocol::{
     AppOp, Body, Frame, FrameCodec, Heartbeat, Hello, Op, OpError, PeerRole, Reply, Request,
@@ -46,7 +46,11 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         .to_fs_name::<GenericFilePath>()
         .map_err(connect_error)?;
     let connection = LocalStream::connect(name).await.map_err(connect_error)?;
-    let (receive, mut send) = SharedConnection::pair(connection);
+    // Read with plain `read`: a descriptor sent to a worker would be closed
+    // by the kernel, never received (see warren_protocol::io). Answers that
+    // hand one over go out with `sendmsg`.
+    let LocalStream::UdSocket(connection) = connection;
+    let (receive, mut send) = tokio::net::UnixStream::from(connection).into_split();
     let mut reader = FramedRead::with_capacity(receive, FrameCodec::new(), READ_BUFFER);
 
     let identity = WorkerIdentity {
@@ -75,6 +79,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
     );
 
     let (frames, outgoing) = mpsc::unbounded_channel();
+    let (handing, handed) = mpsc::unbounded_channel();
     #[cfg(debug_assertions)]
     let (garbage, garbage_requests) = mpsc::unbounded_channel();
     let workspaces = config
@@ -111,6 +116,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
     let worker = Arc::new(Worker {
         identity,
         frames,
+        handing,
         inflight: Mutex::new(HashMap::new()),
         streams: StreamRegistry::new(),
         users: Mutex::new(HashSet::new()),
@@ -124,6 +130,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
     #[cfg(debug_assertions)]
     let writer = tokio::spawn(debug::write_or_garbage(
         outgoing,
+        handed,
         send,
         garbage_requests,
         unsendable(worker.frames.clone()),
@@ -131,6 +138,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
     #[cfg(not(debug_assertions))]
     let writer = tokio::spawn(write_frames(
         outgoing,
+        Some(handed),
         send,
         unsendable(worker.frames.clone()),
     ));
@@ -209,6 +217,10 @@ fn leave_stopping_to_the_master() -> Result<(), WorkerError> {
 struct Worker {
     identity: WorkerIdentity,
     frames: FrameSender,
+    /// Answers that hand over a descriptor, each with it: only a
+    /// [`Passable`], which only `workspace` makes (a regular file opened
+    /// beneath a workspace, or an upload's temp file).
+    handing: mpsc::UnboundedSender<(Frame, Passable)>,
     /// Requests running as their own task, by request id.
     inflight: Mutex<HashMap<u64, AbortHandle>>,
     streams: Arc<StreamRegistry>,
@@ -306,13 +318,23 @@ impl Worker {
                     .as_deref()
                     .and_then(|workspaces| ops::read_now(workspaces, &user, &op))
                 {
-                    return self.respond(id, result);
+                    return self.respond_handing(id, result);
                 }
                 let workspaces = self.workspaces.clone();
-                self.spawn_tracked(id, async move {
-                    let workspaces = workspaces.ok_or_else(ops::no_workspaces)?;
-                    ops::blocking(move || ops::files(&workspaces, &user, op)).await
+                let worker = self.clone();
+                // Like `spawn_tracked`, with answers that may hand over a
+                // descriptor.
+                let mut inflight = self.lock_inflight();
+                let task = tokio::spawn(async move {
+                    let result = async {
+                        let workspaces = workspaces.ok_or_else(ops::no_workspaces)?;
+                        ops::blocking(move || ops::files_handing(&workspaces, &user, op)).await
+                    }
+                    .await;
+                    worker.lock_inflight().remove(&id);
+                    worker.respond_handing(id, result);
                 });
+                inflight.insert(id, task.abort_handle());
             }
             Op::Tasks(op) => self.task_op(id, user, op),
             Op::Terminals(op) => self.terminal_op(id, user, op),
@@ -432,6 +454,28 @@ impl Worker {
         self.send(id, Body::Response(Response { result }));
     }
 
+    /// Answers with the descriptor that goes with the reply, if any.
+    fn respond_handing(&self, id: u64, result: Result<(Reply, Option<Passable>), OpError>) {
+        match result {
+            Ok((reply, Some(fd))) if reply.hands_over_descriptor() => {
+                let frame = Frame {
+                    id,
+                    body: Body::Response(Response { result: Ok(reply) }),
+                };
+                // Fails only once the writer is gone (the worker exits).
+                let _ = self.handing.send((frame, fd));
+            }
+            Ok((reply, None)) if !reply.hands_over_descriptor() => self.respond(id, Ok(reply)),
+            Ok((reply, _)) => self.respond(
+                id,
+                Err(OpError::Internal(format!(
+                    "a reply and its descriptor do not match: {reply:?}"
+                ))),
+            ),
+            Err(err) => self.respond(id, Err(err)),
+        }
+    }
+
     fn send(&self, id: u64, body: Body) {
         // Fails only once the writer is gone, when the worker is exiting anyway.
         let _ = self.frames.send(Frame { id, body });
@@ -498,14 +542,15 @@ mod debug {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    pub(super) async fn write_or_garbage<W: tokio::io::AsyncWrite + Unpin>(
+    pub(super) async fn write_or_garbage<W: warren_protocol::io::FrameSink>(
         frames: mpsc::UnboundedReceiver<Frame>,
+        handed: warren_protocol::io::HandOverReceiver<Passable>,
         mut out: W,
         mut garbage: mpsc::UnboundedReceiver<bool>,
         unsendable: impl Fn(u64, warren_protocol::FrameError),
     ) -> Result<(), warren_protocol::FrameError> {
         tokio::select! {
-            result = write_frames(frames, &mut out, unsendable) => result,
+            result = write_frames(frames, Some(handed), &mut out, unsendable) => result,
             Some(oversized) = garbage.recv() => {
                 let bytes: Vec<u8> = if oversized {
                     // A length prefix far over the frame bound.

@@ -1,7 +1,7 @@
 //! What each operation does. Plain functions with no I/O of the connection,
 //! so benchmarks can call them directly as the in-process baseline.
 
-use crate::workspace::{self, Workspaces};
+use crate::workspace::{self, Passable, Workspaces};
 use futures_util::FutureExt;
 use std::sync::Arc;
 use warren_protocol::stream::Stream;
@@ -30,8 +30,66 @@ pub fn no_workspaces() -> OpError {
     OpError::Unsupported("this worker serves no files (started without --users-dir)".into())
 }
 
-/// Runs one file operation (blocking: call it on the blocking pool).
-pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Reply, OpError> {
+/// Runs one file operation (blocking: call it on the blocking pool). A
+/// descriptor its answer would hand over is closed.
+pub fn files(workspaces: &Arc<Workspaces>, user: &UserCtx, op: FileOp) -> Result<Reply, OpError> {
+    files_handing(workspaces, user, op).map(|(reply, _)| reply)
+}
+
+/// Runs one file operation (blocking: call it on the blocking pool); an
+/// answer that hands over a descriptor ([`Reply::hands_over_descriptor`])
+/// comes with it.
+pub fn files_handing(
+    workspaces: &Arc<Workspaces>,
+    user: &UserCtx,
+    op: FileOp,
+) -> Result<(Reply, Option<Passable>), OpError> {
+    match op {
+        FileOp::ReserveUpload { upload, total } => {
+            return workspaces
+                .reserve_upload(user.id, upload, total)
+                .map(|reply| (reply, None))
+        }
+        FileOp::CommitUpload { upload, len } => {
+            let (reply, replaced) = workspaces.commit_upload(user.id, upload, len)?;
+            // The file replaced is freed after the answer, off this request.
+            if let Some(replaced) = replaced {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn_blocking(move || drop(replaced))),
+                    Err(_) => drop(replaced),
+                }
+            }
+            return Ok((reply, None));
+        }
+        FileOp::DropUpload { upload } => {
+            workspaces.drop_upload(user.id, upload);
+            return Ok((Reply::Done, None));
+        }
+        _ => {}
+    }
+    files_plain(workspaces, user, op).map(|reply| match reply {
+        Handing::Reply(reply) => (reply, None),
+        Handing::With(reply, fd) => (reply, Some(fd)),
+    })
+}
+
+/// An answer and, for some, the descriptor it hands over.
+enum Handing {
+    Reply(Reply),
+    With(Reply, Passable),
+}
+
+impl From<Reply> for Handing {
+    fn from(reply: Reply) -> Self {
+        Handing::Reply(reply)
+    }
+}
+
+fn files_plain(
+    workspaces: &Arc<Workspaces>,
+    user: &UserCtx,
+    op: FileOp,
+) -> Result<Handing, OpError> {
     match op {
         FileOp::Usage => {
             let usage = workspaces.usage_of(user.id)?;
@@ -39,24 +97,50 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
                 bytes: usage.bytes,
                 files: usage.files,
                 entries: usage.entries,
-            });
+            }
+            .into());
         }
-        FileOp::Purge => return workspaces.purge(user.id).map(|()| Reply::Done),
+        FileOp::Purge => return workspaces.purge(user.id).map(|()| Reply::Done.into()),
         FileOp::Evict => {
             workspaces.evict(user.id);
-            return Ok(Reply::Done);
+            return Ok(Reply::Done.into());
         }
-        FileOp::CommitStaged { stages } => return workspaces.commit_staged(user.id, &stages),
+        FileOp::CommitStaged { stages } => {
+            return workspaces.commit_staged(user.id, &stages).map(Into::into)
+        }
         FileOp::DropStaged { stages } => {
             workspaces.drop_staged(user.id, &stages);
-            return Ok(Reply::Done);
+            return Ok(Reply::Done.into());
         }
         _ => {}
     }
     let dirs = workspaces.open_as(user.id, user.uid)?;
     let quota = workspace::Quota::of(user);
-    match op {
-        FileOp::Read { path } => dirs.read_small(&path, INLINE_READ_LIMIT),
+    let reply = match op {
+        FileOp::Read { path, hand_over } => {
+            return match dirs.read_or_open(&path, INLINE_READ_LIMIT, hand_over)? {
+                (reply, Some(fd)) => Ok(Handing::With(reply, fd)),
+                (reply, None) => Ok(Handing::Reply(reply)),
+            }
+        }
+        FileOp::BeginUpload {
+            path,
+            precondition,
+            parents,
+            staged,
+            expected,
+        } => {
+            let (reply, fd) = workspaces.begin_upload(
+                dirs,
+                &path,
+                parents,
+                quota,
+                precondition,
+                staged,
+                expected,
+            )?;
+            return Ok(Handing::With(reply, fd));
+        }
         FileOp::List { path, after, limit } => {
             dirs.list(&path, after.as_deref(), limit.clamp(1, 10_000))
         }
@@ -71,8 +155,12 @@ pub fn files(workspaces: &Workspaces, user: &UserCtx, op: FileOp) -> Result<Repl
         | FileOp::Purge
         | FileOp::Evict
         | FileOp::CommitStaged { .. }
-        | FileOp::DropStaged { .. } => Err(OpError::Internal("handled above".into())),
-    }
+        | FileOp::DropStaged { .. }
+        | FileOp::ReserveUpload { .. }
+        | FileOp::CommitUpload { .. }
+        | FileOp::DropUpload { .. } => Err(OpError::Internal("handled above".into())),
+    };
+    reply.map(Handing::Reply)
 }
 
 /// A small read answered at once, on the connection's own thread, when it
@@ -85,12 +173,13 @@ pub fn read_now(
     workspaces: &Workspaces,
     user: &UserCtx,
     op: &FileOp,
-) -> Option<Result<Reply, OpError>> {
-    let FileOp::Read { path } = op else {
+) -> Option<Result<(Reply, Option<Passable>), OpError>> {
+    let FileOp::Read { path, hand_over } = op else {
         return None;
     };
     let dirs = workspaces.opened(user.id)?;
-    dirs.read_small_cached(path, INLINE_READ_LIMIT).transpose()
+    dirs.read_or_open_cached(path, INLINE_READ_LIMIT, *hand_over)
+        .transpose()
 }
 
 /// Serves one stream the master opened, until both sides have closed.

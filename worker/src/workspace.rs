@@ -71,12 +71,41 @@ pub struct Workspaces {
 struct Staged {
     next: u64,
     writes: HashMap<(UserId, u64), (PendingWrite, std::time::Instant)>,
+    /// Uploads the master writes into through a handed-over descriptor,
+    /// until it commits or drops them, by user and upload number.
+    uploads: HashMap<(UserId, u64), OpenUpload>,
+}
+
+/// An upload whose temp file the master writes (see [`Workspaces::begin_upload`]).
+struct OpenUpload {
+    pending: PendingWrite,
+    precondition: Precondition,
+    staged: bool,
+}
+
+/// An open file the worker may hand over to the master with an answer
+/// (`SCM_RIGHTS`, see `warren_protocol::io`). It is made only in this
+/// module, in two places: [`UserDirs::read_or_open`] (a regular file
+/// opened beneath the user's workspace with `openat2(RESOLVE_BENEATH |
+/// RESOLVE_NO_MAGICLINKS)`, read-only) and [`Workspaces::begin_upload`]
+/// (a duplicate of the temp file this module created in the user's
+/// `tmp/`, write-only). The connection's hand-over channel takes nothing
+/// but this type, so the worker cannot hand over anything else: no
+/// directory, nothing outside a workspace, no socket.
+#[derive(Debug)]
+pub struct Passable(OwnedFd);
+
+impl AsFd for Passable {
+    fn as_fd(&self) -> rustix::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 impl std::fmt::Debug for Staged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Staged")
             .field("writes", &self.writes.len())
+            .field("uploads", &self.uploads.len())
             .finish()
     }
 }
@@ -461,6 +490,154 @@ impl Workspaces {
             });
         }
         Ok(Reply::Written(written))
+    }
+
+    /// Starts an upload the master writes itself: checks as a write does
+    /// ([`UserDirs::begin_write`]), reserves `expected` bytes if known,
+    /// and keeps the pending write under a new upload number. Returns the
+    /// answer and a write-only descriptor of the temp file to hand over.
+    /// Uploads whose temp file nobody wrote for [`STAGE_TTL`] are dropped
+    /// on the way (their master request is long gone).
+    #[allow(clippy::too_many_arguments)]
+    pub fn begin_upload(
+        self: &Arc<Self>,
+        dirs: Arc<UserDirs>,
+        path: &str,
+        parents: bool,
+        quota: Quota,
+        precondition: Precondition,
+        staged: bool,
+        expected: Option<u64>,
+    ) -> Result<(Reply, Passable), OpError> {
+        let user = dirs.user;
+        let mut pending = dirs.begin_write(self.clone(), path, parents, quota, &precondition)?;
+        if let Some(expected) = expected {
+            pending.reserve_for(expected)?;
+        }
+        let file = pending
+            .file
+            .as_ref()
+            .ok_or_else(|| OpError::Internal("an upload without its temp file".into()))?;
+        let handed = rustix::io::fcntl_dupfd_cloexec(file, 0)
+            .map_err(|err| errno(err, "cannot hand over the temp file"))?;
+        let reserved = pending.reserved_bytes();
+        let stale: Vec<OpenUpload>;
+        let outcome = {
+            let mut staged_writes = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            let old: Vec<_> = staged_writes
+                .uploads
+                .iter()
+                .filter(|(_, upload)| upload.pending.idle_for() > STAGE_TTL)
+                .map(|(key, _)| *key)
+                .collect();
+            stale = old
+                .iter()
+                .filter_map(|key| staged_writes.uploads.remove(key))
+                .collect();
+            let mine = staged_writes
+                .uploads
+                .keys()
+                .filter(|(u, _)| *u == user)
+                .count();
+            if mine >= MAX_STAGED_PER_USER {
+                Err(OpError::Invalid(format!(
+                    "more than {MAX_STAGED_PER_USER} uploads at once"
+                )))
+            } else {
+                // Numbers no earlier worker of this slot gave out (its
+                // master may still name them): they start at the pid.
+                if staged_writes.next == 0 {
+                    staged_writes.next = u64::from(std::process::id()) << 32;
+                }
+                staged_writes.next += 1;
+                let upload = staged_writes.next;
+                staged_writes.uploads.insert(
+                    (user, upload),
+                    OpenUpload {
+                        pending,
+                        precondition,
+                        staged,
+                    },
+                );
+                Ok((Reply::UploadOpened { upload, reserved }, Passable(handed)))
+            }
+        };
+        // Their temp files go outside the lock.
+        drop(stale);
+        outcome
+    }
+
+    /// Reserves room for `total` bytes of an upload in all.
+    pub fn reserve_upload(&self, user: UserId, upload: u64, total: u64) -> Result<Reply, OpError> {
+        let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = staged
+            .uploads
+            .get_mut(&(user, upload))
+            .ok_or_else(upload_gone)?;
+        open.pending.reserve_for(total)?;
+        Ok(Reply::Reserved {
+            reserved: open.pending.reserved_bytes(),
+        })
+    }
+
+    /// Ends an upload the master wrote `len` bytes into: put in place
+    /// (fsync, precondition, quota, rename) or staged. Returns the answer
+    /// and the handle of the file it replaced (free it after answering).
+    pub fn commit_upload(
+        &self,
+        user: UserId,
+        upload: u64,
+        len: u64,
+    ) -> Result<(Reply, Option<OwnedFd>), OpError> {
+        let open = self
+            .staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .uploads
+            .remove(&(user, upload))
+            .ok_or_else(upload_gone)?;
+        let OpenUpload {
+            mut pending,
+            precondition,
+            staged,
+        } = open;
+        let entry = pending.describe()?;
+        if entry.size != len {
+            return Err(OpError::Internal(format!(
+                "the upload's temp file holds {} bytes, the master wrote {len}",
+                entry.size
+            )));
+        }
+        // Charged for what is there, whoever wrote it.
+        pending.reserve_for(len)?;
+        pending.written = len;
+        if staged {
+            let stage = self.stage(user, pending)?;
+            let outcome = warren_protocol::WriteOutcome {
+                entry,
+                created: false,
+                stage: Some(stage),
+            };
+            return Ok((Reply::Written(vec![outcome]), None));
+        }
+        let (entry, created, replaced) = pending.commit_keeping_replaced(&precondition)?;
+        let outcome = warren_protocol::WriteOutcome {
+            entry,
+            created,
+            stage: None,
+        };
+        Ok((Reply::Written(vec![outcome]), replaced))
+    }
+
+    /// Abandons an upload (an unknown one is ignored).
+    pub fn drop_upload(&self, user: UserId, upload: u64) {
+        let dropped = self
+            .staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .uploads
+            .remove(&(user, upload));
+        drop(dropped);
     }
 
     /// Abandons staged writes (unknown stages are ignored).
@@ -1148,19 +1325,44 @@ impl UserDirs {
     /// Describes the entry at `path`; a regular file of at most `limit`
     /// bytes comes with its content, read from the file described. Files
     /// written through the API are replaced whole (a new inode), never
-    /// changed in place, so what was opened is one version.
-    pub fn read_small(&self, path_text: &str, limit: u64) -> Result<Reply, OpError> {
-        self.read_small_with(path_text, limit, false)?
+    /// changed in place, so what was opened is one version. With
+    /// `hand_over`, a larger regular file comes as [`Reply::Opened`] with
+    /// the descriptor described, to hand to the master.
+    pub fn read_or_open(
+        &self,
+        path_text: &str,
+        limit: u64,
+        hand_over: bool,
+    ) -> Result<(Reply, Option<Passable>), OpError> {
+        self.read_small_with(path_text, limit, false, hand_over)?
             .ok_or_else(|| OpError::Internal("a blocking read would block".into()))
     }
 
-    /// [`Self::read_small`] only if it can be done from memory: the path
+    /// [`Self::read_or_open`] only if it can be done from memory: the path
     /// resolved from the dentry cache (`RESOLVE_CACHED`) and the bytes from
     /// the page cache (`RWF_NOWAIT`). `None`: it would wait for the disk (or
-    /// the kernel cannot tell), so run [`Self::read_small`] where blocking
+    /// the kernel cannot tell), so run [`Self::read_or_open`] where blocking
     /// is harmless.
-    pub fn read_small_cached(&self, path_text: &str, limit: u64) -> Result<Option<Reply>, OpError> {
-        self.read_small_with(path_text, limit, true)
+    pub fn read_or_open_cached(
+        &self,
+        path_text: &str,
+        limit: u64,
+        hand_over: bool,
+    ) -> Result<Option<(Reply, Option<Passable>)>, OpError> {
+        self.read_small_with(path_text, limit, true, hand_over)
+    }
+
+    #[cfg(test)]
+    fn read_small(&self, path_text: &str, limit: u64) -> Result<Reply, OpError> {
+        self.read_or_open(path_text, limit, false)
+            .map(|(reply, _)| reply)
+    }
+
+    #[cfg(test)]
+    fn read_small_cached(&self, path_text: &str, limit: u64) -> Result<Option<Reply>, OpError> {
+        Ok(self
+            .read_or_open_cached(path_text, limit, false)?
+            .map(|(reply, _)| reply))
     }
 
     fn read_small_with(
@@ -1168,7 +1370,8 @@ impl UserDirs {
         path_text: &str,
         limit: u64,
         cached: bool,
-    ) -> Result<Option<Reply>, OpError> {
+        hand_over: bool,
+    ) -> Result<Option<(Reply, Option<Passable>)>, OpError> {
         let would_block = |err: Errno| {
             // EAGAIN: not in memory; EINVAL / EOPNOTSUPP: a kernel without
             // RESOLVE_CACHED (5.12) or RWF_NOWAIT for this file system.
@@ -1201,11 +1404,17 @@ impl UserDirs {
             EntryKind::Dir => false,
             kind => return Err(not_regular(path_text, kind)),
         };
+        if regular && entry.size > limit && hand_over {
+            // Opened beneath the workspace above, a regular file: the only
+            // kind of read descriptor ever handed over.
+            return Ok(Some((Reply::Opened { entry }, Some(Passable(fd)))));
+        }
         if !regular || entry.size > limit {
-            return Ok(Some(Reply::File {
+            let reply = Reply::File {
                 entry,
                 content: None,
-            }));
+            };
+            return Ok(Some((reply, None)));
         }
         // The bytes described (what Content-Length will say): a file that
         // grew meanwhile gives its first `size` bytes, as a ranged read
@@ -1228,10 +1437,11 @@ impl UserDirs {
             }
         }
         let whole = filled == content.len();
-        Ok(Some(Reply::File {
+        let reply = Reply::File {
             entry,
             content: whole.then_some(content),
-        }))
+        };
+        Ok(Some((reply, None)))
     }
 
     pub fn mkdir(
@@ -1727,11 +1937,11 @@ impl PendingWrite {
         self.file.as_ref().and_then(|file| file.try_clone().ok())
     }
 
-    /// Appends `chunks` in order, with as few `writev` calls as the kernel
-    /// allows (no copying them together first).
-    pub fn write_chunks<B: AsRef<[u8]>>(&mut self, chunks: &[B]) -> Result<(), OpError> {
-        let len: u64 = chunks.iter().map(|c| c.as_ref().len() as u64).sum();
-        let needed = charge_of_len(self.written.saturating_add(len));
+    /// Reserves what `total` bytes of content will be charged, if more
+    /// than reserved already: fails once they would not fit the quota
+    /// beside everything else in progress.
+    pub fn reserve_for(&mut self, total: u64) -> Result<(), OpError> {
+        let needed = charge_of_len(total);
         if needed > self.reserved {
             self.workspaces.reserve(
                 self.dirs.user,
@@ -1745,6 +1955,31 @@ impl PendingWrite {
             )?;
             self.reserved = needed;
         }
+        Ok(())
+    }
+
+    /// Content bytes the reservation covers (whole blocks).
+    fn reserved_bytes(&self) -> u64 {
+        self.reserved
+    }
+
+    /// How long since the temp file was last written (its mtime).
+    fn idle_for(&self) -> std::time::Duration {
+        let modified = self
+            .file
+            .as_ref()
+            .and_then(|file| file.metadata().ok())
+            .and_then(|meta| meta.modified().ok());
+        modified
+            .and_then(|at| at.elapsed().ok())
+            .unwrap_or_default()
+    }
+
+    /// Appends `chunks` in order, with as few `writev` calls as the kernel
+    /// allows (no copying them together first).
+    pub fn write_chunks<B: AsRef<[u8]>>(&mut self, chunks: &[B]) -> Result<(), OpError> {
+        let len: u64 = chunks.iter().map(|c| c.as_ref().len() as u64).sum();
+        self.reserve_for(self.written.saturating_add(len))?;
         let file = self
             .file
             .as_mut()
@@ -1880,6 +2115,10 @@ impl Drop for PendingWrite {
             let _ = rustix::fs::unlinkat(&self.dirs.tmp, self.temp.as_str(), AtFlags::empty());
         }
     }
+}
+
+fn upload_gone() -> OpError {
+    OpError::NotFound("the upload is gone (it was dropped, or its worker restarted)".into())
 }
 
 fn too_deep() -> OpError {
@@ -3064,7 +3303,9 @@ mod tests {
         );
         for path in ["pipe", "sock", "to-pipe"] {
             for cached in [false, true] {
-                let err = dirs.read_small_with(path, 64, cached).expect_err(path);
+                let err = dirs
+                    .read_small_with(path, 64, cached, false)
+                    .expect_err(path);
                 assert!(
                     matches!(err, OpError::NotARegularFile(_)),
                     "{path}: {err:?}"

@@ -20,6 +20,7 @@
 //!   close, those with a request in flight finish it; `serve` returns when
 //!   every connection has closed (the caller bounds that with its deadline).
 
+use super::sendfile::{is_stand_in, Lane};
 use crate::metrics::ConnectionMetrics;
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -206,6 +207,8 @@ impl Drop for ConnectionGuard {
 /// keep-alive ping needs the peer to read as well). No route upgrades today.
 struct CountedStream {
     stream: TcpStream,
+    /// Files to send in place of stand-in bytes (see `super::sendfile`).
+    lane: Lane,
     send_timeout: Duration,
     /// Armed while a write waits for room in the socket.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -242,6 +245,23 @@ impl CountedStream {
     }
 }
 
+impl CountedStream {
+    /// Sends up to `want` bytes of the lane's first file part with
+    /// `sendfile(2)`, once the socket has room.
+    fn poll_send_file(&self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.stream.poll_write_ready(cx))?;
+            let sent = self.stream.try_io(tokio::io::Interest::WRITABLE, || {
+                self.lane.send_to(&self.stream, want)
+            });
+            match sent {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
 impl AsyncRead for CountedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -259,7 +279,11 @@ impl AsyncWrite for CountedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        let result = if is_stand_in(buf) {
+            this.poll_send_file(cx, buf.len())
+        } else {
+            Pin::new(&mut this.stream).poll_write(cx, buf)
+        };
         this.after_write(cx, result)
     }
 
@@ -269,7 +293,18 @@ impl AsyncWrite for CountedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        // Stand-in bytes (a file body's) go as the file's bytes; plain
+        // bytes before them go first, in one `writev`.
+        let result = match bufs.iter().find(|buf| !buf.is_empty()) {
+            Some(first) if is_stand_in(first) => this.poll_send_file(cx, first.len()),
+            _ => {
+                let plain = bufs
+                    .iter()
+                    .position(|buf| is_stand_in(buf))
+                    .unwrap_or(bufs.len());
+                Pin::new(&mut this.stream).poll_write_vectored(cx, &bufs[..plain])
+            }
+        };
         this.after_write(cx, result)
     }
 
@@ -339,8 +374,10 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             warn!(error = %err, "cannot set TCP_NODELAY");
         }
+        let lane = Lane::default();
         let io = TokioIo::new(CountedStream {
             stream,
+            lane: lane.clone(),
             send_timeout: tracker.limits.send_timeout,
             stalled: None,
             guard,
@@ -348,6 +385,7 @@ pub async fn serve(
         let router = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(lane.clone());
             let mut router = router.clone();
             async move { router.call(request.map(axum::body::Body::new)).await }
         });

@@ -10,6 +10,7 @@ mod error;
 pub mod extract;
 pub mod listener;
 pub mod peer;
+pub mod sendfile;
 pub mod ui;
 
 pub use api::files::Transfers;

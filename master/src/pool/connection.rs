@@ -4,19 +4,24 @@
 use super::PoolError;
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 use tokio::io::AsyncRead;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
+use warren_protocol::io::ReceivedDescriptors;
 use warren_protocol::stream::{FrameSender, Stream, StreamRegistry};
 use warren_protocol::{
     Body, Frame, FrameCodec, Heartbeat, Op, OpError, Open, Reply, Request, StreamKind, UserCtx,
 };
 
-type Answer = Result<Reply, OpError>;
+/// A worker's answer, with the descriptor its frame carried (if the reply
+/// says it hands one over; see `warren_protocol::io`).
+type Answer = (Result<Reply, OpError>, Option<OwnedFd>);
 
 /// Why a call did not get an answer from this connection.
 pub(crate) enum CallError {
@@ -38,6 +43,14 @@ pub(crate) struct WorkerConnection {
     pub slot: u32,
     pub pid: u32,
     frames: FrameSender,
+    /// Descriptors received, until their frames are dispatched.
+    received: ReceivedDescriptors,
+    /// Cancelled when the connection ends: whoever holds a descriptor this
+    /// worker handed over (an upload's temp file) stops using it.
+    gone: CancellationToken,
+    /// Uploads into handed-over temp files not yet committed or dropped:
+    /// transfers a drain waits for, like streams.
+    handed_uploads: Arc<AtomicUsize>,
     pending: Mutex<Pending>,
     streams: Arc<StreamRegistry>,
     /// Ids of the streams that end by themselves (file transfers, a task's
@@ -53,11 +66,20 @@ pub(crate) struct WorkerConnection {
 }
 
 impl WorkerConnection {
-    pub fn new(slot: u32, pid: u32, frames: FrameSender, events: super::EventSender) -> Self {
+    pub fn new(
+        slot: u32,
+        pid: u32,
+        frames: FrameSender,
+        received: ReceivedDescriptors,
+        events: super::EventSender,
+    ) -> Self {
         WorkerConnection {
             slot,
             pid,
             frames,
+            received,
+            gone: CancellationToken::new(),
+            handed_uploads: Arc::new(AtomicUsize::new(0)),
             pending: Mutex::new(Pending::default()),
             streams: StreamRegistry::new(),
             transfers: Mutex::new(Vec::new()),
@@ -78,7 +100,18 @@ impl WorkerConnection {
         self.lock_pending().closed
     }
 
-    pub async fn call(&self, user: UserCtx, op: Op) -> Result<Reply, CallError> {
+    /// Cancelled once this connection has ended.
+    pub fn gone(&self) -> CancellationToken {
+        self.gone.clone()
+    }
+
+    /// Counts an upload in progress as a transfer until the guard drops.
+    pub fn count_upload(&self) -> UploadCount {
+        self.handed_uploads.fetch_add(1, Ordering::Relaxed);
+        UploadCount(self.handed_uploads.clone())
+    }
+
+    pub async fn call(&self, user: UserCtx, op: Op) -> Result<(Reply, Option<OwnedFd>), CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         {
@@ -108,8 +141,8 @@ impl WorkerConnection {
         let outcome = answered.await;
         guard.armed = false;
         match outcome {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(err)) => Err(CallError::Op(err)),
+            Ok((Ok(reply), fd)) => Ok((reply, fd)),
+            Ok((Err(err), _)) => Err(CallError::Op(err)),
             Err(_) => Err(CallError::Lost),
         }
     }
@@ -153,6 +186,8 @@ impl WorkerConnection {
         };
         // Dropping the senders wakes every caller with `Lost`.
         drop(waiting);
+        self.received.clear();
+        self.gone.cancel();
         self.streams.fail_all(OpError::WorkerGone(format!(
             "worker {} went away; try again",
             self.slot
@@ -164,9 +199,12 @@ impl WorkerConnection {
     pub fn fail_unsendable(&self, id: u64, why: &warren_protocol::FrameError) {
         let waiter = self.lock_pending().waiting.remove(&id);
         if let Some(waiter) = waiter {
-            let _ = waiter.send(Err(OpError::Invalid(format!(
-                "the request is too large for the worker protocol: {why}"
-            ))));
+            let _ = waiter.send((
+                Err(OpError::Invalid(format!(
+                    "the request is too large for the worker protocol: {why}"
+                ))),
+                None,
+            ));
         }
     }
 
@@ -187,7 +225,7 @@ impl WorkerConnection {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         transfers.retain(|id| self.streams.contains(*id));
-        transfers.len()
+        transfers.len() + self.handed_uploads.load(Ordering::Relaxed)
     }
 
     /// How long this worker has been connected.
@@ -240,10 +278,26 @@ impl WorkerConnection {
     fn dispatch(&self, frame: Frame) -> Result<(), String> {
         match frame.body {
             Body::Response(response) => {
+                let mut result = response.result;
+                let mut fd = None;
+                if result
+                    .as_ref()
+                    .is_ok_and(|reply| reply.hands_over_descriptor())
+                {
+                    match self.received.take().map_err(String::from)? {
+                        Some(received) => fd = Some(received),
+                        None => {
+                            result = Err(OpError::Busy(
+                                "the server is out of file descriptors; try again shortly".into(),
+                            ))
+                        }
+                    }
+                }
                 let waiter = self.lock_pending().waiting.remove(&frame.id);
-                // No waiter: the caller gave up and a Cancel is on its way.
+                // No waiter: the caller gave up and a Cancel is on its way
+                // (a descriptor that came is closed here).
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(response.result);
+                    let _ = waiter.send((result, fd));
                 }
                 Ok(())
             }
@@ -267,6 +321,17 @@ impl WorkerConnection {
                 .map_err(|violation| violation.to_string()),
             other => Err(format!("unexpected frame from a worker: {other:?}")),
         }
+    }
+}
+
+/// One upload counted as a transfer of its connection (see
+/// [`WorkerConnection::count_upload`]).
+#[derive(Debug)]
+pub struct UploadCount(Arc<AtomicUsize>);
+
+impl Drop for UploadCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -114,6 +114,19 @@ impl PoolConfig {
     }
 }
 
+/// An open file a worker handed over with its answer (see
+/// `warren_protocol::io`): a file to read (a download) or an upload's temp
+/// file to write. Closed when dropped.
+#[derive(Debug)]
+pub struct HandedFile {
+    pub file: std::fs::File,
+    /// Cancelled when the worker that handed it over is gone: an upload
+    /// then stops (its temp file is swept by the next worker).
+    pub worker_gone: CancellationToken,
+    /// An upload counts as a transfer of its worker until it ends.
+    _counted: Option<connection::UploadCount>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// The user's worker is down (crashed, restarting or hung) or died while
@@ -338,6 +351,36 @@ impl Pool {
     /// Runs `op` on the worker of `slot` (what concerns every worker, such
     /// as an administrator's view of every user's apps).
     pub async fn call_slot(&self, slot: u32, user: &UserCtx, op: Op) -> Result<Reply, PoolError> {
+        // A descriptor handed over unasked for is closed here.
+        self.call_on(slot, user, op)
+            .await
+            .map(|(reply, _fd, _connection)| reply)
+    }
+
+    /// Runs `op`, whose answer may hand over an open file (a read's
+    /// [`Reply::Opened`], an upload's [`Reply::UploadOpened`]): the file
+    /// comes with a watch on the worker that opened it.
+    pub async fn call_handing(
+        &self,
+        user: &UserCtx,
+        op: Op,
+    ) -> Result<(Reply, Option<HandedFile>), PoolError> {
+        let (reply, fd, connection) = self.call_on(self.slot_for(user), user, op).await?;
+        let handed = fd.map(|fd| HandedFile {
+            file: std::fs::File::from(fd),
+            worker_gone: connection.gone(),
+            _counted: matches!(reply, Reply::UploadOpened { .. })
+                .then(|| connection.count_upload()),
+        });
+        Ok((reply, handed))
+    }
+
+    async fn call_on(
+        &self,
+        slot: u32,
+        user: &UserCtx,
+        op: Op,
+    ) -> Result<(Reply, Option<std::os::fd::OwnedFd>, Arc<WorkerConnection>), PoolError> {
         let started = Instant::now();
         let deadline = started + self.config.unavailable_wait;
         let _inflight = self.metrics.inflight_guard();
@@ -346,7 +389,7 @@ impl Pool {
         let outcome = loop {
             let connection = self.connection(slot, deadline, stale.as_ref()).await?;
             match connection.call(user.clone(), op).await {
-                Ok(reply) => break Ok(reply),
+                Ok((reply, fd)) => break Ok((reply, fd, connection)),
                 Err(CallError::Op(err)) => break Err(PoolError::Op(err)),
                 Err(CallError::Lost) => break Err(PoolError::WorkerUnavailable { slot }),
                 // That worker is already gone; wait for its replacement.

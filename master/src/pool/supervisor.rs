@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
-use warren_protocol::io::{handshake, write_frames, SharedConnection};
+use warren_protocol::io::{handshake, write_frames, DescriptorReader, ReceivedDescriptors};
 use warren_protocol::{FrameCodec, Hello, PeerRole, PROTOCOL_VERSION};
 
 const READ_BUFFER: usize = 64 * 1024;
@@ -244,7 +245,7 @@ async fn run_once(
             return End::Stopped;
         }
     };
-    let (reader, writer_half) = match connected {
+    let (reader, writer_half, received) = match connected {
         Ok(halves) => halves,
         Err(reason) => {
             stop_child(&mut child, Duration::ZERO).await;
@@ -257,11 +258,14 @@ async fn run_once(
         slot.index,
         pid,
         frames,
+        received,
         events.clone(),
     ));
     let writer = tokio::spawn({
         let connection = connection.clone();
-        write_frames(outgoing, writer_half, move |id, err| {
+        // The master hands nothing over to a worker.
+        let handed: Option<warren_protocol::io::HandOverReceiver<std::os::fd::OwnedFd>> = None;
+        write_frames(outgoing, handed, writer_half, move |id, err| {
             warn!(id, error = %err, "a request too large for a frame was refused");
             connection.fail_unsendable(id, &err);
         })
@@ -354,13 +358,13 @@ async fn run_once(
     end
 }
 
-type ReadHalf = FramedRead<SharedConnection<LocalStream>, FrameCodec>;
+type ReadHalf = FramedRead<DescriptorReader, FrameCodec>;
 
 async fn accept_and_handshake(
     listener: &Listener,
     slot: u32,
     pid: u32,
-) -> Result<(ReadHalf, SharedConnection<LocalStream>), String> {
+) -> Result<(ReadHalf, OwnedWriteHalf, ReceivedDescriptors), String> {
     let stream = loop {
         let stream = listener
             .accept()
@@ -381,7 +385,11 @@ async fn accept_and_handshake(
             _ => break stream,
         }
     };
-    let (read_half, mut write_half) = SharedConnection::pair(stream);
+    // A tokio socket, read with `recvmsg`: the worker hands over open
+    // files with its answers (see warren_protocol::io).
+    let LocalStream::UdSocket(stream) = stream;
+    let (read_half, mut write_half) = tokio::net::UnixStream::from(stream).into_split();
+    let (read_half, received) = DescriptorReader::new(read_half);
     let mut reader = FramedRead::with_capacity(read_half, FrameCodec::new(), READ_BUFFER);
     let ours = Hello {
         version: PROTOCOL_VERSION,
@@ -404,7 +412,7 @@ async fn accept_and_handshake(
             theirs.pid
         ));
     }
-    Ok((reader, write_half))
+    Ok((reader, write_half, received))
 }
 
 fn spawn_worker(config: &PoolConfig, slot: u32, socket: &Path) -> std::io::Result<Child> {

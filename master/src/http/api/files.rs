@@ -9,6 +9,7 @@
 use crate::activity::ActivityKind;
 use crate::http::error::{ErrorBody, ErrorCode};
 use crate::http::extract::{ApiQuery, Authed};
+use crate::http::sendfile::{FileBody, Lane};
 use crate::http::{ApiError, AppState};
 use crate::pool::PoolError;
 use axum::body::{Body, HttpBody};
@@ -319,13 +320,24 @@ pub(super) async fn get_file(
     headers: HeaderMap,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     ApiQuery(query): ApiQuery<ListQuery>,
+    lane: Option<axum::Extension<Lane>>,
 ) -> Result<Response, ApiError> {
     let path = checked(&path?.0)?;
     let user = &principal.ctx;
-    // A small file comes whole with its description, in one round trip.
-    let (entry, content) = match call(&state, user, FileOp::Read { path: path.clone() }).await? {
-        Reply::File { entry, content } => (entry, content),
-        other => return Err(unexpected(other)),
+    // A small file comes whole with its description, in one round trip; a
+    // larger one comes opened (the worker hands over its descriptor), and
+    // the master sends its bytes itself.
+    let op = FileOp::Read {
+        path: path.clone(),
+        hand_over: true,
+    };
+    let (entry, content) = match state.pool.call_handing(user, Op::Files(op)).await? {
+        (Reply::File { entry, content }, _) => (entry, content),
+        (Reply::Opened { entry }, Some(handed)) => {
+            let lane = lane.map(|axum::Extension(lane)| lane);
+            return send_opened(&state, user, &path, &entry, handed, &method, &headers, lane);
+        }
+        (other, _) => return Err(unexpected(other)),
     };
     if entry.kind == EntryKind::Dir {
         return list(&state, user, &path, query).await;
@@ -353,6 +365,32 @@ pub(super) async fn get_file(
         Body::from(part.to_vec())
     };
     Ok(plan.respond(body))
+}
+
+/// A GET of a file the worker opened and handed over: its bytes go from
+/// that file to the client with `sendfile` (see `crate::http::sendfile`).
+#[allow(clippy::too_many_arguments)]
+fn send_opened(
+    state: &AppState,
+    user: &UserCtx,
+    path: &str,
+    entry: &Entry,
+    handed: crate::pool::HandedFile,
+    method: &Method,
+    headers: &HeaderMap,
+    lane: Option<Lane>,
+) -> Result<Response, ApiError> {
+    let plan = match plan_read(path, entry, headers)? {
+        Read::Answer(response) => return Ok(response),
+        Read::Bytes(plan) => plan,
+    };
+    if *method == Method::HEAD || plan.len == 0 {
+        return Ok(plan.respond(Body::empty()));
+    }
+    // Counted until the body is sent or dropped.
+    let transfer = Transfer::begin(state, user.id)?;
+    let body = FileBody::new(handed.file, plan.offset, plan.len, lane, Box::new(transfer));
+    Ok(plan.respond(Body::new(body)))
 }
 
 /// A GET of a file too large to come in one reply: its bytes are streamed.
@@ -679,13 +717,21 @@ pub(super) async fn put_file(
         (None, Some(_)) => Precondition::Absent,
         (None, None) => Precondition::None,
     };
-    let kind = StreamKind::WriteFile {
+    let target = Target {
         path: path.clone(),
         precondition,
         parents: query.parents,
         staged: false,
     };
-    let outcome = write_stream(&state, &principal.ctx, kind, body.into_data_stream()).await?;
+    let expected = body.size_hint().exact();
+    let outcome = write(
+        &state,
+        &principal.ctx,
+        target,
+        expected,
+        body.into_data_stream(),
+    )
+    .await?;
     announce(&state, &principal, ActivityKind::FileWritten { path });
     let status = if outcome.created {
         StatusCode::CREATED
@@ -693,6 +739,297 @@ pub(super) async fn put_file(
         StatusCode::OK
     };
     Ok(entry_response(status, &outcome.entry))
+}
+
+/// Where an upload goes.
+struct Target {
+    path: String,
+    precondition: Precondition,
+    parents: bool,
+    staged: bool,
+}
+
+/// Writes `chunks` into `target`: atomic, within the quota, nothing left
+/// behind if the chunks fail or stop. The worker checks the target and
+/// hands over a temp file, which the master writes itself
+/// ([`write_handed`]); if it cannot be handed over (the master is out of
+/// descriptors), the bytes go through the worker as a stream.
+async fn write<E>(
+    state: &AppState,
+    user: &UserCtx,
+    target: Target,
+    expected: Option<u64>,
+    chunks: impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+) -> Result<warren_protocol::WriteOutcome, ApiError> {
+    let transfer = Transfer::begin(state, user.id)?;
+    let op = FileOp::BeginUpload {
+        path: target.path.clone(),
+        precondition: target.precondition.clone(),
+        parents: target.parents,
+        staged: target.staged,
+        expected,
+    };
+    match state.pool.call_handing(user, Op::Files(op)).await {
+        Ok((Reply::UploadOpened { upload, reserved }, Some(handed))) => {
+            let upload = Upload {
+                state: state.clone(),
+                user: user.clone(),
+                id: upload,
+                reserved,
+                worker_gone: handed.worker_gone.clone(),
+                open: true,
+            };
+            write_handed(upload, handed, chunks).await
+        }
+        Ok((other, _)) => Err(unexpected(other)),
+        Err(PoolError::Op(OpError::Busy(why))) => {
+            tracing::debug!(%why, "an upload goes as a stream");
+            drop(transfer);
+            let kind = StreamKind::WriteFile {
+                path: target.path,
+                precondition: target.precondition,
+                parents: target.parents,
+                staged: target.staged,
+            };
+            write_stream(state, user, kind, chunks).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Bytes gathered for one write into a handed-over temp file.
+const UPLOAD_BATCH: usize = 1024 * 1024;
+/// Bytes written between two background flushes of an upload (so the
+/// fsync at the commit waits only for the tail).
+const UPLOAD_FLUSH_STEP: u64 = 8 * 1024 * 1024;
+/// An upload of unknown length reserves quota ahead in steps of at least
+/// this, doubling with what was written (up to [`RESERVE_STEP_MAX`]).
+const RESERVE_STEP_MIN: u64 = 8 * 1024 * 1024;
+const RESERVE_STEP_MAX: u64 = 256 * 1024 * 1024;
+
+/// An upload whose temp file the master writes; dropped at its worker
+/// unless committed, whatever ends the request.
+struct Upload {
+    state: AppState,
+    user: UserCtx,
+    id: u64,
+    /// Bytes the worker reserved against the quota: what may be written
+    /// before asking for more.
+    reserved: u64,
+    worker_gone: tokio_util::sync::CancellationToken,
+    open: bool,
+}
+
+impl Upload {
+    /// Makes room for `total` bytes in all (or fails: over quota).
+    async fn reserve(&mut self, total: u64) -> Result<(), ApiError> {
+        if total <= self.reserved {
+            return Ok(());
+        }
+        let ahead = total
+            + (total)
+                .clamp(RESERVE_STEP_MIN, RESERVE_STEP_MAX)
+                .min(u64::MAX - total);
+        let op = FileOp::ReserveUpload {
+            upload: self.id,
+            total: ahead,
+        };
+        let op_exact = FileOp::ReserveUpload {
+            upload: self.id,
+            total,
+        };
+        // Ahead if the quota allows, else exactly what is needed.
+        let reply = match call(&self.state, &self.user, op).await {
+            Err(ApiError::Pool(PoolError::Op(
+                OpError::QuotaExceeded { .. }
+                | OpError::EntryQuotaExceeded { .. }
+                | OpError::DiskFull(_),
+            ))) => call(&self.state, &self.user, op_exact).await?,
+            other => other?,
+        };
+        match reply {
+            Reply::Reserved { reserved } => {
+                self.reserved = reserved;
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn commit(mut self, len: u64) -> Result<warren_protocol::WriteOutcome, ApiError> {
+        let op = FileOp::CommitUpload {
+            upload: self.id,
+            len,
+        };
+        // Whatever the answer, the worker no longer keeps it.
+        self.open = false;
+        match call(&self.state, &self.user, op).await? {
+            Reply::Written(mut written) if written.len() == 1 => Ok(written.remove(0)),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // A worker that is gone took its uploads with it (and the next one
+        // sweeps their temp files).
+        if !self.open || self.worker_gone.is_cancelled() {
+            return;
+        }
+        let (state, user, upload) = (self.state.clone(), self.user.clone(), self.id);
+        tokio::spawn(async move {
+            let op = FileOp::DropUpload { upload };
+            if let Err(err) = state.pool.call(&user, Op::Files(op)).await {
+                // The worker drops it itself after a while.
+                tracing::debug!(%err, "could not drop an abandoned upload");
+            }
+        });
+    }
+}
+
+/// Writes `chunks` into the upload's handed-over temp file, then asks the
+/// worker to commit. Double-buffered: while one batch is written on the
+/// blocking pool, the next is taken from the client; every
+/// [`UPLOAD_FLUSH_STEP`] a flush starts in the background (its error,
+/// seen once per open file, fails the upload). Stops at once when the
+/// worker that handed the file over goes away.
+async fn write_handed<E>(
+    mut upload: Upload,
+    handed: crate::pool::HandedFile,
+    mut chunks: impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+) -> Result<warren_protocol::WriteOutcome, ApiError> {
+    let file = std::sync::Arc::new(handed.file);
+    let idle = upload.state.upload_idle_timeout;
+    let gone = upload.worker_gone.clone();
+    let mut written = 0u64;
+    let mut writing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+    let mut flushing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+    let mut flushed = 0u64;
+    let worker_gone = || {
+        ApiError::Pool(PoolError::Op(OpError::WorkerGone(
+            "the worker went away during the upload; nothing was written, try again".into(),
+        )))
+    };
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(idle, chunks.next()) => next,
+            () = gone.cancelled() => return Err(worker_gone()),
+        };
+        let first = match next {
+            Err(_) => return Err(stalled(idle)),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::BadRequest("the upload was interrupted".into()))
+            }
+            Ok(Some(Ok(bytes))) => bytes,
+        };
+        let (batch, more) = gather_batch(first, &mut chunks);
+        let len: u64 = batch.iter().map(|b| b.len() as u64).sum();
+        upload.reserve(written + len).await?;
+        if let Some(previous) = writing.take() {
+            finished(previous.await)?;
+        }
+        let target = file.clone();
+        writing = Some(tokio::task::spawn_blocking(move || {
+            write_all(&target, batch)
+        }));
+        written += len;
+        if flushing.as_ref().is_none_or(|task| task.is_finished()) {
+            if let Some(done) = flushing.take() {
+                finished(done.await)?;
+            }
+            if written >= flushed + UPLOAD_FLUSH_STEP {
+                flushed = written;
+                let target = file.clone();
+                flushing = Some(tokio::task::spawn_blocking(move || target.sync_data()));
+            }
+        }
+        match more {
+            Gathered::More => {}
+            Gathered::Ended => break,
+            Gathered::Failed => {
+                return Err(ApiError::BadRequest("the upload was interrupted".into()))
+            }
+        }
+    }
+    if let Some(last) = writing.take() {
+        finished(last.await)?;
+    }
+    if let Some(last) = flushing.take() {
+        finished(last.await)?;
+    }
+    // Closed before the commit: the master holds no descriptor of a file
+    // in place.
+    drop(file);
+    if gone.is_cancelled() {
+        return Err(worker_gone());
+    }
+    upload.commit(written).await
+}
+
+/// `first` and the chunks that have already arrived after it, up to
+/// [`UPLOAD_BATCH`] bytes, kept apart (written with one `writev`).
+fn gather_batch<E>(
+    first: bytes::Bytes,
+    chunks: &mut (impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin),
+) -> (Vec<bytes::Bytes>, Gathered) {
+    let mut size = first.len();
+    let mut batch = vec![first];
+    while size < UPLOAD_BATCH {
+        match futures_util::FutureExt::now_or_never(chunks.next()) {
+            Some(Some(Ok(more))) => {
+                size += more.len();
+                batch.push(more);
+            }
+            Some(Some(Err(_))) => return (batch, Gathered::Failed),
+            Some(None) => return (batch, Gathered::Ended),
+            None => break,
+        }
+    }
+    (batch, Gathered::More)
+}
+
+/// Appends `batch` to `file` (opened for appending at its end by the worker).
+fn write_all(file: &std::fs::File, batch: Vec<bytes::Bytes>) -> std::io::Result<()> {
+    use std::io::{IoSlice, Write};
+    let mut slices: Vec<IoSlice<'_>> = batch
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| IoSlice::new(b))
+        .collect();
+    let mut rest = &mut slices[..];
+    let mut out = file;
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// The outcome of a write or flush of an upload's temp file.
+fn finished(done: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ApiError> {
+    let err = match done {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(err)) => err,
+        Err(joined) => std::io::Error::other(joined),
+    };
+    let full = matches!(
+        err.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error()
+            || code == rustix::io::Errno::DQUOT.raw_os_error()
+    );
+    Err(if full {
+        ApiError::Pool(PoolError::Op(OpError::DiskFull(
+            "the server's disk is full; nothing was written".into(),
+        )))
+    } else {
+        ApiError::Internal(format!("cannot write the upload: {err}"))
+    })
 }
 
 /// Streams `chunks` into `path` through the user's worker: atomic, within
@@ -853,13 +1190,13 @@ pub(super) async fn upload(
             format!("{dir}/{name}")
         };
         paths.push(path.clone());
-        let kind = StreamKind::WriteFile {
+        let target = Target {
             path,
             precondition: Precondition::None,
             parents: false,
             staged: true,
         };
-        let outcome = write_stream(&state, &principal.ctx, kind, &mut field).await?;
+        let outcome = write(&state, &principal.ctx, target, None, &mut field).await?;
         let stage = outcome
             .stage
             .ok_or_else(|| ApiError::Internal("the worker did not stage an upload part".into()))?;
