@@ -244,9 +244,15 @@ pub struct ConnectionMetrics {
     accepted: Counter,
     rejected: Family<ReasonLabels, Counter>,
     timeouts: Family<KindLabels, Counter>,
+    sendfile_bytes: Counter,
 }
 
 impl ConnectionMetrics {
+    /// Counts file bytes sent with `sendfile` (see `http::sendfile`).
+    pub(crate) fn sendfile_bytes(&self) -> Counter {
+        self.sendfile_bytes.clone()
+    }
+
     pub(crate) fn opened(&self) {
         self.accepted.inc();
         self.open.inc();
@@ -558,6 +564,7 @@ impl Metrics {
             accepted: Counter::default(),
             rejected: Family::default(),
             timeouts: Family::default(),
+            sendfile_bytes: Counter::default(),
         };
         // Every series shows from the start, at 0.
         for reason in ["max_connections", "max_connections_per_address"] {
@@ -585,6 +592,11 @@ impl Metrics {
             "warren_http_connection_timeouts",
             "HTTP connections closed by a timeout, by kind (header_read: no complete request headers in time, idle keep-alive included; send: the client accepted no byte of a response for --send-timeout; body: a JSON request body not complete within --body-timeout)",
             connections.timeouts.clone(),
+        );
+        registry.register(
+            "warren_files_sendfile_bytes",
+            "File bytes sent to clients with sendfile(2), straight from a file the worker opened (downloads of files over 64 KiB)",
+            connections.sendfile_bytes.clone(),
         );
         let tasks = TaskMetrics {
             finished: Family::default(),

@@ -374,7 +374,7 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             warn!(error = %err, "cannot set TCP_NODELAY");
         }
-        let lane = Lane::default();
+        let lane = Lane::new(tracker.metrics.sendfile_bytes());
         let io = TokioIo::new(CountedStream {
             stream,
             lane: lane.clone(),

@@ -59,8 +59,11 @@ struct Job {
 /// The file parts a connection's responses are sending, in order; shared
 /// by the connection's socket and the bodies of its requests (each request
 /// gets it as an extension).
-#[derive(Debug, Clone, Default)]
-pub struct Lane(Arc<Mutex<Jobs>>);
+#[derive(Debug, Clone)]
+pub struct Lane {
+    jobs: Arc<Mutex<Jobs>>,
+    sent: prometheus_client::metrics::counter::Counter,
+}
 
 #[derive(Debug, Default)]
 struct Jobs {
@@ -72,8 +75,16 @@ struct Jobs {
 }
 
 impl Lane {
+    /// A connection's lane; `sent` counts the bytes it sends.
+    pub fn new(sent: prometheus_client::metrics::counter::Counter) -> Lane {
+        Lane {
+            jobs: Arc::default(),
+            sent,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends up to `want` bytes of the first file part to `socket` (which
@@ -102,6 +113,7 @@ impl Lane {
         }
         job.offset = offset;
         job.remaining -= sent as u64;
+        self.sent.inc_by(sent as u64);
         if job.remaining == 0 {
             jobs.queue.pop_front();
         }
