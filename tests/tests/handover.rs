@@ -94,7 +94,7 @@ async fn downloads_and_ranges_go_from_the_workers_open_file_by_sendfile() {
             .expect("GET range");
         assert_eq!(part.status().as_u16(), 206, "{range}");
         assert!(
-            part.bytes().await.expect("body") == &content[start..end],
+            part.bytes().await.expect("body") == content[start..end],
             "{range}: wrong bytes"
         );
     }
