@@ -117,14 +117,38 @@ impl PoolConfig {
 /// An open file a worker handed over with its answer (see
 /// `warren_protocol::io`): a file to read (a download) or an upload's temp
 /// file to write. Closed when dropped.
-#[derive(Debug)]
 pub struct HandedFile {
     pub file: std::fs::File,
-    /// Cancelled when the worker that handed it over is gone: an upload
-    /// then stops (its temp file is swept by the next worker).
-    pub worker_gone: CancellationToken,
+    pub worker: HandingWorker,
+}
+
+/// The worker that handed a file over: later calls about that file (an
+/// upload's reservations and commit) must reach this very worker, even
+/// while it drains for a restart (which waits for them).
+pub struct HandingWorker {
+    connection: Arc<WorkerConnection>,
     /// An upload counts as a transfer of its worker until it ends.
     _counted: Option<connection::UploadCount>,
+}
+
+impl HandingWorker {
+    /// Cancelled when the worker is gone: an upload then stops (its temp
+    /// file is swept by the next worker).
+    pub fn gone(&self) -> CancellationToken {
+        self.connection.gone()
+    }
+
+    /// Runs `op` on this worker; `WorkerUnavailable` once it is gone.
+    pub async fn call(&self, user: &UserCtx, op: Op) -> Result<Reply, PoolError> {
+        let slot = self.connection.slot;
+        match self.connection.call(user.clone(), op).await {
+            Ok((reply, _)) => Ok(reply),
+            Err(CallError::Op(err)) => Err(PoolError::Op(err)),
+            Err(CallError::Lost | CallError::NotSent(_)) => {
+                Err(PoolError::WorkerUnavailable { slot })
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -368,9 +392,11 @@ impl Pool {
         let (reply, fd, connection) = self.call_on(self.slot_for(user), user, op).await?;
         let handed = fd.map(|fd| HandedFile {
             file: std::fs::File::from(fd),
-            worker_gone: connection.gone(),
-            _counted: matches!(reply, Reply::UploadOpened { .. })
-                .then(|| connection.count_upload()),
+            worker: HandingWorker {
+                _counted: matches!(reply, Reply::UploadOpened { .. })
+                    .then(|| connection.count_upload()),
+                connection,
+            },
         });
         Ok((reply, handed))
     }

@@ -776,15 +776,15 @@ async fn write<E>(
     };
     match state.pool.call_handing(user, Op::Files(op)).await {
         Ok((Reply::UploadOpened { upload, reserved }, Some(handed))) => {
+            let crate::pool::HandedFile { file, worker } = handed;
             let upload = Upload {
-                state: state.clone(),
                 user: user.clone(),
                 id: upload,
                 reserved,
-                worker_gone: handed.worker_gone.clone(),
+                worker: std::sync::Arc::new(worker),
                 open: true,
             };
-            write_handed(upload, handed, chunks).await
+            write_handed(upload, file, state.upload_idle_timeout, chunks).await
         }
         Ok((other, _)) => Err(unexpected(other)),
         Err(PoolError::Op(OpError::Busy(why))) => {
@@ -815,13 +815,14 @@ const RESERVE_STEP_MAX: u64 = 256 * 1024 * 1024;
 /// An upload whose temp file the master writes; dropped at its worker
 /// unless committed, whatever ends the request.
 struct Upload {
-    state: AppState,
     user: UserCtx,
     id: u64,
     /// Bytes the worker reserved against the quota: what may be written
     /// before asking for more.
     reserved: u64,
-    worker_gone: tokio_util::sync::CancellationToken,
+    /// The worker that handed the temp file over: every call about the
+    /// upload goes to it.
+    worker: std::sync::Arc<crate::pool::HandingWorker>,
     open: bool,
 }
 
@@ -844,12 +845,12 @@ impl Upload {
             total,
         };
         // Ahead if the quota allows, else exactly what is needed.
-        let reply = match call(&self.state, &self.user, op).await {
+        let reply = match self.call(op).await {
             Err(ApiError::Pool(PoolError::Op(
                 OpError::QuotaExceeded { .. }
                 | OpError::EntryQuotaExceeded { .. }
                 | OpError::DiskFull(_),
-            ))) => call(&self.state, &self.user, op_exact).await?,
+            ))) => self.call(op_exact).await?,
             other => other?,
         };
         match reply {
@@ -861,6 +862,10 @@ impl Upload {
         }
     }
 
+    async fn call(&self, op: FileOp) -> Result<Reply, ApiError> {
+        Ok(self.worker.call(&self.user, Op::Files(op)).await?)
+    }
+
     async fn commit(mut self, len: u64) -> Result<warren_protocol::WriteOutcome, ApiError> {
         let op = FileOp::CommitUpload {
             upload: self.id,
@@ -868,7 +873,7 @@ impl Upload {
         };
         // Whatever the answer, the worker no longer keeps it.
         self.open = false;
-        match call(&self.state, &self.user, op).await? {
+        match self.call(op).await? {
             Reply::Written(mut written) if written.len() == 1 => Ok(written.remove(0)),
             other => Err(unexpected(other)),
         }
@@ -879,13 +884,13 @@ impl Drop for Upload {
     fn drop(&mut self) {
         // A worker that is gone took its uploads with it (and the next one
         // sweeps their temp files).
-        if !self.open || self.worker_gone.is_cancelled() {
+        if !self.open || self.worker.gone().is_cancelled() {
             return;
         }
-        let (state, user, upload) = (self.state.clone(), self.user.clone(), self.id);
+        let (worker, user, upload) = (self.worker.clone(), self.user.clone(), self.id);
         tokio::spawn(async move {
             let op = FileOp::DropUpload { upload };
-            if let Err(err) = state.pool.call(&user, Op::Files(op)).await {
+            if let Err(err) = worker.call(&user, Op::Files(op)).await {
                 // The worker drops it itself after a while.
                 tracing::debug!(%err, "could not drop an abandoned upload");
             }
@@ -901,12 +906,12 @@ impl Drop for Upload {
 /// worker that handed the file over goes away.
 async fn write_handed<E>(
     mut upload: Upload,
-    handed: crate::pool::HandedFile,
+    file: std::fs::File,
+    idle: Duration,
     mut chunks: impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
 ) -> Result<warren_protocol::WriteOutcome, ApiError> {
-    let file = std::sync::Arc::new(handed.file);
-    let idle = upload.state.upload_idle_timeout;
-    let gone = upload.worker_gone.clone();
+    let file = std::sync::Arc::new(file);
+    let gone = upload.worker.gone();
     let mut written = 0u64;
     let mut writing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
     let mut flushing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
