@@ -294,8 +294,8 @@ pub struct ServeArgs {
     /// Any other request body that stalls this long also ends with 408.
     #[arg(long, env = "WARREN_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub upload_idle_timeout: Duration,
-    /// Streamed uploads and downloads one user may have at once; more get
-    /// 429 (each holds up to a few MiB of buffers in master and worker).
+    /// Uploads and downloads (of files over 64 KiB) one user may have at
+    /// once; more get 429 (each holds an open file in the master).
     #[arg(long, env = "WARREN_MAX_TRANSFERS_PER_USER", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_transfers_per_user: u32,
     /// Login attempts per minute from one client address.

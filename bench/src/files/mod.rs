@@ -8,12 +8,12 @@
 //! - (a) throughput and latency of an authenticated `GET` of a 1 KiB file
 //!   (`Authorization: Bearer`), `--concurrency` keep-alive connections back
 //!   to back, beside the bare server answering the same 1,024 bytes from
-//!   memory, in alternating slices. Target: warren ≥ 0.5× bare.
+//!   memory, in alternating slices. Target: warren ≥ 0.6× bare.
 //! - (b) a `--size-mib` file uploaded (`PUT`, the body made on demand in
 //!   1 MiB chunks) and downloaded (`GET`, every byte checked), beside a local
 //!   copy of a file as large (read + write, then fsync: warren fsyncs every
 //!   upload); `--repetitions` times, each figure's median reported. Target:
-//!   upload and download each ≥ 0.5× the copy. Each upload and each copy is
+//!   upload ≥ 0.6× and download ≥ 0.8× the copy. Each upload and each copy is
 //!   preceded by an untimed write of as many bytes (see [`transfer::prime`]).
 //! - (c) resident memory (`VmRSS`) of the master and of its workers during
 //!   (b)'s transfers, against the idle reading before the first one. Target
