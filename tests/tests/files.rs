@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 use warren_tests::accounts::Caller;
-use warren_tests::files::{put, workspace_of};
+use warren_tests::files::{channel_body, get_bytes, put, workspace_of};
 use warren_tests::{eventually, metric_value, Server, ServerOptions};
 
 async fn server_with(users: &[&str]) -> (Server, Vec<Caller>) {
@@ -21,23 +21,6 @@ async fn server_from(options: ServerOptions, users: &[&str]) -> (Server, Vec<Cal
     let admin = Caller::admin(&server).await;
     let callers = warren_tests::accounts::users_on(&server, &admin, users).await;
     (server, callers)
-}
-
-async fn get_bytes(caller: &Caller, path: &str) -> (u16, Vec<u8>) {
-    let response = caller
-        .request(Method::GET, &format!("/api/v1/files/{path}"))
-        .send()
-        .await
-        .expect("GET");
-    let status = response.status().as_u16();
-    (
-        status,
-        response
-            .bytes()
-            .await
-            .map(|b| b.to_vec())
-            .unwrap_or_default(),
-    )
 }
 
 /// Sends `method raw_target` exactly as given (no client-side path
@@ -358,7 +341,7 @@ async fn a_worker_killed_mid_upload_leaves_no_partial_file() {
         .join("tmp");
     // A body that trickles: 1 MiB, then waits.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let body = reqwest::Body::wrap_stream(tokio_stream_of(rx));
+    let body = channel_body(rx);
     let upload = {
         let request = dave
             .request(Method::PUT, "/api/v1/files/big.bin")
@@ -391,15 +374,6 @@ async fn a_worker_killed_mid_upload_leaves_no_partial_file() {
     assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);
 }
 
-/// A `Stream` over an mpsc receiver (reqwest wants a `Stream` body).
-fn tokio_stream_of(
-    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
     let (server, callers) = server_with(&["erin"]).await;
@@ -412,7 +386,7 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let request = erin
         .request(Method::PUT, "/api/v1/files/half.bin")
-        .body(reqwest::Body::wrap_stream(tokio_stream_of(rx)));
+        .body(channel_body(rx));
     let upload = tokio::spawn(async move { request.send().await });
     for _ in 0..8 {
         tx.send(Ok(vec![1u8; 64 * 1024])).await.expect("feed");
@@ -451,7 +425,7 @@ async fn a_stalled_upload_times_out_and_leaves_nothing() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let request = gina
         .request(Method::PUT, "/api/v1/files/stalled.bin")
-        .body(reqwest::Body::wrap_stream(tokio_stream_of(rx)));
+        .body(channel_body(rx));
     let started = std::time::Instant::now();
     let upload = tokio::spawn(async move { request.send().await });
     tx.send(Ok(vec![1u8; 64 * 1024])).await.expect("feed");
@@ -491,7 +465,7 @@ async fn streamed_transfers_per_user_are_capped() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let request = hana
         .request(Method::PUT, "/api/v1/files/first.bin")
-        .body(reqwest::Body::wrap_stream(tokio_stream_of(rx)));
+        .body(channel_body(rx));
     let first = tokio::spawn(async move { request.send().await });
     tx.send(Ok(vec![1u8; 1024])).await.expect("feed");
     assert!(

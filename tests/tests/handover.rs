@@ -10,7 +10,7 @@ use reqwest::Method;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren_tests::accounts::Caller;
-use warren_tests::files::put;
+use warren_tests::files::{channel_body, get_bytes, put};
 use warren_tests::{eventually, metric_value, Server, ServerOptions};
 
 async fn server_from(options: ServerOptions, users: &[&str]) -> (Server, Vec<Caller>) {
@@ -52,15 +52,6 @@ async fn sendfile_bytes(server: &Server) -> f64 {
         "",
     )
     .unwrap_or(0.0)
-}
-
-/// A `Stream` over an mpsc receiver (reqwest wants a `Stream` body).
-fn stream_of(
-    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +136,7 @@ async fn uploads_are_written_by_the_master_into_the_workers_temp_file() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let request = bob
         .request(Method::PUT, "/api/v1/files/up.bin")
-        .body(reqwest::Body::wrap_stream(stream_of(rx)));
+        .body(channel_body(rx));
     let upload = tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) });
     let content = pattern(3 << 20);
     tx.send(Ok(content[..1 << 20].to_vec()))
@@ -164,7 +155,7 @@ async fn uploads_are_written_by_the_master_into_the_workers_temp_file() {
     drop(tx);
     let status = upload.await.expect("task").expect("PUT");
     assert_eq!(status, 201);
-    let (status, body) = get(bob, "up.bin").await;
+    let (status, body) = get_bytes(bob, "up.bin").await;
     assert_eq!(status, 200);
     assert!(body == content, "the file is not what was sent");
     assert!(
@@ -178,7 +169,7 @@ async fn uploads_are_written_by_the_master_into_the_workers_temp_file() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let request = bob
         .request(Method::PUT, "/api/v1/files/half.bin")
-        .body(reqwest::Body::wrap_stream(stream_of(rx)));
+        .body(channel_body(rx));
     let upload = tokio::spawn(async move { request.send().await });
     tx.send(Ok(vec![1; 1 << 20])).await.expect("feed");
     assert!(
@@ -200,7 +191,7 @@ async fn uploads_are_written_by_the_master_into_the_workers_temp_file() {
         cleaned,
         "an abandoned upload left its temp file or descriptor"
     );
-    assert_eq!(get(bob, "half.bin").await.0, 404);
+    assert_eq!(get_bytes(bob, "half.bin").await.0, 404);
 
     // A declared length over the quota is refused before any byte is
     // written, and no descriptor is handed over.
@@ -230,21 +221,6 @@ async fn uploads_are_written_by_the_master_into_the_workers_temp_file() {
     assert!(open_under(server.pid, &tmp).is_empty());
 }
 
-async fn get(caller: &Caller, path: &str) -> (u16, Vec<u8>) {
-    let response = caller
-        .request(Method::GET, &format!("/api/v1/files/{path}"))
-        .send()
-        .await
-        .expect("GET");
-    let status = response.status().as_u16();
-    let body = response
-        .bytes()
-        .await
-        .map(|b| b.to_vec())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_between_hand_off_and_commit_leaves_nothing() {
     let (server, callers) = server_from(ServerOptions::workers(1), &["cat"]).await;
@@ -254,7 +230,7 @@ async fn a_worker_killed_between_hand_off_and_commit_leaves_nothing() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let request = cat
         .request(Method::PUT, "/api/v1/files/kept.bin")
-        .body(reqwest::Body::wrap_stream(stream_of(rx)));
+        .body(channel_body(rx));
     let upload = tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) });
     tx.send(Ok(vec![7; 2 << 20])).await.expect("feed");
     let handed = eventually(Duration::from_secs(10), || async {
@@ -285,7 +261,7 @@ async fn a_worker_killed_between_hand_off_and_commit_leaves_nothing() {
         open_under(server.pid, &tmp)
     );
     server.wait_ready().await;
-    let (status, body) = get(cat, "kept.bin").await;
+    let (status, body) = get_bytes(cat, "kept.bin").await;
     assert_eq!((status, body.as_slice()), (200, b"old content".as_slice()));
     // The new worker swept the leftover temp file on first sight of cat.
     assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);

@@ -13,7 +13,6 @@
 //!   is down (CLI and API), an unsigned internal call (404): nothing
 //!   changes.
 
-use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -22,6 +21,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren_tests::accounts::{Caller, Database};
+use warren_tests::files::get_bytes;
 use warren_tests::{eventually, listening_on, warren_binary, Server, ServerOptions};
 
 const ALICE_PASSWORD: &str = "alice-password-1";
@@ -118,16 +118,6 @@ fn at(caller: &Caller, server: &Server) -> Caller {
     }
 }
 
-async fn file_text(caller: &Caller, path: &str) -> (u16, Vec<u8>) {
-    let response = caller
-        .request(Method::GET, &format!("/api/v1/files/{path}"))
-        .send()
-        .await
-        .expect("GET");
-    let status = response.status().as_u16();
-    (status, response.bytes().await.unwrap_or_default().to_vec())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_moves_between_hosts_and_back_and_bad_moves_change_nothing() {
     let Some(database) = Database::postgres("moves").await else {
@@ -204,7 +194,7 @@ async fn a_user_moves_between_hosts_and_back_and_bad_moves_change_nothing() {
         "a"
     );
     let served = eventually(Duration::from_secs(5), || async {
-        file_text(&alice, "big.bin").await == (200, big.clone())
+        get_bytes(&alice, "big.bin").await == (200, big.clone())
     })
     .await;
     assert!(served, "alice is served on a again after a failed move");
@@ -245,12 +235,12 @@ async fn a_user_moves_between_hosts_and_back_and_bad_moves_change_nothing() {
 
     // Her session works through either host.
     let served = eventually(Duration::from_secs(5), || async {
-        file_text(&alice, "big.bin").await == (200, big.clone())
+        get_bytes(&alice, "big.bin").await == (200, big.clone())
     })
     .await;
     assert!(served, "alice's big file through a");
     assert_eq!(
-        file_text(&at(&alice, &b), "nested/deeper/note.txt").await,
+        get_bytes(&at(&alice, &b), "nested/deeper/note.txt").await,
         (200, b"a note\n".to_vec())
     );
     let (status, me) = at(&alice, &b).get("/api/v1/me").await;
@@ -281,7 +271,7 @@ async fn a_user_moves_between_hosts_and_back_and_bad_moves_change_nothing() {
     assert_eq!(back.get("workspace/link"), before.get("workspace/link"));
     assert!(back.contains_key("workspace/after-move.txt"));
     let served = eventually(Duration::from_secs(5), || async {
-        file_text(&at(&alice, &b), "after-move.txt").await == (200, b"new".to_vec())
+        get_bytes(&at(&alice, &b), "after-move.txt").await == (200, b"new".to_vec())
     })
     .await;
     assert!(served, "alice's file through b after the move back");
@@ -303,7 +293,7 @@ async fn a_user_moves_between_hosts_and_back_and_bad_moves_change_nothing() {
         (200, json!("a")),
         "{user}"
     );
-    assert_eq!(file_text(&alice, "big.bin").await, (200, big));
+    assert_eq!(get_bytes(&alice, "big.bin").await, (200, big));
     assert_eq!(tree(&home_of(&a, &id)), back);
     // bob's home host is down: he cannot be moved off it.
     let (status, body) = admin

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warren_tests::accounts::{users_on, Caller};
-use warren_tests::files::put;
+use warren_tests::files::{channel_body, put};
 use warren_tests::{warren_binary, Server, ServerOptions};
 
 async fn pool(admin: &Caller) -> Vec<Value> {
@@ -163,7 +163,7 @@ type Chunks = tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>;
 /// as long as the test likes.
 async fn slow_upload(caller: &Caller) -> (Chunks, tokio::task::JoinHandle<(u16, Value)>) {
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    let body = reqwest::Body::wrap_stream(tokio_stream_of(receiver));
+    let body = channel_body(receiver);
     let upload = tokio::spawn({
         let caller = caller.clone_caller();
         async move { put(&caller, "slow.bin", body).await }
@@ -171,12 +171,6 @@ async fn slow_upload(caller: &Caller) -> (Chunks, tokio::task::JoinHandle<(u16, 
     sender.send(Ok(vec![b'a'; 1 << 16])).await.expect("send");
     tokio::time::sleep(Duration::from_millis(300)).await;
     (sender, upload)
-}
-
-fn tokio_stream_of(
-    mut receiver: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
 trait CloneCaller {
