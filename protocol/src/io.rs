@@ -88,7 +88,17 @@ pub async fn write_frames<W: FrameSink, F: AsFd>(
                 }
             } => {
                 match encode_frame(&frame, &mut buffer) {
-                    Ok(()) => send_with_descriptor(out.socket(), &buffer, fd.as_fd()).await?,
+                    Ok(()) => match send_with_descriptor(out.socket(), &buffer, fd.as_fd()).await {
+                        Ok(()) => {}
+                        // Nothing of it left: the stream is intact, only
+                        // this answer failed (ENOBUFS, ETOOMANYREFS...).
+                        Err(HandOverError::NotSent(err)) if !is_lost_connection(&err) => {
+                            unsendable(frame.id, FrameError::Io(err))
+                        }
+                        Err(HandOverError::NotSent(err) | HandOverError::PartlySent(err)) => {
+                            return Err(err.into())
+                        }
+                    },
                     Err(err) => unsendable(frame.id, err),
                 }
                 buffer.clear();
@@ -216,15 +226,31 @@ where
     Ok(theirs)
 }
 
+/// Why [`send_with_descriptor`] failed.
+#[derive(Debug)]
+pub enum HandOverError {
+    /// No byte left: the stream is as it was.
+    NotSent(io::Error),
+    /// Part of the frame left: the stream is broken.
+    PartlySent(io::Error),
+}
+
+fn is_lost_connection(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
+}
+
 /// Sends `bytes` on `socket` with `fd` attached to the first of them
 /// (`SCM_RIGHTS`); what one `sendmsg` did not take follows plainly.
 pub async fn send_with_descriptor(
     socket: &UnixStream,
     bytes: &[u8],
     fd: std::os::fd::BorrowedFd<'_>,
-) -> io::Result<()> {
+) -> Result<(), HandOverError> {
     let mut sent = loop {
-        socket.writable().await?;
+        socket.writable().await.map_err(HandOverError::NotSent)?;
         let attempt = socket.try_io(Interest::WRITABLE, || {
             let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
             let mut control = SendAncillaryBuffer::new(&mut space);
@@ -242,16 +268,16 @@ pub async fn send_with_descriptor(
         match attempt {
             Ok(sent) => break sent,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(err) => return Err(err),
+            Err(err) => return Err(HandOverError::NotSent(err)),
         }
     };
     while sent < bytes.len() {
-        socket.writable().await?;
+        socket.writable().await.map_err(HandOverError::PartlySent)?;
         match socket.try_write(&bytes[sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) => return Err(HandOverError::PartlySent(io::ErrorKind::WriteZero.into())),
             Ok(n) => sent += n,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(err) => return Err(err),
+            Err(err) => return Err(HandOverError::PartlySent(err)),
         }
     }
     Ok(())

@@ -858,9 +858,12 @@ pub enum Reply {
     /// The answer to [`FileOp::BeginUpload`]: the response frame carries
     /// the temp file's descriptor (write-only, empty). `reserved`: bytes
     /// the master may write before it must ask [`FileOp::ReserveUpload`].
+    /// `user`: whose it is, so that an answer nobody waits for any more
+    /// (or whose descriptor was lost) can be dropped.
     UploadOpened {
         upload: u64,
         reserved: u64,
+        user: UserId,
     },
     /// The answer to [`FileOp::ReserveUpload`]: bytes reserved in all.
     Reserved {

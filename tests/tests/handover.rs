@@ -318,3 +318,55 @@ async fn two_hundred_parallel_downloads_hold_a_descriptor_each_at_most() {
     .await;
     assert!(released, "descriptors outlived their downloads");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_of_unknown_length_keep_only_their_own_quota() {
+    // 44 MB in four parts, and as four chunked PUTs, under a 50 MB quota:
+    // what an upload reserves ahead of its bytes must not count against
+    // the others (nor stay reserved once its length is known).
+    let options = ServerOptions::workers(1)
+        .arg("--default-quota")
+        .arg("50000000");
+    let (_server, callers) = server_from(options, &["eve"]).await;
+    let eve = &callers[0];
+    let part = pattern(11_000_000);
+    let mut form = reqwest::multipart::Form::new();
+    for name in ["a.bin", "b.bin", "c.bin", "d.bin"] {
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(part.clone()).file_name(name),
+        );
+    }
+    let response = eve
+        .request(Method::POST, "/api/v1/upload")
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    let status = response.status().as_u16();
+    assert_eq!(status, 201, "{}", response.text().await.unwrap_or_default());
+    for name in ["a.bin", "b.bin", "c.bin", "d.bin"] {
+        assert_eq!(eve.delete(&format!("/api/v1/files/{name}")).await.0, 204);
+    }
+    let mut uploads = Vec::new();
+    for name in ["a.bin", "b.bin", "c.bin", "d.bin"] {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        let request = eve
+            .request(Method::PUT, &format!("/api/v1/files/{name}"))
+            .body(channel_body(rx));
+        uploads.push(tokio::spawn(async move {
+            request.send().await.map(|r| r.status().as_u16())
+        }));
+        let part = part.clone();
+        tokio::spawn(async move {
+            for chunk in part.chunks(1 << 20) {
+                if tx.send(Ok(chunk.to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    for upload in uploads {
+        assert_eq!(upload.await.expect("task").expect("PUT"), 201);
+    }
+}

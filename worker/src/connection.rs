@@ -182,15 +182,18 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
 }
 
 /// What the writer does with a reply too large for a frame (a bug, not
-/// something a request can cause): logs it and answers the request with an
-/// error instead, so the master's caller does not wait forever.
+/// something a request can cause) or one whose descriptor the kernel would
+/// not take: logs it and answers the request with an error instead, so the
+/// master's caller does not wait forever.
 fn unsendable(frames: FrameSender) -> impl Fn(u64, warren_protocol::FrameError) {
     move |id, err| {
-        error!(id, error = %err, "a reply too large for a frame was dropped");
+        error!(id, error = %err, "a reply that could not be sent was dropped");
         let _ = frames.send(Frame {
             id,
             body: Body::Response(Response {
-                result: Err(OpError::Internal(format!("reply too large: {err}"))),
+                result: Err(OpError::Internal(format!(
+                    "the reply could not be sent: {err}"
+                ))),
             }),
         });
     }
@@ -322,6 +325,9 @@ impl Worker {
                 }
                 let workspaces = self.workspaces.clone();
                 let worker = self.clone();
+                // An upload begun must be answered, so the master can
+                // drop it if its caller left: not cancellable.
+                let cancellable = !matches!(op, warren_protocol::FileOp::BeginUpload { .. });
                 // Like `spawn_tracked`, with answers that may hand over a
                 // descriptor.
                 let mut inflight = self.lock_inflight();
@@ -334,7 +340,9 @@ impl Worker {
                     worker.lock_inflight().remove(&id);
                     worker.respond_handing(id, result);
                 });
-                inflight.insert(id, task.abort_handle());
+                if cancellable {
+                    inflight.insert(id, task.abort_handle());
+                }
             }
             Op::Tasks(op) => self.task_op(id, user, op),
             Op::Terminals(op) => self.terminal_op(id, user, op),

@@ -113,6 +113,10 @@ impl std::fmt::Debug for Staged {
 /// A staged write not committed or dropped within this long is dropped
 /// (its master request is long gone).
 const STAGE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+/// An upload the master writes whose temp file nobody wrote for this long
+/// is dropped: the master would have dropped it after its
+/// `--upload-idle-timeout`, so only a drop that never arrived is left.
+const UPLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Staged writes one user may have at once.
 const MAX_STAGED_PER_USER: usize = 1000;
 
@@ -496,7 +500,7 @@ impl Workspaces {
     /// ([`UserDirs::begin_write`]), reserves `expected` bytes if known,
     /// and keeps the pending write under a new upload number. Returns the
     /// answer and a write-only descriptor of the temp file to hand over.
-    /// Uploads whose temp file nobody wrote for [`STAGE_TTL`] are dropped
+    /// Uploads whose temp file nobody wrote for [`UPLOAD_TTL`] are dropped
     /// on the way (their master request is long gone).
     #[allow(clippy::too_many_arguments)]
     pub fn begin_upload(
@@ -527,7 +531,7 @@ impl Workspaces {
             let old: Vec<_> = staged_writes
                 .uploads
                 .iter()
-                .filter(|(_, upload)| upload.pending.idle_for() > STAGE_TTL)
+                .filter(|(_, upload)| upload.pending.idle_for() > UPLOAD_TTL)
                 .map(|(key, _)| *key)
                 .collect();
             stale = old
@@ -559,7 +563,14 @@ impl Workspaces {
                         staged,
                     },
                 );
-                Ok((Reply::UploadOpened { upload, reserved }, Passable(handed)))
+                Ok((
+                    Reply::UploadOpened {
+                        upload,
+                        reserved,
+                        user,
+                    },
+                    Passable(handed),
+                ))
             }
         };
         // Their temp files go outside the lock.
@@ -608,8 +619,10 @@ impl Workspaces {
                 entry.size
             )));
         }
-        // Charged for what is there, whoever wrote it.
+        // Charged for what is there, whoever wrote it; what was reserved
+        // ahead goes back now (a staged part keeps only its own).
         pending.reserve_for(len)?;
+        pending.trim_reservation(len);
         pending.written = len;
         if staged {
             let stage = self.stage(user, pending)?;
@@ -1956,6 +1969,16 @@ impl PendingWrite {
             self.reserved = needed;
         }
         Ok(())
+    }
+
+    /// Gives back what is reserved beyond what `total` bytes are charged.
+    fn trim_reservation(&mut self, total: u64) {
+        let needed = charge_of_len(total);
+        if self.reserved > needed {
+            self.workspaces
+                .release(self.dirs.user, self.reserved - needed, 0);
+            self.reserved = needed;
+        }
     }
 
     /// Content bytes the reservation covers (whole blocks).

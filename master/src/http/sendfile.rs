@@ -49,12 +49,33 @@ pub fn is_stand_in(slice: &[u8]) -> bool {
 }
 
 /// One file part to send in place of stand-in bytes.
-#[derive(Debug)]
 struct Job {
     file: Arc<File>,
     offset: u64,
     remaining: u64,
+    /// Up to where the kernel was asked to read ahead.
+    advised: u64,
+    /// Held until the part is sent (or dropped): a per-user count of
+    /// transfers, so a client that never reads still counts.
+    _hold: Box<dyn Send + Sync>,
 }
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("offset", &self.offset)
+            .field("remaining", &self.remaining)
+            .finish()
+    }
+}
+
+/// How far ahead of what `sendfile` sends the kernel is asked to read
+/// (`POSIX_FADV_WILLNEED`, which starts the reads and returns), so that
+/// `sendfile`, on the runtime's threads, mostly finds the pages cached.
+const READ_AHEAD: u64 = 4 * 1024 * 1024;
+/// The most one `sendfile` call sends: a short wait if its pages are not
+/// cached after all.
+const SEND_STEP: usize = 256 * 1024;
 
 /// The file parts a connection's responses are sending, in order; shared
 /// by the connection's socket and the bodies of its requests (each request
@@ -102,7 +123,22 @@ impl Lane {
         let Some(job) = jobs.queue.front_mut() else {
             return Err(io::Error::other("stand-in bytes without a file to send"));
         };
-        let count = want.min(usize::try_from(job.remaining).unwrap_or(usize::MAX));
+        let count = want
+            .min(SEND_STEP)
+            .min(usize::try_from(job.remaining).unwrap_or(usize::MAX));
+        let end = job.offset + job.remaining;
+        if job.advised < end && job.advised < job.offset + READ_AHEAD / 2 {
+            let from = job.advised.max(job.offset);
+            let until = (job.offset + READ_AHEAD).min(end);
+            // Advice only: a failure just means no read-ahead.
+            let _ = rustix::fs::fadvise(
+                &*job.file,
+                from,
+                std::num::NonZeroU64::new(until - from),
+                rustix::fs::Advice::WillNeed,
+            );
+            job.advised = until;
+        }
         let mut offset = job.offset;
         let sent = rustix::fs::sendfile(socket, &*job.file, Some(&mut offset), count)?;
         if sent == 0 && count > 0 {
@@ -141,8 +177,9 @@ pub struct FileBody {
     lane: Option<Lane>,
     armed: bool,
     reading: Option<tokio::task::JoinHandle<io::Result<Vec<u8>>>>,
-    /// Held until the body is done (a per-user count of transfers).
-    _hold: Box<dyn Send + Sync>,
+    /// Held until the bytes are sent (a per-user count of transfers): by
+    /// the body, then by the lane's part once armed.
+    hold: Option<Box<dyn Send + Sync>>,
 }
 
 impl FileBody {
@@ -160,7 +197,7 @@ impl FileBody {
             lane,
             armed: false,
             reading: None,
-            _hold: hold,
+            hold: Some(hold),
         }
     }
 
@@ -228,6 +265,8 @@ impl hyper::body::Body for FileBody {
                 file: this.file.clone(),
                 offset: this.offset,
                 remaining: this.remaining,
+                advised: this.offset,
+                _hold: this.hold.take().unwrap_or_else(|| Box::new(())),
             });
             this.armed = true;
         }

@@ -17,11 +17,14 @@ use warren_protocol::io::ReceivedDescriptors;
 use warren_protocol::stream::{FrameSender, Stream, StreamRegistry};
 use warren_protocol::{
     Body, Frame, FrameCodec, Heartbeat, Op, OpError, Open, Reply, Request, StreamKind, UserCtx,
+    UserId,
 };
 
 /// A worker's answer, with the descriptor its frame carried (if the reply
 /// says it hands one over; see `warren_protocol::io`).
-type Answer = (Result<Reply, OpError>, Option<OwnedFd>);
+/// An upload's answer comes counted as a transfer already (see
+/// `handed_uploads`), so a drain never sees it uncounted.
+type Answer = (Result<Reply, OpError>, Option<OwnedFd>, Option<UploadCount>);
 
 /// Why a call did not get an answer from this connection.
 pub(crate) enum CallError {
@@ -35,7 +38,8 @@ pub(crate) enum CallError {
 
 #[derive(Default)]
 struct Pending {
-    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    /// The caller waiting for each request, and whom it is for.
+    waiting: HashMap<u64, (oneshot::Sender<Answer>, UserId)>,
     closed: bool,
 }
 
@@ -106,12 +110,16 @@ impl WorkerConnection {
     }
 
     /// Counts an upload in progress as a transfer until the guard drops.
-    pub fn count_upload(&self) -> UploadCount {
+    fn count_upload(&self) -> UploadCount {
         self.handed_uploads.fetch_add(1, Ordering::Relaxed);
         UploadCount(self.handed_uploads.clone())
     }
 
-    pub async fn call(&self, user: UserCtx, op: Op) -> Result<(Reply, Option<OwnedFd>), CallError> {
+    pub async fn call(
+        &self,
+        user: UserCtx,
+        op: Op,
+    ) -> Result<(Reply, Option<OwnedFd>, Option<UploadCount>), CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         {
@@ -119,7 +127,7 @@ impl WorkerConnection {
             if pending.closed {
                 return Err(CallError::NotSent(op));
             }
-            pending.waiting.insert(id, answer);
+            pending.waiting.insert(id, (answer, user.id));
         }
         let mut guard = CancelOnDrop {
             connection: self,
@@ -141,8 +149,8 @@ impl WorkerConnection {
         let outcome = answered.await;
         guard.armed = false;
         match outcome {
-            Ok((Ok(reply), fd)) => Ok((reply, fd)),
-            Ok((Err(err), _)) => Err(CallError::Op(err)),
+            Ok((Ok(reply), fd, counted)) => Ok((reply, fd, counted)),
+            Ok((Err(err), _, _)) => Err(CallError::Op(err)),
             Err(_) => Err(CallError::Lost),
         }
     }
@@ -198,11 +206,12 @@ impl WorkerConnection {
     /// than a frame may be).
     pub fn fail_unsendable(&self, id: u64, why: &warren_protocol::FrameError) {
         let waiter = self.lock_pending().waiting.remove(&id);
-        if let Some(waiter) = waiter {
+        if let Some((waiter, _)) = waiter {
             let _ = waiter.send((
                 Err(OpError::Invalid(format!(
                     "the request is too large for the worker protocol: {why}"
                 ))),
+                None,
                 None,
             ));
         }
@@ -287,17 +296,27 @@ impl WorkerConnection {
                     match self.received.take().map_err(String::from)? {
                         Some(received) => fd = Some(received),
                         None => {
+                            self.drop_orphan(&result);
                             result = Err(OpError::Busy(
                                 "the server is out of file descriptors; try again shortly".into(),
                             ))
                         }
                     }
                 }
+                // Counted before the waiter goes, so that a drain, which
+                // waits while requests or transfers are open, never sees
+                // an upload between the two.
+                let counted =
+                    matches!(result, Ok(Reply::UploadOpened { .. })).then(|| self.count_upload());
                 let waiter = self.lock_pending().waiting.remove(&frame.id);
-                // No waiter: the caller gave up and a Cancel is on its way
-                // (a descriptor that came is closed here).
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send((result, fd));
+                match waiter {
+                    Some((waiter, _)) => {
+                        let _ = waiter.send((result, fd, counted));
+                    }
+                    // The caller gave up and a Cancel is on its way: a
+                    // descriptor that came is closed here, an upload begun
+                    // for nobody is dropped.
+                    None => self.drop_orphan(&result),
                 }
                 Ok(())
             }
@@ -321,6 +340,25 @@ impl WorkerConnection {
                 .map_err(|violation| violation.to_string()),
             other => Err(format!("unexpected frame from a worker: {other:?}")),
         }
+    }
+}
+
+impl WorkerConnection {
+    /// Drops, at the worker, an upload begun for nobody (its caller left,
+    /// or its descriptor was lost): its temp file and reservation go now,
+    /// not when the worker sweeps them. Nobody waits for the answer.
+    fn drop_orphan(&self, result: &Result<Reply, OpError>) {
+        let Ok(Reply::UploadOpened { upload, user, .. }) = result else {
+            return;
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let _ = self.frames.send(Frame {
+            id,
+            body: Body::Request(Request {
+                user: UserCtx::only_id(*user),
+                op: Op::Files(warren_protocol::FileOp::DropUpload { upload: *upload }),
+            }),
+        });
     }
 }
 

@@ -142,7 +142,7 @@ impl HandingWorker {
     pub async fn call(&self, user: &UserCtx, op: Op) -> Result<Reply, PoolError> {
         let slot = self.connection.slot;
         match self.connection.call(user.clone(), op).await {
-            Ok((reply, _)) => Ok(reply),
+            Ok((reply, _, _)) => Ok(reply),
             Err(CallError::Op(err)) => Err(PoolError::Op(err)),
             Err(CallError::Lost | CallError::NotSent(_)) => {
                 Err(PoolError::WorkerUnavailable { slot })
@@ -378,7 +378,7 @@ impl Pool {
         // A descriptor handed over unasked for is closed here.
         self.call_on(slot, user, op)
             .await
-            .map(|(reply, _fd, _connection)| reply)
+            .map(|(reply, _fd, _counted, _connection)| reply)
     }
 
     /// Runs `op`, whose answer may hand over an open file (a read's
@@ -389,12 +389,11 @@ impl Pool {
         user: &UserCtx,
         op: Op,
     ) -> Result<(Reply, Option<HandedFile>), PoolError> {
-        let (reply, fd, connection) = self.call_on(self.slot_for(user), user, op).await?;
+        let (reply, fd, counted, connection) = self.call_on(self.slot_for(user), user, op).await?;
         let handed = fd.map(|fd| HandedFile {
             file: std::fs::File::from(fd),
             worker: HandingWorker {
-                _counted: matches!(reply, Reply::UploadOpened { .. })
-                    .then(|| connection.count_upload()),
+                _counted: counted,
                 connection,
             },
         });
@@ -406,7 +405,15 @@ impl Pool {
         slot: u32,
         user: &UserCtx,
         op: Op,
-    ) -> Result<(Reply, Option<std::os::fd::OwnedFd>, Arc<WorkerConnection>), PoolError> {
+    ) -> Result<
+        (
+            Reply,
+            Option<std::os::fd::OwnedFd>,
+            Option<connection::UploadCount>,
+            Arc<WorkerConnection>,
+        ),
+        PoolError,
+    > {
         let started = Instant::now();
         let deadline = started + self.config.unavailable_wait;
         let _inflight = self.metrics.inflight_guard();
@@ -415,7 +422,7 @@ impl Pool {
         let outcome = loop {
             let connection = self.connection(slot, deadline, stale.as_ref()).await?;
             match connection.call(user.clone(), op).await {
-                Ok((reply, fd)) => break Ok((reply, fd, connection)),
+                Ok((reply, fd, counted)) => break Ok((reply, fd, counted, connection)),
                 Err(CallError::Op(err)) => break Err(PoolError::Op(err)),
                 Err(CallError::Lost) => break Err(PoolError::WorkerUnavailable { slot }),
                 // That worker is already gone; wait for its replacement.

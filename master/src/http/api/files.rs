@@ -775,12 +775,18 @@ async fn write<E>(
         expected,
     };
     match state.pool.call_handing(user, Op::Files(op)).await {
-        Ok((Reply::UploadOpened { upload, reserved }, Some(handed))) => {
+        Ok((
+            Reply::UploadOpened {
+                upload, reserved, ..
+            },
+            Some(handed),
+        )) => {
             let crate::pool::HandedFile { file, worker } = handed;
             let upload = Upload {
                 user: user.clone(),
                 id: upload,
                 reserved,
+                staged: target.staged,
                 worker: std::sync::Arc::new(worker),
                 open: true,
             };
@@ -820,6 +826,9 @@ struct Upload {
     /// Bytes the worker reserved against the quota: what may be written
     /// before asking for more.
     reserved: u64,
+    /// A part of a multipart upload: its reservation lasts until the whole
+    /// form is committed, so it never reserves ahead.
+    staged: bool,
     /// The worker that handed the temp file over: every call about the
     /// upload goes to it.
     worker: std::sync::Arc<crate::pool::HandingWorker>,
@@ -832,10 +841,11 @@ impl Upload {
         if total <= self.reserved {
             return Ok(());
         }
-        let ahead = total
-            + (total)
-                .clamp(RESERVE_STEP_MIN, RESERVE_STEP_MAX)
-                .min(u64::MAX - total);
+        let ahead = if self.staged {
+            total
+        } else {
+            total.saturating_add(total.clamp(RESERVE_STEP_MIN, RESERVE_STEP_MAX))
+        };
         let op = FileOp::ReserveUpload {
             upload: self.id,
             total: ahead,
