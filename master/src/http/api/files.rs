@@ -729,14 +729,11 @@ pub(super) async fn put_file(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    let outcome = write(
-        &state,
-        &principal.ctx,
-        target,
-        expected,
-        body.into_data_stream(),
-    )
-    .await?;
+    let mut chunks = body.into_data_stream();
+    let outcome = match write(&state, &principal.ctx, target, expected, &mut chunks).await {
+        Ok(outcome) => outcome,
+        Err(err) => return Ok(refused(chunks, err).await),
+    };
     announce(&state, &principal, ActivityKind::FileWritten { path });
     let status = if outcome.created {
         StatusCode::CREATED
@@ -744,6 +741,39 @@ pub(super) async fn put_file(
         StatusCode::OK
     };
     Ok(entry_response(status, &outcome.entry))
+}
+
+/// The answer to an upload refused before its body was all read (a
+/// `Content-Length` over the quota, a precondition, a worker that went
+/// away): what is left of a small body is read and dropped, so the client's
+/// connection serves its next request; a large or slow one closes the
+/// connection after the answer (`Connection: close`), as the client may
+/// still be sending it.
+async fn refused<E>(
+    mut chunks: impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    err: ApiError,
+) -> Response {
+    const DRAIN_BYTES: usize = 4 * 1024 * 1024;
+    const DRAIN_TIME: Duration = Duration::from_secs(1);
+    let drained = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0;
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(bytes) if seen + bytes.len() <= DRAIN_BYTES => seen += bytes.len(),
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    let mut response = err.into_response();
+    if !drained {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Where an upload goes.
@@ -786,7 +816,6 @@ async fn write<E>(
                 user: user.clone(),
                 id: upload,
                 reserved,
-                staged: target.staged,
                 worker: std::sync::Arc::new(worker),
                 open: true,
             };
@@ -813,10 +842,6 @@ const UPLOAD_BATCH: usize = 1024 * 1024;
 /// Bytes written between two background flushes of an upload (so the
 /// fsync at the commit waits only for the tail).
 const UPLOAD_FLUSH_STEP: u64 = 8 * 1024 * 1024;
-/// An upload of unknown length reserves quota ahead in steps of at least
-/// this, doubling with what was written (up to [`RESERVE_STEP_MAX`]).
-const RESERVE_STEP_MIN: u64 = 8 * 1024 * 1024;
-const RESERVE_STEP_MAX: u64 = 256 * 1024 * 1024;
 
 /// An upload whose temp file the master writes; dropped at its worker
 /// unless committed, whatever ends the request.
@@ -826,9 +851,6 @@ struct Upload {
     /// Bytes the worker reserved against the quota: what may be written
     /// before asking for more.
     reserved: u64,
-    /// A part of a multipart upload: its reservation lasts until the whole
-    /// form is committed, so it never reserves ahead.
-    staged: bool,
     /// The worker that handed the temp file over: every call about the
     /// upload goes to it.
     worker: std::sync::Arc<crate::pool::HandingWorker>,
@@ -836,34 +858,19 @@ struct Upload {
 }
 
 impl Upload {
-    /// Makes room for `total` bytes in all (or fails: over quota).
+    /// Makes room for `total` bytes in all (or fails: over quota). Exactly
+    /// that, never ahead: what one upload reserved beyond its bytes would
+    /// refuse another's near the quota. An upload of unknown length asks
+    /// once per batch, while the batch before it is written.
     async fn reserve(&mut self, total: u64) -> Result<(), ApiError> {
         if total <= self.reserved {
             return Ok(());
         }
-        let ahead = if self.staged {
-            total
-        } else {
-            total.saturating_add(total.clamp(RESERVE_STEP_MIN, RESERVE_STEP_MAX))
-        };
         let op = FileOp::ReserveUpload {
-            upload: self.id,
-            total: ahead,
-        };
-        let op_exact = FileOp::ReserveUpload {
             upload: self.id,
             total,
         };
-        // Ahead if the quota allows, else exactly what is needed.
-        let reply = match self.call(op).await {
-            Err(ApiError::Pool(PoolError::Op(
-                OpError::QuotaExceeded { .. }
-                | OpError::EntryQuotaExceeded { .. }
-                | OpError::DiskFull(_),
-            ))) => self.call(op_exact).await?,
-            other => other?,
-        };
-        match reply {
+        match self.call(op).await? {
             Reply::Reserved { reserved } => {
                 self.reserved = reserved;
                 Ok(())
