@@ -116,7 +116,10 @@ fuzz_target!(|data: &[u8]| {
         let b = args.next().unwrap_or("");
         let reply = match op {
             'l' => dirs.list(a, None, 64),
-            'r' => dirs.read_small(a, 1 << 16),
+            // With hand-over: a larger file comes as an open descriptor.
+            'r' => dirs
+                .read_or_open(a, 1 << 16, true)
+                .map(|(reply, _handed)| reply),
             'o' => match dirs.open_read(a) {
                 Ok((Some(mut file), entry)) => {
                     let mut content = Vec::new();
