@@ -370,3 +370,101 @@ async fn uploads_of_unknown_length_keep_only_their_own_quota() {
         assert_eq!(upload.await.expect("task").expect("PUT"), 201);
     }
 }
+
+/// Reads one HTTP/1.1 response from `stream`: status, and the body (none
+/// for a HEAD).
+fn read_response(
+    stream: &mut std::io::BufReader<std::net::TcpStream>,
+    head: bool,
+) -> (u16, Vec<u8>) {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    stream.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {line:?}"));
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        stream.read_line(&mut header).expect("header");
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().expect("content-length");
+            }
+        }
+    }
+    let mut body = vec![0; if head { 0 } else { length }];
+    stream.read_exact(&mut body).expect("body");
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_of_two_users_on_one_connection_get_their_own_bytes() {
+    // As nginx reuses one upstream connection for many clients: file
+    // bodies sent by sendfile and ordinary answers, one after another on
+    // one connection, each with exactly its own bytes.
+    let (server, callers) = server_from(ServerOptions::workers(2), &["fay", "gus"]).await;
+    let (fay, gus) = (&callers[0], &callers[1]);
+    let fay_big = pattern(3 << 20);
+    let gus_big: Vec<u8> = pattern(5 << 20).into_iter().map(|b| !b).collect();
+    assert_eq!(put(fay, "big.bin", fay_big.clone()).await.0, 201);
+    assert_eq!(put(gus, "big.bin", gus_big.clone()).await.0, 201);
+    assert_eq!(put(gus, "small.txt", "gus's small file").await.0, 201);
+    let (fay_token, gus_token) = (fay.token.clone(), gus.token.clone());
+    let address = server.base_url.trim_start_matches("http://").to_string();
+    let requests: Vec<(&str, &str, String, &str)> = vec![
+        ("GET", "big.bin", fay_token.clone(), "bytes=100-"),
+        ("GET", "big.bin", gus_token.clone(), ""),
+        ("HEAD", "big.bin", fay_token.clone(), ""),
+        ("GET", "small.txt", gus_token.clone(), ""),
+        ("GET", "big.bin", gus_token.clone(), "bytes=-70000"),
+        ("GET", "big.bin", fay_token.clone(), "bytes=0-0"),
+        ("GET", "big.bin", fay_token, ""),
+    ];
+    let mut text = String::new();
+    for (method, path, token, range) in &requests {
+        text.push_str(&format!(
+            "{method} /api/v1/files/{path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n"
+        ));
+        if !range.is_empty() {
+            text.push_str(&format!("Range: {range}\r\n"));
+        }
+        text.push_str("\r\n");
+    }
+    let answers = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        stream.write_all(text.as_bytes()).expect("pipeline");
+        let mut reader = std::io::BufReader::new(stream);
+        requests
+            .iter()
+            .map(|(method, ..)| read_response(&mut reader, *method == "HEAD"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("task");
+    let expected: Vec<(u16, &[u8])> = vec![
+        (206, &fay_big[100..]),
+        (200, &gus_big[..]),
+        (200, b""),
+        (200, b"gus's small file"),
+        (206, &gus_big[gus_big.len() - 70_000..]),
+        (206, &fay_big[..1]),
+        (200, &fay_big[..]),
+    ];
+    for (n, ((status, body), (want_status, want_body))) in
+        answers.iter().zip(expected.iter()).enumerate()
+    {
+        assert_eq!(status, want_status, "answer {n}");
+        assert!(body.as_slice() == *want_body, "answer {n}: wrong bytes");
+    }
+}
