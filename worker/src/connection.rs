@@ -323,26 +323,14 @@ impl Worker {
                 {
                     return self.respond_handing(id, result);
                 }
-                let workspaces = self.workspaces.clone();
-                let worker = self.clone();
                 // An upload begun must be answered, so the master can
                 // drop it if its caller left: not cancellable.
                 let cancellable = !matches!(op, warren_protocol::FileOp::BeginUpload { .. });
-                // Like `spawn_tracked`, with answers that may hand over a
-                // descriptor.
-                let mut inflight = self.lock_inflight();
-                let task = tokio::spawn(async move {
-                    let result = async {
-                        let workspaces = workspaces.ok_or_else(ops::no_workspaces)?;
-                        ops::blocking(move || ops::files_handing(&workspaces, &user, op)).await
-                    }
-                    .await;
-                    worker.lock_inflight().remove(&id);
-                    worker.respond_handing(id, result);
+                let workspaces = self.workspaces.clone();
+                self.spawn_answer(id, cancellable, async move {
+                    let workspaces = workspaces.ok_or_else(ops::no_workspaces)?;
+                    ops::blocking(move || ops::files(&workspaces, &user, op)).await
                 });
-                if cancellable {
-                    inflight.insert(id, task.abort_handle());
-                }
             }
             Op::Tasks(op) => self.task_op(id, user, op),
             Op::Terminals(op) => self.terminal_op(id, user, op),
@@ -446,6 +434,23 @@ impl Worker {
         id: u64,
         work: impl std::future::Future<Output = Result<Reply, OpError>> + Send + 'static,
     ) {
+        self.spawn_answer(
+            id,
+            true,
+            async move { work.await.map(|reply| (reply, None)) },
+        );
+    }
+
+    /// Runs a request that waits as its own task (cancellable by id if
+    /// `cancellable`), answering with the descriptor its reply hands over.
+    fn spawn_answer(
+        self: &Arc<Self>,
+        id: u64,
+        cancellable: bool,
+        work: impl std::future::Future<Output = Result<(Reply, Option<Passable>), OpError>>
+            + Send
+            + 'static,
+    ) {
         let worker = self.clone();
         // Holding the lock while spawning means the task cannot finish and
         // remove its entry before the entry exists.
@@ -453,9 +458,11 @@ impl Worker {
         let task = tokio::spawn(async move {
             let result = work.await;
             worker.lock_inflight().remove(&id);
-            worker.respond(id, result);
+            worker.respond_handing(id, result);
         });
-        inflight.insert(id, task.abort_handle());
+        if cancellable {
+            inflight.insert(id, task.abort_handle());
+        }
     }
 
     fn respond(&self, id: u64, result: Result<Reply, OpError>) {

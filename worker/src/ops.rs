@@ -30,25 +30,17 @@ pub fn no_workspaces() -> OpError {
     OpError::Unsupported("this worker serves no files (started without --users-dir)".into())
 }
 
-/// Runs one file operation (blocking: call it on the blocking pool). A
-/// descriptor its answer would hand over is closed.
-pub fn files(workspaces: &Arc<Workspaces>, user: &UserCtx, op: FileOp) -> Result<Reply, OpError> {
-    files_handing(workspaces, user, op).map(|(reply, _)| reply)
-}
-
 /// Runs one file operation (blocking: call it on the blocking pool); an
 /// answer that hands over a descriptor ([`Reply::hands_over_descriptor`])
 /// comes with it.
-pub fn files_handing(
+pub fn files(
     workspaces: &Arc<Workspaces>,
     user: &UserCtx,
     op: FileOp,
 ) -> Result<(Reply, Option<Passable>), OpError> {
-    match op {
+    let reply = match op {
         FileOp::ReserveUpload { upload, total } => {
-            return workspaces
-                .reserve_upload(user.id, upload, total)
-                .map(|reply| (reply, None))
+            workspaces.reserve_upload(user.id, upload, total)
         }
         FileOp::CommitUpload { upload, len } => {
             let (reply, replaced) = workspaces.commit_upload(user.id, upload, len)?;
@@ -59,69 +51,43 @@ pub fn files_handing(
                     Err(_) => drop(replaced),
                 }
             }
-            return Ok((reply, None));
+            Ok(reply)
         }
         FileOp::DropUpload { upload } => {
             workspaces.drop_upload(user.id, upload);
-            return Ok((Reply::Done, None));
+            Ok(Reply::Done)
         }
-        _ => {}
-    }
-    files_plain(workspaces, user, op).map(|reply| match reply {
-        Handing::Reply(reply) => (reply, None),
-        Handing::With(reply, fd) => (reply, Some(fd)),
-    })
+        FileOp::Usage => workspaces.usage_of(user.id).map(|usage| Reply::Usage {
+            bytes: usage.bytes,
+            files: usage.files,
+            entries: usage.entries,
+        }),
+        FileOp::Purge => workspaces.purge(user.id).map(|()| Reply::Done),
+        FileOp::Evict => {
+            workspaces.evict(user.id);
+            Ok(Reply::Done)
+        }
+        FileOp::CommitStaged { stages } => workspaces.commit_staged(user.id, &stages),
+        FileOp::DropStaged { stages } => {
+            workspaces.drop_staged(user.id, &stages);
+            Ok(Reply::Done)
+        }
+        op => return in_workspace(workspaces, user, op),
+    };
+    reply.map(|reply| (reply, None))
 }
 
-/// An answer and, for some, the descriptor it hands over.
-enum Handing {
-    Reply(Reply),
-    With(Reply, Passable),
-}
-
-impl From<Reply> for Handing {
-    fn from(reply: Reply) -> Self {
-        Handing::Reply(reply)
-    }
-}
-
-fn files_plain(
+/// The operations on the user's directories (opened for them first).
+fn in_workspace(
     workspaces: &Arc<Workspaces>,
     user: &UserCtx,
     op: FileOp,
-) -> Result<Handing, OpError> {
-    match op {
-        FileOp::Usage => {
-            let usage = workspaces.usage_of(user.id)?;
-            return Ok(Reply::Usage {
-                bytes: usage.bytes,
-                files: usage.files,
-                entries: usage.entries,
-            }
-            .into());
-        }
-        FileOp::Purge => return workspaces.purge(user.id).map(|()| Reply::Done.into()),
-        FileOp::Evict => {
-            workspaces.evict(user.id);
-            return Ok(Reply::Done.into());
-        }
-        FileOp::CommitStaged { stages } => {
-            return workspaces.commit_staged(user.id, &stages).map(Into::into)
-        }
-        FileOp::DropStaged { stages } => {
-            workspaces.drop_staged(user.id, &stages);
-            return Ok(Reply::Done.into());
-        }
-        _ => {}
-    }
+) -> Result<(Reply, Option<Passable>), OpError> {
     let dirs = workspaces.open_as(user.id, user.uid)?;
     let quota = workspace::Quota::of(user);
     let reply = match op {
         FileOp::Read { path, hand_over } => {
-            return match dirs.read_or_open(&path, INLINE_READ_LIMIT, hand_over)? {
-                (reply, Some(fd)) => Ok(Handing::With(reply, fd)),
-                (reply, None) => Ok(Handing::Reply(reply)),
-            }
+            return dirs.read_or_open(&path, INLINE_READ_LIMIT, hand_over)
         }
         FileOp::BeginUpload {
             path,
@@ -139,7 +105,7 @@ fn files_plain(
                 staged,
                 expected,
             )?;
-            return Ok(Handing::With(reply, fd));
+            return Ok((reply, Some(fd)));
         }
         FileOp::List { path, after, limit } => {
             dirs.list(&path, after.as_deref(), limit.clamp(1, 10_000))
@@ -158,9 +124,9 @@ fn files_plain(
         | FileOp::DropStaged { .. }
         | FileOp::ReserveUpload { .. }
         | FileOp::CommitUpload { .. }
-        | FileOp::DropUpload { .. } => Err(OpError::Internal("handled above".into())),
+        | FileOp::DropUpload { .. } => Err(OpError::Internal("handled by files".into())),
     };
-    reply.map(Handing::Reply)
+    reply.map(|reply| (reply, None))
 }
 
 /// A small read answered at once, on the connection's own thread, when it

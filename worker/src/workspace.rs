@@ -442,16 +442,12 @@ impl Workspaces {
         let outcome = {
             let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
             let now = std::time::Instant::now();
-            let old: Vec<_> = staged
-                .writes
-                .iter()
-                .filter(|(_, (_, at))| now.duration_since(*at) > STAGE_TTL)
-                .map(|(key, _)| *key)
-                .collect();
-            stale = old
-                .iter()
-                .filter_map(|key| staged.writes.remove(key).map(|(pending, _)| pending))
-                .collect();
+            stale = take_where(&mut staged.writes, |(_, at)| {
+                now.duration_since(*at) > STAGE_TTL
+            })
+            .into_iter()
+            .map(|(pending, _)| pending)
+            .collect();
             let mine = staged.writes.keys().filter(|(u, _)| *u == user).count();
             if mine >= MAX_STAGED_PER_USER {
                 Err(OpError::Invalid(format!(
@@ -524,20 +520,13 @@ impl Workspaces {
             .ok_or_else(|| OpError::Internal("an upload without its temp file".into()))?;
         let handed = rustix::io::fcntl_dupfd_cloexec(file, 0)
             .map_err(|err| errno(err, "cannot hand over the temp file"))?;
-        let reserved = pending.reserved_bytes();
+        let reserved = pending.reserved;
         let stale: Vec<OpenUpload>;
         let outcome = {
             let mut staged_writes = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
-            let old: Vec<_> = staged_writes
-                .uploads
-                .iter()
-                .filter(|(_, upload)| upload.pending.idle_for() > UPLOAD_TTL)
-                .map(|(key, _)| *key)
-                .collect();
-            stale = old
-                .iter()
-                .filter_map(|key| staged_writes.uploads.remove(key))
-                .collect();
+            stale = take_where(&mut staged_writes.uploads, |upload| {
+                upload.pending.idle_for() > UPLOAD_TTL
+            });
             let mine = staged_writes
                 .uploads
                 .keys()
@@ -587,7 +576,7 @@ impl Workspaces {
             .ok_or_else(upload_gone)?;
         open.pending.reserve_for(total)?;
         Ok(Reply::Reserved {
-            reserved: open.pending.reserved_bytes(),
+            reserved: open.pending.reserved,
         })
     }
 
@@ -619,10 +608,8 @@ impl Workspaces {
                 entry.size
             )));
         }
-        // Charged for what is there, whoever wrote it; what was reserved
-        // ahead goes back now (a staged part keeps only its own).
+        // Charged for what is there, whoever wrote it.
         pending.reserve_for(len)?;
-        pending.trim_reservation(len);
         pending.written = len;
         if staged {
             let stage = self.stage(user, pending)?;
@@ -1971,21 +1958,6 @@ impl PendingWrite {
         Ok(())
     }
 
-    /// Gives back what is reserved beyond what `total` bytes are charged.
-    fn trim_reservation(&mut self, total: u64) {
-        let needed = charge_of_len(total);
-        if self.reserved > needed {
-            self.workspaces
-                .release(self.dirs.user, self.reserved - needed, 0);
-            self.reserved = needed;
-        }
-    }
-
-    /// Content bytes the reservation covers (whole blocks).
-    fn reserved_bytes(&self) -> u64 {
-        self.reserved
-    }
-
     /// How long since the temp file was last written (its mtime).
     fn idle_for(&self) -> std::time::Duration {
         let modified = self
@@ -2138,6 +2110,20 @@ impl Drop for PendingWrite {
             let _ = rustix::fs::unlinkat(&self.dirs.tmp, self.temp.as_str(), AtFlags::empty());
         }
     }
+}
+
+/// Removes the entries of `map` that `drop` picks, and returns them (to be
+/// dropped outside the caller's lock).
+fn take_where<K: Copy + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    drop: impl Fn(&V) -> bool,
+) -> Vec<V> {
+    let keys: Vec<K> = map
+        .iter()
+        .filter(|(_, value)| drop(value))
+        .map(|(key, _)| *key)
+        .collect();
+    keys.iter().filter_map(|key| map.remove(key)).collect()
 }
 
 fn upload_gone() -> OpError {

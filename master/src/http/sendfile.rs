@@ -35,8 +35,14 @@ use std::task::{Context, Poll};
 /// The stand-in bytes' buffer: never read (its pages are never touched),
 /// only recognised by address.
 static STAND_IN: [u8; STAND_IN_LEN] = [0; STAND_IN_LEN];
-/// The most bytes one stand-in chunk stands for (one `sendfile` call at
-/// most, and hyper's write buffer flushes it whole before asking for more).
+/// The most bytes one stand-in chunk stands for, so the most one `sendfile`
+/// call sends (hyper's write buffer flushes a chunk whole before asking for
+/// more). `sendfile` reads the file through the page cache with the
+/// kernel's own read-ahead for sequential reads, so only the first pages
+/// of a file not cached, and pages the read-ahead has not reached, are
+/// read while a runtime thread waits (as nginx without `aio threads`).
+/// Smaller steps and `POSIX_FADV_WILLNEED` ahead of them were measured
+/// and cost download throughput without a gain here.
 const STAND_IN_LEN: usize = 1024 * 1024;
 /// The fallback's read size.
 const BUFFERED_CHUNK: usize = 256 * 1024;
@@ -58,34 +64,16 @@ struct Job {
     _hold: Box<dyn Send + Sync>,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("offset", &self.offset)
-            .field("remaining", &self.remaining)
-            .finish()
-    }
-}
-
-/// The most one `sendfile` call sends (hyper's stand-in chunks are no
-/// larger). `sendfile` reads the file through the page cache with the
-/// kernel's own read-ahead for sequential reads, so only the first pages
-/// of a file not cached, and pages the read-ahead has not reached, are
-/// read while a runtime thread waits (as nginx without `aio threads`).
-/// Smaller steps and `POSIX_FADV_WILLNEED` ahead of them were measured
-/// and cost download throughput without a gain here.
-const SEND_STEP: usize = STAND_IN_LEN;
-
 /// The file parts a connection's responses are sending, in order; shared
 /// by the connection's socket and the bodies of its requests (each request
 /// gets it as an extension).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Lane {
     jobs: Arc<Mutex<Jobs>>,
     sent: prometheus_client::metrics::counter::Counter,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Jobs {
     queue: VecDeque<Job>,
     /// A body was dropped before it yielded all its stand-ins: its bytes
@@ -122,9 +110,7 @@ impl Lane {
         let Some(job) = jobs.queue.front_mut() else {
             return Err(io::Error::other("stand-in bytes without a file to send"));
         };
-        let count = want
-            .min(SEND_STEP)
-            .min(usize::try_from(job.remaining).unwrap_or(usize::MAX));
+        let count = want.min(usize::try_from(job.remaining).unwrap_or(usize::MAX));
         let mut offset = job.offset;
         let sent = rustix::fs::sendfile(socket, &*job.file, Some(&mut offset), count)?;
         if sent == 0 && count > 0 {

@@ -17,13 +17,12 @@ use warren_protocol::io::ReceivedDescriptors;
 use warren_protocol::stream::{FrameSender, Stream, StreamRegistry};
 use warren_protocol::{
     Body, Frame, FrameCodec, Heartbeat, Op, OpError, Open, Reply, Request, StreamKind, UserCtx,
-    UserId,
 };
 
 /// A worker's answer, with the descriptor its frame carried (if the reply
-/// says it hands one over; see `warren_protocol::io`).
-/// An upload's answer comes counted as a transfer already (see
-/// `handed_uploads`), so a drain never sees it uncounted.
+/// says it hands one over; see `warren_protocol::io`); an upload's answer
+/// comes counted as a transfer already (see `handed_uploads`), so a drain
+/// never sees it uncounted.
 type Answer = (Result<Reply, OpError>, Option<OwnedFd>, Option<UploadCount>);
 
 /// Why a call did not get an answer from this connection.
@@ -38,8 +37,7 @@ pub(crate) enum CallError {
 
 #[derive(Default)]
 struct Pending {
-    /// The caller waiting for each request, and whom it is for.
-    waiting: HashMap<u64, (oneshot::Sender<Answer>, UserId)>,
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
     closed: bool,
 }
 
@@ -127,7 +125,7 @@ impl WorkerConnection {
             if pending.closed {
                 return Err(CallError::NotSent(op));
             }
-            pending.waiting.insert(id, (answer, user.id));
+            pending.waiting.insert(id, answer);
         }
         let mut guard = CancelOnDrop {
             connection: self,
@@ -206,7 +204,7 @@ impl WorkerConnection {
     /// than a frame may be).
     pub fn fail_unsendable(&self, id: u64, why: &warren_protocol::FrameError) {
         let waiter = self.lock_pending().waiting.remove(&id);
-        if let Some((waiter, _)) = waiter {
+        if let Some(waiter) = waiter {
             let _ = waiter.send((
                 Err(OpError::Invalid(format!(
                     "the request is too large for the worker protocol: {why}"
@@ -310,7 +308,7 @@ impl WorkerConnection {
                     matches!(result, Ok(Reply::UploadOpened { .. })).then(|| self.count_upload());
                 let waiter = self.lock_pending().waiting.remove(&frame.id);
                 match waiter {
-                    Some((waiter, _)) => {
+                    Some(waiter) => {
                         let _ = waiter.send((result, fd, counted));
                     }
                     // The caller gave up and a Cancel is on its way: a
@@ -341,9 +339,7 @@ impl WorkerConnection {
             other => Err(format!("unexpected frame from a worker: {other:?}")),
         }
     }
-}
 
-impl WorkerConnection {
     /// Drops, at the worker, an upload begun for nobody (its caller left,
     /// or its descriptor was lost): its temp file and reservation go now,
     /// not when the worker sweeps them. Nobody waits for the answer.

@@ -345,13 +345,10 @@ pub(super) async fn get_file(
     let Some(content) = content else {
         return get_streamed(&state, user, &path, method, &headers, query).await;
     };
-    let plan = match plan_read(&path, &entry, &headers)? {
+    let plan = match plan_read(&path, &entry, &method, &headers)? {
         Read::Answer(response) => return Ok(response),
         Read::Bytes(plan) => plan,
     };
-    if method == Method::HEAD {
-        return Ok(plan.respond(Body::empty()));
-    }
     // The plan's range lies within the size described, which is the
     // content's length.
     let part = usize::try_from(plan.offset)
@@ -380,13 +377,10 @@ fn send_opened(
     headers: &HeaderMap,
     lane: Option<Lane>,
 ) -> Result<Response, ApiError> {
-    let plan = match plan_read(path, entry, headers)? {
+    let plan = match plan_read(path, entry, method, headers)? {
         Read::Answer(response) => return Ok(response),
         Read::Bytes(plan) => plan,
     };
-    if *method == Method::HEAD || plan.len == 0 {
-        return Ok(plan.respond(Body::empty()));
-    }
     // Counted until the body is sent or dropped.
     let transfer = Transfer::begin(state, user.id)?;
     let body = FileBody::new(handed.file, plan.offset, plan.len, lane, Box::new(transfer));
@@ -427,13 +421,10 @@ async fn get_streamed(
         drop((sender, receiver));
         return list(state, user, path, query).await;
     }
-    let plan = match plan_read(path, &entry, headers)? {
+    let plan = match plan_read(path, &entry, &method, headers)? {
         Read::Answer(response) => return Ok(response),
         Read::Bytes(plan) => plan,
     };
-    if method == Method::HEAD {
-        return Ok(plan.respond(Body::empty()));
-    }
     let range = warren_protocol::ReadRange {
         offset: plan.offset,
         len: plan.len,
@@ -486,8 +477,14 @@ impl ReadPlan {
     }
 }
 
-/// Headers, conditionals and range of a GET for `entry`.
-fn plan_read(path: &str, entry: &Entry, headers: &HeaderMap) -> Result<Read, ApiError> {
+/// Headers, conditionals and range of a GET for `entry` (a HEAD is
+/// answered here, with the headers only).
+fn plan_read(
+    path: &str,
+    entry: &Entry,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Read, ApiError> {
     match entry.kind {
         EntryKind::Dir => {
             return Err(ApiError::Internal("plan_read on a directory".into()));
@@ -569,12 +566,16 @@ fn plan_read(path: &str, entry: &Entry, headers: &HeaderMap) -> Result<Read, Api
         None => (StatusCode::OK, 0, entry.size),
     };
     response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    Ok(Read::Bytes(ReadPlan {
+    let plan = ReadPlan {
         status,
         headers: response_headers,
         offset,
         len,
-    }))
+    };
+    if *method == Method::HEAD {
+        return Ok(Read::Answer(plan.respond(Body::empty())));
+    }
+    Ok(Read::Bytes(plan))
 }
 
 fn precondition_failed(path: &str) -> ApiError {
@@ -951,7 +952,7 @@ async fn write_handed<E>(
             }
             Ok(Some(Ok(bytes))) => bytes,
         };
-        let (batch, more) = gather_batch(first, &mut chunks);
+        let (batch, more) = gather(first, &mut chunks, UPLOAD_BATCH);
         let len: u64 = batch.iter().map(|b| b.len() as u64).sum();
         upload.reserve(written + len).await?;
         if let Some(previous) = writing.take() {
@@ -993,28 +994,6 @@ async fn write_handed<E>(
         return Err(worker_gone());
     }
     upload.commit(written).await
-}
-
-/// `first` and the chunks that have already arrived after it, up to
-/// [`UPLOAD_BATCH`] bytes, kept apart (written with one `writev`).
-fn gather_batch<E>(
-    first: bytes::Bytes,
-    chunks: &mut (impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin),
-) -> (Vec<bytes::Bytes>, Gathered) {
-    let mut size = first.len();
-    let mut batch = vec![first];
-    while size < UPLOAD_BATCH {
-        match futures_util::FutureExt::now_or_never(chunks.next()) {
-            Some(Some(Ok(more))) => {
-                size += more.len();
-                batch.push(more);
-            }
-            Some(Some(Err(_))) => return (batch, Gathered::Failed),
-            Some(None) => return (batch, Gathered::Ended),
-            None => break,
-        }
-    }
-    (batch, Gathered::More)
 }
 
 /// Appends `batch` to `file` (opened for appending at its end by the worker).
@@ -1085,10 +1064,11 @@ async fn write_stream<E>(
                     // What has already arrived goes in one frame: tiny
                     // chunks must not each cost a frame (and a buffer in
                     // the worker).
-                    let (bytes, more) = gather(bytes, &mut chunks);
+                    let (batch, more) =
+                        gather(bytes, &mut chunks, warren_protocol::MAX_DATA_CHUNK);
                     // Fails once the worker refused (quota, precondition)
                     // or died: its reason comes on the receiving side.
-                    if sender.send_vec(bytes).await.is_err() {
+                    if sender.send_vec(batch.concat()).await.is_err() {
                         break;
                     }
                     match more {
@@ -1130,21 +1110,26 @@ enum Gathered {
 }
 
 /// `first` and the chunks that have already arrived after it, up to about
-/// one data frame, in one buffer.
+/// `limit` bytes, kept apart.
 fn gather<E>(
     first: bytes::Bytes,
     chunks: &mut (impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin),
-) -> (Vec<u8>, Gathered) {
-    let mut joined = Vec::from(first);
-    while joined.len() < warren_protocol::MAX_DATA_CHUNK {
+    limit: usize,
+) -> (Vec<bytes::Bytes>, Gathered) {
+    let mut size = first.len();
+    let mut batch = vec![first];
+    while size < limit {
         match futures_util::FutureExt::now_or_never(chunks.next()) {
-            Some(Some(Ok(more))) => joined.extend_from_slice(&more),
-            Some(Some(Err(_))) => return (joined, Gathered::Failed),
-            Some(None) => return (joined, Gathered::Ended),
+            Some(Some(Ok(more))) => {
+                size += more.len();
+                batch.push(more);
+            }
+            Some(Some(Err(_))) => return (batch, Gathered::Failed),
+            Some(None) => return (batch, Gathered::Ended),
             None => break,
         }
     }
-    (joined, Gathered::More)
+    (batch, Gathered::More)
 }
 
 fn outcome_of(
