@@ -463,6 +463,148 @@ pub struct ServeArgs {
     /// at least 32 characters): it signs requests forwarded between hosts.
     #[arg(long, env = "WARREN_CLUSTER_SECRET_FILE", value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// `off`: no logins with warren's own passwords (POST /auth/login and
+    /// sign-up answer 403); users come in through OpenID Connect, JWTs or
+    /// an identity header. Administrators still get API tokens from the CLI.
+    #[arg(long, env = "WARREN_PASSWORD_LOGIN", default_value = "on", value_parser = parse_on_off)]
+    pub password_login: bool,
+    /// OpenID Connect login: the provider's issuer URL (discovery at
+    /// ISSUER/.well-known/openid-configuration). Needs --oidc-client-id and
+    /// a secret (--oidc-client-secret-file or WARREN_OIDC_CLIENT_SECRET).
+    #[arg(long, env = "WARREN_OIDC_ISSUER", value_parser = parse_issuer)]
+    pub oidc_issuer: Option<String>,
+    /// The client id warren is registered with at the provider; register
+    /// PUBLIC_URL/api/v1/auth/oidc/callback as its redirect URI.
+    #[arg(long, env = "WARREN_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+    /// A file whose first line is the client secret (never a flag value,
+    /// which `ps` shows; or the WARREN_OIDC_CLIENT_SECRET variable).
+    #[arg(long, env = "WARREN_OIDC_CLIENT_SECRET_FILE", value_name = "FILE")]
+    pub oidc_client_secret_file: Option<PathBuf>,
+    /// The scopes asked for (space-separated; `openid` is always asked).
+    #[arg(
+        long,
+        env = "WARREN_OIDC_SCOPES",
+        default_value = "openid profile email"
+    )]
+    pub oidc_scopes: String,
+    /// The ID token claim a new user's name comes from: `preferred_username`,
+    /// `email` (its part before the @), `sub`, or another string claim.
+    #[arg(
+        long,
+        env = "WARREN_OIDC_USERNAME_CLAIM",
+        default_value = "preferred_username"
+    )]
+    pub oidc_username_claim: String,
+    /// CLAIM=VALUE: a user is an administrator exactly when the claim is
+    /// VALUE or a list holding it (e.g. groups=warren-admins), set at each
+    /// login [default: roles are warren's own].
+    #[arg(long, env = "WARREN_OIDC_ADMIN_CLAIM", value_parser = parse_claim_pair)]
+    pub oidc_admin_claim: Option<(String, String)>,
+    /// Whether a first login of an unknown identity creates its user
+    /// (`false`: refused with 403; only identities that logged in before get in).
+    #[arg(long, env = "WARREN_OIDC_CREATE_USERS", default_value = "true", action = clap::ArgAction::Set)]
+    pub oidc_create_users: bool,
+    /// JWT bearer tokens signed with this shared secret (HS256/384/512;
+    /// the file's content, at least 32 bytes).
+    #[arg(long, env = "WARREN_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// JWT bearer tokens signed by a key of this JWKS URL (RS256/ES256...).
+    #[arg(long, env = "WARREN_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// JWT bearer tokens signed by a key of this JWKS file.
+    #[arg(long, env = "WARREN_JWT_JWKS_FILE", value_name = "FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// The `iss` every JWT must carry (required with a key source).
+    #[arg(long, env = "WARREN_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` every JWT must carry (required with a key source).
+    #[arg(long, env = "WARREN_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The JWT claim a new user's name comes from.
+    #[arg(long, env = "WARREN_JWT_USERNAME_CLAIM", default_value = "sub")]
+    pub jwt_username_claim: String,
+    /// CLAIM=VALUE mapping JWTs to the administrator role, as for OIDC.
+    #[arg(long, env = "WARREN_JWT_ADMIN_CLAIM", value_parser = parse_claim_pair)]
+    pub jwt_admin_claim: Option<(String, String)>,
+    /// Whether a JWT of an unknown subject creates its user.
+    #[arg(long, env = "WARREN_JWT_CREATE_USERS", default_value = "true", action = clap::ArgAction::Set)]
+    pub jwt_create_users: bool,
+    /// A header that names the user, believed only from --trusted-proxy
+    /// peers (from anyone else it is ignored and logged as a security
+    /// event): e.g. X-Forwarded-User (oauth2-proxy, nginx auth_request).
+    #[arg(long, env = "WARREN_IDENTITY_HEADER", value_parser = parse_header_name)]
+    pub identity_header: Option<String>,
+    /// `plain`: the header's value is the username; `jwt`: it is a JWT,
+    /// verified with the --jwt-* keys, issuer and audience.
+    #[arg(
+        long,
+        env = "WARREN_IDENTITY_HEADER_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub identity_header_format: IdentityHeaderFormat,
+    /// Whether an identity header naming an unknown user creates them.
+    #[arg(long, env = "WARREN_IDENTITY_HEADER_CREATE_USERS", default_value = "true", action = clap::ArgAction::Set)]
+    pub identity_header_create_users: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentityHeaderFormat {
+    Plain,
+    Jwt,
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("{text:?}: use on or off")),
+    }
+}
+
+/// An issuer URL: https (or http on a loopback address, for tests and
+/// providers on the same host), kept exactly as given but for a trailing /.
+fn parse_issuer(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text).map_err(|err| format!("{text:?}: {err}"))?;
+    let loopback = url.host_str().is_some_and(|host| {
+        host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        return Err(format!(
+            "{text:?}: an issuer must be https:// (http:// only on a loopback address)"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+fn parse_claim_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((claim, value)) if !claim.is_empty() && !value.is_empty() => {
+            Ok((claim.to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "{text:?}: use CLAIM=VALUE, e.g. groups=warren-admins"
+        )),
+    }
+}
+
+fn parse_header_name(text: &str) -> Result<String, String> {
+    let name = axum::http::HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("{text:?} is not a header name"))?;
+    if matches!(
+        name.as_str(),
+        "authorization" | "cookie" | "host" | "x-forwarded-for" | "x-forwarded-proto"
+    ) {
+        return Err(format!(
+            "{text:?} has another meaning; pick a header of its own"
+        ));
+    }
+    Ok(name.as_str().to_string())
 }
 
 /// A host's name: 1-63 of `a-z`, `0-9` and `-`, starting with a letter or

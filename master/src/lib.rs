@@ -29,6 +29,7 @@ pub mod pool_cli;
 pub mod purge;
 pub mod recorder;
 pub mod serve;
+pub mod serve_identity;
 pub mod store;
 pub mod user_cli;
 

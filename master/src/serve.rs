@@ -92,6 +92,7 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
         Err(err) => warn!(error = %err, "cannot give every user a uid (--uid-range)"),
     }
     let auth = Auth::new(store.clone(), config, metrics.auth())?;
+    let identities = Arc::new(crate::serve_identity::identities(&args)?);
 
     let workers = match args.workers {
         Some(workers) => workers,
@@ -242,6 +243,7 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
             public_origin: args.public_url.clone(),
             allow_signup: args.allow_signup,
         },
+        identities,
         templates_dir: data_dir.join("shared").join("templates"),
         upload_idle_timeout: args.upload_idle_timeout,
         body_timeout: args.body_timeout,

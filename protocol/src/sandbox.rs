@@ -104,7 +104,7 @@ pub fn encode_spec(spec: &ExecSpec) -> Result<String, crate::FrameError> {
 
 /// The spec from the text of [`SPEC_ENV`].
 pub fn decode_spec(text: &[u8]) -> Result<ExecSpec, crate::FrameError> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(crate::FrameError::Decode("odd-length hex".into()));
     }
     let nibble = |c: u8| match c {

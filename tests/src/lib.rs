@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod bulk;
 pub mod files;
 pub mod nginx;
+pub mod oidc;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

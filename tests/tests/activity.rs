@@ -259,7 +259,7 @@ async fn a_client_that_stops_reading_is_dropped_and_memory_stays_flat() {
         async move {
             let mut moves = Vec::new();
             for chain in 0..CHAINS {
-                let (from, to) = if round % 2 == 0 {
+                let (from, to) = if round.is_multiple_of(2) {
                     ("a", "b")
                 } else {
                     ("b", "a")

@@ -211,7 +211,7 @@ async fn a_rolling_restart_under_load_fails_no_request() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let outcome = if n % 4 == 0 {
+                let outcome = if n.is_multiple_of(4) {
                     put(&user, &format!("w{}.txt", n % 8), format!("write {n}"))
                         .await
                         .0

@@ -152,7 +152,7 @@ pub async fn serve(config: WorkerConfig) -> Result<(), WorkerError> {
         // meanwhile; letting the writer send every few replies keeps master
         // and worker busy at once (+10 % small-file GETs on 2 vCPUs).
         handled += 1;
-        if handled % FRAMES_PER_TURN == 0 {
+        if handled.is_multiple_of(FRAMES_PER_TURN) {
             tokio::task::yield_now().await;
         }
         match reader.next().await {

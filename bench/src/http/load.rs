@@ -485,7 +485,7 @@ pub async fn run_into(clients: &mut Vec<Client>, plan: Plan, total: &mut Outcome
 /// (`true`) in even slices, the reference in odd ones (W B B W W B …), so
 /// neither always follows the other.
 pub fn turns(index: u32) -> [bool; 2] {
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         [true, false]
     } else {
         [false, true]

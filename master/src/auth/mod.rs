@@ -10,6 +10,9 @@
 //! A generation counter makes sure a lookup that raced a revocation never
 //! re-inserts the revoked credential.
 
+pub mod external;
+pub mod jwt;
+pub mod oidc;
 pub mod password;
 pub mod throttle;
 pub mod token;
@@ -120,6 +123,22 @@ pub enum AuthError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Random(#[from] token::RandomError),
+    /// A JWT (bearer token, ID token, identity header) that does not pass.
+    #[error(transparent)]
+    Token(#[from] jwt::JwtError),
+    /// An identity from outside that warren does not let in (unknown and
+    /// not created, disabled, an unusable name).
+    #[error("{0}")]
+    IdentityRefused(String),
+    /// An identity from outside whose username another account holds.
+    #[error("{0}")]
+    UsernameTaken(String),
+    /// An OpenID Connect callback without a login it belongs to.
+    #[error("{0}")]
+    LoginState(String),
+    /// The OpenID provider could not be reached or answered nonsense.
+    #[error("the identity provider: {0}")]
+    Provider(String),
 }
 
 #[derive(
@@ -152,8 +171,17 @@ impl Scope {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialKind {
-    Session { id: Uuid },
-    Token { id: Uuid, scope: Scope },
+    Session {
+        id: Uuid,
+    },
+    Token {
+        id: Uuid,
+        scope: Scope,
+    },
+    /// A JWT bearer token or a trusted proxy's identity header (see
+    /// [`external`]): no row of its own, lives until the token's `exp`
+    /// (or the cache's TTL) unless its user is disabled or deleted.
+    External,
 }
 
 /// An authenticated caller, as cached.
@@ -208,7 +236,7 @@ impl Principal {
     pub fn session_id(&self) -> Option<Uuid> {
         match self.kind {
             CredentialKind::Session { id } => Some(id),
-            CredentialKind::Token { .. } => None,
+            CredentialKind::Token { .. } | CredentialKind::External => None,
         }
     }
 }
@@ -839,6 +867,23 @@ impl Auth {
         let now = store::now_ms();
         let current = match self.cache.get(&principal.token_hash) {
             Some(current) => current,
+            None if principal.kind == CredentialKind::External => {
+                let user = self
+                    .store
+                    .user_by_id(principal.user_id)
+                    .await?
+                    .filter(|user| !user.disabled)
+                    .ok_or(AuthError::Unauthenticated)?;
+                Arc::new(Principal::new(
+                    &user,
+                    CredentialKind::External,
+                    principal.token_hash.clone(),
+                    principal.expires_at,
+                    principal.last_seen.load(Ordering::Relaxed),
+                    &self.config,
+                    **self.default_limits.load(),
+                ))
+            }
             None => {
                 let api_token = matches!(principal.kind, CredentialKind::Token { .. });
                 let found = self

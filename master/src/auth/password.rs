@@ -55,6 +55,10 @@ pub fn hash_now(password: &str) -> Result<String, PasswordError> {
 
 /// Whether `password` matches the PHC string `hash`. A malformed hash
 /// matches nothing.
+/// The password hash of a user created by a login from outside (OpenID
+/// Connect, a JWT, a proxy's identity header): no password matches it.
+pub const EXTERNAL_PASSWORD_HASH: &str = "!external";
+
 pub fn verify_now(password: &str, hash: &str) -> bool {
     match PasswordHash::new(hash) {
         Ok(parsed) => argon2()
@@ -131,6 +135,10 @@ impl Hasher {
     /// Verifies `password` against `hash`, or against a dummy hash when
     /// there is no user: the same work either way.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, PasswordError> {
+        // A user who logs in from outside has no password: their hash is
+        // no PHC string (`EXTERNAL_PASSWORD_HASH`). They cost a full hash
+        // too, so timing does not tell them from other users.
+        let hash = hash.filter(|hash| *hash != EXTERNAL_PASSWORD_HASH);
         let exists = hash.is_some();
         let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let password = password.to_string();

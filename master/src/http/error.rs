@@ -45,8 +45,18 @@ pub enum ApiError {
     Unauthenticated,
     #[error("wrong username or password")]
     InvalidCredentials,
+    /// A JWT or a login from outside that did not pass (the reason is safe
+    /// to show: it names no key).
+    #[error("{0}")]
+    InvalidToken(String),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// An identity from outside that warren does not let in.
+    #[error("{0}")]
+    IdentityRefused(String),
+    /// The OpenID provider or a key URL could not be reached.
+    #[error("{0}")]
+    ProviderUnavailable(String),
     #[error("{0}")]
     Conflict(String),
     #[error("the request body is larger than {0} bytes")]
@@ -133,7 +143,12 @@ impl ApiError {
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            ApiError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::IdentityRefused(_) => (StatusCode::FORBIDDEN, "identity_refused"),
+            ApiError::ProviderUnavailable(_) => {
+                (StatusCode::BAD_GATEWAY, "identity_provider_unavailable")
+            }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => {
@@ -246,6 +261,12 @@ impl From<AuthError> for ApiError {
             AuthError::Password(err) => err.into(),
             AuthError::Store(err) => err.into(),
             AuthError::Random(err) => ApiError::Internal(err.to_string()),
+            AuthError::Token(err) if err.is_refusal() => ApiError::InvalidToken(err.to_string()),
+            AuthError::Token(err) => ApiError::ProviderUnavailable(err.to_string()),
+            AuthError::IdentityRefused(why) => ApiError::IdentityRefused(why),
+            AuthError::UsernameTaken(why) => ApiError::Conflict(why),
+            AuthError::LoginState(why) => ApiError::BadRequest(why),
+            AuthError::Provider(why) => ApiError::ProviderUnavailable(why),
         }
     }
 }

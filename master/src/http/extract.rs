@@ -27,7 +27,8 @@ pub struct WebConfig {
 }
 
 impl WebConfig {
-    fn trusts(&self, peer: IpAddr) -> bool {
+    /// Whether `peer` is one of the `--trusted-proxy` networks.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
     }
 
@@ -152,7 +153,10 @@ pub(crate) fn credential(headers: &HeaderMap) -> Result<Option<(&str, bool)>, Ap
             _ => Err(ApiError::Unauthenticated),
         };
     }
-    Ok(cookie(headers, SESSION_COOKIE).map(|token| (token, true)))
+    if let Some(token) = cookie(headers, SESSION_COOKIE) {
+        return Ok(Some((token, true)));
+    }
+    Ok(super::identity::websocket_bearer(headers).map(|token| (token, false)))
 }
 
 /// The value of cookie `name`, if sent.
@@ -211,10 +215,22 @@ async fn authenticate(
     state: &AppState,
     changes_state: bool,
 ) -> Result<Arc<Principal>, ApiError> {
-    let Some((token, via_cookie)) = credential(&parts.headers)? else {
-        return Err(ApiError::Unauthenticated);
+    // A trusted proxy's identity header stands for its user's browser
+    // session at the proxy: a cookie, as far as cross-site requests go.
+    let (principal, via_cookie) = match super::identity::from_proxy(state, parts).await? {
+        Some(principal) => (principal, true),
+        None => {
+            let Some((token, via_cookie)) = credential(&parts.headers)? else {
+                return Err(ApiError::Unauthenticated);
+            };
+            let principal = if !via_cookie && super::identity::looks_like_jwt(token) {
+                super::identity::bearer(state, parts, token).await?
+            } else {
+                state.auth.authenticate(token).await?
+            };
+            (principal, via_cookie)
+        }
     };
-    let principal = state.auth.authenticate(token).await?;
     if changes_state {
         if via_cookie {
             let client = ClientInfo::of(parts, &state.web);

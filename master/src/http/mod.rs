@@ -8,6 +8,7 @@ mod api;
 mod debug;
 mod error;
 pub mod extract;
+pub mod identity;
 pub mod listener;
 pub mod peer;
 pub mod sendfile;
@@ -93,6 +94,9 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Auth>,
     pub web: WebConfig,
+    /// The ways in besides warren's passwords (OpenID Connect, JWT bearer
+    /// tokens, identity headers), and whether passwords are one.
+    pub identities: Arc<identity::Identities>,
     /// `<data-dir>/shared/templates`: read-only templates users may copy.
     pub templates_dir: std::path::PathBuf,
     /// How long an upload may send nothing before it is abandoned.

@@ -82,6 +82,7 @@ macro_rules! joined_user_columns {
                                    u.home_host, u.moving_to"
     };
 }
+pub(super) use joined_user_columns;
 
 fn session_of(row: &AnyRow) -> Result<SessionRow> {
     Ok(SessionRow {

@@ -307,6 +307,28 @@ impl Store {
     /// same moment makes the insert fail on the unique index: it is retried
     /// with the next free one.
     pub async fn create_user(&self, new: NewUser<'_>) -> Result<User> {
+        self.create_user_linked(new, None).await
+    }
+
+    /// [`Store::create_user`] for an outside identity `(issuer, subject)`
+    /// (see `migrations/*/…_external_identities.sql`): the user and the
+    /// link are written in one transaction, so neither exists without the
+    /// other. An identity linked meanwhile (another request, another
+    /// master) is `Conflict("this outside identity")`: read it again.
+    pub async fn create_external_user(
+        &self,
+        new: NewUser<'_>,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<User> {
+        self.create_user_linked(new, Some((issuer, subject))).await
+    }
+
+    async fn create_user_linked(
+        &self,
+        new: NewUser<'_>,
+        identity: Option<(&str, &str)>,
+    ) -> Result<User> {
         let mut user = User {
             id: Uuid::new_v4(),
             username: new.username.to_string(),
@@ -334,26 +356,18 @@ impl Store {
                 }
                 Err(err) => return Err(err),
             };
-            self.count(1);
-            let inserted = sqlx::query(
-                "INSERT INTO users (id, username, password_hash, role, disabled, created_at, uid, \
-                 home_host) VALUES ($1, $2, $3, $4, 0, $5, $6, $7)",
-            )
-            .bind(user.id.to_string())
-            .bind(&user.username)
-            .bind(new.password_hash)
-            .bind(user.role.as_str())
-            .bind(user.created_at)
-            .bind(uid)
-            .bind(new.home_host)
-            .execute(&self.pool)
-            .await;
-            match inserted {
-                Ok(_) => {
+            self.count(if identity.is_some() { 2 } else { 1 });
+            match self.insert_user(&user, &new, uid, identity).await {
+                Ok(()) => {
                     user.uid = Some(uid);
                     return Ok(user);
                 }
                 Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    if let Some((issuer, subject)) = identity {
+                        if self.user_by_identity(issuer, subject).await?.is_some() {
+                            return Err(StoreError::Conflict("this outside identity"));
+                        }
+                    }
                     if self.user_by_name(new.username).await?.is_some() {
                         return Err(StoreError::Conflict("a user with this name"));
                     }
@@ -365,6 +379,61 @@ impl Store {
         Err(StoreError::Limit(format!(
             "no uid could be allocated in {UID_ATTEMPTS} attempts"
         )))
+    }
+
+    /// One attempt of [`Store::create_user_linked`]: the user's row and,
+    /// for an outside identity, its link, in one transaction.
+    async fn insert_user(
+        &self,
+        user: &User,
+        new: &NewUser<'_>,
+        uid: i64,
+        identity: Option<(&str, &str)>,
+    ) -> std::result::Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, role, disabled, created_at, uid, \
+             home_host) VALUES ($1, $2, $3, $4, 0, $5, $6, $7)",
+        )
+        .bind(user.id.to_string())
+        .bind(&user.username)
+        .bind(new.password_hash)
+        .bind(user.role.as_str())
+        .bind(user.created_at)
+        .bind(uid)
+        .bind(new.home_host)
+        .execute(&mut *tx)
+        .await?;
+        if let Some((issuer, subject)) = identity {
+            sqlx::query(
+                "INSERT INTO external_identities (issuer, subject, user_id, created_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(issuer)
+            .bind(subject)
+            .bind(user.id.to_string())
+            .bind(user.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// The user an outside identity belongs to (see
+    /// [`Store::create_external_user`]).
+    pub async fn user_by_identity(&self, issuer: &str, subject: &str) -> Result<Option<User>> {
+        self.count(1);
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            super::sessions::joined_user_columns!(),
+            " FROM external_identities e JOIN users u ON u.id = e.user_id \
+             WHERE e.issuer = $1 AND e.subject = $2"
+        ))
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user_of).transpose()
     }
 
     /// The lowest uid of the range above every allocated one, or the

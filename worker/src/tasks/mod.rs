@@ -130,7 +130,7 @@ impl Tasks {
                 }
                 continue;
             }
-            if turn % QUOTA_TURNS != 0 {
+            if !turn.is_multiple_of(QUOTA_TURNS) {
                 continue;
             }
             let mut users: HashMap<UserId, crate::workspace::Quota> = HashMap::new();

@@ -27,6 +27,9 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 
 const CROSS_SITE: &str = "cross-site request refused: Origin does not match this server";
 
+const PASSWORDS_OFF: &str =
+    "password login is turned off on this server (see GET /api/v1/auth/methods)";
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
@@ -52,7 +55,7 @@ pub struct LoginResponse {
     responses(
         (status = 200, description = "Logged in; `Set-Cookie: warren_session=…`", body = LoginResponse),
         (status = 401, description = "Wrong username or password (one answer for both)", body = ErrorBody),
-        (status = 403, description = "Cross-site request", body = ErrorBody),
+        (status = 403, description = "Cross-site request, or password login is off (`--password-login off`)", body = ErrorBody),
         (status = 429, description = "Too many attempts (cross-site ones included); see `Retry-After`", body = ErrorBody),
     )
 )]
@@ -65,6 +68,9 @@ async fn login(
     // Login CSRF: a browser on another site may not log a victim in. Such
     // a refusal counts against the address's login rate limit, as a login
     // attempt would (and its audit row against the audit rate limit).
+    if !state.identities.password_login {
+        return Err(ApiError::Forbidden(PASSWORDS_OFF));
+    }
     if !state.web.same_origin(&headers, info.tls, false) {
         state.auth.admit_refused_login(&info.client)?;
         return Err(forbidden(&state, None, "POST /api/v1/auth/login", &info, CROSS_SITE).await);
@@ -89,6 +95,16 @@ fn logged_in(
     login: Login,
     status: StatusCode,
 ) -> impl IntoResponse {
+    let headers = session_cookies(state, info, &login);
+    let body = LoginResponse {
+        user: UserView::from(&login.user),
+        expires_at: rfc3339(login.session.expires_at),
+    };
+    (status, headers, Json(body))
+}
+
+/// The cookies of a new session: the session's, and the route's.
+pub(super) fn session_cookies(state: &AppState, info: &ClientInfo, login: &Login) -> HeaderMap {
     let max_age = state.auth.config().session_ttl.as_secs();
     let secure = if info.tls { "; Secure" } else { "" };
     let session = format!(
@@ -112,11 +128,7 @@ fn logged_in(
             headers.append(header::SET_COOKIE, value);
         }
     }
-    let body = LoginResponse {
-        user: UserView::from(&login.user),
-        expires_at: rfc3339(login.session.expires_at),
-    };
-    (status, headers, Json(body))
+    headers
 }
 
 /// Log out: ends this session and clears the cookie. An API token is not
@@ -136,11 +148,21 @@ async fn logout(
     info: ClientInfo,
 ) -> Result<impl IntoResponse, ApiError> {
     // Never report success for nothing: logout ends sessions only.
-    if let CredentialKind::Token { id, .. } = principal.kind {
-        return Err(ApiError::BadRequest(format!(
-            "this is an API token, not a login session: logout does not end it; \
-             revoke it with DELETE /api/v1/me/tokens/{id}"
-        )));
+    match principal.kind {
+        CredentialKind::Token { id, .. } => {
+            return Err(ApiError::BadRequest(format!(
+                "this is an API token, not a login session: logout does not end it; \
+                 revoke it with DELETE /api/v1/me/tokens/{id}"
+            )))
+        }
+        CredentialKind::External => {
+            return Err(ApiError::BadRequest(
+                "this is a JWT or a proxy's identity header, not a login session: \
+                 logout does not end it (it ends at its own expiry, or at the proxy)"
+                    .into(),
+            ))
+        }
+        CredentialKind::Session { .. } => {}
     }
     state.auth.logout(&principal, &info.client).await?;
     let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
@@ -173,7 +195,7 @@ pub struct SignupRequest {
     responses(
         (status = 201, description = "Account created and logged in", body = LoginResponse),
         (status = 404, description = "Sign-up is not enabled", body = ErrorBody),
-        (status = 403, description = "Cross-site request", body = ErrorBody),
+        (status = 403, description = "Cross-site request, or password login is off", body = ErrorBody),
         (status = 409, description = "The username is taken", body = ErrorBody),
         (status = 422, description = "Invalid username (1-64 ASCII letters, digits, '.', '_', '-') or password", body = ErrorBody),
         (status = 429, description = "Too many attempts; see `Retry-After`", body = ErrorBody),
@@ -187,6 +209,9 @@ async fn signup(
 ) -> Result<impl IntoResponse, ApiError> {
     if !state.web.allow_signup || state.auth.config().mode != Mode::Multi {
         return Err(ApiError::NotFound);
+    }
+    if !state.identities.password_login {
+        return Err(ApiError::Forbidden(PASSWORDS_OFF));
     }
     if !state.web.same_origin(&headers, info.tls, false) {
         state.auth.admit_refused_login(&info.client)?;

@@ -10,6 +10,7 @@ mod conformance;
 pub mod files;
 mod hosts;
 mod me;
+mod oidc;
 mod pool;
 pub mod tasks;
 pub mod terminals;
@@ -73,6 +74,7 @@ impl Modify for Security {
 pub fn routes(mode: Mode) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let mut api = OpenApiRouter::new()
         .merge(auth::routes())
+        .merge(oidc::routes())
         .merge(me::routes())
         .merge(workspace::routes())
         .merge(tasks::routes())
@@ -235,15 +237,7 @@ pub fn clamp_ms(ms: i64) -> u64 {
 /// letter or digit (so they are safe in paths, logs and URLs, and compare
 /// case-insensitively the same way in every database).
 pub fn check_username(name: &str) -> Result<(), super::ApiError> {
-    let valid = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
+    if crate::auth::external::valid_username(name) {
         Ok(())
     } else {
         Err(super::ApiError::Unprocessable(

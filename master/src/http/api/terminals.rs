@@ -334,6 +334,9 @@ async fn attach(
         .max_write_buffer_size(MAX_MESSAGE)
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
+        // A browser that sent its bearer token as a subprotocol gets
+        // `warren.bearer` back (it fails the socket otherwise).
+        .protocols([crate::http::identity::WS_BEARER_PROTOCOL])
         .on_upgrade(move |socket| bridge(state, principal, id, socket))
         .into_response())
 }

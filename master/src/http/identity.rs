@@ -1,0 +1,266 @@
+//! Identity from outside at the HTTP edge: which ways in are on, and the
+//! authentication of JWT bearer tokens and trusted proxies' identity
+//! headers (the OpenID Connect routes are in `api::oidc`; the user
+//! mapping, cache and audit in `auth::external`).
+
+use super::extract::ClientInfo;
+use super::{ApiError, AppState};
+use crate::auth::external::{self, Identity, IdentityPolicy, Via};
+use crate::auth::jwt::{JwtError, Verifier};
+use crate::auth::oidc::Oidc;
+use crate::auth::{AuthError, Principal};
+use crate::store::User;
+use axum::http::request::Parts;
+use axum::http::HeaderName;
+use std::sync::Arc;
+use tracing::info;
+
+/// The WebSocket subprotocol a browser offers to say "my bearer token is
+/// in the next protocol" (a browser cannot set `Authorization` on a
+/// WebSocket): `Sec-WebSocket-Protocol: warren.bearer, warren.bearer.<JWT>`.
+/// The server answers `warren.bearer`; the token itself is never echoed.
+/// Never a token in the URL, which ends up in logs.
+pub const WS_BEARER_PROTOCOL: &str = "warren.bearer";
+
+/// The offered subprotocol that carries the token.
+const WS_BEARER_PREFIX: &str = "warren.bearer.";
+
+/// The ways in besides warren's own passwords (all off by default).
+#[derive(Default)]
+pub struct Identities {
+    /// `--password-login off` turns password logins (and sign-up) off.
+    pub password_login: bool,
+    pub oidc: Option<Arc<Oidc>>,
+    pub jwt: Option<JwtBearer>,
+    pub header: Option<IdentityHeader>,
+}
+
+impl Identities {
+    /// Only warren's passwords.
+    pub fn passwords_only() -> Identities {
+        Identities {
+            password_login: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// `Authorization: Bearer <JWT>` (`--jwt-*`).
+pub struct JwtBearer {
+    pub verifier: Verifier,
+    pub policy: IdentityPolicy,
+}
+
+/// A trusted proxy's identity header (`--identity-header`).
+pub struct IdentityHeader {
+    pub name: HeaderName,
+    pub format: HeaderFormat,
+    pub policy: IdentityPolicy,
+}
+
+pub enum HeaderFormat {
+    /// The header's value is the username (oauth2-proxy's
+    /// `X-Forwarded-User`, nginx's `auth_request` answers).
+    Plain,
+    /// The header is a JWT (the proxy signed what it vouches for),
+    /// verified like a bearer token with `--jwt-*`'s keys.
+    Jwt(Verifier),
+}
+
+/// Whether a bearer token has the shape of a JWT (never one of warren's
+/// own tokens, which have no dots).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+/// The caller a bearer JWT stands for: from the cache, else verified and
+/// mapped to a user (created on first sight if the policy allows).
+pub async fn bearer(
+    state: &AppState,
+    parts: &Parts,
+    token: &str,
+) -> Result<Arc<Principal>, ApiError> {
+    let Some(jwt) = &state.identities.jwt else {
+        return Err(ApiError::Unauthenticated);
+    };
+    let key = external::cache_key("jwt", token);
+    if let Some(cached) = state.auth.cached_external(&key) {
+        return Ok(cached?);
+    }
+    let generation = state.auth.generation();
+    let client = ClientInfo::of(parts, &state.web);
+    let claims = match jwt.verifier.verify(token).await {
+        Ok(claims) => claims,
+        Err(err) => {
+            if err.is_refusal() {
+                state
+                    .auth
+                    .audit_refused_credential(Via::Jwt, &client.client, &err.to_string())
+                    .await;
+            }
+            return Err(AuthError::Token(err).into());
+        }
+    };
+    let identity = jwt
+        .policy
+        .identity(jwt.verifier.issuer(), &claims, Via::Jwt)?;
+    let user = user_for(state, &identity, &jwt.policy, &client).await?;
+    state
+        .auth
+        .audit_external_login(&user, &identity, &client.client)
+        .await;
+    Ok(state
+        .auth
+        .admit_external(&user, key, claims.expires_at_ms(), generation)?)
+}
+
+/// The caller a trusted proxy's identity header names, if the request has
+/// one. From a peer that is not a trusted proxy the header is ignored (the
+/// request goes on as if it had none) and logged as a security event.
+pub async fn from_proxy(
+    state: &AppState,
+    parts: &Parts,
+) -> Result<Option<Arc<Principal>>, ApiError> {
+    let Some(header) = &state.identities.header else {
+        return Ok(None);
+    };
+    let Some(value) = parts.headers.get(&header.name) else {
+        return Ok(None);
+    };
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if !peer.is_some_and(|peer| state.web.trusts(peer)) {
+        let client = ClientInfo::of(parts, &state.web);
+        info!(
+            security_event = true,
+            header = %header.name,
+            peer = ?peer,
+            "identity header from a peer that is not a trusted proxy: ignored"
+        );
+        state
+            .auth
+            .audit_refused_credential(
+                Via::Header,
+                &client.client,
+                &format!(
+                    "{} sent by {} (not a --trusted-proxy): ignored",
+                    header.name,
+                    peer.map_or("an unknown peer".to_string(), |peer| peer.to_string())
+                ),
+            )
+            .await;
+        return Ok(None);
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidToken(format!("{}: not ASCII", header.name)))?
+        .trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let key = external::cache_key(header.name.as_str(), value);
+    if let Some(cached) = state.auth.cached_external(&key) {
+        return Ok(Some(cached?));
+    }
+    let generation = state.auth.generation();
+    let client = ClientInfo::of(parts, &state.web);
+    let (identity, expires_at) = match &header.format {
+        HeaderFormat::Plain => (
+            Identity {
+                issuer: format!("header:{}", header.name),
+                subject: value.to_string(),
+                username: value.to_string(),
+                admin: None,
+                via: Via::Header,
+            },
+            // No expiry of its own: the cache's TTL bounds it, and the
+            // proxy sends the header again with every request.
+            i64::MAX,
+        ),
+        HeaderFormat::Jwt(verifier) => {
+            let claims = verifier
+                .verify(value)
+                .await
+                .map_err(|err: JwtError| ApiError::from(AuthError::Token(err)))?;
+            let identity = header
+                .policy
+                .identity(verifier.issuer(), &claims, Via::Header)?;
+            (identity, claims.expires_at_ms())
+        }
+    };
+    let user = user_for(state, &identity, &header.policy, &client).await?;
+    state
+        .auth
+        .audit_external_login(&user, &identity, &client.client)
+        .await;
+    Ok(Some(
+        state
+            .auth
+            .admit_external(&user, key, expires_at, generation)?,
+    ))
+}
+
+/// The user an identity is linked to, or a new one.
+pub async fn user_for(
+    state: &AppState,
+    identity: &Identity,
+    policy: &IdentityPolicy,
+    client: &ClientInfo,
+) -> Result<User, ApiError> {
+    if let Some(user) = state.auth.known_identity(identity, &client.client).await? {
+        return Ok(user);
+    }
+    let home_host = match (&state.cluster, policy.create_users) {
+        (Some(_), true) => super::api::home_host_of_new_user(state, None).await?,
+        _ => None,
+    };
+    Ok(state
+        .auth
+        .create_for_identity(identity, policy, &client.client, home_host.as_deref())
+        .await?)
+}
+
+/// The bearer token a WebSocket upgrade carries in its offered
+/// subprotocols (see [`WS_BEARER_PROTOCOL`]).
+pub fn websocket_bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .find_map(|protocol| protocol.strip_prefix(WS_BEARER_PREFIX))
+        .filter(|token| !token.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn jwts_are_told_from_warren_tokens() {
+        assert!(looks_like_jwt("eyJhbGciOi.eyJzdWIi.c2ln"));
+        assert!(!looks_like_jwt(
+            "wrn_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ"
+        ));
+        assert!(!looks_like_jwt("eyJ.a.b.c"));
+    }
+
+    #[test]
+    fn websocket_bearers_come_from_the_offered_protocols() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("warren.bearer, warren.bearer.eyJa.eyJb.c"),
+        );
+        assert_eq!(websocket_bearer(&headers), Some("eyJa.eyJb.c"));
+        headers.insert(
+            axum::http::header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("warren.bearer"),
+        );
+        assert_eq!(websocket_bearer(&headers), None);
+    }
+}
