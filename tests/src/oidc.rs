@@ -83,6 +83,14 @@ impl Provider {
     /// `warren` client. `None` (after a loud SKIP message) when the
     /// install is missing and not required; panics when it is required.
     pub async fn start(redirect_uris: &[String]) -> Option<Provider> {
+        Self::start_on(None, redirect_uris).await
+    }
+
+    /// [`Provider::start`] on `port` when given (a port picked with
+    /// [`free_port`] before warren started, so that warren's
+    /// `--oidc-issuer` can name it; warren reads discovery only at the
+    /// first login).
+    pub async fn start_on(port: Option<u16>, redirect_uris: &[String]) -> Option<Provider> {
         assert!(
             !redirect_uris.is_empty(),
             "the OpenID provider needs at least one redirect URI"
@@ -108,8 +116,8 @@ impl Provider {
         // The port is free when picked, not necessarily when node binds it:
         // a lost race (the provider exits before READY) is retried.
         let mut failures = Vec::new();
-        for _ in 0..3 {
-            let port = free_port().unwrap_or_else(|err| panic!("{err}"));
+        for _ in 0..if port.is_some() { 1 } else { 3 } {
+            let port = port.unwrap_or_else(|| free_port().unwrap_or_else(|err| panic!("{err}")));
             match Self::spawn(&script, &dir, &node_modules, port, redirect_uris).await {
                 Ok(provider) => return Some(provider),
                 Err(err) => failures.push(format!("port {port}: {err}")),
