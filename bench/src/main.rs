@@ -18,6 +18,9 @@
 //! - `warren-bench hosts`: two hosts on one PostgreSQL; a 1 KiB file read
 //!   at the user's home host beside the same read sent to the other host,
 //!   which forwards it (see [`hosts`]).
+//! - `warren-bench jwt`: authenticated `/api/v1/ping` with a JWT bearer
+//!   (HS256, `--jwt-secret-file`) beside the same with a warren API token,
+//!   in alternating slices of one run (see [`jwt`]).
 //! - `warren-bench startup`: `warren serve`'s time to ready with no users
 //!   and with 100,000, on SQLite and PostgreSQL (see [`startup`]).
 //! - `warren-bench serve` and `warren-bench bare-server` (hidden): the two
@@ -41,6 +44,7 @@ mod echo;
 mod files;
 mod hosts;
 mod http;
+mod jwt;
 mod micro;
 mod nginx;
 mod report;
@@ -80,6 +84,9 @@ enum Command {
     /// The web UI: `GET /` and an asset one at a time, revalidated, and
     /// from many connections; the assets' size in the binary.
     Ui(UiArgs),
+    /// JWT bearer tokens: `/api/v1/ping` with `Authorization: Bearer <JWT>`
+    /// beside the same with a warren API token, in one run.
+    Jwt(JwtArgs),
     /// Start-up: spawn to `/readyz` 200 with no users and with 100,000.
     Startup(StartupArgs),
     /// warren behind nginx (deploy/nginx.conf): a 1 KiB file read through
@@ -333,6 +340,28 @@ pub struct HostsArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct JwtArgs {
+    /// Measuring time of each series, in seconds (fractions allowed), after
+    /// a warm-up of a tenth of it (0.2 to 1 s).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub seconds: Duration,
+    /// Users of each kind: local users with an API token, and JWT users
+    /// (created by warren on their first request).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub users: u32,
+    /// Keep-alive connections of each series; connection k acts as user
+    /// k mod users.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Number of worker processes of the warren under test.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Write the results as JSON to stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct StartupArgs {
     /// Users in the database of the second series (the first has none).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -413,6 +442,9 @@ fn main() -> ExitCode {
         ),
         Command::Hosts(args) => report_failure(
             on_runtime(hosts::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
+        ),
+        Command::Jwt(args) => report_failure(
+            on_runtime(jwt::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
         ),
         Command::Startup(args) => report_failure(
             on_runtime(startup::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),

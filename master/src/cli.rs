@@ -182,6 +182,22 @@ pub enum UserCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Print a new API token of a user (`Authorization: Bearer TOKEN`):
+    /// how an administrator gets in when password login is off.
+    Token {
+        name: String,
+        /// The token's name, as listed in GET /api/v1/me/tokens.
+        #[arg(long, default_value = "cli")]
+        label: String,
+        /// `read` (GET and HEAD only) or `write`.
+        #[arg(long, default_value = "write", value_parser = ["read", "write"])]
+        scope: String,
+        /// How long it lasts (e.g. 1h, 7d) [default: 1d].
+        #[arg(long, default_value = "1d", value_parser = parse_duration)]
+        expires_in: Duration,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// End a user's login lockouts (on every running server within a second).
     Unlock {
         name: String,
@@ -466,7 +482,7 @@ pub struct ServeArgs {
     /// `off`: no logins with warren's own passwords (POST /auth/login and
     /// sign-up answer 403); users come in through OpenID Connect, JWTs or
     /// an identity header. Administrators still get API tokens from the CLI.
-    #[arg(long, env = "WARREN_PASSWORD_LOGIN", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, env = "WARREN_PASSWORD_LOGIN", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub password_login: bool,
     /// OpenID Connect login: the provider's issuer URL (discovery at
     /// ISSUER/.well-known/openid-configuration). Needs --oidc-client-id and

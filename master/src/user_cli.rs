@@ -159,6 +159,42 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
             let store = open(&store).await?;
             move_user(&store, &name, &to, &secret).await?;
         }
+        UserCommand::Token {
+            name,
+            label,
+            scope,
+            expires_in,
+            store,
+        } => {
+            let store = open(&store).await?;
+            let user = find(&store, &name).await?;
+            if user.disabled {
+                bail!("{name:?} is disabled: its tokens would be refused");
+            }
+            let secret = crate::auth::token::new_api_token()?;
+            let expires_at = crate::store::now_ms()
+                + i64::try_from(expires_in.as_millis()).unwrap_or(i64::MAX / 2);
+            let row = store
+                .create_operator_token(
+                    user.id,
+                    &crate::auth::token::hash_token(&secret),
+                    &label,
+                    &scope,
+                    Some(expires_at),
+                )
+                .await?;
+            audit(
+                &store,
+                "token_created",
+                &user,
+                Some(format!(
+                    "{label:?}, scope {scope}, by the operator (id {})",
+                    row.id
+                )),
+            )
+            .await;
+            println!("{secret}");
+        }
         UserCommand::Delete { name, store } => {
             let store = open(&store).await?;
             let user = find(&store, &name).await?;

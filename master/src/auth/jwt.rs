@@ -31,7 +31,7 @@ pub const LEEWAY: Duration = Duration::from_secs(30);
 
 /// The least time between two fetches of a key set caused by unknown
 /// `kid`s.
-pub const REFETCH_AFTER: Duration = Duration::from_secs(30);
+pub const REFETCH_AFTER: Duration = Duration::from_secs(5);
 
 /// A fetched key set is fetched again when a token needs it after this
 /// long (providers rotate keys).

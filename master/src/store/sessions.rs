@@ -406,6 +406,53 @@ impl Store {
         Ok(token)
     }
 
+    /// An API token made by the operator (`warren user token`): no session
+    /// creates it (the operator may reach the database; with
+    /// `--password-login off` this is how an administrator gets in), the
+    /// per-user cap still holds.
+    pub async fn create_operator_token(
+        &self,
+        user_id: Uuid,
+        token_hash: &str,
+        name: &str,
+        scope: &str,
+        expires_at: Option<i64>,
+    ) -> Result<ApiTokenRow> {
+        self.count(1);
+        let token = ApiTokenRow {
+            id: Uuid::new_v4(),
+            token_hash: token_hash.to_string(),
+            user_id,
+            name: name.to_string(),
+            scope: scope.to_string(),
+            created_at: now_ms(),
+            expires_at,
+            last_used_at: None,
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO api_tokens (id, token_hash, user_id, name, scope, created_at, expires_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM users WHERE id = $3) \
+             AND (SELECT COUNT(*) FROM api_tokens WHERE user_id = $3) < $8",
+        )
+        .bind(token.id.to_string())
+        .bind(&token.token_hash)
+        .bind(user_id.to_string())
+        .bind(&token.name)
+        .bind(&token.scope)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .bind(MAX_TOKENS_PER_USER)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| StoreError::conflict_or(err, "a token with this secret"))?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Limit(format!(
+                "the user is gone, or holds {MAX_TOKENS_PER_USER} API tokens already"
+            )));
+        }
+        Ok(token)
+    }
+
     pub async fn list_tokens(&self, user: Uuid) -> Result<Vec<ApiTokenRow>> {
         self.count(1);
         let rows = sqlx::query(concat!(
