@@ -1062,6 +1062,33 @@ async fn auth_methods_and_password_login_off() {
         .expect("POST /auth/signup");
     let (status, body) = json_of(response).await;
     assert_eq!(status, 403, "{body}");
+    // The operator makes the admin an API token with the CLI (on the
+    // running server's database), and it works.
+    let output = Command::new(warren_binary())
+        .args(["user", "token", "admin", "--label", "ops", "--data-dir"])
+        .arg(&server.data_dir)
+        .env("WARREN_UID_RANGE", warren_tests::uid_range_of(&server.data_dir))
+        .env_remove("WARREN_DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run warren user token");
+    assert!(
+        output.status.success(),
+        "warren user token: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let secret = String::from_utf8(output.stdout).expect("utf-8 token");
+    let secret = secret.trim();
+    let (status, body) = me(&server, secret).await;
+    assert_eq!(
+        (status, body["username"].as_str(), body["role"].as_str()),
+        (200, Some("admin"), Some("admin")),
+        "{body}"
+    );
+    let (status, tokens) = get_with(&server, secret, "/api/v1/me/tokens").await;
+    assert_eq!(status, 200, "{tokens}");
+    assert!(tokens.to_string().contains("\"ops\""), "{tokens}");
+
     // An administrator comes in by JWT instead.
     let token = hs256(
         SECRET,
