@@ -552,7 +552,8 @@ pub struct ServeArgs {
     #[arg(long, env = "WARREN_IDENTITY_HEADER", value_parser = parse_header_name)]
     pub identity_header: Option<String>,
     /// `plain`: the header's value is the username; `jwt`: it is a JWT,
-    /// verified with the --jwt-* keys, issuer and audience.
+    /// verified with the --jwt-* keys, issuer and audience; `alb`: AWS
+    /// ALB's x-amzn-oidc-data (ES256, key by kid from the region's URL).
     #[arg(
         long,
         env = "WARREN_IDENTITY_HEADER_FORMAT",
@@ -560,6 +561,17 @@ pub struct ServeArgs {
         default_value = "plain"
     )]
     pub identity_header_format: IdentityHeaderFormat,
+    /// `--identity-header-format alb`: the load balancer's ARN (the
+    /// header's `signer` must be exactly this).
+    #[arg(long, env = "WARREN_ALB_ARN")]
+    pub alb_arn: Option<String>,
+    /// `--identity-header-format alb`: the load balancer's AWS region.
+    #[arg(long, env = "WARREN_ALB_REGION")]
+    pub alb_region: Option<String>,
+    /// Where the load balancer's public keys are ({region} and {kid} are
+    /// filled in).
+    #[arg(long, env = "WARREN_ALB_KEY_URL", default_value = crate::auth::jwt::ALB_KEY_URL)]
+    pub alb_key_url: String,
     /// Whether an identity header naming an unknown user creates them.
     #[arg(long, env = "WARREN_IDENTITY_HEADER_CREATE_USERS", default_value = "true", action = clap::ArgAction::Set)]
     pub identity_header_create_users: bool,
@@ -569,6 +581,8 @@ pub struct ServeArgs {
 pub enum IdentityHeaderFormat {
     Plain,
     Jwt,
+    /// AWS ALB's `x-amzn-oidc-data` (needs --alb-arn and --alb-region).
+    Alb,
 }
 
 fn parse_on_off(text: &str) -> Result<bool, String> {

@@ -4,7 +4,7 @@
 //! flag, rather than found at the first login.
 
 use crate::auth::external::IdentityPolicy;
-use crate::auth::jwt::{read_secret_file, KeySet, Verifier};
+use crate::auth::jwt::{read_secret_file, AlbVerifier, KeySet, Verifier};
 use crate::auth::oidc::{Oidc, OidcConfig};
 use crate::auth::Mode;
 use crate::cli::{IdentityHeaderFormat, ServeArgs};
@@ -50,6 +50,26 @@ pub fn identities(args: &ServeArgs) -> anyhow::Result<Identities> {
             }
             let format = match args.identity_header_format {
                 IdentityHeaderFormat::Plain => HeaderFormat::Plain,
+                IdentityHeaderFormat::Alb => {
+                    let (Some(arn), Some(region)) = (&args.alb_arn, &args.alb_region) else {
+                        bail!("--identity-header-format alb needs --alb-arn and --alb-region");
+                    };
+                    if region.is_empty()
+                        || !region
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    {
+                        bail!("--alb-region {region:?} is not an AWS region name");
+                    }
+                    if !args.alb_key_url.contains("{kid}") {
+                        bail!("--alb-key-url must contain {{kid}}");
+                    }
+                    HeaderFormat::Alb(AlbVerifier::new(
+                        arn,
+                        &args.alb_key_url.replace("{region}", region),
+                        http.clone(),
+                    ))
+                }
                 IdentityHeaderFormat::Jwt => HeaderFormat::Jwt(jwt_verifier()?.context(
                     "--identity-header-format jwt needs a key source: --jwt-secret-file, \
                      --jwt-jwks-url or --jwt-jwks-file (with --jwt-issuer and --jwt-audience)",

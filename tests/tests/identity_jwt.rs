@@ -243,6 +243,11 @@ async fn audit(admin: &Caller, event: &str) -> Vec<Value> {
     rows.as_array().cloned().expect("audit rows")
 }
 
+fn body_id(answer: &(u16, Value)) -> String {
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    answer.1["id"].as_str().expect("id").to_string()
+}
+
 fn text_of<'v>(row: &'v Value, field: &str) -> &'v str {
     row[field].as_str().unwrap_or_default()
 }
@@ -364,10 +369,44 @@ async fn jwt_bearer_valid_expired_bad_signature_malformed_wrong_issuer_wrong_aud
             "no login_failed for {needle:?}: {failed:#?}"
         );
     }
-    // No token ends up in the audit log.
+    // No token ends up in the audit log or the server's log.
     for row in &failed {
         assert!(!row.to_string().contains(&good[..40]), "{row}");
     }
+    let signature = good.rsplit('.').next().expect("signature");
+    assert!(!server.log().contains(signature), "a token in the log");
+
+    // Disabling alice refuses her token at once, cached or not; enabling
+    // her lets it in again.
+    let alice_path = format!("/api/v1/admin/users/{}", first["id"].as_str().expect("id"));
+    let (status, body) = admin
+        .send(
+            reqwest::Method::PATCH,
+            &alice_path,
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = me(&server, &good).await;
+    assert!(
+        matches!(status, 401 | 403),
+        "a disabled user's JWT: {status} {body}"
+    );
+    let fresh = hs256(SECRET, &claims("sub-alice-0001", "alice"));
+    let (status, body) = me(&server, &fresh).await;
+    assert!(
+        matches!(status, 401 | 403),
+        "a disabled user's new JWT: {status} {body}"
+    );
+    let (status, body) = admin
+        .send(
+            reqwest::Method::PATCH,
+            &alice_path,
+            Some(json!({"disabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(me(&server, &good).await.0, 200);
 
     // Warren's own credentials still work beside JWTs: a password user's
     // API token (no dots: never taken for a JWT).
@@ -471,6 +510,32 @@ async fn jwt_users_are_keyed_by_subject_and_never_merged() {
     let impostor = hs256(SECRET, &claims("sub-frank-9999", "frank"));
     let (status, body) = me(&server, &impostor).await;
     assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
+    // A name warren cannot use is refused, not mangled; no `sub`, no user.
+    for bad in ["al ice", ".hidden", "x/../y", ""] {
+        let token = hs256(SECRET, &claims(&format!("sub-bad-{bad}"), bad));
+        let (status, body) = me(&server, &token).await;
+        assert_eq!(
+            (status, code(&body)),
+            (403, "identity_refused"),
+            "{bad:?}: {body}"
+        );
+    }
+    let token = hs256(SECRET, &with(claims("x", "nosub"), "sub", json!(42)));
+    let (status, body) = me(&server, &token).await;
+    assert!(
+        matches!(status, 401 | 403),
+        "a numeric sub: {status} {body}"
+    );
+    let token = hs256(
+        SECRET,
+        &without(claims("sub-noname", "x"), "preferred_username"),
+    );
+    let (status, body) = me(&server, &token).await;
+    assert_eq!(
+        (status, code(&body)),
+        (403, "identity_refused"),
+        "no username claim: {body}"
+    );
     drop(server);
 
     // --jwt-create-users false: an unknown subject is not let in.
@@ -573,7 +638,8 @@ async fn jwt_bearer_with_rs256_and_es256_jwks_file_and_key_confusion() {
     refused(&server, &token, "no kid with two keys").await;
 }
 
-/// A JWKS served over HTTP by the test, counting its fetches.
+/// A JWKS served over HTTP by the test, counting its fetches; an empty
+/// document is a 503 (the provider is down).
 struct KeyServer {
     url: String,
     document: Arc<Mutex<String>>,
@@ -617,8 +683,14 @@ impl KeyServer {
                         }
                         fetches.fetch_add(1, Ordering::SeqCst);
                         let body = document.lock().expect("document").clone();
+                        // An empty document: the provider is down.
+                        let status = if body.is_empty() {
+                            "503 Service Unavailable"
+                        } else {
+                            "200 OK"
+                        };
                         let response = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
                              content-length: {}\r\nconnection: close\r\n\r\n{body}",
                             body.len()
                         );
@@ -764,6 +836,33 @@ async fn identity_header_from_a_trusted_proxy_only() {
         )
     };
     assert_eq!((status, &bytes[..]), (200, &b"hello from the proxy"[..]));
+    let header_get = |name: &str| {
+        let request = server
+            .http
+            .get(server.url("/api/v1/me"))
+            .header("x-forwarded-user", name);
+        async move { json_of(request.send().await.expect("GET")).await }
+    };
+    let admin = Caller::admin(&server).await;
+    admin.create_user("carl", "carl-password-1234").await;
+    let (status, body) = header_get("carl").await;
+    assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
+    let (status, body) = header_get("no/such name").await;
+    assert_eq!((status, code(&body)), (403, "identity_refused"), "{body}");
+    let dave_path = format!("/api/v1/admin/users/{}", body_id(&header_get("dave").await));
+    let (status, body) = admin
+        .send(
+            reqwest::Method::PATCH,
+            &dave_path,
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = header_get("dave").await;
+    assert!(
+        matches!(status, 401 | 403),
+        "a disabled user's header: {status} {body}"
+    );
     drop(server);
 
     // From a peer that is not a trusted proxy the header is ignored,
@@ -972,6 +1071,7 @@ async fn websocket_upgrade_with_a_jwt_in_the_subprotocol() {
         .await
         .expect("the upgrade with a JWT in the subprotocol");
     assert_eq!(answered, "warren.bearer", "the token is never echoed");
+    assert!(!server.log().contains(&token), "the token is never logged");
     socket
         .send(Message::Binary(b"echo jwt''-ok\n".to_vec().into()))
         .await
@@ -1067,7 +1167,10 @@ async fn auth_methods_and_password_login_off() {
     let output = Command::new(warren_binary())
         .args(["user", "token", "admin", "--label", "ops", "--data-dir"])
         .arg(&server.data_dir)
-        .env("WARREN_UID_RANGE", warren_tests::uid_range_of(&server.data_dir))
+        .env(
+            "WARREN_UID_RANGE",
+            warren_tests::uid_range_of(&server.data_dir),
+        )
         .env_remove("WARREN_DATABASE_URL")
         .stdin(Stdio::null())
         .output()
@@ -1103,4 +1206,59 @@ async fn auth_methods_and_password_login_off() {
     let (status, users) = get_with(&server, &token, "/api/v1/admin/users").await;
     assert_eq!(status, 200, "{users}");
     assert!(users.to_string().contains("\"admin\""), "{users}");
+}
+
+/// Fails today: a failed fetch is not remembered (`master/src/auth/jwt.rs`,
+/// `KeySet::key_for`: `fetched.at` is set only after a successful fetch),
+/// so while the provider is down every token with an unknown `kid` is
+/// another request to it. Un-ignore once fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: failed JWKS fetches are retried on every request (see the doc comment)"]
+async fn a_jwks_url_that_is_down_is_not_fetched_on_every_request() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let k1 = ec_key(dir.path(), "k1.pem");
+    let keys = KeyServer::start(jwks(&[jwk(&k1, Algorithm::ES256, "k1")])).await;
+    let server = Server::ready(&options(&[
+        "--jwt-jwks-url",
+        &keys.url,
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        AUDIENCE,
+    ]))
+    .await;
+    let token = sign(Algorithm::ES256, Some("k1"), &k1, &claims("kim", "x"));
+    assert_eq!(me(&server, &token).await.0, 200);
+    assert_eq!(keys.fetches(), 1);
+
+    // The provider goes down. Known keys go on working; tokens of unknown
+    // kids are refused (or found unverifiable), and cause at most one
+    // fetch per 5 s between them, failed or not.
+    keys.document.lock().expect("document").clear();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for n in 0..20 {
+        let token = sign(
+            Algorithm::ES256,
+            Some(&format!("made-up-{n}")),
+            &k1,
+            &claims("kim", "x"),
+        );
+        let (status, _) = me(&server, &token).await;
+        statuses.push(status);
+    }
+    let token = sign(Algorithm::ES256, Some("k1"), &k1, &claims("kim", "x"));
+    let (status, body) = me(&server, &token).await;
+    assert_eq!(
+        status, 200,
+        "a known key while the provider is down: {body}"
+    );
+    let fetched = keys.fetches() - 1;
+    assert!(
+        fetched <= 2,
+        "20 unknown kids in {:?} while the provider was down fetched the keys {fetched} \
+         times (answers {statuses:?})",
+        started.elapsed()
+    );
 }

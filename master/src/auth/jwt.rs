@@ -375,6 +375,158 @@ fn refusal(err: jsonwebtoken::errors::Error) -> JwtError {
     }
 }
 
+/// AWS Application Load Balancer's `x-amzn-oidc-data` header: a JWT the
+/// load balancer signs (ES256) after its own OpenID login. It is not quite
+/// a JWS: its parts are base64url *with* padding, so the signature is
+/// checked here over the parts exactly as sent ([`jsonwebtoken::crypto`]
+/// does the ECDSA), and the key is a PEM at a per-`kid` URL
+/// (`https://public-keys.auth.elb.{region}.amazonaws.com/{kid}`). The
+/// header must name the configured load balancer (`signer`, its ARN) and
+/// not be expired (`exp`, in the header).
+pub struct AlbVerifier {
+    signer: String,
+    key_url: String,
+    http: reqwest::Client,
+    keys: Mutex<AlbKeys>,
+}
+
+#[derive(Default)]
+struct AlbKeys {
+    by_kid: std::collections::HashMap<String, DecodingKey>,
+    /// When a fetch last found no key.
+    last_miss: Option<Instant>,
+}
+
+/// Keys kept at most (ALB rotates them; a full cache starts over).
+const ALB_MAX_KEYS: usize = 64;
+
+/// The AWS URL of an ALB's public keys.
+pub const ALB_KEY_URL: &str = "https://public-keys.auth.elb.{region}.amazonaws.com/{kid}";
+
+impl AlbVerifier {
+    /// `key_url` with `{region}` already filled in; `{kid}` is filled per
+    /// token.
+    pub fn new(signer: &str, key_url: &str, http: reqwest::Client) -> AlbVerifier {
+        AlbVerifier {
+            signer: signer.to_string(),
+            key_url: key_url.to_string(),
+            http,
+            keys: Mutex::new(AlbKeys::default()),
+        }
+    }
+
+    /// The claims of a header value, with `iss` from its JWT header (the
+    /// provider the load balancer logged the user in with).
+    pub async fn verify(&self, value: &str) -> Result<Claims, JwtError> {
+        use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurpose};
+        const LENIENT: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::URL_SAFE,
+            general_purpose::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        use base64::Engine as _;
+        let parts: Vec<&str> = value.split('.').collect();
+        let [header, payload, signature] = parts[..] else {
+            return Err(JwtError::Malformed("not three parts".into()));
+        };
+        let json = |part: &str, what: &str| -> Result<Map<String, Value>, JwtError> {
+            let bytes = LENIENT
+                .decode(part)
+                .map_err(|_| JwtError::Malformed(format!("the {what} is not base64url")))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|_| JwtError::Malformed(format!("the {what} is not a JSON object")))
+        };
+        let head = json(header, "header")?;
+        if head.get("alg").and_then(Value::as_str) != Some("ES256") {
+            return Err(JwtError::Claims("the header's `alg` is not ES256".into()));
+        }
+        if head.get("signer").and_then(Value::as_str) != Some(self.signer.as_str()) {
+            return Err(JwtError::Claims(
+                "signed by another load balancer (`signer`)".into(),
+            ));
+        }
+        let kid = head
+            .get("kid")
+            .and_then(Value::as_str)
+            .filter(|kid| {
+                (1..=64).contains(&kid.len())
+                    && kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+            .ok_or_else(|| JwtError::Malformed("no usable `kid`".into()))?;
+        let key = self.key(kid).await?;
+        let message = format!("{header}.{payload}");
+        let signature = signature.trim_end_matches('=');
+        let valid =
+            jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, Algorithm::ES256)
+                .map_err(|err| JwtError::Malformed(err.to_string()))?;
+        if !valid {
+            return Err(JwtError::Signature);
+        }
+        let mut claims = json(payload, "payload")?;
+        let now = jsonwebtoken::get_current_timestamp() as f64;
+        let exp = head
+            .get("exp")
+            .or_else(|| claims.get("exp"))
+            .and_then(Value::as_f64)
+            .ok_or_else(|| JwtError::Claims("the `exp` claim is missing".into()))?;
+        if exp + LEEWAY.as_secs_f64() < now {
+            return Err(JwtError::Expired);
+        }
+        claims.insert("exp".into(), Value::from(exp as i64));
+        if let Some(iss) = head.get("iss") {
+            claims.insert("iss".into(), iss.clone());
+        }
+        Ok(Claims(claims))
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, JwtError> {
+        let mut keys = self.keys.lock().await;
+        if let Some(key) = keys.by_kid.get(kid) {
+            return Ok(key.clone());
+        }
+        // A new kid fetches its key; after a fetch that found none, made-up
+        // kids are refused without fetching for REFETCH_AFTER.
+        if keys
+            .last_miss
+            .is_some_and(|at| at.elapsed() < REFETCH_AFTER)
+        {
+            return Err(JwtError::UnknownKey);
+        }
+        let url = self.key_url.replace("{kid}", kid);
+        let response = self.http.get(&url).send().await.map_err(|err| {
+            keys.last_miss = Some(Instant::now());
+            JwtError::Keys(format!("GET {url}: {err}"))
+        })?;
+        if matches!(
+            response.status(),
+            reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::FORBIDDEN
+        ) {
+            keys.last_miss = Some(Instant::now());
+            return Err(JwtError::UnknownKey);
+        }
+        if !response.status().is_success() {
+            return Err(JwtError::Keys(format!(
+                "GET {url}: HTTP {}",
+                response.status()
+            )));
+        }
+        let pem = response
+            .bytes()
+            .await
+            .map_err(|err| JwtError::Keys(format!("GET {url}: {err}")))?;
+        if pem.len() > 16 * 1024 {
+            return Err(JwtError::Keys(format!("GET {url}: not a key")));
+        }
+        let key = DecodingKey::from_ec_pem(&pem)
+            .map_err(|err| JwtError::Keys(format!("GET {url}: not an EC public key: {err}")))?;
+        if keys.by_kid.len() >= ALB_MAX_KEYS {
+            keys.by_kid.clear();
+        }
+        keys.by_kid.insert(kid.to_string(), key.clone());
+        Ok(key)
+    }
+}
+
 /// Reads a secret from a file (mode and owner are the operator's business;
 /// trailing newlines are not part of it).
 pub fn read_secret_file(path: &PathBuf) -> std::io::Result<Vec<u8>> {

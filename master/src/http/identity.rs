@@ -6,7 +6,7 @@
 use super::extract::ClientInfo;
 use super::{ApiError, AppState};
 use crate::auth::external::{self, Identity, IdentityPolicy, Via};
-use crate::auth::jwt::{JwtError, Verifier};
+use crate::auth::jwt::{AlbVerifier, JwtError, Verifier};
 use crate::auth::oidc::Oidc;
 use crate::auth::{AuthError, Principal};
 use crate::store::User;
@@ -65,6 +65,8 @@ pub enum HeaderFormat {
     /// The header is a JWT (the proxy signed what it vouches for),
     /// verified like a bearer token with `--jwt-*`'s keys.
     Jwt(Verifier),
+    /// AWS ALB's `x-amzn-oidc-data` (see [`AlbVerifier`]).
+    Alb(AlbVerifier),
 }
 
 /// Whether a bearer token has the shape of a JWT (never one of warren's
@@ -187,6 +189,19 @@ pub async fn from_proxy(
             let identity = header
                 .policy
                 .identity(verifier.issuer(), &claims, Via::Header)?;
+            (identity, claims.expires_at_ms())
+        }
+        HeaderFormat::Alb(verifier) => {
+            let claims = verifier
+                .verify(value)
+                .await
+                .map_err(|err| ApiError::from(AuthError::Token(err)))?;
+            // Keyed by the provider the load balancer logged the user in
+            // with (its `iss`), else by the load balancer itself.
+            let issuer = claims
+                .string("iss")
+                .map_or_else(|| format!("alb:{}", header.name), str::to_string);
+            let identity = header.policy.identity(&issuer, &claims, Via::Header)?;
             (identity, claims.expires_at_ms())
         }
     };
