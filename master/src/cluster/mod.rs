@@ -20,7 +20,7 @@ pub mod moving;
 
 use crate::apps::proxy::strip_hop_by_hop;
 use crate::auth::Principal;
-use crate::http::extract::{cookie, credential};
+use crate::http::extract::cookie;
 use crate::http::{ApiError, AppState};
 use crate::store::{HostRow, HostState, Store};
 use arc_swap::ArcSwap;
@@ -471,10 +471,14 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
     if stays_here(path) {
         return next.run(request).await;
     }
-    let principal = match credential(request.headers()) {
-        Ok(Some((token, _))) => state.auth.authenticate(token).await.ok(),
-        _ => None,
-    };
+    // Whichever way the caller came in (a session, a token, a JWT, a
+    // trusted proxy's identity header), the same answer as the handler's.
+    let (parts, body) = request.into_parts();
+    let principal = crate::http::extract::caller(&parts, &state)
+        .await
+        .ok()
+        .map(|(principal, _)| principal);
+    let request = Request::from_parts(parts, body);
     // Not authenticated (or the database is out): the handler answers.
     let Some(principal) = principal else {
         return next.run(request).await;

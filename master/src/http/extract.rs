@@ -208,6 +208,25 @@ pub async fn authenticate_request(
     authenticate(parts, state, changes_state).await
 }
 
+/// Who the request's credentials name, and whether they came like a
+/// cookie (the session cookie, or a trusted proxy's identity header, which
+/// stands for its user's browser session at the proxy): an identity
+/// header first, then a bearer JWT, then a session or API token.
+pub async fn caller(parts: &Parts, state: &AppState) -> Result<(Arc<Principal>, bool), ApiError> {
+    if let Some(principal) = super::identity::from_proxy(state, parts).await? {
+        return Ok((principal, true));
+    }
+    let Some((token, via_cookie)) = credential(&parts.headers)? else {
+        return Err(ApiError::Unauthenticated);
+    };
+    let principal = if !via_cookie && super::identity::looks_like_jwt(token) {
+        super::identity::bearer(state, parts, token).await?
+    } else {
+        state.auth.authenticate(token).await?
+    };
+    Ok((principal, via_cookie))
+}
+
 /// The caller; for a request that changes state, a cookie from another
 /// origin and a read-only token are refused (403).
 async fn authenticate(
@@ -215,22 +234,7 @@ async fn authenticate(
     state: &AppState,
     changes_state: bool,
 ) -> Result<Arc<Principal>, ApiError> {
-    // A trusted proxy's identity header stands for its user's browser
-    // session at the proxy: a cookie, as far as cross-site requests go.
-    let (principal, via_cookie) = match super::identity::from_proxy(state, parts).await? {
-        Some(principal) => (principal, true),
-        None => {
-            let Some((token, via_cookie)) = credential(&parts.headers)? else {
-                return Err(ApiError::Unauthenticated);
-            };
-            let principal = if !via_cookie && super::identity::looks_like_jwt(token) {
-                super::identity::bearer(state, parts, token).await?
-            } else {
-                state.auth.authenticate(token).await?
-            };
-            (principal, via_cookie)
-        }
-    };
+    let (principal, via_cookie) = caller(parts, state).await?;
     if changes_state {
         if via_cookie {
             let client = ClientInfo::of(parts, &state.web);
