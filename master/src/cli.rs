@@ -192,7 +192,7 @@ pub enum UserCommand {
         /// `read` (GET and HEAD only) or `write`.
         #[arg(long, default_value = "write", value_parser = ["read", "write"])]
         scope: String,
-        /// How long it lasts (e.g. 1h, 7d) [default: 1d].
+        /// How long it lasts (e.g. 1h, 7d).
         #[arg(long, default_value = "1d", value_parser = parse_duration)]
         expires_in: Duration,
         #[command(flatten)]

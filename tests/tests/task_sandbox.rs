@@ -608,6 +608,45 @@ async fn a_task_on_loopback_is_not_the_operator() {
     assert!(ready.get("sandbox").is_some(), "{ready}");
 }
 
+/// With an identity header believed from loopback (nginx on this host),
+/// a user's task on the same loopback must not become whoever it names:
+/// the kernel lists its socket under the user's uid, so warren ignores the
+/// header (and audits it); the proxy's own requests still count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cannot_forge_the_identity_header() {
+    let options = ServerOptions::workers(1)
+        .arg("--trusted-proxy")
+        .arg("127.0.0.1/32")
+        .arg("--identity-header")
+        .arg("X-Forwarded-User");
+    let (server, callers) = server_with(options, &["ivy"]).await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let script = format!(
+        "import urllib.request, urllib.error\n\
+         r = urllib.request.Request({:?} + '/api/v1/me', headers={{'X-Forwarded-User': 'admin'}})\n\
+         try:\n    \
+             print('ANSWER', urllib.request.urlopen(r).status)\n\
+         except urllib.error.HTTPError as e:\n    \
+             print('ANSWER', e.code)\n",
+        server.base_url
+    );
+    let (end, text) = python(&callers[0], &script).await;
+    assert_eq!(end["state"], "exited", "{end}\n{text}");
+    assert!(text.contains("ANSWER 401"), "a task became admin:\n{text}");
+    server.log_containing("not a trusted proxy").await;
+    // The proxy (this test, root on loopback) is believed.
+    let response = server
+        .http
+        .get(server.url("/api/v1/me"))
+        .header("X-Forwarded-User", "ivy-from-proxy")
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(response.status(), 200);
+}
+
 /// A data directory below a directory users' uids cannot pass: their
 /// processes could never reach their workspaces, so the server says so
 /// (`/readyz`, `503 sandbox_unavailable` naming the directory) instead of

@@ -87,13 +87,19 @@ enum Source {
 
 struct Fetched {
     keys: Arc<Vec<Key>>,
+    /// When the keys were fetched.
     at: Option<Instant>,
+    /// When a fetch was last tried, and why it failed if it did.
+    attempted: Option<Instant>,
+    failed: Option<String>,
 }
 
 /// Verification keys: a shared secret, a JWKS file or a JWKS URL.
 pub struct KeySet {
     source: Source,
-    fetched: Mutex<Fetched>,
+    fetched: std::sync::Mutex<Fetched>,
+    /// One fetch at a time; tokens whose key is known do not wait for it.
+    fetching: Mutex<()>,
 }
 
 impl KeySet {
@@ -124,48 +130,96 @@ impl KeySet {
 
     /// The keys at a JWKS URL (fetched when first needed).
     pub fn jwks_url(url: &str, http: reqwest::Client) -> KeySet {
-        KeySet {
-            source: Source::Url {
+        KeySet::with(
+            Source::Url {
                 url: url.to_string(),
                 http,
             },
-            fetched: Mutex::new(Fetched {
-                keys: Arc::new(Vec::new()),
-                at: None,
-            }),
-        }
+            Vec::new(),
+            None,
+        )
     }
 
     fn fixed(keys: Vec<Key>) -> KeySet {
+        KeySet::with(Source::Fixed, keys, Some(Instant::now()))
+    }
+
+    fn with(source: Source, keys: Vec<Key>, at: Option<Instant>) -> KeySet {
         KeySet {
-            source: Source::Fixed,
-            fetched: Mutex::new(Fetched {
+            source,
+            fetched: std::sync::Mutex::new(Fetched {
                 keys: Arc::new(keys),
-                at: Some(Instant::now()),
+                at,
+                attempted: None,
+                failed: None,
             }),
+            fetching: Mutex::new(()),
         }
     }
 
-    /// The key for `kid` (or the only key, for a token without one),
-    /// fetching the set again when it is stale or does not know `kid`.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fetched> {
+        self.fetched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The key for `kid` (or the only key, for a token without one). A
+    /// URL's keys are fetched again when they are older than
+    /// [`KEYS_MAX_AGE`] or do not know `kid`, at most once per
+    /// [`REFETCH_AFTER`] whatever the outcome (a provider that is down is
+    /// not asked on every request); while a fetch fails the keys held
+    /// still verify.
     async fn key_for(&self, kid: Option<&str>) -> Result<Key, JwtError> {
-        let mut fetched = self.fetched.lock().await;
         let Source::Url { url, http } = &self.source else {
-            return find(&fetched.keys, kid).ok_or(JwtError::UnknownKey);
+            return find(&self.lock().keys, kid).ok_or(JwtError::UnknownKey);
         };
-        let age = fetched.at.map(|at| at.elapsed());
-        if age.is_some_and(|age| age < KEYS_MAX_AGE) {
-            if let Some(key) = find(&fetched.keys, kid) {
-                return Ok(key);
+        let unknown = |fetched: &Fetched| match &fetched.failed {
+            Some(why) if fetched.keys.is_empty() => JwtError::Keys(why.clone()),
+            _ => JwtError::UnknownKey,
+        };
+        let recent = |fetched: &Fetched| {
+            fetched
+                .attempted
+                .is_some_and(|at| at.elapsed() < REFETCH_AFTER)
+        };
+        {
+            let fetched = self.lock();
+            let fresh = fetched.at.is_some_and(|at| at.elapsed() < KEYS_MAX_AGE);
+            if fresh || recent(&fetched) {
+                if let Some(key) = find(&fetched.keys, kid) {
+                    return Ok(key);
+                }
             }
-            if age.is_some_and(|age| age < REFETCH_AFTER) {
-                return Err(JwtError::UnknownKey);
+            if recent(&fetched) {
+                return Err(unknown(&fetched));
             }
         }
-        let keys = fetch_jwks(http, url).await?;
-        fetched.keys = Arc::new(keys);
-        fetched.at = Some(Instant::now());
-        find(&fetched.keys, kid).ok_or(JwtError::UnknownKey)
+        let _one_at_a_time = self.fetching.lock().await;
+        {
+            let mut fetched = self.lock();
+            // Another request fetched while this one waited.
+            if recent(&fetched) {
+                return find(&fetched.keys, kid).ok_or_else(|| unknown(&fetched));
+            }
+            fetched.attempted = Some(Instant::now());
+        }
+        let result = fetch_jwks(http, url).await;
+        let mut fetched = self.lock();
+        match result {
+            Ok(keys) => {
+                fetched.keys = Arc::new(keys);
+                fetched.at = Some(Instant::now());
+                fetched.failed = None;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot fetch the JWT signing keys; the keys held (if any) still verify");
+                fetched.failed = Some(match err {
+                    JwtError::Keys(why) => why,
+                    other => other.to_string(),
+                });
+            }
+        }
+        find(&fetched.keys, kid).ok_or_else(|| unknown(&fetched))
     }
 }
 

@@ -129,11 +129,12 @@ pub async fn from_proxy(
     let Some(value) = parts.headers.get(&header.name) else {
         return Ok(None);
     };
-    let peer = parts
+    let peer_address = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip());
-    if !peer.is_some_and(|peer| state.web.trusts(peer)) {
+        .map(|info| info.0);
+    let peer = peer_address.map(|address| address.ip());
+    if !peer_address.is_some_and(|address| is_proxy(state, address)) {
         let client = ClientInfo::of(parts, &state.web);
         info!(
             security_event = true,
@@ -182,20 +183,20 @@ pub async fn from_proxy(
             i64::MAX,
         ),
         HeaderFormat::Jwt(verifier) => {
-            let claims = verifier
-                .verify(value)
-                .await
-                .map_err(|err: JwtError| ApiError::from(AuthError::Token(err)))?;
+            let claims = match verifier.verify(value).await {
+                Ok(claims) => claims,
+                Err(err) => return Err(refused_header(state, &client, &header.name, err).await),
+            };
             let identity = header
                 .policy
                 .identity(verifier.issuer(), &claims, Via::Header)?;
             (identity, claims.expires_at_ms())
         }
         HeaderFormat::Alb(verifier) => {
-            let claims = verifier
-                .verify(value)
-                .await
-                .map_err(|err| ApiError::from(AuthError::Token(err)))?;
+            let claims = match verifier.verify(value).await {
+                Ok(claims) => claims,
+                Err(err) => return Err(refused_header(state, &client, &header.name, err).await),
+            };
             // Keyed by the provider the load balancer logged the user in
             // with (its `iss`), else by the load balancer itself.
             let issuer = claims
@@ -215,6 +216,46 @@ pub async fn from_proxy(
             .auth
             .admit_external(&user, key, expires_at, generation)?,
     ))
+}
+
+/// Audits a signed identity header that did not pass, and answers it.
+async fn refused_header(
+    state: &AppState,
+    client: &ClientInfo,
+    name: &HeaderName,
+    err: JwtError,
+) -> ApiError {
+    if err.is_refusal() {
+        state
+            .auth
+            .audit_refused_credential(Via::Header, &client.client, &format!("{name}: {err}"))
+            .await;
+    }
+    AuthError::Token(err).into()
+}
+
+/// Whether `peer` may vouch for users: a `--trusted-proxy` address, and,
+/// on loopback, not a socket of a user's process. Users' tasks, terminals
+/// and apps run on this host and (with `--sandbox-network host`) reach
+/// 127.0.0.1 too: the kernel says whose a loopback socket is (see
+/// [`super::peer`]), and one of a user's uids, or, when warren does not
+/// run as root (users' processes then run as warren's own uid), warren's
+/// own uid, is not the proxy.
+fn is_proxy(state: &AppState, peer: std::net::SocketAddr) -> bool {
+    let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    if !state.web.trusts(peer.ip()) {
+        return false;
+    }
+    if !peer.ip().is_loopback() {
+        return true;
+    }
+    let Some(owner) = super::peer::socket_owner(peer) else {
+        return true;
+    };
+    let users = state.auth.store().uid_range();
+    let users_own =
+        !state.auth.config().per_user_uids && owner == rustix::process::geteuid().as_raw();
+    !(users.first..=users.last).contains(&owner) && !users_own
 }
 
 /// The user an identity is linked to, or a new one.
