@@ -192,8 +192,8 @@ pub enum UserCommand {
         /// `read` (GET and HEAD only) or `write`.
         #[arg(long, default_value = "write", value_parser = ["read", "write"])]
         scope: String,
-        /// How long it lasts (e.g. 1h, 7d).
-        #[arg(long, default_value = "1d", value_parser = parse_duration)]
+        /// How long it lasts (e.g. 1h, 7d; at least a minute).
+        #[arg(long, default_value = "1d", value_parser = parse_token_lifetime)]
         expires_in: Duration,
         #[command(flatten)]
         store: StoreArgs,
@@ -521,12 +521,18 @@ pub struct ServeArgs {
     /// (`false`: refused with 403; only identities that logged in before get in).
     #[arg(long, env = "WARREN_OIDC_CREATE_USERS", default_value = "true", action = clap::ArgAction::Set)]
     pub oidc_create_users: bool,
+    /// Whether `Authorization: Bearer <JWT>` is accepted [default: true
+    /// when a --jwt-* key source is given, unless it is for
+    /// --identity-header-format jwt: a proxy's assertion must not also be
+    /// usable straight at warren, past the proxy's own checks].
+    #[arg(long, env = "WARREN_JWT_BEARER", action = clap::ArgAction::Set)]
+    pub jwt_bearer: Option<bool>,
     /// JWT bearer tokens signed with this shared secret (HS256/384/512;
     /// the file's content, at least 32 bytes).
     #[arg(long, env = "WARREN_JWT_SECRET_FILE", value_name = "FILE")]
     pub jwt_secret_file: Option<PathBuf>,
     /// JWT bearer tokens signed by a key of this JWKS URL (RS256/ES256...).
-    #[arg(long, env = "WARREN_JWT_JWKS_URL")]
+    #[arg(long, env = "WARREN_JWT_JWKS_URL", value_parser = parse_issuer)]
     pub jwt_jwks_url: Option<String>,
     /// JWT bearer tokens signed by a key of this JWKS file.
     #[arg(long, env = "WARREN_JWT_JWKS_FILE", value_name = "FILE")]
@@ -585,6 +591,14 @@ pub enum IdentityHeaderFormat {
     Alb,
 }
 
+fn parse_token_lifetime(text: &str) -> Result<Duration, String> {
+    let lifetime = parse_duration(text)?;
+    if lifetime < Duration::from_secs(60) {
+        return Err(format!("{text:?}: a token must last at least a minute"));
+    }
+    Ok(lifetime)
+}
+
 fn parse_on_off(text: &str) -> Result<bool, String> {
     match text {
         "on" | "true" => Ok(true),
@@ -593,9 +607,9 @@ fn parse_on_off(text: &str) -> Result<bool, String> {
     }
 }
 
-/// An issuer URL: https (or http on a loopback address, for tests and
-/// providers on the same host), kept exactly as given but for a trailing /.
-fn parse_issuer(text: &str) -> Result<String, String> {
+/// An https URL (or http on a loopback address, for tests and providers
+/// on the same host): an issuer, a JWKS URL.
+pub fn parse_issuer(text: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(text).map_err(|err| format!("{text:?}: {err}"))?;
     let loopback = url.host_str().is_some_and(|host| {
         host == "localhost"
@@ -606,10 +620,12 @@ fn parse_issuer(text: &str) -> Result<String, String> {
     });
     if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
         return Err(format!(
-            "{text:?}: an issuer must be https:// (http:// only on a loopback address)"
+            "{text:?}: must be https:// (http:// only on a loopback address)"
         ));
     }
-    Ok(text.trim_end_matches('/').to_string())
+    // Kept exactly: ID tokens must name the issuer as configured (some
+    // providers' issuers end in a slash).
+    Ok(text.to_string())
 }
 
 fn parse_claim_pair(text: &str) -> Result<(String, String), String> {

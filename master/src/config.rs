@@ -102,6 +102,7 @@ pub const SETTINGS: &[Setting] = &[
     s("oidc_username_claim", "oidc", "username_claim"),
     s("oidc_admin_claim", "oidc", "admin_claim"),
     s("oidc_create_users", "oidc", "create_users"),
+    s("jwt_bearer", "jwt", "bearer"),
     s("jwt_secret_file", "jwt", "secret_file"),
     s("jwt_jwks_url", "jwt", "jwks_url"),
     s("jwt_jwks_file", "jwt", "jwks_file"),

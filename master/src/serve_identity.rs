@@ -34,14 +34,23 @@ pub fn identities(args: &ServeArgs) -> anyhow::Result<Identities> {
         Some(issuer) => Some(Arc::new(oidc(args, issuer, http.clone())?)),
     };
     let jwt_verifier = || jwt_verifier(args, http.clone());
-    let jwt = jwt_verifier()?.map(|verifier| JwtBearer {
-        verifier,
-        policy: IdentityPolicy {
-            username_claim: args.jwt_username_claim.clone(),
-            admin_claim: args.jwt_admin_claim.clone(),
-            create_users: args.jwt_create_users,
-        },
-    });
+    let bearer = args.jwt_bearer.unwrap_or(
+        !(args.identity_header.is_some()
+            && args.identity_header_format == IdentityHeaderFormat::Jwt),
+    );
+    if bearer && args.jwt_bearer == Some(true) && !jwt_keys_given(args) {
+        bail!("--jwt-bearer true needs a key source: --jwt-secret-file, --jwt-jwks-url or --jwt-jwks-file");
+    }
+    let jwt = jwt_verifier()?
+        .filter(|_| bearer)
+        .map(|verifier| JwtBearer {
+            verifier,
+            policy: IdentityPolicy {
+                username_claim: args.jwt_username_claim.clone(),
+                admin_claim: args.jwt_admin_claim.clone(),
+                create_users: args.jwt_create_users,
+            },
+        });
     let header = match &args.identity_header {
         None => None,
         Some(name) => {
@@ -140,10 +149,6 @@ fn jwt_verifier(args: &ServeArgs, http: reqwest::Client) -> anyhow::Result<Optio
     } else if let Some(file) = &args.jwt_jwks_file {
         KeySet::jwks_file(file).context("--jwt-jwks-file")?
     } else if let Some(url) = &args.jwt_jwks_url {
-        let parsed = reqwest::Url::parse(url).with_context(|| format!("--jwt-jwks-url {url:?}"))?;
-        if parsed.scheme() != "https" && parsed.scheme() != "http" {
-            bail!("--jwt-jwks-url {url:?}: not an http(s) URL");
-        }
         KeySet::jwks_url(url, http)
     } else {
         return Ok(None);

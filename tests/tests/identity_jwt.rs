@@ -981,6 +981,37 @@ async fn identity_header_from_a_trusted_proxy_only() {
     assert_eq!((status, code(&body)), (401, "invalid_token"), "{body}");
     let (status, body) = header_get("ivy".to_string()).await;
     assert_eq!((status, code(&body)), (401, "invalid_token"), "{body}");
+    // The proxy's assertion is for the proxy's header only: the same JWT
+    // as a bearer token, straight at warren, is nothing (unless the
+    // operator turns bearer JWTs on with --jwt-bearer true).
+    let assertion = hs256(SECRET, &claims("sub-ivy", "ivy"));
+    let (status, body) = get_with(&server, &assertion, "/api/v1/me").await;
+    assert_eq!(status, 401, "{body}");
+    let (_, methods) = server.get_json("/api/v1/auth/methods").await;
+    assert_eq!(methods["jwt_bearer"], false, "{methods}");
+    drop(server);
+
+    // Two identity headers (a proxy that adds its own after the client's)
+    // are refused, never one of them picked.
+    let server = Server::ready(&options(&[
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--identity-header",
+        "X-Forwarded-User",
+    ]))
+    .await;
+    let (status, body) = json_of(
+        server
+            .http
+            .get(server.url("/api/v1/me"))
+            .header("x-forwarded-user", "mallory")
+            .header("x-forwarded-user", "dave")
+            .send()
+            .await
+            .expect("GET"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
     drop(server);
 
     // An identity header without trusted proxies, or a JWT header without

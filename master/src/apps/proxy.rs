@@ -166,7 +166,12 @@ async fn forward(
         .flatten();
     let target = upstream_target(def, &upstream, &path, rest.unwrap_or(""), parts.uri.query())?;
     let client = ClientInfo::of(&parts, &state.web);
-    let headers = outbound_headers(&parts.headers, &upstream, &client, def, name, upgrade);
+    let mut headers = outbound_headers(&parts.headers, &upstream, &client, def, name, upgrade);
+    // warren's credentials from outside are warren's, not the app's.
+    if let Some(identity) = &state.identities.header {
+        headers.remove(&identity.name);
+    }
+    strip_bearer_protocols(&mut headers);
     let retryable = safe && !has_body(&parts.headers);
     let method = parts.method.clone();
     let send = |target: Uri, headers: HeaderMap, body: Body| {
@@ -274,6 +279,35 @@ fn has_body(headers: &HeaderMap) -> bool {
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|length| length.as_bytes() != b"0")
+}
+
+/// Drops the offered WebSocket subprotocols that carry a warren bearer
+/// token (`warren.bearer.<token>`, see `http::identity`) and the marker
+/// beside them.
+fn strip_bearer_protocols(headers: &mut HeaderMap) {
+    let name = header::SEC_WEBSOCKET_PROTOCOL;
+    if !headers.contains_key(&name) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|protocol| {
+            !protocol.is_empty()
+                && *protocol != crate::http::identity::WS_BEARER_PROTOCOL
+                && !protocol.starts_with("warren.bearer.")
+        })
+        .map(str::to_string)
+        .collect();
+    headers.remove(&name);
+    if !kept.is_empty() {
+        if let Ok(value) = HeaderValue::try_from(kept.join(", ")) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// The request's headers as the app gets them: hop-by-hop ones, warren's

@@ -97,6 +97,12 @@ impl IdentityPolicy {
             ))
         })?;
         let username = if self.username_claim == "email" {
+            // An address the provider has not verified names nobody.
+            if claims.0.get("email_verified") == Some(&serde_json::Value::Bool(false)) {
+                return Err(AuthError::IdentityRefused(
+                    "the identity provider has not verified this email address".into(),
+                ));
+            }
             raw.split('@').next().unwrap_or(raw)
         } else {
             raw

@@ -345,12 +345,15 @@ impl Claims {
         }
     }
 
-    /// `exp` in milliseconds since the epoch.
+    /// When the token stops being accepted, in milliseconds since the
+    /// epoch: its `exp` plus the [`LEEWAY`] the check allowed it (so a
+    /// token that passed is not refused as expired by the cache a moment
+    /// later).
     pub fn expires_at_ms(&self) -> i64 {
         self.0
             .get("exp")
-            .and_then(Value::as_i64)
-            .map_or(0, |exp| exp.saturating_mul(1000))
+            .and_then(Value::as_f64)
+            .map_or(0, |exp| ((exp + LEEWAY.as_secs_f64()) * 1000.0) as i64)
     }
 }
 

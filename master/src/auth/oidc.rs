@@ -46,6 +46,10 @@ pub struct OidcConfig {
 }
 
 /// What discovery told about the provider.
+/// How long a failed discovery is answered from memory (a provider that is
+/// down is not asked again by every login meanwhile).
+const DISCOVERY_RETRY: Duration = Duration::from_secs(5);
+
 struct Provider {
     authorization_endpoint: String,
     token_endpoint: String,
@@ -79,6 +83,8 @@ pub struct Oidc {
     config: OidcConfig,
     http: reqwest::Client,
     provider: tokio::sync::Mutex<Option<Arc<Provider>>>,
+    /// The last discovery that failed: when, and why.
+    failed: std::sync::Mutex<Option<(Instant, String)>>,
     pending: moka::sync::Cache<String, Arc<Pending>>,
 }
 
@@ -88,6 +94,7 @@ impl Oidc {
             config,
             http,
             provider: tokio::sync::Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
             pending: moka::sync::Cache::builder()
                 .max_capacity(MAX_PENDING)
                 .time_to_live(LOGIN_TTL)
@@ -101,12 +108,56 @@ impl Oidc {
 
     /// The provider's endpoints and keys, from discovery.
     async fn provider(&self) -> Result<Arc<Provider>, AuthError> {
+        let recent_failure = || {
+            let failed = self
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            failed
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < DISCOVERY_RETRY)
+                .map(|(_, why)| AuthError::Provider(why.clone()))
+        };
+        if let Some(err) = recent_failure() {
+            return Err(err);
+        }
         let mut cached = self.provider.lock().await;
         if let Some(provider) = cached.as_ref() {
             if provider.fetched.elapsed() < DISCOVERY_MAX_AGE {
                 return Ok(provider.clone());
             }
         }
+        // Another login's discovery failed while this one waited.
+        if let Some(err) = recent_failure() {
+            return Err(err);
+        }
+        match self.discover().await {
+            Ok(provider) => {
+                *cached = Some(provider.clone());
+                Ok(provider)
+            }
+            Err(err) => {
+                let why = match &err {
+                    AuthError::Provider(why) => why.clone(),
+                    other => other.to_string(),
+                };
+                *self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((Instant::now(), why));
+                // A provider that answered before goes on serving logins
+                // with what it said then.
+                match cached.as_ref() {
+                    Some(provider) => Ok(provider.clone()),
+                    None => Err(err),
+                }
+            }
+        }
+    }
+
+    /// Reads the discovery document.
+    async fn discover(&self) -> Result<Arc<Provider>, AuthError> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.config.issuer.trim_end_matches('/')
@@ -138,7 +189,6 @@ impl Oidc {
             ),
             fetched: Instant::now(),
         });
-        *cached = Some(provider.clone());
         Ok(provider)
     }
 
@@ -186,6 +236,11 @@ impl Oidc {
             location: location.to_string(),
             state,
         })
+    }
+
+    /// Forgets the login `state` names (the provider refused it).
+    pub fn abandon(&self, state: &str) {
+        self.pending.invalidate(state);
     }
 
     /// Finishes the login `state` names with the provider's `code` (and

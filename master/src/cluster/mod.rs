@@ -473,11 +473,14 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
     }
     // Whichever way the caller came in (a session, a token, a JWT, a
     // trusted proxy's identity header), the same answer as the handler's.
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let principal = crate::http::extract::caller(&parts, &state)
         .await
         .ok()
         .map(|(principal, _)| principal);
+    if forwarded.is_none() {
+        crate::http::identity::strip_unbelieved(&state, &mut parts);
+    }
     let request = Request::from_parts(parts, body);
     // Not authenticated (or the database is out): the handler answers.
     let Some(principal) = principal else {

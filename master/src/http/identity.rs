@@ -107,13 +107,14 @@ pub async fn bearer(
         .policy
         .identity(jwt.verifier.issuer(), &claims, Via::Jwt)?;
     let user = user_for(state, &identity, &jwt.policy, &client).await?;
+    let principal = state
+        .auth
+        .admit_external(&user, key, claims.expires_at_ms(), generation)?;
     state
         .auth
         .audit_external_login(&user, &identity, &client.client)
         .await;
-    Ok(state
-        .auth
-        .admit_external(&user, key, claims.expires_at_ms(), generation)?)
+    Ok(principal)
 }
 
 /// The caller a trusted proxy's identity header names, if the request has
@@ -126,7 +127,8 @@ pub async fn from_proxy(
     let Some(header) = &state.identities.header else {
         return Ok(None);
     };
-    let Some(value) = parts.headers.get(&header.name) else {
+    let mut values = parts.headers.get_all(&header.name).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
     let peer_address = parts
@@ -134,7 +136,7 @@ pub async fn from_proxy(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0);
     let peer = peer_address.map(|address| address.ip());
-    if !peer_address.is_some_and(|address| is_proxy(state, address)) {
+    if !believed(state, parts) {
         let client = ClientInfo::of(parts, &state.web);
         info!(
             security_event = true,
@@ -155,6 +157,14 @@ pub async fn from_proxy(
             )
             .await;
         return Ok(None);
+    }
+    // A proxy that appends its header instead of replacing it would let a
+    // client's own come first: two are refused, never one picked.
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(format!(
+            "{} sent more than once; the proxy must replace it, not add to it",
+            header.name
+        )));
     }
     let value = value
         .to_str()
@@ -207,15 +217,14 @@ pub async fn from_proxy(
         }
     };
     let user = user_for(state, &identity, &header.policy, &client).await?;
+    let principal = state
+        .auth
+        .admit_external(&user, key, expires_at, generation)?;
     state
         .auth
         .audit_external_login(&user, &identity, &client.client)
         .await;
-    Ok(Some(
-        state
-            .auth
-            .admit_external(&user, key, expires_at, generation)?,
-    ))
+    Ok(Some(principal))
 }
 
 /// Audits a signed identity header that did not pass, and answers it.
@@ -234,28 +243,57 @@ async fn refused_header(
     AuthError::Token(err).into()
 }
 
-/// Whether `peer` may vouch for users: a `--trusted-proxy` address, and,
-/// on loopback, not a socket of a user's process. Users' tasks, terminals
-/// and apps run on this host and (with `--sandbox-network host`) reach
-/// 127.0.0.1 too: the kernel says whose a loopback socket is (see
-/// [`super::peer`]), and one of a user's uids, or, when warren does not
-/// run as root (users' processes then run as warren's own uid), warren's
-/// own uid, is not the proxy.
-fn is_proxy(state: &AppState, peer: std::net::SocketAddr) -> bool {
+/// Whether the request's identity header (if it has one) comes from a
+/// proxy that may vouch for users: a `--trusted-proxy` peer whose socket
+/// is not a user's. Users' tasks, terminals and apps run on this host and
+/// (with `--sandbox-network host`) reach every address of it: when the
+/// peer's socket is on this host, the kernel says whose it is (see
+/// [`super::peer`], looked up once per connection), and one of a user's
+/// uids, or, when warren does not run as root (users' processes then run
+/// as warren's own uid), warren's own uid, is not the proxy. A request
+/// another host of the cluster forwarded carries the header only if that
+/// host believed it (it strips it otherwise, see [`strip_unbelieved`]).
+pub fn believed(state: &AppState, parts: &Parts) -> bool {
+    if parts
+        .extensions
+        .get::<crate::cluster::Forwarded>()
+        .is_some()
+    {
+        return true;
+    }
+    let Some(peer) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0)
+    else {
+        return false;
+    };
     let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
     if !state.web.trusts(peer.ip()) {
         return false;
     }
-    if !peer.ip().is_loopback() {
-        return true;
-    }
-    let Some(owner) = super::peer::socket_owner(peer) else {
+    let owner = match parts.extensions.get::<super::peer::PeerOwner>() {
+        Some(owner) => owner.of(peer),
+        None => super::peer::socket_owner(peer),
+    };
+    let Some(owner) = owner else {
+        // A socket of another host: the proxy's.
         return true;
     };
     let users = state.auth.store().uid_range();
     let users_own =
         !state.auth.config().per_user_uids && owner == rustix::process::geteuid().as_raw();
     !(users.first..=users.last).contains(&owner) && !users_own
+}
+
+/// Before a request goes to another host of the cluster: its identity
+/// header goes with it only if this host believed it.
+pub fn strip_unbelieved(state: &AppState, parts: &mut Parts) {
+    if let Some(header) = &state.identities.header {
+        if parts.headers.contains_key(&header.name) && !believed(state, parts) {
+            parts.headers.remove(&header.name);
+        }
+    }
 }
 
 /// The user an identity is linked to, or a new one.
@@ -281,6 +319,13 @@ pub async fn user_for(
 /// The bearer token a WebSocket upgrade carries in its offered
 /// subprotocols (see [`WS_BEARER_PROTOCOL`]).
 pub fn websocket_bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let upgrade = headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return None;
+    }
     headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -311,6 +356,11 @@ mod tests {
         headers.insert(
             axum::http::header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("warren.bearer, warren.bearer.eyJa.eyJb.c"),
+        );
+        assert_eq!(websocket_bearer(&headers), None, "not an upgrade");
+        headers.insert(
+            axum::http::header::UPGRADE,
+            HeaderValue::from_static("websocket"),
         );
         assert_eq!(websocket_bearer(&headers), Some("eyJa.eyJb.c"));
         headers.insert(

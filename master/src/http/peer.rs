@@ -9,6 +9,20 @@
 //! loopback at all).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+/// The owner of a connection's peer socket, looked up once per connection
+/// (the first time a request on it needs to know) and kept: each request
+/// of the connection has the same peer. `None` inside: no socket of this
+/// host (of this network namespace) is the peer, it is on another host.
+#[derive(Debug, Clone, Default)]
+pub struct PeerOwner(Arc<OnceLock<Option<u32>>>);
+
+impl PeerOwner {
+    pub fn of(&self, peer: SocketAddr) -> Option<u32> {
+        *self.0.get_or_init(|| socket_owner(peer))
+    }
+}
 
 /// The uid owning the TCP socket whose local address is `peer` (the
 /// client's end of a connection to us), if the kernel lists one.

@@ -95,6 +95,10 @@ async fn oidc_login(
     let Some(oidc) = &state.identities.oidc else {
         return Err(ApiError::NotFound);
     };
+    // Each start holds a pending login for 10 minutes: they count against
+    // the address's login rate limit, so one client cannot push real
+    // logins out of the pending table.
+    state.auth.admit_refused_login(&info.client)?;
     let return_to = match query.return_to.as_deref() {
         None | Some("") => "/".to_string(),
         Some(target) if is_local_path(target) => target.to_string(),
@@ -110,7 +114,14 @@ async fn oidc_login(
             let host = headers
                 .get(header::HOST)
                 .and_then(|host| host.to_str().ok())
-                .ok_or_else(|| ApiError::BadRequest("no Host header".into()))?;
+                .filter(|host| {
+                    (1..=255).contains(&host.len())
+                        && host.bytes().all(|b| {
+                            b.is_ascii_alphanumeric()
+                                || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                        })
+                })
+                .ok_or_else(|| ApiError::BadRequest("no usable Host header".into()))?;
             let scheme = if info.tls { "https" } else { "http" };
             format!("{scheme}://{host}{CALLBACK_PATH}")
         }
@@ -185,7 +196,7 @@ async fn oidc_callback(
     }
     if let Some(error) = &query.error {
         // The pending login is spent too: the provider said no.
-        let _ = oidc.finish(login_state, "", None).await;
+        oidc.abandon(login_state);
         let why = refused(format!(
             "the identity provider refused the login: {} {}",
             printable(error),
