@@ -316,6 +316,12 @@ impl Auth {
     /// bearer token or identity header seen for the first time).
     pub async fn audit_external_login(&self, user: &User, identity: &Identity, client: &Client) {
         self.metrics.login("success");
+        if identity.via != Via::Oidc {
+            // An OpenID login records it with its session.
+            if let Err(err) = self.store.record_login(user.id, store::now_ms()).await {
+                warn!(error = %err, "cannot record the login time");
+            }
+        }
         self.audit(AuditEntry {
             event: "login",
             actor_id: Some(user.id.to_string()),

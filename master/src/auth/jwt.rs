@@ -382,6 +382,7 @@ impl Verifier {
     pub async fn verify(&self, token: &str) -> Result<Claims, JwtError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|err| JwtError::Malformed(err.to_string()))?;
+        refuse_critical_extensions(token)?;
         let key = self.keys.key_for(header.kid.as_deref()).await?;
         if !key.algorithms.contains(&header.alg) {
             return Err(JwtError::Algorithm(header.alg));
@@ -395,9 +396,31 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
             .map_err(refusal)?;
         let claims = Claims(data.claims);
+        // One issuer, as a string (the library also takes a list).
+        if !claims.0.get("iss").is_some_and(Value::is_string) {
+            return Err(JwtError::Claims("`iss` is not a string".into()));
+        }
         check_issued_at(&claims)?;
         Ok(claims)
     }
+}
+
+/// A header listing extensions the verifier must understand (`crit`, RFC
+/// 7515 4.1.11) is refused: warren understands none.
+fn refuse_critical_extensions(token: &str) -> Result<(), JwtError> {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap_or("");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| JwtError::Malformed("the header is not base64url".into()))?;
+    let fields: Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|_| JwtError::Malformed("the header is not a JSON object".into()))?;
+    if fields.contains_key("crit") {
+        return Err(JwtError::Malformed(
+            "the header names critical extensions (`crit`), which warren does not support".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `iat`, when present, is a number and not in the future.
@@ -667,6 +690,22 @@ mod tests {
         )
         .expect("sign");
         assert!(matches!(v.verify(&forged).await, Err(JwtError::Signature)));
+        let critical = {
+            let mut header = Header::new(Algorithm::HS256);
+            header.crit = Some(vec!["exp".into()]);
+            jsonwebtoken::encode(&header, &claims(600), &EncodingKey::from_secret(SECRET))
+                .expect("sign")
+        };
+        assert!(matches!(
+            v.verify(&critical).await,
+            Err(JwtError::Malformed(_))
+        ));
+        let mut listed = claims(600);
+        listed["iss"] = serde_json::json!(["https://issuer.test"]);
+        assert!(matches!(
+            v.verify(&hs256(&listed)).await,
+            Err(JwtError::Claims(_))
+        ));
         for junk in ["", "a.b", "a.b.c", "not a token at all"] {
             assert!(matches!(v.verify(junk).await, Err(JwtError::Malformed(_))));
         }
