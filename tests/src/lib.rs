@@ -650,3 +650,28 @@ pub fn listening_on(dir: &Path, name: &str, port: u16) -> PathBuf {
         .expect("make the wrapper executable");
     script
 }
+
+/// The options of cluster host `name` listening on `port` (through
+/// [`listening_on`], with its scripts in `dir`): `--host-name`,
+/// `--host-url` and `--cluster-secret-file`, on `database`, with `workers`
+/// worker processes.
+pub fn cluster_host(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    workers: u32,
+    database: &accounts::Database,
+    secret: &Path,
+) -> ServerOptions {
+    ServerOptions {
+        binary: Some(listening_on(dir, name, port)),
+        ..ServerOptions::workers(workers)
+    }
+    .database(database)
+    .arg("--host-name")
+    .arg(name)
+    .arg("--host-url")
+    .arg(&format!("http://127.0.0.1:{port}"))
+    .arg("--cluster-secret-file")
+    .arg(&secret.display().to_string())
+}

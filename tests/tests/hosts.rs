@@ -47,7 +47,7 @@ use warren_tests::nginx::{
     chunks, client_from, free_port, local_site, login_at, read_until, replace_line, route_cookie,
     self_signed, shipped_site, tools, Listen, MainConf, Nginx, TlsTunnel,
 };
-use warren_tests::{eventually, listening_on, warren_binary, Server, ServerOptions};
+use warren_tests::{eventually, warren_binary, Server};
 
 /// Where nginx's clients connect from (through the TLS tunnel).
 const CLIENT_VIA_NGINX: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -79,21 +79,11 @@ async fn start_host(
     secret: &Path,
     public_url: &str,
 ) -> Host {
-    let options = ServerOptions {
-        binary: Some(listening_on(dir, name, port)),
-        ..ServerOptions::workers(2)
-    }
-    .database(database)
-    .arg("--host-name")
-    .arg(name)
-    .arg("--host-url")
-    .arg(&format!("http://127.0.0.1:{port}"))
-    .arg("--cluster-secret-file")
-    .arg(&secret.display().to_string())
-    .arg("--trusted-proxy")
-    .arg("127.0.0.1/32")
-    .arg("--public-url")
-    .arg(public_url);
+    let options = warren_tests::cluster_host(dir, name, port, 2, database, secret)
+        .arg("--trusted-proxy")
+        .arg("127.0.0.1/32")
+        .arg("--public-url")
+        .arg(public_url);
     let data = tempfile::tempdir().expect("a data directory");
     let server = Server::ready_in(data, &options).await;
     assert_eq!(

@@ -12,26 +12,16 @@ use serde_json::json;
 use std::path::Path;
 use warren_tests::accounts::{Caller, Database};
 use warren_tests::nginx::free_port;
-use warren_tests::{listening_on, Server, ServerOptions};
+use warren_tests::{cluster_host, Server};
 
 async fn host(dir: &Path, name: &str, database: &Database, secret: &Path) -> Server {
     let port = free_port().expect("a free port");
-    let options = ServerOptions {
-        binary: Some(listening_on(dir, name, port)),
-        ..ServerOptions::workers(1)
-    }
-    .database(database)
-    .arg("--host-name")
-    .arg(name)
-    .arg("--host-url")
-    .arg(&format!("http://127.0.0.1:{port}"))
-    .arg("--cluster-secret-file")
-    .arg(&secret.display().to_string())
-    // The proxy is elsewhere: this test's requests are not the proxy's.
-    .arg("--trusted-proxy")
-    .arg("192.0.2.0/24")
-    .arg("--identity-header")
-    .arg("X-Forwarded-User");
+    let options = cluster_host(dir, name, port, 1, database, secret)
+        // The proxy is elsewhere: this test's requests are not the proxy's.
+        .arg("--trusted-proxy")
+        .arg("192.0.2.0/24")
+        .arg("--identity-header")
+        .arg("X-Forwarded-User");
     Server::ready_in(tempfile::tempdir().expect("data directory"), &options).await
 }
 

@@ -212,6 +212,16 @@ async fn json_of(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// GET /api/v1/me with one `X-Forwarded-User` per name (as a proxy would
+/// send them).
+async fn me_as(server: &Server, names: &[&str]) -> (u16, Value) {
+    let mut request = server.http.get(server.url("/api/v1/me"));
+    for name in names {
+        request = request.header("x-forwarded-user", *name);
+    }
+    json_of(request.send().await.expect("GET")).await
+}
+
 /// GET `path` with `Authorization: Bearer <token>`.
 async fn get_with(server: &Server, token: &str, path: &str) -> (u16, Value) {
     let response = server
@@ -816,16 +826,7 @@ async fn identity_header_from_a_trusted_proxy_only() {
         "X-Forwarded-User",
     ]))
     .await;
-    let (status, body) = json_of(
-        server
-            .http
-            .get(server.url("/api/v1/me"))
-            .header("x-forwarded-user", "dave")
-            .send()
-            .await
-            .expect("GET"),
-    )
-    .await;
+    let (status, body) = me_as(&server, &["dave"]).await;
     assert_eq!(
         (status, body["username"].as_str()),
         (200, Some("dave")),
@@ -902,16 +903,7 @@ async fn identity_header_from_a_trusted_proxy_only() {
         "X-Forwarded-User",
     ]))
     .await;
-    let (status, body) = json_of(
-        server
-            .http
-            .get(server.url("/api/v1/me"))
-            .header("x-forwarded-user", "dave")
-            .send()
-            .await
-            .expect("GET"),
-    )
-    .await;
+    let (status, body) = me_as(&server, &["dave"]).await;
     assert_eq!(status, 401, "{body}");
     let log = server.log_containing("not a trusted proxy").await;
     assert!(log.contains("not a trusted proxy"), "{log}");
@@ -1000,17 +992,7 @@ async fn identity_header_from_a_trusted_proxy_only() {
         "X-Forwarded-User",
     ]))
     .await;
-    let (status, body) = json_of(
-        server
-            .http
-            .get(server.url("/api/v1/me"))
-            .header("x-forwarded-user", "mallory")
-            .header("x-forwarded-user", "dave")
-            .send()
-            .await
-            .expect("GET"),
-    )
-    .await;
+    let (status, body) = me_as(&server, &["mallory", "dave"]).await;
     assert_eq!(status, 400, "{body}");
     drop(server);
 

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use warren_tests::accounts::{Caller, Database};
 use warren_tests::files::get_bytes;
-use warren_tests::{eventually, listening_on, warren_binary, Server, ServerOptions};
+use warren_tests::{eventually, warren_binary, Server};
 
 const ALICE_PASSWORD: &str = "alice-password-1";
 
@@ -34,18 +34,7 @@ fn free_port() -> u16 {
 }
 
 async fn start_host(dir: &Path, name: &str, database: &Database, secret: &Path) -> Server {
-    let port = free_port();
-    let options = ServerOptions {
-        binary: Some(listening_on(dir, name, port)),
-        ..ServerOptions::workers(2)
-    }
-    .database(database)
-    .arg("--host-name")
-    .arg(name)
-    .arg("--host-url")
-    .arg(&format!("http://127.0.0.1:{port}"))
-    .arg("--cluster-secret-file")
-    .arg(&secret.display().to_string());
+    let options = warren_tests::cluster_host(dir, name, free_port(), 2, database, secret);
     let data = tempfile::tempdir().expect("a data directory");
     Server::ready_in(data, &options).await
 }
