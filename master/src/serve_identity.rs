@@ -96,6 +96,13 @@ pub fn identities(args: &ServeArgs) -> anyhow::Result<Identities> {
             })
         }
     };
+    let header_uses_keys = matches!(
+        header.as_ref().map(|header| &header.format),
+        Some(HeaderFormat::Jwt(_))
+    );
+    if jwt_keys_given(args) && jwt.is_none() && !header_uses_keys {
+        bail!("--jwt-* keys are given but nothing uses them: --jwt-bearer is false and there is no --identity-header-format jwt");
+    }
     if !args.password_login && oidc.is_none() && jwt.is_none() && header.is_none() {
         warn!(
             "--password-login off and no other way in: only API tokens (`warren user token`) work"

@@ -170,6 +170,17 @@ async fn forward(
     // warren's credentials from outside are warren's, not the app's.
     if let Some(identity) = &state.identities.header {
         headers.remove(&identity.name);
+        // An AWS load balancer sends the user's access token beside its
+        // assertion.
+        if matches!(identity.format, crate::http::identity::HeaderFormat::Alb(_)) {
+            for name in [
+                "x-amzn-oidc-accesstoken",
+                "x-amzn-oidc-identity",
+                "x-amzn-oidc-data",
+            ] {
+                headers.remove(name);
+            }
+        }
     }
     strip_bearer_protocols(&mut headers);
     let retryable = safe && !has_body(&parts.headers);

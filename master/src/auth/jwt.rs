@@ -583,26 +583,52 @@ impl AlbVerifier {
             keys.last_miss = Some(Instant::now());
             return Err(JwtError::UnknownKey);
         }
-        if !response.status().is_success() {
-            return Err(JwtError::Keys(format!(
-                "GET {url}: HTTP {}",
-                response.status()
-            )));
+        let fetched = async {
+            if !response.status().is_success() {
+                return Err(JwtError::Keys(format!(
+                    "GET {url}: HTTP {}",
+                    response.status()
+                )));
+            }
+            let pem = response
+                .bytes()
+                .await
+                .map_err(|err| JwtError::Keys(format!("GET {url}: {err}")))?;
+            if pem.len() > 16 * 1024 {
+                return Err(JwtError::Keys(format!("GET {url}: not a key")));
+            }
+            DecodingKey::from_ec_pem(&pem)
+                .map_err(|err| JwtError::Keys(format!("GET {url}: not an EC public key: {err}")))
         }
-        let pem = response
-            .bytes()
-            .await
-            .map_err(|err| JwtError::Keys(format!("GET {url}: {err}")))?;
-        if pem.len() > 16 * 1024 {
-            return Err(JwtError::Keys(format!("GET {url}: not a key")));
-        }
-        let key = DecodingKey::from_ec_pem(&pem)
-            .map_err(|err| JwtError::Keys(format!("GET {url}: not an EC public key: {err}")))?;
+        .await;
+        // Any failed fetch, like a missing key, holds off the next.
+        let key = fetched.inspect_err(|_| keys.last_miss = Some(Instant::now()))?;
         if keys.by_kid.len() >= ALB_MAX_KEYS {
             keys.by_kid.clear();
         }
         keys.by_kid.insert(kid.to_string(), key.clone());
         Ok(key)
+    }
+}
+
+/// The rule for every URL warren fetches from or sends a secret to (an
+/// issuer, its endpoints, a JWKS or key URL): https, or http on a
+/// loopback address (a provider on the same host, the tests').
+pub fn check_secure_url(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text).map_err(|err| format!("{text:?}: {err}"))?;
+    let loopback = url.host_str().is_some_and(|host| {
+        host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?}: must be https:// (http:// only on a loopback address)"
+        ))
     }
 }
 

@@ -118,16 +118,16 @@ impl Oidc {
                 .filter(|(at, _)| at.elapsed() < DISCOVERY_RETRY)
                 .map(|(_, why)| AuthError::Provider(why.clone()))
         };
-        if let Some(err) = recent_failure() {
-            return Err(err);
-        }
         let mut cached = self.provider.lock().await;
         if let Some(provider) = cached.as_ref() {
-            if provider.fetched.elapsed() < DISCOVERY_MAX_AGE {
+            // Fresh, or older while a new discovery keeps failing: a
+            // provider that answered before goes on serving logins with
+            // what it said then.
+            if provider.fetched.elapsed() < DISCOVERY_MAX_AGE || recent_failure().is_some() {
                 return Ok(provider.clone());
             }
         }
-        // Another login's discovery failed while this one waited.
+        // A failure moments ago (perhaps while this login waited).
         if let Some(err) = recent_failure() {
             return Err(err);
         }
@@ -166,11 +166,16 @@ impl Oidc {
             .await
             .map_err(AuthError::Provider)?;
         let field = |name: &str| {
-            document
+            let value = document
                 .get(name)
                 .and_then(|value| value.as_str())
                 .map(str::to_string)
-                .ok_or_else(|| AuthError::Provider(format!("{url}: no `{name}`")))
+                .ok_or_else(|| AuthError::Provider(format!("{url}: no `{name}`")))?;
+            // The secret goes to the token endpoint, the browser to the
+            // authorization endpoint: never over plain http elsewhere.
+            super::jwt::check_secure_url(&value)
+                .map_err(|why| AuthError::Provider(format!("{url}: `{name}` {why}")))?;
+            Ok::<_, AuthError>(value)
         };
         let issuer = field("issuer")?;
         if issuer != self.config.issuer {

@@ -150,9 +150,15 @@ pub async fn from_proxy(
                 Via::Header,
                 &client.client,
                 &format!(
-                    "{} sent by {} (not a --trusted-proxy): ignored",
+                    "{} sent by {} ({}): ignored",
                     header.name,
-                    peer.map_or("an unknown peer".to_string(), |peer| peer.to_string())
+                    peer.map_or("an unknown peer".to_string(), |peer| peer.to_string()),
+                    if peer.is_some_and(|peer| state.web.trusts(peer.to_canonical())) {
+                        "a trusted proxy's address, but not the proxy: a user's process \
+                         or an unknown socket of this host"
+                    } else {
+                        "not a --trusted-proxy"
+                    }
                 ),
             )
             .await;
@@ -272,18 +278,24 @@ pub fn believed(state: &AppState, parts: &Parts) -> bool {
     if !state.web.trusts(peer.ip()) {
         return false;
     }
-    let owner = match parts.extensions.get::<super::peer::PeerOwner>() {
-        Some(owner) => owner.of(peer),
-        None => super::peer::socket_owner(peer),
+    let Some(owner) = parts.extensions.get::<super::peer::PeerOwner>() else {
+        return false;
     };
-    let Some(owner) = owner else {
+    match owner.of(peer) {
         // A socket of another host: the proxy's.
-        return true;
-    };
+        super::peer::Owner::Remote => true,
+        super::peer::Owner::Uid(uid) => !users_uid(state, uid),
+        super::peer::Owner::Unknown => false,
+    }
+}
+
+/// Whether `uid` may be one of users' processes: one of users' uids, or,
+/// when warren does not run as root (users' processes then run as
+/// warren's own uid), warren's own.
+pub fn users_uid(state: &AppState, uid: u32) -> bool {
     let users = state.auth.store().uid_range();
-    let users_own =
-        !state.auth.config().per_user_uids && owner == rustix::process::geteuid().as_raw();
-    !(users.first..=users.last).contains(&owner) && !users_own
+    (users.first..=users.last).contains(&uid)
+        || (!state.auth.config().per_user_uids && uid == rustix::process::geteuid().as_raw())
 }
 
 /// Before a request goes to another host of the cluster: its identity

@@ -375,7 +375,10 @@ pub async fn serve(
             warn!(error = %err, "cannot set TCP_NODELAY");
         }
         let lane = Lane::new(tracker.metrics.sendfile_bytes());
-        let owner = super::peer::PeerOwner::default();
+        let owner = match stream.local_addr() {
+            Ok(ours) => Some(super::peer::PeerOwner::new(ours)),
+            Err(_) => None,
+        };
         let io = TokioIo::new(CountedStream {
             stream,
             lane: lane.clone(),
@@ -387,7 +390,9 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             request.extensions_mut().insert(lane.clone());
-            request.extensions_mut().insert(owner.clone());
+            if let Some(owner) = &owner {
+                request.extensions_mut().insert(owner.clone());
+            }
             let mut router = router.clone();
             async move { router.call(request.map(axum::body::Body::new)).await }
         });

@@ -219,9 +219,13 @@ fn is_operator(state: &AppState, parts: &axum::http::request::Parts) -> bool {
                 return false;
             };
             // Users' tasks are on this host too: not the operator.
+            let owner = parts
+                .extensions
+                .get::<peer::PeerOwner>()
+                .map_or(peer::Owner::Unknown, |owner| owner.of(peer));
             let users = state.auth.store().uid_range();
-            let owner = peer::socket_owner(peer);
-            !forwarded && !owner.is_some_and(|uid| (users.first..=users.last).contains(&uid))
+            !forwarded
+                && matches!(owner, peer::Owner::Uid(uid) if !(users.first..=users.last).contains(&uid))
         }
     }
 }
