@@ -91,6 +91,7 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
         Ok(n) => info!(users = n, "gave users without a uid one from --uid-range"),
         Err(err) => warn!(error = %err, "cannot give every user a uid (--uid-range)"),
     }
+    let per_user_uids = config.per_user_uids;
     let auth = Auth::new(store.clone(), config, metrics.auth())?;
     let identities = Arc::new(crate::serve_identity::identities(&args)?);
 
@@ -242,6 +243,11 @@ pub async fn run(args: ServeArgs, matches: Option<clap::ArgMatches>) -> anyhow::
             trusted_proxies: args.trusted_proxies.clone(),
             public_origin: args.public_url.clone(),
             allow_signup: args.allow_signup,
+            users: http::extract::UsersUids {
+                first: store.uid_range().first,
+                last: store.uid_range().last,
+                own: (!per_user_uids).then(|| rustix::process::geteuid().as_raw()),
+            },
         },
         identities,
         templates_dir: data_dir.join("shared").join("templates"),

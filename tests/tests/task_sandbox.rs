@@ -647,6 +647,64 @@ async fn a_task_cannot_forge_the_identity_header() {
     assert_eq!(response.status(), 200);
 }
 
+/// With `--trusted-proxy` covering this host, a user's task on it that
+/// sends `X-Forwarded-For` speaks only for itself: a failed login it makes
+/// is audited under its real address, not the one it claims (which would
+/// spread its guesses over others' lockouts and falsify the audit log);
+/// the proxy's own forwarded address still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cannot_forge_its_forwarded_address() {
+    let options = ServerOptions::workers(1)
+        .arg("--trusted-proxy")
+        .arg("127.0.0.1/32");
+    let (server, callers) = server_with(options, &["ivy"]).await;
+    if !sandboxed(&server).await {
+        return;
+    }
+    let script = format!(
+        "import urllib.request, urllib.error, json\n\
+         r = urllib.request.Request({:?} + '/api/v1/auth/login', method='POST', \
+         data=json.dumps({{'username': 'nobody-here', 'password': 'wrong-password'}}).encode(), \
+         headers={{'X-Forwarded-For': '203.0.113.7', 'Content-Type': 'application/json'}})\n\
+         try:\n    \
+             print('ANSWER', urllib.request.urlopen(r).status)\n\
+         except urllib.error.HTTPError as e:\n    \
+             print('ANSWER', e.code)\n",
+        server.base_url
+    );
+    let (end, text) = python(&callers[0], &script).await;
+    assert_eq!(end["state"], "exited", "{end}\n{text}");
+    assert!(text.contains("ANSWER 401"), "{text}");
+    // The proxy (this test, root on loopback) is believed.
+    let response = server
+        .http
+        .post(server.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", "198.51.100.9")
+        .json(&json!({"username": "nobody-else", "password": "wrong-password"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(response.status(), 401);
+    let admin = Caller::admin(&server).await;
+    let (_, audit) = admin.get("/api/v1/admin/audit?event=login_failed").await;
+    let rows = audit.as_array().cloned().unwrap_or_default();
+    let address_of = |actor: &str| {
+        rows.iter()
+            .find(|row| row["actor_name"] == actor)
+            .map(|row| row["address"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(
+        address_of("nobody-here").as_deref(),
+        Some("127.0.0.1"),
+        "{audit}"
+    );
+    assert_eq!(
+        address_of("nobody-else").as_deref(),
+        Some("198.51.100.9"),
+        "{audit}"
+    );
+}
+
 /// A data directory below a directory users' uids cannot pass: their
 /// processes could never reach their workspaces, so the server says so
 /// (`/readyz`, `503 sandbox_unavailable` naming the directory) instead of

@@ -24,9 +24,66 @@ pub struct WebConfig {
     /// origin accepted for cookie-authenticated state changes.
     pub public_origin: Option<String>,
     pub allow_signup: bool,
+    /// Whose processes users' are: a connection from this host whose
+    /// socket one of these uids owns is never a proxy.
+    pub users: UsersUids,
+}
+
+/// The uids users' processes run as: their range, and warren's own when
+/// warren is not root (users' processes then run as warren's uid).
+#[derive(Debug, Clone)]
+pub struct UsersUids {
+    pub first: u32,
+    pub last: u32,
+    pub own: Option<u32>,
+}
+
+impl Default for UsersUids {
+    /// None.
+    fn default() -> Self {
+        UsersUids {
+            first: 1,
+            last: 0,
+            own: None,
+        }
+    }
+}
+
+impl UsersUids {
+    pub fn contains(&self, uid: u32) -> bool {
+        (self.first..=self.last).contains(&uid) || self.own == Some(uid)
+    }
 }
 
 impl WebConfig {
+    /// Whether the request's TCP peer may speak for others (forwarded
+    /// addresses, an identity header): a `--trusted-proxy` address whose
+    /// socket, when it is on this host, the kernel lists under exactly
+    /// this connection and a uid that is not a user's (see `peer`). Users'
+    /// tasks, terminals and apps run on this host and reach every address
+    /// of it.
+    pub fn proxy_peer(&self, parts: &Parts) -> bool {
+        let Some(peer) = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| SocketAddr::new(info.0.ip().to_canonical(), info.0.port()))
+        else {
+            return false;
+        };
+        if !self.trusts(peer.ip()) {
+            return false;
+        }
+        let Some(owner) = parts.extensions.get::<super::peer::PeerOwner>() else {
+            return false;
+        };
+        match owner.of(peer) {
+            // A socket of another host: the proxy's.
+            super::peer::Owner::Remote => true,
+            super::peer::Owner::Uid(uid) => !self.users.contains(uid),
+            super::peer::Owner::Unknown => false,
+        }
+    }
+
     /// Whether `peer` is one of the `--trusted-proxy` networks.
     pub fn trusts(&self, peer: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
@@ -118,7 +175,19 @@ impl ClientInfo {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip());
-        let (address, tls) = web.client_of(&parts.headers, peer);
+        // A user's process on the proxy's address (this host) speaks only
+        // for itself: its forwarded headers are not believed. A request
+        // another host forwarded carries that host's view.
+        let forwarded = parts
+            .extensions
+            .get::<crate::cluster::Forwarded>()
+            .is_some();
+        let (address, tls) = match peer {
+            Some(ip) if !forwarded && web.trusts(ip) && !web.proxy_peer(parts) => {
+                web.client_of(&HeaderMap::new(), Some(ip))
+            }
+            _ => web.client_of(&parts.headers, peer),
+        };
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

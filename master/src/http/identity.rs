@@ -260,42 +260,11 @@ async fn refused_header(
 /// another host of the cluster forwarded carries the header only if that
 /// host believed it (it strips it otherwise, see [`strip_unbelieved`]).
 pub fn believed(state: &AppState, parts: &Parts) -> bool {
-    if parts
+    parts
         .extensions
         .get::<crate::cluster::Forwarded>()
         .is_some()
-    {
-        return true;
-    }
-    let Some(peer) = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0)
-    else {
-        return false;
-    };
-    let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
-    if !state.web.trusts(peer.ip()) {
-        return false;
-    }
-    let Some(owner) = parts.extensions.get::<super::peer::PeerOwner>() else {
-        return false;
-    };
-    match owner.of(peer) {
-        // A socket of another host: the proxy's.
-        super::peer::Owner::Remote => true,
-        super::peer::Owner::Uid(uid) => !users_uid(state, uid),
-        super::peer::Owner::Unknown => false,
-    }
-}
-
-/// Whether `uid` may be one of users' processes: one of users' uids, or,
-/// when warren does not run as root (users' processes then run as
-/// warren's own uid), warren's own.
-pub fn users_uid(state: &AppState, uid: u32) -> bool {
-    let users = state.auth.store().uid_range();
-    (users.first..=users.last).contains(&uid)
-        || (!state.auth.config().per_user_uids && uid == rustix::process::geteuid().as_raw())
+        || state.web.proxy_peer(parts)
 }
 
 /// Before a request goes to another host of the cluster: its identity
