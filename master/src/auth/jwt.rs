@@ -243,18 +243,27 @@ pub async fn fetch_json(http: &reqwest::Client, url: &str) -> Result<Value, Stri
     if !response.status().is_success() {
         return Err(format!("GET {url}: HTTP {}", response.status()));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+    let body = read_bounded(&mut response, MAX_DOCUMENT_BYTES)
         .await
-        .map_err(|err| format!("GET {url}: {err}"))?
-    {
-        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(format!("GET {url}: larger than {MAX_DOCUMENT_BYTES} bytes"));
+        .map_err(|why| format!("GET {url}: {why}"))?;
+    serde_json::from_slice(&body).map_err(|err| format!("GET {url}: not JSON: {err}"))
+}
+
+/// A provider's answer body, read chunk by chunk and refused as soon as it
+/// passes `limit` bytes (a provider, or whoever answers in its place, does
+/// not get to fill the master's memory).
+pub async fn read_bounded(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|err| err.to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is larger than {limit} bytes"));
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|err| format!("GET {url}: not JSON: {err}"))
+    Ok(body)
 }
 
 async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<Vec<Key>, JwtError> {
@@ -572,7 +581,7 @@ impl AlbVerifier {
             return Err(JwtError::UnknownKey);
         }
         let url = self.key_url.replace("{kid}", kid);
-        let response = self.http.get(&url).send().await.map_err(|err| {
+        let mut response = self.http.get(&url).send().await.map_err(|err| {
             keys.last_miss = Some(Instant::now());
             JwtError::Keys(format!("GET {url}: {err}"))
         })?;
@@ -590,13 +599,9 @@ impl AlbVerifier {
                     response.status()
                 )));
             }
-            let pem = response
-                .bytes()
+            let pem = read_bounded(&mut response, 16 * 1024)
                 .await
-                .map_err(|err| JwtError::Keys(format!("GET {url}: {err}")))?;
-            if pem.len() > 16 * 1024 {
-                return Err(JwtError::Keys(format!("GET {url}: not a key")));
-            }
+                .map_err(|why| JwtError::Keys(format!("GET {url}: {why}")))?;
             DecodingKey::from_ec_pem(&pem)
                 .map_err(|err| JwtError::Keys(format!("GET {url}: not an EC public key: {err}")))
         }

@@ -307,7 +307,7 @@ impl Oidc {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(credentials)
         );
-        let response = self
+        let mut response = self
             .http
             .post(&provider.token_endpoint)
             .header(reqwest::header::AUTHORIZATION, authorization)
@@ -322,15 +322,9 @@ impl Oidc {
             .await
             .map_err(|err| AuthError::Provider(format!("token endpoint: {err}")))?;
         let status = response.status();
-        let body = response
-            .bytes()
+        let body = jwt::read_bounded(&mut response, jwt::MAX_DOCUMENT_BYTES)
             .await
-            .map_err(|err| AuthError::Provider(format!("token endpoint: {err}")))?;
-        if body.len() > jwt::MAX_DOCUMENT_BYTES {
-            return Err(AuthError::Provider(
-                "token endpoint: answer too large".into(),
-            ));
-        }
+            .map_err(|why| AuthError::Provider(format!("token endpoint: {why}")))?;
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         if !status.is_success() {
             // `invalid_grant` (a used, expired or foreign code) is the

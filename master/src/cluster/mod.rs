@@ -496,13 +496,7 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
     let route_cookie = cookie(request.headers(), ROUTE_COOKIE).map(str::to_string);
     let tls = state
         .web
-        .client_of(
-            request.headers(),
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0.ip()),
-        )
+        .client_of(request.headers(), request.extensions())
         .1;
     let mut response = match &home {
         Some(home) if **home != *cluster.name => {

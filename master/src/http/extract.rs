@@ -6,7 +6,7 @@ use crate::auth::{Client, CredentialKind, Principal, Scope};
 use crate::store::AuditEntry;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, Extensions, HeaderMap, Method};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
@@ -62,9 +62,8 @@ impl WebConfig {
     /// this connection and a uid that is not a user's (see `peer`). Users'
     /// tasks, terminals and apps run on this host and reach every address
     /// of it.
-    pub fn proxy_peer(&self, parts: &Parts) -> bool {
-        let Some(peer) = parts
-            .extensions
+    pub fn proxy_peer(&self, extensions: &Extensions) -> bool {
+        let Some(peer) = extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| SocketAddr::new(info.0.ip().to_canonical(), info.0.port()))
         else {
@@ -73,7 +72,7 @@ impl WebConfig {
         if !self.trusts(peer.ip()) {
             return false;
         }
-        let Some(owner) = parts.extensions.get::<super::peer::PeerOwner>() else {
+        let Some(owner) = extensions.get::<super::peer::PeerOwner>() else {
             return false;
         };
         match owner.of(peer) {
@@ -89,14 +88,20 @@ impl WebConfig {
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
     }
 
-    /// The client's address and whether it reached us over TLS.
-    pub fn client_of(&self, parts_headers: &HeaderMap, peer: Option<IpAddr>) -> (IpAddr, bool) {
-        let peer = peer.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    /// The client's address and whether it reached us over TLS: the TCP
+    /// peer's, unless it is a proxy that may speak for others
+    /// ([`WebConfig::proxy_peer`]; a request another host of the cluster
+    /// forwarded carries that host's view), whose `X-Forwarded-*` count.
+    pub fn client_of(&self, parts_headers: &HeaderMap, extensions: &Extensions) -> (IpAddr, bool) {
+        let peer = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([127, 0, 0, 1]), |info| info.0.ip());
         let public_tls = self
             .public_origin
             .as_deref()
             .is_some_and(|origin| origin.starts_with("https://"));
-        if !self.trusts(peer) {
+        let forwarded = extensions.get::<crate::cluster::Forwarded>().is_some();
+        if !self.trusts(peer) || !(forwarded || self.proxy_peer(extensions)) {
             return (peer, public_tls);
         }
         // The right-most address not added by a trusted proxy is the client.
@@ -171,23 +176,7 @@ pub struct ClientInfo {
 
 impl ClientInfo {
     pub fn of(parts: &Parts, web: &WebConfig) -> ClientInfo {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip());
-        // A user's process on the proxy's address (this host) speaks only
-        // for itself: its forwarded headers are not believed. A request
-        // another host forwarded carries that host's view.
-        let forwarded = parts
-            .extensions
-            .get::<crate::cluster::Forwarded>()
-            .is_some();
-        let (address, tls) = match peer {
-            Some(ip) if !forwarded && web.trusts(ip) && !web.proxy_peer(parts) => {
-                web.client_of(&HeaderMap::new(), Some(ip))
-            }
-            _ => web.client_of(&parts.headers, peer),
-        };
+        let (address, tls) = web.client_of(&parts.headers, &parts.extensions);
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -465,14 +454,24 @@ mod tests {
             ("x-forwarded-for", "10.1.1.1"),
             ("x-forwarded-proto", "https"),
         ]);
+        // A connection from `peer` to this server, as the listener marks it.
+        let from = |peer: &str| {
+            let peer: SocketAddr = format!("{peer}:40000").parse().expect("address");
+            let mut extensions = Extensions::new();
+            extensions.insert(ConnectInfo(peer));
+            extensions.insert(super::super::peer::PeerOwner::new(
+                "127.0.0.1:8080".parse().expect("address"),
+            ));
+            extensions
+        };
         // From the proxy: the right-most untrusted address, and TLS.
         assert_eq!(
-            web.client_of(&h, Some("10.0.0.2".parse().expect("ip"))),
+            web.client_of(&h, &from("10.0.0.2")),
             ("198.51.100.7".parse().expect("ip"), true)
         );
         // From anyone else: the peer, no TLS, whatever the headers claim.
         assert_eq!(
-            web.client_of(&h, Some("192.0.2.1".parse().expect("ip"))),
+            web.client_of(&h, &from("192.0.2.1")),
             ("192.0.2.1".parse().expect("ip"), false)
         );
     }

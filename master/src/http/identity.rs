@@ -25,24 +25,14 @@ pub const WS_BEARER_PROTOCOL: &str = "warren.bearer";
 /// The offered subprotocol that carries the token.
 const WS_BEARER_PREFIX: &str = "warren.bearer.";
 
-/// The ways in besides warren's own passwords (all off by default).
-#[derive(Default)]
+/// The ways in besides warren's own passwords (built from the flags by
+/// `serve_identity`).
 pub struct Identities {
     /// `--password-login off` turns password logins (and sign-up) off.
     pub password_login: bool,
     pub oidc: Option<Arc<Oidc>>,
     pub jwt: Option<JwtBearer>,
     pub header: Option<IdentityHeader>,
-}
-
-impl Identities {
-    /// Only warren's passwords.
-    pub fn passwords_only() -> Identities {
-        Identities {
-            password_login: true,
-            ..Default::default()
-        }
-    }
 }
 
 /// `Authorization: Bearer <JWT>` (`--jwt-*`).
@@ -264,7 +254,7 @@ pub fn believed(state: &AppState, parts: &Parts) -> bool {
         .extensions
         .get::<crate::cluster::Forwarded>()
         .is_some()
-        || state.web.proxy_peer(parts)
+        || state.web.proxy_peer(&parts.extensions)
 }
 
 /// Before a request goes to another host of the cluster: its identity

@@ -355,11 +355,10 @@ async fn around(State(state): State<AppState>, request: Request, next: Next) -> 
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |path| http.route(path.as_str()));
-    let peer = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip());
-    let tls = state.web.client_of(request.headers(), peer).1;
+    let tls = state
+        .web
+        .client_of(request.headers(), request.extensions())
+        .1;
     let api = request.uri().path().starts_with("/api/");
     let operational = matches!(request.uri().path(), "/readyz" | "/metrics" | "/healthz");
     let refusal = oversized(&request);
