@@ -3,7 +3,9 @@
 //! the bytes warren answers (`{"slot":0}`, `application/json`), and for
 //! `GET /api/v1/files/bench/1k.bin` answering the 1 KiB file `files` puts
 //! there (`application/octet-stream`) from memory, with no session, no pool,
-//! no worker, no disk. It runs as its own process on the same kind of runtime
+//! no worker, no disk; and `POST /api/v1/auth/login`, which lets anyone in
+//! (a session cookie, no password hash), so that `warren-bench run
+//! --scenario ping` can measure its own ceiling against this server. It runs as its own process on the same kind of runtime
 //! as `warren serve` (multi-thread, one thread per core), so both servers
 //! are measured the same way; what warren adds on top is what warren costs.
 
@@ -28,6 +30,15 @@ pub fn router() -> Router {
     let small_file = crate::files::pattern::small_file();
     Router::new()
         .route("/api/v1/ping", get(|| async { Json(Ping { slot: 0 }) }))
+        .route(
+            "/api/v1/auth/login",
+            axum::routing::post(|| async {
+                (
+                    [(header::SET_COOKIE, "warren_session=bare; Path=/; HttpOnly")],
+                    Json(serde_json::json!({})),
+                )
+            }),
+        )
         .route(
             "/api/v1/files/bench/1k.bin",
             get(move || async move {

@@ -1,5 +1,9 @@
 //! `warren-bench`: measurements of warren's hot paths.
 //!
+//! - `warren-bench run`: load against a running warren, directly or
+//!   through nginx: simulated users of a scenario, open or closed model,
+//!   chaos, sampling of the server, JSON and HTML results, an SLO gate
+//!   (see [`run`]).
 //! - `warren-bench micro`: codec, routing hash, and pool round trips through
 //!   real worker processes, each beside an in-process baseline measured in
 //!   the same run (see [`micro`]).
@@ -48,6 +52,7 @@ mod jwt;
 mod micro;
 mod nginx;
 mod report;
+mod run;
 mod startup;
 mod tasks;
 mod terminals;
@@ -66,6 +71,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Load against a running warren (or nginx in front of it): simulated
+    /// users log in and work, optionally with faults (--chaos) and the
+    /// server sampled over time (--sample); results as a table, JSON, HTML.
+    Run(Box<run::RunArgs>),
     /// Micro-benchmarks: codec, routing hash, pool round trip vs in-process call.
     Micro(MicroArgs),
     /// HTTP load: warren's authenticated API beside a bare axum handler.
@@ -398,7 +407,7 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 /// A positive, finite rate (per second).
-fn parse_rate(text: &str) -> Result<f64, String> {
+pub fn parse_rate(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
         _ => Err(format!("{text:?}: need a positive number per second")),
@@ -449,6 +458,13 @@ fn main() -> ExitCode {
         Command::Startup(args) => report_failure(
             on_runtime(startup::run(&args)).and_then(|r| report::print(r.table(), &r, args.json)),
         ),
+        Command::Run(args) => match on_runtime(run::main(*args)) {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve(args) => run_serve(*args),
         Command::BareServer(args) => report_failure(bare::serve(&args)),
     }

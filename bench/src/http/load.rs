@@ -110,6 +110,8 @@ pub struct Answer {
 /// hand-off between threads on each request.
 pub struct Connection {
     server: SocketAddr,
+    /// The local address connections are made from (any when `None`).
+    bind: Option<std::net::IpAddr>,
     link: Option<Link>,
 }
 
@@ -121,7 +123,21 @@ struct Link {
 impl Connection {
     /// Connects on the first request.
     pub fn new(server: SocketAddr) -> Self {
-        Connection { server, link: None }
+        Connection {
+            server,
+            bind: None,
+            link: None,
+        }
+    }
+
+    /// Connects from `local` (an address of this host, such as one of
+    /// 127.0.0.0/8 when the server is on loopback), on the first request.
+    pub fn bound(server: SocketAddr, local: Option<std::net::IpAddr>) -> Self {
+        Connection {
+            server,
+            bind: local,
+            link: None,
+        }
     }
 
     /// Sends one request and reads the whole answer. An error leaves the
@@ -129,7 +145,7 @@ impl Connection {
     pub async fn exchange(&mut self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
         let link = match self.link.take() {
             Some(link) => link,
-            None => Link::open(self.server).await?,
+            None => Link::open(self.server, self.bind).await?,
         };
         let link = self.link.insert(link);
         let answer = link.exchange(request).await;
@@ -165,8 +181,8 @@ impl Connection {
 }
 
 impl Link {
-    async fn open(server: SocketAddr) -> Result<Link, String> {
-        let stream = TcpStream::connect(server)
+    async fn open(server: SocketAddr, bind: Option<std::net::IpAddr>) -> Result<Link, String> {
+        let stream = connect_from(server, bind)
             .await
             .map_err(|err| format!("connect to {server}: {err}"))?;
         stream
@@ -200,6 +216,23 @@ impl Link {
             }),
         }
     }
+}
+
+/// A TCP connection to `server`, from `local` when given.
+pub async fn connect_from(
+    server: SocketAddr,
+    local: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(local) = local else {
+        return TcpStream::connect(server).await;
+    };
+    let socket = if server.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(local, 0))?;
+    socket.connect(server).await
 }
 
 /// Failed requests, by cause.
