@@ -10,7 +10,7 @@ use hyper::header::{HeaderName, HeaderValue, COOKIE, HOST, ORIGIN, RETRY_AFTER};
 use hyper::{Method, Request, StatusCode};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where the load goes.
 #[derive(Debug, Clone)]
@@ -109,11 +109,18 @@ impl<'a> Call<'a> {
 pub struct Pool {
     target: std::sync::Arc<Target>,
     bind: Option<IpAddr>,
-    idle: Mutex<Vec<Connection>>,
+    /// With when each was last used.
+    idle: Mutex<Vec<(Connection, Instant)>>,
 }
 
 /// Idle connections one pool keeps; more are closed after their request.
 const MAX_IDLE: usize = 4;
+
+/// A connection idle this long is not used again: the server may be
+/// closing it (warren's `--header-read-timeout` is 15 s by default,
+/// nginx's `keepalive_timeout` 75 s), and a request sent into a closing
+/// connection fails for the client's reasons, not the server's.
+const REUSE_WITHIN: Duration = Duration::from_secs(10);
 
 impl Pool {
     pub fn new(target: std::sync::Arc<Target>, bind: Option<IpAddr>) -> Self {
@@ -165,13 +172,16 @@ impl Pool {
         for (name, value) in call.headers {
             put(name, &value)?;
         }
-        let taken = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let taken = self.idle.lock().ok().and_then(|mut idle| {
+            idle.retain(|(_, used)| used.elapsed() < REUSE_WITHIN);
+            idle.pop().map(|(connection, _)| connection)
+        });
         let mut connection = taken.unwrap_or_else(|| Connection::bound(target.address, self.bind));
         match tokio::time::timeout(timeout, connection.exchange(request)).await {
             Ok(Ok(answer)) => {
                 if let Ok(mut idle) = self.idle.lock() {
                     if idle.len() < MAX_IDLE {
-                        idle.push(connection);
+                        idle.push((connection, Instant::now()));
                     }
                 }
                 Ok(answer)

@@ -267,16 +267,20 @@ impl Run {
         loop {
             tokio::time::sleep_until(due.into()).await;
             let outcome = user.login(timeout).await;
-            let error = outcome.as_ref().err().cloned();
-            self.recorder
-                .record("login", user.slot(), due.elapsed(), error.as_deref());
+            self.recorder.record(
+                "login",
+                user.slot(),
+                due.elapsed(),
+                outcome.as_ref().err().map(|(kind, _)| kind.as_str()),
+            );
             match outcome {
-                Ok(_) => break,
-                Err(kind) => {
-                    // A browser comes back after Retry-After; a bad password
-                    // or a broken server does not get better.
+                Ok(()) => break,
+                Err((kind, retry_after)) => {
+                    // A browser comes back when Retry-After says (else in a
+                    // second); a bad password or a broken server does not
+                    // get better.
                     let retry = matches!(kind.as_str(), "429" | "503" | "timeout" | "connect");
-                    due = Instant::now() + Duration::from_secs(1);
+                    due = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
                     if !retry || due > until {
                         return false;
                     }
@@ -417,6 +421,13 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let master = Arc::new(Mutex::new(master));
 
     let run_directory = format!("warren-bench/{started_unix:x}-{}", std::process::id());
+    // Growth is judged on the samples after the logins (and a tenth of the
+    // run more), when the server has reached its working size.
+    let warm_up = if storm {
+        args.duration / 10
+    } else {
+        args.ramp + args.duration / 10
+    };
     let (storm_start, total_length) = if storm {
         (args.duration.as_secs_f64() / 3.0, args.duration)
     } else {
@@ -426,7 +437,9 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     for user in calm {
         user.login(users::SETUP_TIMEOUT)
             .await
-            .map_err(|kind| anyhow::anyhow!("login of calm user {}: {kind}", user.account.name))?;
+            .map_err(|(kind, _)| {
+                anyhow::anyhow!("login of calm user {}: {kind}", user.account.name)
+            })?;
         user.learn_slot().await;
     }
 
@@ -533,6 +546,24 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                 .await;
                 if let Ok(mut samples) = samples.lock() {
                     samples.push(sample);
+                }
+            }
+        }));
+    }
+
+    // Idle terminals answer the server's pings.
+    if matches!(args.scenario, Scenario::Mixed | Scenario::Terminals) {
+        let users = users.clone();
+        let stop = stop.clone();
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                for user in &users {
+                    ops::keep_alive(user).await;
                 }
             }
         }));
@@ -730,7 +761,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         timeline: recorded.timeline,
         chaos: events.lock().map(|e| e.clone()).unwrap_or_default(),
         verification,
-        growth: soak::growth(&samples, args.growth_limit),
+        growth: soak::growth(&samples, warm_up.as_secs_f64(), args.growth_limit),
         samples,
         slo: Vec::new(),
         orphans,

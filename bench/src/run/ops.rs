@@ -359,7 +359,13 @@ async fn keystroke(
     let Some(terminal) = slot.as_mut() else {
         return Err("check".to_string());
     };
-    let key = b'a' + (pick % 26) as u8;
+    // A carriage return now and then, so `cat`'s line (and the PTY's
+    // 4 KiB line buffer) never fills.
+    let key = if pick % 64 == 0 {
+        b'\r'
+    } else {
+        b'a' + (pick % 26) as u8
+    };
     let outcome = tokio::time::timeout(timeout, async {
         terminal
             .socket
@@ -383,6 +389,32 @@ async fn keystroke(
         *slot = None;
     }
     outcome
+}
+
+/// Answers the server's pings on the user's idle terminal socket (a
+/// user who types rarely must not be closed as silent): reads what is
+/// waiting, which queues the pongs, and flushes them.
+pub async fn keep_alive(user: &User) {
+    let Ok(mut slot) = user.terminal.try_lock() else {
+        return;
+    };
+    let Some(terminal) = slot.as_mut() else {
+        return;
+    };
+    let mut broken = false;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1), terminal.socket.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => {
+                broken = true;
+                break;
+            }
+        }
+    }
+    if broken || terminal.socket.flush().await.is_err() {
+        *slot = None;
+    }
 }
 
 /// Hangs up every terminal the user opened (after the run).

@@ -152,9 +152,15 @@ pub async fn sample(at: f64, master: u32, pool: &Pool, metrics_token: Option<&st
 }
 
 /// Growth of the master's and the workers' (summed) memory, descriptors
-/// and threads: the mean of the last tenth of the samples against the
-/// first tenth, flagged beyond `limit_pct`.
-pub fn growth(samples: &[Sample], limit_pct: f64) -> Vec<Growth> {
+/// and threads over the samples from `from_s` on (after warming up): the
+/// mean of the last tenth of them against the first tenth, flagged beyond
+/// `limit_pct`.
+pub fn growth(samples: &[Sample], from_s: f64, limit_pct: f64) -> Vec<Growth> {
+    let start = samples
+        .iter()
+        .position(|sample| sample.t_s >= from_s)
+        .unwrap_or(samples.len());
+    let samples = &samples[start..];
     if samples.len() < 2 {
         return Vec::new();
     }
@@ -248,7 +254,8 @@ mod tests {
         let mut samples: Vec<Sample> = (0..20).map(|_| sample(1000, 10)).collect();
         samples[18] = sample(1100, 10);
         samples[19] = sample(1100, 10);
-        let growth = growth(&samples, 5.0);
+        let growth = growth(&samples, 0.0, 5.0);
+        assert!(super::growth(&samples, 1.0, 5.0).is_empty(), "samples before warming up count");
         let master_rss = growth
             .iter()
             .find(|g| g.series == "masters rss_bytes")

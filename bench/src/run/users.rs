@@ -5,7 +5,6 @@
 
 use super::client::{status_kind, Call, Pool, Target};
 use crate::http::api::session_token;
-use crate::http::load::Answer;
 use anyhow::{bail, Context, Result};
 use hyper::header::AUTHORIZATION;
 use hyper::Method;
@@ -165,9 +164,9 @@ impl User {
     }
 
     /// A real login (`POST /api/v1/auth/login`, an argon2 verification on
-    /// the server). The answer is handed back for timing and sorting; a
-    /// success keeps the session.
-    pub async fn login(&self, timeout: Duration) -> Result<Answer, String> {
+    /// the server); a success keeps the session. A failure is its kind,
+    /// with the answer's `Retry-After` when it had one.
+    pub async fn login(&self, timeout: Duration) -> Result<(), (String, Option<Duration>)> {
         let body = serde_json::json!({
             "username": self.account.name,
             "password": self.account.password,
@@ -179,13 +178,21 @@ impl User {
                 None,
                 timeout,
             )
-            .await?;
-        status_kind(&answer)?;
-        let token = session_token(&answer.headers).ok_or_else(|| "check".to_string())?;
+            .await
+            .map_err(|kind| (kind, None))?;
+        if let Err(kind) = status_kind(&answer) {
+            let retry_after = answer
+                .headers
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err((kind, retry_after));
+        }
+        let token = session_token(&answer.headers).ok_or_else(|| ("check".to_string(), None))?;
         if let Ok(mut session) = self.session.write() {
             *session = Some(token);
         }
-        Ok(answer)
+        Ok(())
     }
 
     /// Learns the user's worker slot from `/api/v1/ping` (`{"slot":N}`);
