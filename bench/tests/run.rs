@@ -197,7 +197,7 @@ async fn killing_one_slot_s_worker_touches_only_that_slot_s_users() {
         &token,
         &[
             "--scenario",
-            "files",
+            "mixed",
             "--users",
             "12",
             "--duration",
@@ -208,8 +208,6 @@ async fn killing_one_slot_s_worker_touches_only_that_slot_s_users() {
             "kill-worker:every=1s,slot=0",
             "--out",
             out.to_str().unwrap(),
-            "--uid-range",
-            &warren_tests::uid_range_of(&server.data_dir),
         ],
     );
     assert_eq!(code, 0, "{stdout}\n{stderr}");

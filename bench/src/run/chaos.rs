@@ -100,16 +100,33 @@ pub struct Chaos {
 }
 
 impl Chaos {
-    fn log(&self, action: &str, slot: Option<u32>, pid: Option<u32>, outcome: String) {
+    /// Seconds since the start of measuring.
+    fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Logs an action begun at `at_s`.
+    fn log_at(
+        &self,
+        at_s: f64,
+        action: &str,
+        slot: Option<u32>,
+        pid: Option<u32>,
+        outcome: String,
+    ) {
         if let Ok(mut events) = self.events.lock() {
             events.push(ChaosEvent {
-                at_s: self.start.elapsed().as_secs_f64(),
+                at_s,
                 action: action.to_string(),
                 slot,
                 pid,
                 outcome,
             });
         }
+    }
+
+    fn log(&self, action: &str, slot: Option<u32>, pid: Option<u32>, outcome: String) {
+        self.log_at(self.now(), action, slot, pid, outcome);
     }
 
     fn master(&self) -> Option<u32> {
@@ -185,6 +202,7 @@ impl Chaos {
     }
 
     async fn restart_slot(&self, slot: u32) {
+        let begun = self.now();
         let Some(token) = &self.admin_token else {
             self.log(
                 "kill-worker",
@@ -208,10 +226,11 @@ impl Chaos {
             ),
             Err(kind) => kind,
         };
-        self.log("kill-worker", Some(slot), None, outcome);
+        self.log_at(begun, "kill-worker", Some(slot), None, outcome);
     }
 
     async fn restart_master(&self) {
+        let begun = self.now();
         let Some(master) = self.master() else {
             self.log(
                 "restart-master",
@@ -283,11 +302,23 @@ impl Chaos {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let new_master = super::discover_master(&self.admin, self.admin_token.as_deref()).await;
+        // The new master, once its workers are named by the admin API.
+        let mut new_master = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while new_master.is_none() && Instant::now() < deadline {
+            new_master = super::discover_master(&self.admin, self.admin_token.as_deref()).await;
+            if new_master.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let outcome = match new_master {
+            Some(_) => "done".to_string(),
+            None => "restarted; the new master was not found (sampling, kills and the orphan check stop: give --admin-token-file)".to_string(),
+        };
         if let Ok(mut slot) = self.master.lock() {
             *slot = new_master;
         }
-        self.log("restart-master", None, Some(master), "done".to_string());
+        self.log_at(begun, "restart-master", None, Some(master), outcome);
     }
 }
 

@@ -32,6 +32,9 @@ impl Target {
     /// at nginx's plain listener on the host, or at warren itself.
     pub async fn parse(url: &str) -> Result<Target> {
         let url = url.trim().trim_end_matches('/');
+        if url.contains(['?', '#']) {
+            bail!("--target {url}: a query or fragment has no place in the target");
+        }
         let Some(rest) = url.strip_prefix("http://") else {
             if url.starts_with("https://") {
                 bail!("--target {url}: https is not spoken by the harness; use the plain http listener (nginx's on the host, or warren's --listen)");
@@ -179,6 +182,15 @@ impl Pool {
         let mut connection = taken.unwrap_or_else(|| Connection::bound(target.address, self.bind));
         match tokio::time::timeout(timeout, connection.exchange(request)).await {
             Ok(Ok(answer)) => {
+                // A connection the server is closing is not reused.
+                let closing = answer
+                    .headers
+                    .get(hyper::header::CONNECTION)
+                    .and_then(|value| value.to_str().ok())
+                    .is_some_and(|value| value.eq_ignore_ascii_case("close"));
+                if closing {
+                    return Ok(answer);
+                }
                 if let Ok(mut idle) = self.idle.lock() {
                     if idle.len() < MAX_IDLE {
                         idle.push((connection, Instant::now()));

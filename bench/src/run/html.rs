@@ -10,7 +10,7 @@
 //! Values that cannot be drawn (NaN, infinite) are left out of the charts,
 //! and an axis whose values are all equal (or absent) still gets a range.
 
-use super::results::{OpStats, ProcessSample, RunResults, Settings};
+use super::results::{LostWrite, OpStats, ProcessSample, RunResults, Settings};
 use anyhow::{Context, Result};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::coord::types::RangedCoordf64;
@@ -762,10 +762,9 @@ fn slo(out: &mut String, results: &RunResults) -> fmt::Result {
         "<table>\n<tr><th>objective</th><th class=\"n\">measured</th><th>verdict</th></tr>"
     )?;
     for check in &results.slo {
-        let measured = if check.measured.is_finite() {
-            fixed(check.measured, 3)
-        } else {
-            "not measured".to_string()
+        let measured = match check.measured.filter(|m| m.is_finite()) {
+            Some(measured) => fixed(measured, 3),
+            None => "not measured".to_string(),
         };
         let verdict = if check.met {
             "<span class=\"good\">met</span>"
@@ -922,19 +921,28 @@ fn verification(out: &mut String, results: &RunResults) -> fmt::Result {
     } else {
         format!("<span class=\"bad\">{} LOST</span>", v.lost.len())
     };
+    let unverified = if v.unverified.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", <span class=\"bad\">{} UNVERIFIED</span> (no answer)",
+            v.unverified.len()
+        )
+    };
     writeln!(
         out,
-        "<p>{} acknowledged, {} files read back: {verdict}.</p>",
+        "<p>{} acknowledged, {} files read back: {verdict}{unverified}.</p>",
         v.acknowledged, v.checked
     )?;
-    if v.lost.is_empty() {
+    let listed: Vec<&LostWrite> = v.lost.iter().chain(&v.unverified).collect();
+    if listed.is_empty() {
         return Ok(());
     }
     writeln!(
         out,
         "<table>\n<tr><th>user</th><th>path</th><th>reason</th></tr>"
     )?;
-    for lost in v.lost.iter().take(LOST_SHOWN) {
+    for lost in listed.iter().take(LOST_SHOWN) {
         writeln!(
             out,
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -944,11 +952,11 @@ fn verification(out: &mut String, results: &RunResults) -> fmt::Result {
         )?;
     }
     writeln!(out, "</table>")?;
-    if v.lost.len() > LOST_SHOWN {
+    if listed.len() > LOST_SHOWN {
         writeln!(
             out,
             "<p>…and {} more (the JSON results list them all).</p>",
-            v.lost.len() - LOST_SHOWN
+            listed.len() - LOST_SHOWN
         )?;
     }
     Ok(())
@@ -1138,6 +1146,7 @@ mod tests {
                 path: evil.to_string(),
                 reason: "changed".to_string(),
             }],
+            unverified: vec![],
         });
         results
             .total
@@ -1206,7 +1215,7 @@ mod tests {
             outcome: "done".to_string(),
         });
         results.elapsed_s = f64::NAN;
-        results.slo[0].measured = f64::NAN;
+        results.slo[0].measured = None;
         results.growth[0].change_pct = f64::INFINITY;
         let html = render(&results).unwrap();
         assert!(!html.contains("NaN"), "{html}");

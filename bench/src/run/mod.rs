@@ -47,8 +47,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "mixed")]
     pub scenario: Scenario,
     /// Simulated users (in `login-storm`: the users who log in during the
-    /// storm). With `--users-file`, at most this many of its users (all
-    /// when not given).
+    /// storm); 10 when not given. With `--users-file`, the first this many
+    /// of its users (all when not given).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub users: Option<u32>,
     /// `name:password` per line: existing users to log in as, instead of
@@ -127,9 +127,6 @@ pub struct RunArgs {
     /// Growth (in %) of a sampled series that is flagged.
     #[arg(long, default_value_t = 5.0)]
     pub growth_limit: f64,
-    /// The users' uid range on the server, for the orphan check.
-    #[arg(long, default_value = "200000-265535")]
-    pub uid_range: String,
     /// Read back every acknowledged write after the load.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub verify: bool,
@@ -218,20 +215,35 @@ struct Run {
     /// `login-storm`: when the storm starts and (once every login is done)
     /// ends, in seconds since the start.
     storm: Option<(f64, Mutex<Option<f64>>)>,
+    /// Arrivals with no user logged in yet to take them (the ramp's start).
+    no_user: AtomicU64,
+    /// Users who logged in (the calm ones included).
+    logged_in: AtomicU64,
 }
 
+/// The longest a login waits for `Retry-After`.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 impl Run {
-    /// One operation for the next ready user, timed from `due`.
-    async fn one(&self, due: Instant) {
+    /// One operation for the next ready user, timed from `from`. An
+    /// operation (some are several requests) gets twice the timeout in
+    /// all; beyond, it is a `timeout`.
+    async fn one(&self, from: Instant) {
         let Some(user) = self.ready.next() else {
+            self.no_user.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let op = self.scenario.operation(pick(), &user);
-        let outcome = ops::run(op, &user, &self.context, pick()).await;
+        let outcome = tokio::time::timeout(
+            self.context.timeout * 2,
+            ops::run(op, &user, &self.context, pick()),
+        )
+        .await
+        .unwrap_or_else(|_| Err("timeout".to_string()));
         self.recorder.record(
             self.op_name(op),
             user.slot(),
-            due.elapsed(),
+            from.elapsed(),
             outcome.as_ref().err().map(String::as_str),
         );
     }
@@ -280,7 +292,10 @@ impl Run {
                     // second); a bad password or a broken server does not
                     // get better.
                     let retry = matches!(kind.as_str(), "429" | "503" | "timeout" | "connect");
-                    due = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
+                    due = Instant::now()
+                        + retry_after
+                            .unwrap_or(Duration::from_secs(1))
+                            .min(MAX_RETRY_AFTER);
                     if !retry || due > until {
                         return false;
                     }
@@ -292,10 +307,23 @@ impl Run {
             // A first file, so that listing and reading have something.
             let _ = ops::write(&user, &self.context, self.context.small_size, timeout).await;
         }
+        if ops::has_terminal(self.scenario, &user) {
+            // Opening the terminal is its own figure; keystrokes are
+            // timed from the key to its echo.
+            let begun = Instant::now();
+            let outcome = ops::open(&user, timeout).await;
+            self.recorder.record(
+                "terminal-open",
+                user.slot(),
+                begun.elapsed(),
+                outcome.as_ref().err().map(String::as_str),
+            );
+        }
         if self.scenario == Scenario::Apps {
             start_app(&user, &self.context).await;
         }
         self.ready.add(user);
+        self.logged_in.fetch_add(1, Ordering::Relaxed);
         true
     }
 }
@@ -342,11 +370,6 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     if args.scenario == Scenario::Apps && args.app.is_none() {
         bail!("--scenario apps needs --app NAME (an app of the server's --apps)");
     }
-    let uid_range = args
-        .uid_range
-        .split_once('-')
-        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-        .context("--uid-range: FIRST-LAST")?;
     let admin_token = args
         .admin_token_file
         .as_deref()
@@ -412,11 +435,26 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let (calm, movers) = users.split_at(calm_count.min(users.len()));
 
     let master = match args.master_pid {
+        Some(pid) if !soak::is_master(pid) => {
+            bail!("--master-pid {pid}: not a warren master on this host (its command line has no `serve`)")
+        }
         Some(pid) => Some(pid),
         None => discover_master(&admin, admin_token.as_deref()).await,
     };
     if args.sample.is_some() && master.is_none() {
         bail!("--sample reads the server's processes: run on its host and give --master-pid or --admin-token-file");
+    }
+    let needs_pid = chaos_actions.iter().any(|action| {
+        matches!(
+            action,
+            chaos::Action::KillWorker {
+                graceful: false,
+                ..
+            } | chaos::Action::RestartMaster { .. }
+        )
+    });
+    if needs_pid && master.is_none() {
+        bail!("--chaos kill-worker (by signal) and restart-master act on the server's processes: run on its host and give --master-pid or --admin-token-file (or use kill-worker:via=api)");
     }
     let master = Arc::new(Mutex::new(master));
 
@@ -428,6 +466,15 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     } else {
         args.ramp + args.duration / 10
     };
+    if storm && args.ramp.as_secs_f64() > args.duration.as_secs_f64() * 2.0 / 3.0 {
+        bail!("login-storm: the storm starts a third of the way into --duration, so --ramp must fit in the other two thirds");
+    }
+    if args.sample.is_some_and(|every| every.is_zero()) {
+        bail!("--sample must be longer than 0s");
+    }
+    if args.rate.is_some_and(|rate| rate > 1_000_000.0) {
+        bail!("--rate: at most 1,000,000 requests per second");
+    }
     let (storm_start, total_length) = if storm {
         (args.duration.as_secs_f64() / 3.0, args.duration)
     } else {
@@ -459,6 +506,8 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             next: AtomicUsize::new(0),
         },
         storm: storm.then(|| (storm_start, Mutex::new(None))),
+        no_user: AtomicU64::new(0),
+        logged_in: AtomicU64::new(calm.len() as u64),
     });
     let start = run.recorder.start();
     let end = start + total_length;
@@ -477,6 +526,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                 (start + Duration::from_secs(1)).into(),
                 Duration::from_secs(1),
             );
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
@@ -610,28 +660,37 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             while Instant::now() < end {
                 // Arrival k is due at k / rate: those with k <= elapsed * rate.
                 let due_count = (start.elapsed().as_secs_f64() * rate) as u64 + 1;
+                // At most a second's worth at once, so that a stalled
+                // harness catches up in steps and still sees the end.
+                let due_count = due_count.min(sent + rate.ceil() as u64);
                 while sent < due_count {
                     let due = start + Duration::from_secs_f64(sent as f64 / rate);
                     sent += 1;
-                    // Nothing a request waits for depends on earlier answers
-                    // (each arrival is a task of its own), so the server
-                    // cannot delay a send; a request is timed from when the
-                    // harness starts it, and starts that are late because
-                    // the harness itself fell behind are counted apart.
+                    // Each arrival is a task of its own: no send waits for an
+                    // earlier answer. A request started on time is timed from
+                    // its start (the 1 ms timer's lateness is not the
+                    // server's); one the harness started late (its CPU
+                    // fell behind, maybe because the server took it) is
+                    // timed from when it was due, and counted apart.
                     let now = Instant::now();
-                    if now.saturating_duration_since(due) > LATE {
+                    let from = if now.saturating_duration_since(due) > LATE {
                         late.fetch_add(1, Ordering::Relaxed);
-                    }
+                        due
+                    } else {
+                        now
+                    };
                     if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
-                        run.recorder
-                            .record("backlog", None, due.elapsed(), Some("backlog"));
+                        run.recorder.unsent("backlog", "backlog", 1);
                         continue;
+                    }
+                    if Instant::now() >= end {
+                        break;
                     }
                     in_flight.fetch_add(1, Ordering::Relaxed);
                     let run = run.clone();
                     let in_flight = in_flight.clone();
                     tokio::spawn(async move {
-                        run.one(now).await;
+                        run.one(from).await;
                         in_flight.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
@@ -659,35 +718,34 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         }
     }
     // Requests still in flight finish (or time out).
-    let drain = Instant::now() + args.timeout + Duration::from_secs(1);
+    let drain = Instant::now() + args.timeout * 2 + Duration::from_secs(1);
     while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed_s = start.elapsed().as_secs_f64();
-    let logged_in = match tokio::time::timeout(args.timeout, logins).await {
-        Ok(Ok(count)) => count,
-        _ => 0,
-    };
-    // A last sample at the end, then the background stops.
-    if args.sample.is_some() {
-        if let Some(pid) = master.lock().ok().and_then(|m| *m) {
-            let sample = soak::sample(elapsed_s, pid, &admin, metrics_token.as_deref()).await;
-            if let Ok(mut samples) = samples.lock() {
-                samples.push(sample);
-            }
-        }
-    }
+    // What never ended is counted, not dropped.
+    run.recorder.unsent(
+        "unfinished",
+        "unfinished",
+        in_flight.load(Ordering::Relaxed) as u64,
+    );
+    let _ = run.recorder.roll();
     stop.cancel();
+    logins.abort();
     for task in background {
         let _ = task.await;
     }
     progress.finish_and_clear();
-    let _ = run.recorder.roll();
+    let logged_in = run.logged_in.load(Ordering::Relaxed) as u32;
 
     // After the load: terminals hang up, the read-back, the clean-up.
     let all_users: Vec<Arc<User>> = users.clone();
-    for user in &all_users {
-        ops::close_terminals(user, args.timeout).await;
+    {
+        use futures_util::stream::{self, StreamExt};
+        let timeout = args.timeout.min(Duration::from_secs(10));
+        stream::iter(&all_users)
+            .for_each_concurrent(32, |user| ops::close_terminals(user, timeout))
+            .await;
     }
     if let Some(command) = &args.before_verify {
         let status = tokio::process::Command::new("/bin/sh")
@@ -697,24 +755,36 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             .await
             .context("--before-verify")?;
         if !status.success() {
-            bail!("--before-verify {command:?} failed: {status}");
+            eprintln!(
+                "warning: --before-verify {command:?} failed ({status}); reading back anyway"
+            );
         }
     }
     let verification = if args.verify && args.scenario.writes() {
-        Some(verify(&all_users, args.timeout).await)
+        // The server first (after chaos it may still be restarting).
+        wait_ready(&admin, Duration::from_secs(120)).await;
+        Some(verify(&all_users, &run.context.directory, args.timeout).await)
     } else {
         None
     };
     if !args.keep_files && args.scenario.writes() {
         clean_up(&all_users, &run.context.directory, args.timeout).await;
     }
+    // Processes of the run's users (by the uids their logins named) that
+    // no worker of this master owns. Hung-up terminals' programs and
+    // cancelled tasks get the server's grace (5 s by default) to end.
+    let uids: std::collections::BTreeSet<u32> = all_users.iter().filter_map(|u| u.uid()).collect();
     let orphans = match master.lock().ok().and_then(|m| *m) {
-        Some(pid) => {
-            // Hung-up terminals' processes get their grace to end.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Some(soak::orphans(pid, uid_range))
+        Some(pid) if !uids.is_empty() => {
+            let mut left = soak::orphans(pid, &uids);
+            let patience = Instant::now() + Duration::from_secs(10);
+            while !left.is_empty() && Instant::now() < patience {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                left = soak::orphans(pid, &uids);
+            }
+            Some(left)
         }
-        None => None,
+        _ => None,
     };
 
     let mut by_slot: BTreeMap<String, u32> = BTreeMap::new();
@@ -765,7 +835,8 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         samples,
         slo: Vec::new(),
         orphans,
-        users_logged_in: logged_in + calm.len() as u32,
+        users_logged_in: logged_in,
+        arrivals_without_user: run.no_user.load(Ordering::Relaxed),
         harness_late: late.load(Ordering::Relaxed),
     };
     if let Some(objectives) = &objectives {
@@ -791,13 +862,16 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
+    if results.users_logged_in == 0 || results.total.count == 0 {
+        bail!("no user could log in or no request was made: nothing was measured (see the logins above)");
+    }
     let lost = results
         .verification
         .as_ref()
-        .is_some_and(|v| !v.lost.is_empty());
+        .is_some_and(|v| !v.lost.is_empty() || !v.unverified.is_empty());
     let violated = results.slo.iter().any(|check| !check.met);
     if lost {
-        eprintln!("acknowledged writes were lost: see above");
+        eprintln!("acknowledged writes were lost or could not be read back: see above");
     }
     if violated {
         eprintln!("--slo: objectives violated: see above");
@@ -809,65 +883,95 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// Reads back every acknowledged write, 32 at a time (a read that fails
-/// for another reason than a wrong answer is tried 3 times).
-async fn verify(users: &[Arc<User>], timeout: Duration) -> Verification {
+/// Waits until `/readyz` answers 200 (or `patience` ends).
+async fn wait_ready(pool: &Pool, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Ok(answer) = pool
+            .send(
+                Call::new(Method::GET, "/readyz"),
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            if answer.status.is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads back every acknowledged write, 32 at a time. A file that is gone
+/// (404) or holds other bytes is lost; a read that gets no answer is tried
+/// again for up to a minute, then the file is unverified (not lost: the
+/// server did not say).
+async fn verify(users: &[Arc<User>], directory: &str, timeout: Duration) -> Verification {
     use futures_util::stream::{self, StreamExt};
     let mut work = Vec::new();
     for user in users {
         if let Ok(files) = user.files.lock() {
             for file in files.iter() {
-                work.push((user.clone(), file.clone()));
+                work.push((user.clone(), *file));
             }
         }
     }
     let acknowledged = work.len() as u64;
-    let lost: Vec<LostWrite> = stream::iter(work)
+    let timeout = timeout.min(Duration::from_secs(30));
+    let outcomes: Vec<Option<(bool, LostWrite)>> = stream::iter(work)
         .map(|(user, file)| async move {
             let session = user.session();
-            let mut reason = String::new();
-            for _ in 0..3 {
-                let path = ops::file_url(&file.path);
-                match user
+            let path = file.path(directory, user.index);
+            let url = ops::file_url(&path);
+            let give_up = Instant::now() + Duration::from_secs(60);
+            let (lost, reason) = loop {
+                let failure = match user
                     .pool
-                    .send(Call::new(Method::GET, &path), session.as_deref(), timeout)
+                    .send(Call::new(Method::GET, &url), session.as_deref(), timeout)
                     .await
                 {
                     Ok(answer) if answer.status.as_u16() == 404 => {
-                        reason = "missing".to_string();
-                        break;
+                        break (true, "missing".to_string())
                     }
                     Ok(answer) => match status_kind(&answer) {
-                        Ok(()) => {
-                            if answer.body.len() == file.length
-                                && users::fnv1a(&answer.body) == file.hash
-                            {
-                                return None;
-                            }
-                            reason = format!("changed ({} bytes)", answer.body.len());
-                            break;
-                        }
-                        Err(kind) => reason = format!("read failed: {kind}"),
+                        Ok(()) if file.matches(&answer.body) => return None,
+                        Ok(()) => break (true, format!("changed ({} bytes)", answer.body.len())),
+                        Err(kind) => kind,
                     },
-                    Err(kind) => reason = format!("read failed: {kind}"),
+                    Err(kind) => kind,
+                };
+                if Instant::now() > give_up {
+                    break (false, format!("no answer to read it back: {failure}"));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Some(LostWrite {
-                user: user.account.name.clone(),
-                path: file.path.clone(),
-                reason,
-            })
+            };
+            Some((
+                lost,
+                LostWrite {
+                    user: user.account.name.clone(),
+                    path,
+                    reason,
+                },
+            ))
         })
         .buffer_unordered(32)
-        .filter_map(|lost| async move { lost })
         .collect()
         .await;
-    Verification {
+    let mut verification = Verification {
         acknowledged,
         checked: acknowledged,
-        lost,
+        ..Verification::default()
+    };
+    for (lost, write) in outcomes.into_iter().flatten() {
+        if lost {
+            verification.lost.push(write);
+        } else {
+            verification.checked -= 1;
+            verification.unverified.push(write);
+        }
     }
+    verification
 }
 
 /// Deletes the run's directory from each workspace.

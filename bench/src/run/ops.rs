@@ -3,7 +3,7 @@
 //! due (so a server that stalls is charged for the wait) to its last byte.
 
 use super::client::{status_kind, Call};
-use super::users::{fnv1a, User, Written};
+use super::users::{fnv1a, written_path, User, Written};
 use crate::http::api::is_ping_body;
 use futures_util::{SinkExt, StreamExt};
 use hyper::header::{CONTENT_TYPE, COOKIE, HOST, ORIGIN};
@@ -178,16 +178,13 @@ pub async fn run(op: Operation, user: &User, context: &Context, pick: u64) -> Re
             let Some(file) = user.some_file(pick) else {
                 return Box::pin(run(Operation::List, user, context, pick)).await;
             };
+            let path = file_url(&file.path(&context.directory, user.index));
             let answer = user
                 .pool
-                .send(
-                    Call::new(Method::GET, &file_url(&file.path)),
-                    session,
-                    timeout,
-                )
+                .send(Call::new(Method::GET, &path), session, timeout)
                 .await?;
             status_kind(&answer)?;
-            if answer.body.len() != file.length || fnv1a(&answer.body) != file.hash {
+            if !file.matches(&answer.body) {
                 return Err("check".to_string());
             }
             Ok(())
@@ -232,11 +229,11 @@ pub async fn write(
     timeout: Duration,
 ) -> Result<(), String> {
     let sequence = user.next_sequence();
-    let path = format!("{}/{}-{sequence}", context.directory, user.index);
+    let path = written_path(&context.directory, user.index, sequence);
     let bytes = content(&user.account.name, sequence, size);
     let written = Written {
-        path: path.clone(),
-        length: bytes.len(),
+        sequence,
+        length: bytes.len() as u64,
         hash: fnv1a(&bytes),
     };
     let session = user.session();
@@ -284,7 +281,16 @@ async fn task(user: &User, session: Option<&str>, timeout: Duration) -> Result<(
 
 /// A terminal a user types in, with its WebSocket.
 pub struct Terminal {
+    id: String,
     socket: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+}
+
+/// Opens the user's terminal (`cat` on a PTY) and attaches to it.
+pub async fn open(user: &User, timeout: Duration) -> Result<(), String> {
+    let session = user.session();
+    let terminal = open_terminal(user, session.as_deref(), timeout).await?;
+    *user.terminal.lock().await = Some(terminal);
+    Ok(())
 }
 
 /// Opens a terminal running `cat` and attaches to it.
@@ -341,7 +347,7 @@ async fn open_terminal(
     let (socket, _) = tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| "timeout".to_string())??;
-    Ok(Terminal { socket })
+    Ok(Terminal { id, socket })
 }
 
 /// Types one key in the user's terminal (opening it first if need be) and
@@ -354,6 +360,7 @@ async fn keystroke(
 ) -> Result<(), String> {
     let mut slot = user.terminal.lock().await;
     if slot.is_none() {
+        // Reopened after a failure (the first was opened at log-in).
         *slot = Some(open_terminal(user, session, timeout).await?);
     }
     let Some(terminal) = slot.as_mut() else {
@@ -366,6 +373,10 @@ async fn keystroke(
     } else {
         b'a' + (pick % 26) as u8
     };
+    // Output still on its way (a line `cat` prints after a carriage
+    // return) must not pass for this key's echo.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::ZERO, terminal.socket.next()).await {
+    }
     let outcome = tokio::time::timeout(timeout, async {
         terminal
             .socket
@@ -385,8 +396,11 @@ async fn keystroke(
     .await
     .unwrap_or_else(|_| Err("timeout".to_string()));
     if outcome.is_err() {
-        // A broken terminal is opened anew on the user's next keystroke.
-        *slot = None;
+        // A broken terminal is hung up at once (its PTY and program are
+        // the server's to free) and opened anew on the next keystroke.
+        if let Some(broken) = slot.take() {
+            hang_up(user, &broken.id, session, timeout).await;
+        }
     }
     outcome
 }
@@ -414,6 +428,18 @@ pub async fn keep_alive(user: &User) {
     }
     if broken || terminal.socket.flush().await.is_err() {
         *slot = None;
+    }
+}
+
+/// `DELETE /api/v1/terminals/{id}`.
+async fn hang_up(user: &User, id: &str, session: Option<&str>, timeout: Duration) {
+    let path = format!("/api/v1/terminals/{id}");
+    let _ = user
+        .pool
+        .send(Call::new(Method::DELETE, &path), session, timeout)
+        .await;
+    if let Ok(mut ids) = user.terminal_ids.lock() {
+        ids.retain(|known| known != id);
     }
 }
 

@@ -135,31 +135,69 @@ impl Recorder {
                 }
             }
         }
-        // Logins are their own figure (an argon2 hash each, by design
-        // slow): "all" is what logged-in users wait for.
-        if op != "login" {
-            state.total.add(ns, error);
-        }
         let slot = state
             .slots
             .entry(slot.map_or_else(|| "unknown".to_string(), |s| s.to_string()))
             .or_default();
         slot.count += 1;
-        state.second.saturating_record(ns.max(LOWEST_NS));
-        state.second_count += 1;
         if let Some(kind) = error {
             slot.errors += 1;
             *slot.kinds.entry(kind.to_string()).or_default() += 1;
-            state.second_errors += 1;
+        }
+        // Logins are their own figure (an argon2 hash each, by design
+        // slow): "all", and each second of the timeline, are what
+        // logged-in users wait for.
+        if op != "login" {
+            state.total.add(ns, error);
+            state.second.saturating_record(ns.max(LOWEST_NS));
+            state.second_count += 1;
+            if error.is_some() {
+                state.second_errors += 1;
+            }
         }
     }
 
+    /// A request that was never sent, as `kind` (`backlog`: the harness had
+    /// too many in flight; `unfinished`: still running when the run
+    /// ended): an error of `op` and of the whole, with no latency (it has
+    /// none to add to the percentiles).
+    pub fn unsent(&self, op: &'static str, kind: &str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let state = &mut *state;
+        for entry in [state.ops.get_mut(op), Some(&mut state.total)]
+            .into_iter()
+            .flatten()
+        {
+            entry.count += count;
+            entry.errors += count;
+            *entry.kinds.entry(kind.to_string()).or_default() += count;
+        }
+        if !state.ops.contains_key(op) {
+            if let Ok(mut entry) = Op::new() {
+                entry.count = count;
+                entry.errors = count;
+                entry.kinds.insert(kind.to_string(), count);
+                state.ops.insert(op, entry);
+            }
+        }
+        state.second_count += count;
+        state.second_errors += count;
+    }
+
     /// Closes the current second (called once a second by the ticker) and
-    /// returns it.
+    /// returns it; `t` is the second it ends in, from the clock (a late tick
+    /// does not shift the timeline).
     pub fn roll(&self) -> Option<Second> {
+        let now = self.now_s();
         let mut state = self.state.lock().ok()?;
+        let t = (now.round() as u32).saturating_sub(1);
         let second = Second {
-            t: u32::try_from(state.timeline.len()).unwrap_or(u32::MAX),
+            t,
             count: state.second_count,
             errors: state.second_errors,
             p50_ms: ms(&state.second, 0.5),
@@ -265,13 +303,28 @@ mod tests {
         recorder.record("read", Some(0), Duration::from_millis(2), None);
         recorder.record("read", Some(1), Duration::from_millis(4), Some("503"));
         recorder.record("write", None, Duration::from_millis(8), Some("timeout"));
+        recorder.record("login", Some(0), Duration::from_millis(80), None);
+        recorder.unsent("backlog", "backlog", 2);
         let second = recorder.roll().unwrap();
-        assert_eq!((second.count, second.errors), (3, 2));
+        assert_eq!(
+            (second.count, second.errors),
+            (5, 4),
+            "logins are not in the timeline"
+        );
         let recorded = recorder.finish(&BTreeMap::from([("0".to_string(), 5)]));
-        assert_eq!(recorded.total.count, 3);
+        assert_eq!(recorded.total.count, 5);
+        assert_eq!(recorded.total.errors_by_kind["backlog"], 2);
+        assert_eq!(recorded.operations["backlog"].count, 2);
+        assert!(
+            (recorded.total.latency_ms.p50 - 4.0).abs() < 0.1,
+            "unsent requests pulled the percentiles: {:?}",
+            recorded.total.latency_ms
+        );
+        assert_eq!(recorded.operations["login"].count, 1);
         assert_eq!(recorded.operations["read"].errors_by_kind["503"], 1);
         assert_eq!(recorded.slots["0"].users, 5);
         assert_eq!(recorded.slots["0"].errors, 0);
+        assert_eq!(recorded.slots["0"].count, 2);
         assert_eq!(recorded.slots["1"].errors, 1);
         assert_eq!(recorded.slots["unknown"].errors_by_kind["timeout"], 1);
         assert!((recorded.operations["write"].latency_ms.p50 - 8.0).abs() < 0.1);

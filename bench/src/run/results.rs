@@ -69,6 +69,10 @@ pub struct RunResults {
     /// were due (its own CPU fell behind: the rate was not fully offered).
     #[serde(default)]
     pub harness_late: u64,
+    /// Open model: arrivals dropped because no user had logged in yet
+    /// (during the ramp's first login), not sent and not counted above.
+    #[serde(default)]
+    pub arrivals_without_user: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,9 +187,13 @@ pub struct Verification {
     pub acknowledged: u64,
     /// Files read back.
     pub checked: u64,
-    /// Files whose content is not what the last acknowledged write put
-    /// there (or that are gone).
+    /// Files whose content is not what the acknowledged write put there
+    /// (or that are gone: 404).
     pub lost: Vec<LostWrite>,
+    /// Files the server gave no answer for, for a minute (not counted as
+    /// lost, nor as checked).
+    #[serde(default)]
+    pub unverified: Vec<LostWrite>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,8 +242,9 @@ pub struct Growth {
 pub struct SloCheck {
     /// As written: `p99<50ms`, `errors<0.1%`, `list.p99<20ms`.
     pub objective: String,
-    /// The measured value, in the objective's unit (ms, %, or req/s).
-    pub measured: f64,
+    /// The measured value, in the objective's unit (ms, %, or req/s); none
+    /// when the run made no such request (then not met).
+    pub measured: Option<f64>,
     pub met: bool,
 }
 
@@ -314,6 +323,13 @@ impl RunResults {
             );
         }
         let _ = writeln!(out, "users logged in at the end: {}", self.users_logged_in);
+        if self.arrivals_without_user > 0 {
+            let _ = writeln!(
+                out,
+                "harness: {} arrivals before any user had logged in were not sent",
+                self.arrivals_without_user
+            );
+        }
         if self.harness_late > 0 {
             let _ = writeln!(
                 out,
@@ -361,17 +377,22 @@ impl RunResults {
         if let Some(v) = &self.verification {
             let _ = writeln!(
                 out,
-                "acknowledged writes: {} ({} files read back): {}",
+                "acknowledged writes: {} ({} files read back): {}{}",
                 v.acknowledged,
                 v.checked,
                 if v.lost.is_empty() {
                     "none lost".to_string()
                 } else {
                     format!("{} LOST", v.lost.len())
+                },
+                if v.unverified.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} UNVERIFIED (no answer)", v.unverified.len())
                 }
             );
-            for lost in v.lost.iter().take(20) {
-                let _ = writeln!(out, "  lost: {} {} ({})", lost.user, lost.path, lost.reason);
+            for lost in v.lost.iter().chain(&v.unverified).take(20) {
+                let _ = writeln!(out, "  {} {} ({})", lost.user, lost.path, lost.reason);
             }
         }
         for growth in &self.growth {
@@ -386,11 +407,13 @@ impl RunResults {
             );
         }
         for check in &self.slo {
+            let measured = check
+                .measured
+                .map_or_else(|| "not measured".to_string(), |m| format!("{m:.3}"));
             let _ = writeln!(
                 out,
-                "slo {:<24} measured {:<10.3} {}",
+                "slo {:<24} measured {measured:<12} {}",
                 check.objective,
-                check.measured,
                 if check.met { "met" } else { "VIOLATED" }
             );
         }
@@ -556,7 +579,7 @@ pub fn check_slo(results: &RunResults, objectives: &[Objective]) -> Vec<SloCheck
             let Some(stats) = stats.filter(|s| s.count > 0) else {
                 return SloCheck {
                     objective: objective.text.clone(),
-                    measured: f64::NAN,
+                    measured: None,
                     met: false,
                 };
             };
@@ -580,7 +603,7 @@ pub fn check_slo(results: &RunResults, objectives: &[Objective]) -> Vec<SloCheck
             };
             SloCheck {
                 objective: objective.text.clone(),
-                measured,
+                measured: Some(measured),
                 met,
             }
         })
@@ -710,6 +733,7 @@ pub(crate) mod tests {
                     path: "a/b".to_string(),
                     reason: "missing".to_string(),
                 }],
+                unverified: vec![],
             }),
             samples: vec![Sample {
                 t_s: 10.0,
@@ -732,12 +756,13 @@ pub(crate) mod tests {
             }],
             slo: vec![SloCheck {
                 objective: "p99<50ms".to_string(),
-                measured: 12.25,
+                measured: Some(12.25),
                 met: true,
             }],
             orphans: Some(vec![]),
             users_logged_in: 100,
             harness_late: 3,
+            arrivals_without_user: 0,
         }
     }
 
@@ -791,7 +816,7 @@ pub(crate) mod tests {
         assert!(checks.iter().all(|c| c.met), "{checks:?}");
         let checks = check_slo(&results, &parse_slo("p99<10ms").unwrap());
         assert!(!checks[0].met);
-        assert_eq!(checks[0].measured, 12.25);
+        assert_eq!(checks[0].measured, Some(12.25));
         let checks = check_slo(&results, &parse_slo("errors<0.1%").unwrap());
         assert!(!checks[0].met, "0.2 % errors passed 0.1 %");
         let checks = check_slo(&results, &parse_slo("write.p99<1s").unwrap());

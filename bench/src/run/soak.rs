@@ -102,13 +102,18 @@ pub fn process(role: &str, slot: Option<u32>, pid: u32) -> Option<ProcessSample>
 }
 
 /// The master's pid: a worker's parent, for a worker pid the admin API
-/// named that runs on this host.
+/// named that runs on this host (a `worker` whose parent is a `serve`).
 pub fn master_of(worker: u32) -> Option<u32> {
     let args = cmdline(worker);
     if args.get(1).map(String::as_str) != Some("worker") {
         return None;
     }
-    parent(worker)
+    parent(worker).filter(|master| is_master(*master))
+}
+
+/// Whether `pid` is a warren master (`… serve …`).
+pub fn is_master(pid: u32) -> bool {
+    cmdline(pid).get(1).map(String::as_str) == Some("serve")
 }
 
 /// One sample: the master and its workers from `/proc`, and the watched
@@ -167,12 +172,14 @@ pub fn growth(samples: &[Sample], from_s: f64, limit_pct: f64) -> Vec<Growth> {
     let tenth = (samples.len() / 10).max(1);
     let mut out = Vec::new();
     for role in ["master", "worker"] {
-        let fields: [(&str, fn(&ProcessSample) -> u64); 3] = [
-            ("rss_bytes", |p| p.rss_bytes),
-            ("fds", |p| p.fds),
-            ("threads", |p| p.threads),
+        // With the smallest change that counts: a thread or a few
+        // descriptors more are runtime pools breathing, not a leak.
+        let fields: [(&str, fn(&ProcessSample) -> u64, f64); 3] = [
+            ("rss_bytes", |p| p.rss_bytes, 0.0),
+            ("fds", |p| p.fds, 8.0),
+            ("threads", |p| p.threads, 4.0),
         ];
-        for (field, pick) in fields {
+        for (field, pick, floor) in fields {
             let value = |sample: &Sample| -> f64 {
                 sample
                     .processes
@@ -194,23 +201,23 @@ pub fn growth(samples: &[Sample], from_s: f64, limit_pct: f64) -> Vec<Growth> {
                 first,
                 last,
                 change_pct,
-                flagged: change_pct > limit_pct,
+                flagged: change_pct > limit_pct && last - first > floor,
             });
         }
     }
     out
 }
 
-/// Processes of uids in `uids` (the users' range) that do not descend
-/// from `master`: left behind by a worker that died.
-pub fn orphans(master: u32, uids: (u32, u32)) -> Vec<u32> {
+/// Processes running as one of `uids` (the run's users') that do not
+/// descend from `master`: left behind by a worker that died.
+pub fn orphans(master: u32, uids: &std::collections::BTreeSet<u32>) -> Vec<u32> {
     let pids = all_pids();
     let parents: BTreeMap<u32, u32> = pids
         .iter()
         .filter_map(|pid| Some((*pid, parent(*pid)?)))
         .collect();
     pids.into_iter()
-        .filter(|pid| uid(*pid).is_some_and(|uid| uid >= uids.0 && uid <= uids.1))
+        .filter(|pid| uid(*pid).is_some_and(|uid| uids.contains(&uid)))
         .filter(|pid| {
             let mut at = *pid;
             for _ in 0..64 {
@@ -255,7 +262,10 @@ mod tests {
         samples[18] = sample(1100, 10);
         samples[19] = sample(1100, 10);
         let growth = growth(&samples, 0.0, 5.0);
-        assert!(super::growth(&samples, 1.0, 5.0).is_empty(), "samples before warming up count");
+        assert!(
+            super::growth(&samples, 1.0, 5.0).is_empty(),
+            "samples before warming up count"
+        );
         let master_rss = growth
             .iter()
             .find(|g| g.series == "masters rss_bytes")

@@ -119,8 +119,11 @@ pub struct User {
     pub pool: Pool,
     session: RwLock<Option<String>>,
     slot: OnceLock<u32>,
-    /// Paths (below `/api/v1/files/`) of files this user wrote and the
-    /// server acknowledged, with their length and FNV-1a hash.
+    /// The uid the server runs this user's processes as (its login
+    /// answer's `user.uid`), for the orphan check.
+    uid: OnceLock<u32>,
+    /// The files this user wrote and the server acknowledged, with their
+    /// length and FNV-1a hash.
     pub files: Mutex<Vec<Written>>,
     /// Writes sent, for unique file names.
     pub sequence: AtomicU64,
@@ -128,12 +131,30 @@ pub struct User {
     pub terminal_ids: Mutex<Vec<String>>,
 }
 
-/// An acknowledged write.
-#[derive(Debug, Clone)]
+/// An acknowledged write: 24 bytes, so that an hour of writes fits in
+/// the harness's memory (its path is made again from the sequence).
+#[derive(Debug, Clone, Copy)]
 pub struct Written {
-    pub path: String,
-    pub length: usize,
+    pub sequence: u64,
+    pub length: u64,
     pub hash: u64,
+}
+
+impl Written {
+    /// The file's path in the workspace: `DIRECTORY/USER-SEQUENCE`.
+    pub fn path(&self, directory: &str, user: u32) -> String {
+        written_path(directory, user, self.sequence)
+    }
+
+    /// Whether `body` is what was written.
+    pub fn matches(&self, body: &[u8]) -> bool {
+        body.len() as u64 == self.length && fnv1a(body) == self.hash
+    }
+}
+
+/// The path of user `user`'s `sequence`th write in `directory`.
+pub fn written_path(directory: &str, user: u32, sequence: u64) -> String {
+    format!("{directory}/{user}-{sequence}")
 }
 
 impl User {
@@ -144,6 +165,7 @@ impl User {
             pool: Pool::new(target, bind),
             session: RwLock::new(None),
             slot: OnceLock::new(),
+            uid: OnceLock::new(),
             files: Mutex::new(Vec::new()),
             sequence: AtomicU64::new(0),
             terminal: tokio::sync::Mutex::new(None),
@@ -157,6 +179,10 @@ impl User {
 
     pub fn slot(&self) -> Option<u32> {
         self.slot.get().copied()
+    }
+
+    pub fn uid(&self) -> Option<u32> {
+        self.uid.get().copied()
     }
 
     pub fn next_sequence(&self) -> u64 {
@@ -189,6 +215,12 @@ impl User {
             return Err((kind, retry_after));
         }
         let token = session_token(&answer.headers).ok_or_else(|| ("check".to_string(), None))?;
+        let uid = serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|body| u32::try_from(body["user"]["uid"].as_u64()?).ok());
+        if let Some(uid) = uid {
+            let _ = self.uid.set(uid);
+        }
         if let Ok(mut session) = self.session.write() {
             *session = Some(token);
         }
@@ -231,7 +263,7 @@ impl User {
         if files.is_empty() {
             return None;
         }
-        files.get((pick % files.len() as u64) as usize).cloned()
+        files.get((pick % files.len() as u64) as usize).copied()
     }
 }
 
