@@ -75,6 +75,8 @@ enum Command {
     /// users log in and work, optionally with faults (--chaos) and the
     /// server sampled over time (--sample); results as a table, JSON, HTML.
     Run(Box<run::RunArgs>),
+    /// A saved run (`run --out`) as a table, HTML report and SVG plots again.
+    Report(run::ReportArgs),
     /// Micro-benchmarks: codec, routing hash, pool round trip vs in-process call.
     Micro(MicroArgs),
     /// HTTP load: warren's authenticated API beside a bare axum handler.
@@ -465,6 +467,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Report(args) => report_failure(run::report(&args)),
         Command::Serve(args) => run_serve(*args),
         Command::BareServer(args) => report_failure(bare::serve(&args)),
     }

@@ -473,7 +473,7 @@ fn draw_runs(
     Ok(())
 }
 
-/// A dashed vertical line at each chaos event within `x`; whether there was
+/// A vertical line at each chaos event within `x`; whether there was
 /// one.
 fn mark_chaos(
     chart: &mut LinearChart<'_, '_>,
@@ -481,7 +481,9 @@ fn mark_chaos(
     x: (f64, f64),
     top: f64,
 ) -> Result<bool> {
-    let style = CHAOS.stroke_width(2);
+    // Thin solid lines: a dashed one is dozens of SVG segments, and a
+    // chaos run has one mark every few seconds.
+    let style = CHAOS.mix(0.6).stroke_width(1);
     let mut marked = false;
     for event in &results.chaos {
         let at = event.at_s;
@@ -489,7 +491,7 @@ fn mark_chaos(
             continue;
         }
         let drawn = chart
-            .draw_series(DashedLineSeries::new([(at, 0.0), (at, top)], 6, 4, style))
+            .draw_series(LineSeries::new([(at, 0.0), (at, top)], style))
             .context("cannot mark a chaos event")?;
         if !marked {
             drawn
@@ -785,7 +787,7 @@ fn operations(out: &mut String, results: &RunResults) -> fmt::Result {
     writeln!(
         out,
         "<table>\n<tr><th>operation</th><th class=\"n\">count</th><th class=\"n\">errors</th>\
-         <th class=\"n\">p50 ms</th><th class=\"n\">p90 ms</th><th class=\"n\">p99 ms</th>\
+         <th class=\"n\">p50 ms</th><th class=\"n\">p90 ms</th><th class=\"n\">p95 ms</th><th class=\"n\">p99 ms</th>\
          <th class=\"n\">p99.9 ms</th><th class=\"n\">max ms</th><th class=\"n\">mean ms</th>\
          <th>errors by kind</th></tr>"
     )?;
@@ -808,12 +810,13 @@ fn operations(out: &mut String, results: &RunResults) -> fmt::Result {
         writeln!(
             out,
             "<tr{class}><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{errors}</td>\
-             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
             escape(name),
             stats.count,
             fixed(l.p50, 2),
             fixed(l.p90, 2),
+            fixed(l.p95, 2),
             fixed(l.p99, 2),
             fixed(l.p999, 2),
             fixed(l.max, 2),
@@ -1230,6 +1233,7 @@ mod tests {
         results.total.latency_ms = crate::run::results::Percentiles {
             p50: 2.0,
             p90: 2.0,
+            p95: 2.0,
             p99: 2.0,
             p999: 2.0,
             max: 2.0,

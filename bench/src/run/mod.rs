@@ -155,6 +155,50 @@ pub struct RunArgs {
     pub compare: Option<PathBuf>,
 }
 
+/// `warren-bench report`: a saved run's table, HTML and SVG plots again.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// A run's `--out` file.
+    pub results: PathBuf,
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    #[arg(long)]
+    pub svg_dir: Option<PathBuf>,
+    /// An earlier run's `--out`: each figure's change is printed.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+}
+
+pub fn report(args: &ReportArgs) -> Result<()> {
+    let results = RunResults::read(&args.results)?;
+    print!("{}", results.table());
+    if let Some(old) = &args.compare {
+        print!("{}", results::compare(&RunResults::read(old)?, &results));
+    }
+    write_reports(&results, args.html.as_deref(), args.svg_dir.as_deref())
+}
+
+/// The HTML report and the SVG plots, where asked for.
+fn write_reports(
+    results: &RunResults,
+    html_path: Option<&std::path::Path>,
+    svg_dir: Option<&std::path::Path>,
+) -> Result<()> {
+    if let Some(path) = html_path {
+        std::fs::write(path, html::render(results)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(dir) = svg_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for chart in html::charts(results)? {
+            let path = dir.join(format!("{}.svg", chart.name));
+            std::fs::write(&path, chart.svg)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// The master's pid, from a worker pid the admin API names that runs on
 /// this host.
 pub async fn discover_master(admin: &Pool, token: Option<&str>) -> Option<u32> {
@@ -850,18 +894,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         std::fs::write(path, results.to_json()?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if let Some(path) = &args.html {
-        std::fs::write(path, html::render(&results)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(dir) = &args.svg_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        for chart in html::charts(&results)? {
-            let path = dir.join(format!("{}.svg", chart.name));
-            std::fs::write(&path, chart.svg)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-    }
+    write_reports(&results, args.html.as_deref(), args.svg_dir.as_deref())?;
     if results.users_logged_in == 0 || results.total.count == 0 {
         bail!("no user could log in or no request was made: nothing was measured (see the logins above)");
     }

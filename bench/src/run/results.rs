@@ -125,6 +125,8 @@ impl OpStats {
 pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
+    #[serde(default)]
+    pub p95: f64,
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
@@ -141,6 +143,7 @@ impl Percentiles {
         Percentiles {
             p50: ms(histogram.value_at_quantile(0.50)),
             p90: ms(histogram.value_at_quantile(0.90)),
+            p95: ms(histogram.value_at_quantile(0.95)),
             p99: ms(histogram.value_at_quantile(0.99)),
             p999: ms(histogram.value_at_quantile(0.999)),
             max: ms(histogram.max()),
@@ -299,8 +302,16 @@ impl RunResults {
         );
         let _ = writeln!(
             out,
-            "{:<12} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}  errors by kind",
-            "operation", "count", "errors", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+            "{:<13} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  errors by kind",
+            "operation",
+            "count",
+            "errors",
+            "p50 ms",
+            "p90 ms",
+            "p95 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms"
         );
         let rows = self
             .operations
@@ -311,11 +322,12 @@ impl RunResults {
             let l = &stats.latency_ms;
             let _ = writeln!(
                 out,
-                "{name:<12} {:>9} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {}",
+                "{name:<13} {:>9} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {}",
                 stats.count,
                 stats.errors,
                 l.p50,
                 l.p90,
+                l.p95,
                 l.p99,
                 l.p999,
                 l.max,
@@ -454,6 +466,7 @@ pub enum Metric {
 pub enum Quantile {
     P50,
     P90,
+    P95,
     P99,
     P999,
     Max,
@@ -465,6 +478,7 @@ impl Quantile {
         match self {
             Quantile::P50 => p.p50,
             Quantile::P90 => p.p90,
+            Quantile::P95 => p.p95,
             Quantile::P99 => p.p99,
             Quantile::P999 => p.p999,
             Quantile::Max => p.max,
@@ -509,6 +523,7 @@ fn parse_objective(text: &str) -> Result<Objective> {
     let metric = match name.as_str() {
         "p50" => Metric::Latency(Quantile::P50),
         "p90" => Metric::Latency(Quantile::P90),
+        "p95" => Metric::Latency(Quantile::P95),
         "p99" => Metric::Latency(Quantile::P99),
         "p99.9" | "p999" => Metric::Latency(Quantile::P999),
         "max" => Metric::Latency(Quantile::Max),
@@ -673,6 +688,7 @@ pub(crate) mod tests {
             latency_ms: Percentiles {
                 p50: 1.5,
                 p90: 3.0,
+                p95: 6.0,
                 p99: 12.25,
                 p999: 40.0,
                 max: 80.5,
