@@ -276,31 +276,15 @@ impl Chaos {
             }
         }
         // Ready again: /readyz 200 from a new master.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(answer) = self
-                .admin
-                .send(
-                    Call::new(Method::GET, "/readyz"),
-                    None,
-                    Duration::from_secs(5),
-                )
-                .await
-            {
-                if answer.status.is_success() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                self.log(
-                    "restart-master",
-                    None,
-                    Some(master),
-                    "not ready within 120 s".to_string(),
-                );
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !super::wait_ready(&self.admin, Duration::from_secs(120)).await {
+            self.log_at(
+                begun,
+                "restart-master",
+                None,
+                Some(master),
+                "not ready within 120 s".to_string(),
+            );
+            return;
         }
         // The new master, once its workers are named by the admin API.
         let mut new_master = None;

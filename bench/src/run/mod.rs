@@ -806,7 +806,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     }
     let verification = if args.verify && args.scenario.writes() {
         // The server first (after chaos it may still be restarting).
-        wait_ready(&admin, Duration::from_secs(120)).await;
+        let _ = wait_ready(&admin, Duration::from_secs(120)).await;
         Some(verify(&all_users, &run.context.directory, args.timeout).await)
     } else {
         None
@@ -916,24 +916,19 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// Waits until `/readyz` answers 200 (or `patience` ends).
-async fn wait_ready(pool: &Pool, patience: Duration) {
+/// Waits until `/readyz` answers 200; false when `patience` ends first.
+async fn wait_ready(pool: &Pool, patience: Duration) -> bool {
     let deadline = Instant::now() + patience;
     while Instant::now() < deadline {
-        if let Ok(answer) = pool
-            .send(
-                Call::new(Method::GET, "/readyz"),
-                None,
-                Duration::from_secs(5),
-            )
-            .await
-        {
+        let ready = Call::new(Method::GET, "/readyz");
+        if let Ok(answer) = pool.send(ready, None, Duration::from_secs(5)).await {
             if answer.status.is_success() {
-                return;
+                return true;
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    false
 }
 
 /// Reads back every acknowledged write, 32 at a time. A file that is gone

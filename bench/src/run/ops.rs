@@ -102,7 +102,7 @@ impl Scenario {
 pub fn has_terminal(scenario: Scenario, user: &User) -> bool {
     match scenario {
         Scenario::Terminals => true,
-        Scenario::Mixed => user.index % 10 == 0,
+        Scenario::Mixed => user.index.is_multiple_of(10),
         _ => false,
     }
 }
@@ -252,21 +252,31 @@ pub async fn write(
     Ok(())
 }
 
-/// `POST /api/v1/tasks` of `echo`, then its output followed to the end.
-async fn task(user: &User, session: Option<&str>, timeout: Duration) -> Result<(), String> {
-    let body = serde_json::json!({ "command": ["/bin/echo", "warren-bench"] });
+/// `POST path` of `body`; the `id` of what it created.
+async fn create(
+    user: &User,
+    path: &str,
+    body: &serde_json::Value,
+    session: Option<&str>,
+    timeout: Duration,
+) -> Result<String, String> {
     let answer = user
         .pool
-        .send(
-            Call::new(Method::POST, "/api/v1/tasks").json(&body),
-            session,
-            timeout,
-        )
+        .send(Call::new(Method::POST, path).json(body), session, timeout)
         .await?;
     status_kind(&answer)?;
     let record: serde_json::Value =
         serde_json::from_slice(&answer.body).map_err(|_| "check".to_string())?;
-    let id = record["id"].as_str().ok_or_else(|| "check".to_string())?;
+    record["id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| "check".to_string())
+}
+
+/// `POST /api/v1/tasks` of `echo`, then its output followed to the end.
+async fn task(user: &User, session: Option<&str>, timeout: Duration) -> Result<(), String> {
+    let body = serde_json::json!({ "command": ["/bin/echo", "warren-bench"] });
+    let id = create(user, "/api/v1/tasks", &body, session, timeout).await?;
     let path = format!("/api/v1/tasks/{id}/output?follow=true");
     let answer = user
         .pool
@@ -300,21 +310,7 @@ async fn open_terminal(
     timeout: Duration,
 ) -> Result<Terminal, String> {
     let body = serde_json::json!({ "command": ["/bin/cat"], "cols": 80, "rows": 24 });
-    let answer = user
-        .pool
-        .send(
-            Call::new(Method::POST, "/api/v1/terminals").json(&body),
-            session,
-            timeout,
-        )
-        .await?;
-    status_kind(&answer)?;
-    let record: serde_json::Value =
-        serde_json::from_slice(&answer.body).map_err(|_| "check".to_string())?;
-    let id = record["id"]
-        .as_str()
-        .ok_or_else(|| "check".to_string())?
-        .to_string();
+    let id = create(user, "/api/v1/terminals", &body, session, timeout).await?;
     if let Ok(mut ids) = user.terminal_ids.lock() {
         ids.push(id.clone());
     }
@@ -368,7 +364,7 @@ async fn keystroke(
     };
     // A carriage return now and then, so `cat`'s line (and the PTY's
     // 4 KiB line buffer) never fills.
-    let key = if pick % 64 == 0 {
+    let key = if pick.is_multiple_of(64) {
         b'\r'
     } else {
         b'a' + (pick % 26) as u8

@@ -156,6 +156,9 @@ pub async fn sample(at: f64, master: u32, pool: &Pool, metrics_token: Option<&st
     }
 }
 
+/// A sampled figure: its name, how to read it, the least change that counts.
+type Field = (&'static str, fn(&ProcessSample) -> u64, f64);
+
 /// Growth of the master's and the workers' (summed) memory, descriptors
 /// and threads over the samples from `from_s` on (after warming up): the
 /// mean of the last tenth of them against the first tenth, flagged beyond
@@ -174,7 +177,7 @@ pub fn growth(samples: &[Sample], from_s: f64, limit_pct: f64) -> Vec<Growth> {
     for role in ["master", "worker"] {
         // With the smallest change that counts: a thread or a few
         // descriptors more are runtime pools breathing, not a leak.
-        let fields: [(&str, fn(&ProcessSample) -> u64, f64); 3] = [
+        let fields: [Field; 3] = [
             ("rss_bytes", |p| p.rss_bytes, 0.0),
             ("fds", |p| p.fds, 8.0),
             ("threads", |p| p.threads, 4.0),
