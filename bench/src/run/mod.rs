@@ -399,6 +399,32 @@ async fn start_app(user: &User, context: &ops::Context) {
     }
 }
 
+/// Raises the open-file limit to its hard limit (every user holds
+/// connections and maybe a terminal's socket); warns when it is still
+/// short of what `users` may need, as running out would show as the
+/// server's `connect` errors.
+fn raise_file_limit(users: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    let current = match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(_) => limit.current,
+    };
+    if let Some(current) = current {
+        let needed = users * 3 + 256;
+        if current < needed {
+            eprintln!(
+                "warning: {current} open files at most (ulimit -n): {users} users may need {needed}; \
+                 beyond, connections fail as `connect` errors that are the harness's, not the server's"
+            );
+        }
+    }
+}
+
 pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -463,6 +489,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             accounts
         }
     };
+    raise_file_limit(accounts.len() as u64);
     let users: Vec<Arc<User>> = accounts
         .into_iter()
         .enumerate()

@@ -52,7 +52,10 @@ pub struct RunResults {
     /// `--sample`: the server's processes and metrics over time.
     #[serde(default)]
     pub samples: Vec<Sample>,
-    /// Growth of each sampled series from its first to its last tenth.
+    /// Growth of the master's and the workers' memory, descriptors and
+    /// threads, from the first to the last tenth of the samples after
+    /// warming up (`/metrics` is recorded, not judged: its counters grow
+    /// by nature).
     #[serde(default)]
     pub growth: Vec<Growth>,
     /// `--slo`'s checks.

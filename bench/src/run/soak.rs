@@ -136,6 +136,9 @@ pub async fn sample(at: f64, master: u32, pool: &Pool, metrics_token: Option<&st
             let mut metrics = BTreeMap::new();
             for name in METRICS {
                 let found = crate::http::api::samples(&text, name);
+                // NaN and infinities have no place in JSON (nor a trend).
+                let found: BTreeMap<String, f64> =
+                    found.into_iter().filter(|(_, v)| v.is_finite()).collect();
                 if name == "warren_workers" {
                     // By state: how many slots are up, restarting...
                     for (labels, value) in found {
