@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// The app of `apps` (a name from the server's `--apps`).
     #[arg(long)]
     pub app: Option<String>,
+    /// The path requested of the app (below `/user/NAME/APP`), query
+    /// included.
+    #[arg(long, default_value = "/")]
+    pub app_path: String,
     /// Each user's connections from its own address of this IPv4 network
     /// (e.g. `127.1.0.0/16` against a server on loopback), as if from its
     /// own machine: per-address login limits then apply per user.
@@ -571,6 +575,11 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             upload_size: args.upload_size as usize,
             timeout: args.timeout,
             app: args.app.clone(),
+            app_path: if args.app_path.starts_with('/') {
+                args.app_path.clone()
+            } else {
+                format!("/{}", args.app_path)
+            },
         },
         ready: Ready {
             users: RwLock::new(calm.to_vec()),

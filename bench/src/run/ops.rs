@@ -142,6 +142,8 @@ pub struct Context {
     pub upload_size: usize,
     pub timeout: Duration,
     pub app: Option<String>,
+    /// `--app-path`: what is asked of the app, starting with `/`.
+    pub app_path: String,
 }
 
 /// The file API's URL path of `path` in a workspace.
@@ -195,7 +197,7 @@ pub async fn run(op: Operation, user: &User, context: &Context, pick: u64) -> Re
         Operation::Keystroke => keystroke(user, session, timeout, pick).await,
         Operation::App => {
             let app = context.app.as_deref().unwrap_or("");
-            let path = format!("/user/{}/{app}/", user.account.name);
+            let path = format!("/user/{}/{app}{}", user.account.name, context.app_path);
             let answer = user
                 .pool
                 .send(Call::new(Method::GET, &path), session, timeout)
