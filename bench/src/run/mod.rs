@@ -867,15 +867,10 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         _ => None,
     };
 
-    let mut by_slot: BTreeMap<String, u32> = BTreeMap::new();
+    let mut by_slot: BTreeMap<Option<u32>, u32> = BTreeMap::new();
     for user in &all_users {
         if user.session().is_some() {
-            *by_slot
-                .entry(
-                    user.slot()
-                        .map_or_else(|| "unknown".to_string(), |s| s.to_string()),
-                )
-                .or_default() += 1;
+            *by_slot.entry(user.slot()).or_default() += 1;
         }
     }
     let recorded = run.recorder.finish(&by_slot);

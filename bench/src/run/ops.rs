@@ -451,15 +451,7 @@ pub async fn close_terminals(user: &User, timeout: Duration) {
         .unwrap_or_default();
     let session = user.session();
     for id in ids {
-        let path = format!("/api/v1/terminals/{id}");
-        let _ = user
-            .pool
-            .send(
-                Call::new(Method::DELETE, &path),
-                session.as_deref(),
-                timeout,
-            )
-            .await;
+        hang_up(user, &id, session.as_deref(), timeout).await;
     }
 }
 

@@ -36,7 +36,9 @@ struct Slot {
 struct State {
     ops: BTreeMap<&'static str, Op>,
     total: Op,
-    slots: BTreeMap<String, Slot>,
+    /// By the user's slot (`None`: not learnt); named only at the end, so
+    /// that recording a request allocates nothing.
+    slots: BTreeMap<Option<u32>, Slot>,
     /// The current second (2 significant digits: per-second figures).
     second: Histogram<u64>,
     second_count: u64,
@@ -135,10 +137,7 @@ impl Recorder {
                 }
             }
         }
-        let slot = state
-            .slots
-            .entry(slot.map_or_else(|| "unknown".to_string(), |s| s.to_string()))
-            .or_default();
+        let slot = state.slots.entry(slot).or_default();
         slot.count += 1;
         if let Some(kind) = error {
             slot.errors += 1;
@@ -224,7 +223,7 @@ impl Recorder {
     }
 
     /// Everything measured, with the users of each slot.
-    pub fn finish(&self, users_by_slot: &BTreeMap<String, u32>) -> Recorded {
+    pub fn finish(&self, users_by_slot: &BTreeMap<Option<u32>, u32>) -> Recorded {
         let Ok(state) = self.state.lock() else {
             return Recorded {
                 total: OpStats::default(),
@@ -237,7 +236,7 @@ impl Recorder {
             .iter()
             .map(|(slot, users)| {
                 (
-                    slot.clone(),
+                    slot_name(*slot),
                     SlotStats {
                         users: *users,
                         ..SlotStats::default()
@@ -245,8 +244,8 @@ impl Recorder {
                 )
             })
             .collect();
-        for (name, slot) in &state.slots {
-            let entry = slots.entry(name.clone()).or_default();
+        for (number, slot) in &state.slots {
+            let entry = slots.entry(slot_name(*number)).or_default();
             entry.count = slot.count;
             entry.errors = slot.errors;
             entry.errors_by_kind = slot.kinds.clone();
@@ -262,6 +261,11 @@ impl Recorder {
             timeline: state.timeline.clone(),
         }
     }
+}
+
+/// A slot's name in the results: its number, or `unknown`.
+fn slot_name(slot: Option<u32>) -> String {
+    slot.map_or_else(|| "unknown".to_string(), |s| s.to_string())
 }
 
 fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
@@ -311,7 +315,7 @@ mod tests {
             (5, 4),
             "logins are not in the timeline"
         );
-        let recorded = recorder.finish(&BTreeMap::from([("0".to_string(), 5)]));
+        let recorded = recorder.finish(&BTreeMap::from([(Some(0), 5)]));
         assert_eq!(recorded.total.count, 5);
         assert_eq!(recorded.total.errors_by_kind["backlog"], 2);
         assert_eq!(recorded.operations["backlog"].count, 2);
